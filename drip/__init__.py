@@ -1,0 +1,1 @@
+"""DRIP: Dynamic token Reduction vIsion transformer via Pooling."""
