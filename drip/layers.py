@@ -1,0 +1,142 @@
+"""Transformer pieces for DRIP: attention (padded + key mask, or packed without padding), MLP, pre-LN block.
+
+Two layouts of a batch of variable-length sequences (CLS + segment tokens per image):
+* padded: x [B, L, D] with an additive float key mask [B, 1, 1, L] (0 = attend, -inf = pad). Padded query rows
+  still see the CLS key, so they never become NaN; their outputs are ignored downstream.
+* packed: x [T, D] holding only real tokens, images sorted by length (``PackedLayout``). Linear layers and the
+  MLP run on T rows (no padding waste). Attention runs per group of equal-length images, each group a contiguous
+  slice reshaped to [n, l, ...] (no mask, no gather), or with flash-attn's varlen kernel on CUDA when installed.
+Both give the same result (tested); ``DripConfig.post_layout`` picks one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the activation of OpenAI's CLIP checkpoints."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def make_activation(name: str) -> nn.Module:
+    return QuickGELU() if name == "quick_gelu" else nn.GELU()
+
+
+@dataclass
+class PackedLayout:
+    """How a padded batch maps to packed rows. Built once per pooling stage and shared by its blocks."""
+
+    order: Tensor  # [B] image indices sorted by length (stable)
+    lengths: Tensor  # [B] real length of each image (original order)
+    groups: list[tuple[int, int]]  # (length l, number of images n) per run of equal lengths, in packed order
+    cu_seqlens: Tensor  # [B + 1] int32 cumulative lengths in packed order (flash-attn varlen)
+    max_len: int
+
+    @classmethod
+    def from_mask(cls, mask: Tensor) -> PackedLayout:
+        """mask: [B, L] bool (True = real, real tokens first in each row)."""
+        lengths = mask.sum(-1)
+        order = torch.argsort(lengths, stable=True)
+        sorted_len = lengths[order].tolist()
+        groups: list[tuple[int, int]] = []
+        for length in sorted_len:
+            if groups and groups[-1][0] == length:
+                groups[-1] = (length, groups[-1][1] + 1)
+            else:
+                groups.append((length, 1))
+        cu = torch.zeros(len(sorted_len) + 1, dtype=torch.int32, device=mask.device)
+        cu[1:] = torch.cumsum(lengths[order], 0)
+        return cls(order=order, lengths=lengths, groups=groups, cu_seqlens=cu, max_len=int(mask.shape[1]))
+
+    def pack(self, x: Tensor, mask: Tensor) -> Tensor:
+        """[B, L, D] padded -> [T, D] real tokens, images in packed (sorted) order."""
+        return x[self.order][mask[self.order]]
+
+    def unpack(self, packed: Tensor, mask: Tensor) -> Tensor:
+        """[T, D] -> [B, L, D] (zeros on padding), original image order."""
+        out = packed.new_zeros(mask.shape[0], mask.shape[1], packed.shape[-1])
+        sorted_out = out[self.order]
+        sorted_out[mask[self.order]] = packed
+        out[self.order] = sorted_out
+        return out
+
+
+def key_padding_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """[B, L] bool (True = real) -> additive [B, 1, 1, L] float mask: 0 on real keys, -inf on pads."""
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    return bias[:, None, None, :]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection (open_clip's in_proj layout: q, k, v stacked)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, width // heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+        """x: [B, L, D]; attn_bias: additive [B, 1, 1, L] or None -> [B, L, D]."""
+        b, length, d = x.shape
+        qkv = self.qkv(x).view(b, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, L, hd]
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_bias)  # [B, H, L, hd]
+        return self.proj(out.transpose(1, 2).reshape(b, length, d))
+
+    def forward_packed(self, x: Tensor, layout: PackedLayout) -> Tensor:
+        """x: [T, D] packed real tokens -> [T, D]. No padding enters any matmul."""
+        t, d = x.shape
+        qkv = self.qkv(x).view(t, 3, self.heads, self.head_dim)  # [T, 3, H, hd]
+        if _HAS_FLASH_ATTN and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+            from flash_attn import flash_attn_varlen_func
+
+            cu = layout.cu_seqlens
+            m = int(layout.lengths.max())
+            out = flash_attn_varlen_func(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, m, m)  # [T, H, hd]
+            return self.proj(out.reshape(t, d))
+        outs, offset = [], 0
+        for length, n in layout.groups:  # each group: n images of the same length, contiguous in packed order
+            g = qkv[offset : offset + n * length].view(n, length, 3, self.heads, self.head_dim)
+            g = g.permute(2, 0, 3, 1, 4)  # [3, n, H, l, hd]
+            o = F.scaled_dot_product_attention(g[0], g[1], g[2])  # [n, H, l, hd]
+            outs.append(o.transpose(1, 2).reshape(n * length, d))
+            offset += n * length
+        return self.proj(torch.cat(outs, 0))
+
+
+class Mlp(nn.Module):
+    def __init__(self, width: int, hidden: int, act: str):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(width, hidden), make_activation(act), nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block (CLIP's ResidualAttentionBlock): x + attn(ln_1 x), then x + mlp(ln_2 x)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, act: str, eps: float):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width, eps=eps)
+        self.attn = Attention(width, heads)
+        self.ln_2 = nn.LayerNorm(width, eps=eps)
+        self.mlp = Mlp(width, int(width * mlp_ratio), act)
+
+    def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), attn_bias)
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_packed(self, x: Tensor, layout: PackedLayout) -> Tensor:
+        x = x + self.attn.forward_packed(self.ln_1(x), layout)
+        return x + self.mlp(self.ln_2(x))

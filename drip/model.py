@@ -1,0 +1,206 @@
+"""DripVisionTransformer: a CLIP ViT that pools runs of patches into a variable number of segment tokens.
+
+Forward path (DRIP, arXiv 2025; H-DRIP when ``cfg.pool_at`` has several entries):
+    patch embed -> CLS + positional embedding -> ln_pre -> blocks[:pool_at[0]] on all tokens
+    -> boundary MLP on patch tokens -> segment mean pooling -> CLS re-attached at index 0
+    -> next blocks on the short sequences (padded + key mask, or packed) -> ... -> ln_post(CLS) @ proj.
+With ``pool_at=()`` it is a plain CLIP ViT (the baseline tower), with identical weights and code paths.
+Parameter names follow open_clip's VisionTransformer where they exist (conv1, class_embedding,
+positional_embedding, ln_pre, ln_post, proj), so upcycling is a rename (see ``drip.weights``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from drip.boundary import BoundaryPredictor, band_prior_loss, binomial_prior_loss, sample_boundaries
+from drip.config import DripConfig
+from drip.layers import Block, PackedLayout, key_padding_bias
+from drip.pooling import pool_segments
+
+
+@dataclass
+class DripOutput:
+    image_embeds: Tensor  # [B, E] CLIP embedding (ln_post(CLS) @ proj)
+    tokens: Tensor  # [B, S_max, D] final segment tokens after ln_post, CLS excluded, zeros on padding
+    token_mask: Tensor  # [B, S_max] bool, True = real token
+    token_counts: Tensor  # [B] long, tokens per image
+    boundaries: Tensor  # [B, N] hard boundaries of the first stage (all ones for a plain ViT)
+    stage_boundaries: tuple[Tensor, ...]  # one [B, N_k] tensor per pooling stage
+    boundary_loss: Tensor  # scalar: weighted prior loss summed over stages (0 for a plain ViT)
+    boundary_rate: Tensor  # scalar: mean boundary rate of the first stage (detached)
+    hidden_states: tuple[Tensor, ...] | None = None  # layers + 1 entries [B, 1 + L_k, D] (CLS at 0; zeros on pads)
+    hidden_masks: tuple[Tensor, ...] | None = None  # matching [B, 1 + L_k] bool masks
+
+
+@dataclass
+class _State:
+    """Running state of one forward pass: tokens, their mask, and what the caller asked to record."""
+
+    x: Tensor  # [B, L, D], CLS at index 0
+    mask: Tensor | None  # [B, L] bool, None while every position is real
+    hidden: list[Tensor] | None
+    hidden_masks: list[Tensor] | None
+
+    def record(self, x: Tensor) -> None:
+        if self.hidden is not None:
+            full = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if self.mask is None else self.mask
+            self.hidden.append(x if self.mask is None else x * full[..., None].to(x.dtype))
+            self.hidden_masks.append(full)
+
+
+class DripVisionTransformer(nn.Module):
+    def __init__(self, cfg: DripConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, scale = cfg.width, cfg.width**-0.5
+        self.conv1 = nn.Conv2d(cfg.in_chans, d, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(d))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.num_patches + 1, d))
+        self.ln_pre = nn.LayerNorm(d, eps=cfg.ln_eps)
+        self.blocks = nn.ModuleList(
+            Block(d, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.ln_eps) for _ in range(cfg.layers)
+        )
+        self.predictors = nn.ModuleList(
+            BoundaryPredictor(d, cfg.predictor_hidden, p, cfg.init_boundary_bias, cfg.ln_eps) for p in cfg.prior
+        )
+        self.ln_post = nn.LayerNorm(d, eps=cfg.ln_eps)
+        self.proj = nn.Parameter(scale * torch.randn(d, cfg.embed_dim)) if cfg.embed_dim else None
+        self.temperature = cfg.temperature  # set by the training loop (see drip.boundary.temperature_at)
+        self.grad_checkpointing = False
+
+    # --- timm-style helpers -------------------------------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def set_temperature(self, temperature: float) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"class_embedding", "positional_embedding"}
+
+    @property
+    def output_dim(self) -> int:
+        return self.cfg.embed_dim or self.cfg.width
+
+    # --- forward ------------------------------------------------------------------------------------------------
+    def forward(
+        self, images: Tensor, boundaries: Tensor | Sequence[Tensor] | None = None, output_hidden_states: bool = False
+    ) -> DripOutput:
+        """images: [B, C, H, W]; boundaries: forced hard boundaries, [B, N] (or one [B, N_k] per H-DRIP stage)."""
+        self._check_images(images)
+        forced = self._check_forced(boundaries, images.shape[0])
+        st = _State(self._embed(images), None, [] if output_hidden_states else None, [] if output_hidden_states else None)
+        st.record(st.x)
+        stage_b, losses, rates = [], [], []
+        edges = [0, *self.cfg.pool_at, self.cfg.layers]
+        for k in range(len(edges) - 1):
+            if k > 0:
+                b, loss, rate = self._pool_stage(k - 1, st, None if forced is None else forced[k - 1])
+                stage_b.append(b), losses.append(loss), rates.append(rate)
+            self._run_blocks(edges[k], edges[k + 1], st)
+        return self._heads(images, st, stage_b, losses, rates)
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """open_clip-style: [B, C, H, W] -> [B, E]."""
+        return self.forward(images).image_embeds
+
+    def _embed(self, images: Tensor) -> Tensor:
+        x = self.conv1(images)  # [B, D, g, g]
+        x = x.flatten(2).transpose(1, 2)  # [B, N, D]
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # [B, 1, D]
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # [B, 1 + N, D]
+        return self.ln_pre(x)
+
+    def _block(self, i: int, *args) -> Tensor:
+        fn = self.blocks[i].forward_packed if isinstance(args[-1], PackedLayout) else self.blocks[i].forward
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def _run_blocks(self, start: int, end: int, st: _State) -> None:
+        if st.mask is None or self.cfg.post_layout == "padded":
+            bias = None if st.mask is None else key_padding_bias(st.mask, st.x.dtype)
+            for i in range(start, end):
+                st.x = self._block(i, st.x, bias)
+                st.record(st.x)
+            return
+        layout = PackedLayout.from_mask(st.mask)
+        xp = layout.pack(st.x, st.mask)  # [T, D]
+        for i in range(start, end):
+            xp = self._block(i, xp, layout)
+            if st.hidden is not None:
+                st.record(layout.unpack(xp, st.mask))
+        st.x = layout.unpack(xp, st.mask)
+
+    def _pool_stage(self, k: int, st: _State, forced: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        cfg = self.cfg
+        patches = st.x[:, 1:]  # [B, N_k, D] (CLS stays out of pooling)
+        valid = None if st.mask is None else st.mask[:, 1:]
+        if forced is None:
+            logits = self.predictors[k](patches)  # [B, N_k] fp32
+            stochastic = self.training or cfg.stochastic_eval
+            b = sample_boundaries(logits, temperature=self.temperature, threshold=cfg.threshold, stochastic=stochastic)
+        else:
+            b = forced.to(device=patches.device, dtype=torch.float32)
+        pooled = pool_segments(patches, b, valid)
+        valid_b = torch.ones_like(pooled.boundaries, dtype=torch.bool) if valid is None else valid
+        if cfg.prior_loss == "binomial":
+            loss = binomial_prior_loss(pooled.boundaries, valid_b, cfg.prior[k])
+        else:
+            loss = band_prior_loss(pooled.boundaries, valid_b, cfg.prior[k], cfg.band_width)
+        rate = (pooled.boundaries.detach() * valid_b).sum() / valid_b.sum()
+        ones = torch.ones(pooled.mask.shape[0], 1, dtype=torch.bool, device=pooled.mask.device)
+        st.x = torch.cat([st.x[:, :1], pooled.tokens], dim=1)  # [B, 1 + S_max, D]
+        st.mask = torch.cat([ones, pooled.mask], dim=1)
+        return pooled.boundaries, loss * cfg.prior_loss_weight, rate
+
+    def _heads(self, images: Tensor, st: _State, stage_b: list, losses: list, rates: list) -> DripOutput:
+        b_size, n = images.shape[0], self.cfg.num_patches
+        x = self.ln_post(st.x)  # [B, L, D]
+        embeds = x[:, 0] @ self.proj if self.proj is not None else x[:, 0]
+        mask = st.mask[:, 1:] if st.mask is not None else torch.ones(b_size, n, dtype=torch.bool, device=x.device)
+        tokens = x[:, 1:] * mask[..., None].to(x.dtype)
+        zero = x.new_zeros((), dtype=torch.float32)
+        first = stage_b[0] if stage_b else torch.ones(b_size, n, device=x.device)
+        return DripOutput(
+            image_embeds=embeds,
+            tokens=tokens,
+            token_mask=mask,
+            token_counts=mask.sum(-1),
+            boundaries=first,
+            stage_boundaries=tuple(stage_b),
+            boundary_loss=torch.stack(losses).sum() if losses else zero,
+            boundary_rate=rates[0] if rates else zero + 1.0,
+            hidden_states=None if st.hidden is None else tuple(st.hidden),
+            hidden_masks=None if st.hidden_masks is None else tuple(st.hidden_masks),
+        )
+
+    # --- input checks -------------------------------------------------------------------------------------------
+    def _check_images(self, images: Tensor) -> None:
+        c, s = self.cfg.in_chans, self.cfg.image_size
+        if images.ndim != 4 or images.shape[1] != c or images.shape[2] != s or images.shape[3] != s:
+            raise ValueError(
+                f"DRIP ({self.cfg.name}) expects images of shape [B, {c}, {s}, {s}], got {list(images.shape)}"
+            )
+
+    def _check_forced(self, boundaries: Tensor | Sequence[Tensor] | None, batch: int) -> list[Tensor] | None:
+        if boundaries is None:
+            return None
+        stages = len(self.cfg.pool_at)
+        forced = [boundaries] if isinstance(boundaries, Tensor) else list(boundaries)
+        if len(forced) != stages:
+            raise ValueError(f"expected forced boundaries for {stages} pooling stage(s), got {len(forced)}")
+        if forced and (forced[0].ndim != 2 or tuple(forced[0].shape) != (batch, self.cfg.num_patches)):
+            raise ValueError(
+                f"forced boundaries must have shape [B, N] = [{batch}, {self.cfg.num_patches}], "
+                f"got {list(forced[0].shape)}"
+            )
+        return forced

@@ -1,0 +1,88 @@
+"""Segment mean pooling: hard boundaries -> segment ids -> pooled tokens, counts and padding mask (pure functions).
+
+Conventions (each one is tested):
+* a boundary at n closes the segment that contains n; segment id = exclusive prefix sum of the boundaries;
+* the last valid position is always a boundary, so no tail patch is dropped and every image has >= 1 segment;
+* padding is explicit: ``valid`` masks come from counts, never from zero vectors; pads never enter a mean.
+
+Differentiability: the assignment matrix uses a triangle kernel ``relu(1 - |seg_id - s|)`` of the segment ids.
+With straight-through boundaries its forward values are exactly 0/1, and its gradient w.r.t. the ids (hence the
+boundary logits) is non-zero at neighbouring segments, so a task loss on pooled tokens reaches the predictor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Pooled:
+    tokens: Tensor  # [B, S_max, D] segment means (zeros on padding)
+    mask: Tensor  # [B, S_max] bool, True = real segment
+    counts: Tensor  # [B] long, segments per image (>= 1)
+    boundaries: Tensor  # [B, N] the boundaries used (last valid position forced to 1; 0 on invalid positions)
+
+
+def force_last_boundary(boundaries: Tensor, valid: Tensor) -> Tensor:
+    """Set the last valid position of each row to 1 and invalid positions to 0. [B, N] -> [B, N]."""
+    lengths = valid.sum(-1)  # [B]
+    if bool((lengths == 0).any()):
+        raise ValueError("every row needs at least one valid position to pool")
+    last = torch.nn.functional.one_hot(lengths - 1, boundaries.shape[-1]).to(boundaries.dtype)  # [B, N]
+    return (boundaries * (1 - last) + last) * valid.to(boundaries.dtype)
+
+
+def segment_ids(boundaries: Tensor) -> Tensor:
+    """Exclusive prefix sum: position n belongs to segment sum_{m<n} b_m. [B, N] -> [B, N] (keeps the gradient)."""
+    return boundaries.cumsum(-1) - boundaries
+
+
+def assignment_matrix(boundaries: Tensor, valid: Tensor, num_segments: int) -> Tensor:
+    """A[b, s, n] = 1 if position n belongs to segment s (triangle kernel of the ids; differentiable).
+
+    boundaries: [B, N] hard (straight-through) with the last valid position set; valid: [B, N] bool.
+    Returns [B, S, N] in the dtype of ``boundaries``.
+    """
+    ids = segment_ids(boundaries)  # [B, N]
+    s = torch.arange(num_segments, device=ids.device, dtype=ids.dtype)  # [S]
+    a = (1 - (ids.unsqueeze(1) - s[None, :, None]).abs()).clamp(min=0)  # [B, S, N]
+    return a * valid.unsqueeze(1).to(a.dtype)
+
+
+def pool_segments(x: Tensor, boundaries: Tensor, valid: Tensor | None = None) -> Pooled:
+    """Mean-pool each run of tokens that ends at a boundary.
+
+    x: [B, N, D]; boundaries: [B, N] hard 0/1 (may carry straight-through gradient); valid: [B, N] bool or None.
+    Returns ``Pooled`` with tokens [B, S_max, D] where S_max is the largest segment count in the batch.
+    """
+    if valid is None:
+        valid = torch.ones(boundaries.shape, dtype=torch.bool, device=boundaries.device)
+    b = force_last_boundary(boundaries.float(), valid)
+    counts = b.detach().sum(-1).round().long()  # [B]
+    s_max = int(counts.max())
+    a = assignment_matrix(b, valid, s_max)  # [B, S, N]
+    sizes = a.sum(-1, keepdim=True)  # [B, S, 1] patches per segment (0 on padding)
+    pooled = torch.bmm(a.to(x.dtype), x) / sizes.clamp(min=1).to(x.dtype)  # [B, S, D]
+    mask = torch.arange(s_max, device=x.device)[None, :] < counts[:, None]  # [B, S]
+    return Pooled(tokens=pooled, mask=mask, counts=counts, boundaries=b)
+
+
+def mask_from_counts(counts: Tensor, max_len: int | None = None) -> Tensor:
+    """[B] counts -> [B, max_len] bool mask, True on the first counts[b] positions."""
+    max_len = int(counts.max()) if max_len is None else max_len
+    return torch.arange(max_len, device=counts.device)[None, :] < counts[:, None]
+
+
+def simulated_boundaries(num_patches: int, rate: float, batch: int = 1, device: torch.device | None = None) -> Tensor:
+    """Proportion-based boundaries for FLOP simulation: max(1, int(N*rate)) positions spaced by linspace.
+
+    Returns [batch, N] float; the last position is always included, so the count is exact.
+    """
+    k = max(1, int(num_patches * rate))
+    idx = torch.linspace(num_patches - 1, 0, k, device=device).round().long().flip(0)
+    b = torch.zeros(batch, num_patches, device=device)
+    b[:, idx] = 1.0
+    return b
