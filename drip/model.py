@@ -63,9 +63,7 @@ class DripVisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(d))
         self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.num_patches + 1, d))
         self.ln_pre = nn.LayerNorm(d, eps=cfg.ln_eps)
-        self.blocks = nn.ModuleList(
-            Block(d, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.ln_eps) for _ in range(cfg.layers)
-        )
+        self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.ln_eps) for _ in range(cfg.layers))
         self.predictors = nn.ModuleList(
             BoundaryPredictor(d, cfg.predictor_hidden, p, cfg.init_boundary_bias, cfg.ln_eps) for p in cfg.prior
         )
@@ -97,7 +95,9 @@ class DripVisionTransformer(nn.Module):
         """images: [B, C, H, W]; boundaries: forced hard boundaries, [B, N] (or one [B, N_k] per H-DRIP stage)."""
         self._check_images(images)
         forced = self._check_forced(boundaries, images.shape[0])
-        st = _State(self._embed(images), None, [] if output_hidden_states else None, [] if output_hidden_states else None)
+        st = _State(
+            self._embed(images), None, [] if output_hidden_states else None, [] if output_hidden_states else None
+        )
         st.record(st.x)
         stage_b, losses, rates = [], [], []
         edges = [0, *self.cfg.pool_at, self.cfg.layers]

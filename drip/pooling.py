@@ -5,9 +5,9 @@ Conventions (each one is tested):
 * the last valid position is always a boundary, so no tail patch is dropped and every image has >= 1 segment;
 * padding is explicit: ``valid`` masks come from counts, never from zero vectors; pads never enter a mean.
 
-Differentiability: the assignment matrix uses a triangle kernel ``relu(1 - |seg_id - s|)`` of the segment ids.
-With straight-through boundaries its forward values are exactly 0/1, and its gradient w.r.t. the ids (hence the
-boundary logits) is non-zero at neighbouring segments, so a task loss on pooled tokens reaches the predictor.
+Differentiability: the assignment matrix is the exact one-hot segment assignment in the forward pass; backward it
+takes the slopes of a triangle kernel ``relu(1 - |seg_id - s|)`` of the (straight-through) segment ids, so a task
+loss on pooled tokens reaches the boundary logits.
 """
 
 from __future__ import annotations
@@ -41,14 +41,21 @@ def segment_ids(boundaries: Tensor) -> Tensor:
 
 
 def assignment_matrix(boundaries: Tensor, valid: Tensor, num_segments: int) -> Tensor:
-    """A[b, s, n] = 1 if position n belongs to segment s (triangle kernel of the ids; differentiable).
+    """A[b, s, n] = 1 if position n belongs to segment s, else 0, with a straight-through gradient.
 
     boundaries: [B, N] hard (straight-through) with the last valid position set; valid: [B, N] bool.
-    Returns [B, S, N] in the dtype of ``boundaries``.
+    Returns [B, S, N] in the dtype of ``boundaries``. Forward values are the exact one-hot assignment. Backward
+    uses the slopes of the triangle kernel relu(1 - |id - s|) towards the neighbouring segments (dA/d id = +-1 at
+    s = id +- 1): raising a patch's id moves it towards the next segment. (Autograd through relu/abs at the
+    integer kinks would give exactly zero, so the slope is written out.)
     """
-    ids = segment_ids(boundaries)  # [B, N]
+    ids = segment_ids(boundaries)  # [B, N], differentiable
+    ids_hard = ids.detach().round()
     s = torch.arange(num_segments, device=ids.device, dtype=ids.dtype)  # [S]
-    a = (1 - (ids.unsqueeze(1) - s[None, :, None]).abs()).clamp(min=0)  # [B, S, N]
+    delta = s[None, :, None] - ids_hard.unsqueeze(1)  # [B, S, N]
+    one_hot = (delta == 0).to(ids.dtype)
+    slope = torch.where(delta.abs() == 1, delta, torch.zeros_like(delta))
+    a = one_hot + (ids - ids.detach()).unsqueeze(1) * slope  # value: one_hot; gradient: slope
     return a * valid.unsqueeze(1).to(a.dtype)
 
 
