@@ -1,0 +1,83 @@
+"""Typed command-line arguments of ``python -m llava.train.train`` (LLaVA-1.5's flag names and defaults + DRIP/PDrop).
+
+LLaVA users keep their scripts: every LLaVA flag below keeps its name and default. New flags:
+``--tune_vision_tower none|predictor|all`` (LLaVA always freezes the tower; a DRIP boundary predictor can train),
+``--drip_boundary_threshold``, ``--drip_prior_loss_weight``, ``--pdrop_layer_list 8,16,24``,
+``--pdrop_image_token_ratio_list 0.5,0.25,0.125`` and ``--attn_implementation``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import transformers
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default="facebook/opt-125m")
+    version: str | None = field(default="v0", metadata={"help": "conversation template: plain, v1, chatml, ..."})
+    freeze_backbone: bool = field(default=False)
+    tune_mm_mlp_adapter: bool = field(default=False, metadata={"help": "stage 1: train only the projector"})
+    vision_tower: str | None = field(default=None, metadata={"help": "HF CLIP dir/name, or drip:<preset|ckpt dir>"})
+    mm_vision_select_layer: int | None = field(default=-1)
+    pretrain_mm_mlp_adapter: str | None = field(default=None, metadata={"help": "stage-1 mm_projector.bin"})
+    mm_projector_type: str | None = field(default="linear")
+    mm_use_im_start_end: bool = field(default=False)
+    mm_use_im_patch_token: bool = field(default=True)
+    mm_patch_merge_type: str | None = field(default="flat")
+    mm_vision_select_feature: str | None = field(default="patch")
+    # --- DRIP ---
+    drip_boundary_threshold: float | None = field(default=None, metadata={"help": "eval boundary threshold"})
+    # --- PyramidDrop (in-LLM image-token dropping), e.g. "8,16,24" and "0.5,0.25,0.125" ---
+    pdrop_layer_list: str | None = field(default=None)
+    pdrop_image_token_ratio_list: str | None = field(default=None)
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
+
+
+@dataclass
+class DataArguments:
+    data_path: str | None = field(default=None, metadata={"help": "LLaVA JSON list of conversations"})
+    lazy_preprocess: bool = False
+    is_multimodal: bool = False
+    image_folder: str | None = field(default=None)
+    image_aspect_ratio: str = "square"
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    cache_dir: str | None = field(default=None)
+    optim: str = field(default="adamw_torch")
+    remove_unused_columns: bool = field(default=False)
+    freeze_mm_mlp_adapter: bool = field(default=False)
+    mpt_attn_impl: str | None = field(default="triton")  # accepted for LLaVA script compatibility; unused
+    model_max_length: int = field(default=512, metadata={"help": "max sequence length (right-padded, truncated)"})
+    double_quant: bool = field(default=True)
+    quant_type: str = field(default="nf4")
+    bits: int = field(default=16)
+    lora_enable: bool = False
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_weight_path: str = ""
+    lora_bias: str = "none"
+    mm_projector_lr: float | None = None
+    group_by_modality_length: bool = field(default=False)
+    # --- DRIP tower training ---
+    tune_vision_tower: str = field(default="none", metadata={"help": "none | predictor | all"})
+    drip_prior_loss_weight: float = field(default=1.0, metadata={"help": "weight of the boundary prior loss"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tune_vision_tower not in ("none", "predictor", "all"):
+            raise ValueError(f"--tune_vision_tower must be none, predictor or all, got {self.tune_vision_tower!r}")
+        if self.bits != 16:
+            raise ValueError("--bits 4/8 (bitsandbytes quantised training) is not supported by llava-drip")
+
+
+def parse_int_list(text: str | None) -> tuple[int, ...]:
+    return tuple(int(t) for t in text.split(",") if t.strip()) if text else ()
+
+
+def parse_float_list(text: str | None) -> tuple[float, ...]:
+    return tuple(float(t) for t in text.split(",") if t.strip()) if text else ()

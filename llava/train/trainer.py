@@ -1,0 +1,54 @@
+"""LLaVATrainer: HF Trainer with LLaVA's projector learning rate, modality-grouped batches and stage-1 saving."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import Trainer
+
+from llava.train.checkpointing import save_mm_projector
+from llava.train.data import ModalityLengthGroupedSampler
+
+
+class LLaVATrainer(Trainer):
+    def __init__(self, *args, tune_mm_mlp_adapter: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tune_mm_mlp_adapter = tune_mm_mlp_adapter
+
+    def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.group_by_modality_length and hasattr(dataset, "modality_lengths"):
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return ModalityLengthGroupedSampler(dataset.modality_lengths, batch, self.args.world_size, self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """Four groups: (projector | rest) x (decay | no decay); the projector uses --mm_projector_lr when set."""
+        if self.args.mm_projector_lr is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        for name, p in opt_model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault(("mm_projector" in name, name in decay), []).append(p)
+        param_groups = [
+            {
+                "params": params,
+                "weight_decay": self.args.weight_decay if is_decay else 0.0,
+                **({"lr": self.args.mm_projector_lr} if is_proj else {}),
+            }
+            for (is_proj, is_decay), params in groups.items()
+        ]
+        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(param_groups, **kwargs)
+        return self.optimizer
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # The full checkpoint (model, optimizer, RNG) keeps --resume_from_checkpoint exact; stage 1 also gets
+        # LLaVA's mm_projector.bin in the checkpoint folder.
+        super()._save_checkpoint(model, trial)
+        if self.tune_mm_mlp_adapter and self.args.should_save:
+            folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+            save_mm_projector(self.model, folder)
