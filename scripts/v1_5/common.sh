@@ -1,0 +1,25 @@
+# Sourced by the scripts in scripts/v1_5: interpreter, launcher and the two hyper-parameter presets.
+#   PYTHON     interpreter (default: ./.venv/bin/python when present, else python)
+#   NUM_GPUS   processes to launch (default: the number of CUDA GPUs, else 1 CPU process)
+#   LAUNCHER   deepspeed (default) | python   (python: one process, no DeepSpeed)
+#   PRESET     demo (default: the embedded tiny CPU demo) | llava (LLaVA-1.5's published hyper-parameters)
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x .venv/bin/python && -z "${VIRTUAL_ENV:-${CONDA_PREFIX:-}}" ]]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
+fi
+GPUS_FOUND=$($PYTHON -c "import torch; print(torch.cuda.device_count())")
+NUM_GPUS=${NUM_GPUS:-$(( GPUS_FOUND > 0 ? GPUS_FOUND : 1 ))}
+PRESET=${PRESET:-demo}
+if (( GPUS_FOUND == 0 )); then
+  export DS_ACCELERATOR=cpu                       # DeepSpeed's CPU accelerator (gloo); no IPEX/oneCCL needed
+  export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}  # JIT ops built once
+  unset ACCELERATE_USE_CPU                          # it would silently drop the DeepSpeed config
+fi
+export TOKENIZERS_PARALLELISM=false
+if [[ "${LAUNCHER:-deepspeed}" == deepspeed ]]; then
+  LAUNCH=($PYTHON -m deepspeed.launcher.runner --num_gpus "$NUM_GPUS" --master_port "${MASTER_PORT:-29517}")
+else
+  LAUNCH=($PYTHON)
+fi
+deepspeed_args() { [[ "${LAUNCHER:-deepspeed}" == deepspeed ]] && echo "--deepspeed $1" || true; }
+DEMO=playground/data/demo
