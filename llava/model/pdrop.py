@@ -1,0 +1,480 @@
+"""PyramidDrop in the LLaVA LLM: rank each sample's image tokens by the instruction's attention, drop them in stages.
+
+PyramidDrop (Xing et al., "PyramidDrop: Accelerating Your Large Vision-Language Models via Pyramid Visual Redundancy
+Reduction", 2024) splits the decoder into stages at ``layer_list``. Right before decoder layer ``l = layer_list[k]``
+runs, every sample keeps ``int(N_i * image_token_ratio_list[k])`` of its ``N_i`` image tokens and all its text tokens.
+With DRIP towers N_i differs per sample, so every count here is per sample. ``pdrop_forward`` runs the decoder layers
+of a transformers ``LlamaModel`` itself (its public layer forward, rotary module and norm) on given input embeddings.
+
+What we implement, checked against the public code (Cooperx521/PyramidDrop, ``modeling_llama_pdrop.py``):
+
+* Ratios are cumulative against the ORIGINAL count: layer_list (8, 16, 24) with ratios (0.5, 0.25, 0.125) gives
+  layers 0-7 all N_i image tokens, 8-15 int(N_i/2), 16-23 int(N_i/4), 24-31 int(N_i/8) (PyramidDrop prepends 1.0 to
+  the list and keeps ``int(image_tokens * ratio[stage + 1])`` of the original ``image_tokens``).
+* The ranking before layer l uses layer l's own ``input_layernorm``, ``q_proj``, ``k_proj`` and rotary embedding on
+  the hidden states that enter layer l (PyramidDrop ranks after layer l-1 with ``layers[l].self_attn``). Score of an
+  image token = softmax(q k^T * scale) over every key the query may see (causal + padding), averaged over heads, then
+  over the ranking queries. Only the query rows are projected (q for the queries, k for the whole sequence). The
+  top ``int(N_i * r)`` image tokens stay, in their original (raster) order; ranking carries no gradient.
+* Ranking queries: ``rank_positions`` when given; else, when ``labels`` are given (training), the token right before
+  each answer span (PyramidDrop's training rule), attention averaged over all of them as PyramidDrop does; else the
+  last real token of the sample (the last prompt token, PyramidDrop's inference rule). A sample with labels but no
+  answer span falls back to its last real token (PyramidDrop keeps all its tokens instead).
+* Position ids: PyramidDrop's code renumbers the kept tokens 0..L-1 after each drop (and shifts decode positions by
+  the dropped count). We keep the ORIGINAL position ids by default (``position_mode="original"``: the relative RoPE
+  distances the earlier layers saw stay intact, and decode steps continue from the original length); the
+  ``"compact"`` mode reproduces PyramidDrop's renumbering exactly (position - image tokens dropped before it).
+* Dropping happens only at prefill / training (empty cache). Decode tokens are text and are never dropped; the cache
+  of every layer holds just the tokens that layer saw, so layers of different stages hold different lengths (a
+  ``DynamicCache`` grows each layer on its own). ``PDropCache`` adds each stage's key padding mask, so decode steps
+  build their masks per stage; HF's causal-mask helper (one length for all layers) is not used.
+* Padding: after a drop, samples are repacked on the side the input was padded on ("right" if some row ends with
+  padding, else "left", so that ``[:, -1]`` stays the last token in batched generation).
+* Several images in one sample: their tokens are ranked together (PyramidDrop handles one image per sample).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import DynamicCache
+from transformers.models.llama.modeling_llama import rotate_half
+
+from llava.constants import IGNORE_INDEX
+from llava.model.config import PDropConfig
+from llava.model.multimodal_inputs import ImageTokenLayout
+
+__all__ = [
+    "PDropCache",
+    "PDropConfig",
+    "PDropOutput",
+    "check_layers",
+    "decoder_layer_macs",
+    "llama_prefill_macs",
+    "pdrop_forward",
+    "rank_macs",
+    "rank_positions_from_labels",
+]
+
+PositionMode = Literal["original", "compact"]
+
+
+def check_layers(cfg: PDropConfig, num_layers: int) -> None:
+    """Raise unless every entry of ``cfg.layer_list`` is a decoder layer index in [0, num_layers)."""
+    if cfg.layer_list[-1] >= num_layers:
+        raise ValueError(f"pdrop_layer_list {list(cfg.layer_list)} must index the model's {num_layers} decoder layers")
+
+
+def keep_counts(cfg: PDropConfig, num_image_tokens: int) -> list[int]:
+    """Image tokens kept in each stage after the first: int(N * r_k), against the original N (PyramidDrop)."""
+    return [int(num_image_tokens * r) for r in cfg.image_token_ratio_list]
+
+
+class PDropCache(DynamicCache):
+    """A ``DynamicCache`` whose layers may hold different numbers of tokens, plus what decode steps need per stage."""
+
+    def __init__(self, config, position_mode: PositionMode = "original"):
+        super().__init__(config=config)
+        self.position_mode = position_mode
+        self.stage_key_masks: list[Tensor] = []  # per stage: [B, L_k] bool, True on cached real tokens
+        self.stage_shifts: list[Tensor] = []  # per stage: [B] long, image tokens dropped before the stage
+        self.next_positions: Tensor | None = None  # [B] long: original position id of the next token
+
+    def _map_batch(self, fn) -> None:
+        self.stage_key_masks = [fn(m) for m in self.stage_key_masks]
+        self.stage_shifts = [fn(s) for s in self.stage_shifts]
+        self.next_positions = None if self.next_positions is None else fn(self.next_positions)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        self._map_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        super().batch_select_indices(indices)
+        self._map_batch(lambda t: t[indices])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self._map_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def crop(self, max_length: int) -> None:
+        raise NotImplementedError("PDropCache layers hold different token counts after PyramidDrop; crop is undefined")
+
+
+@dataclass
+class PDropOutput:
+    last_hidden_state: Tensor  # [B, L_out, H] after the final norm, in the last stage's layout
+    attention_mask: Tensor  # [B, L_out] bool, True on real tokens
+    position_ids: Tensor  # [B, L_out] long, the position ids the last stage used
+    labels: Tensor | None  # [B, L_out] long, following the kept tokens (IGNORE_INDEX on padding)
+    past_key_values: PDropCache | None
+    kept_counts: Tensor  # [num_layers, B] long: image tokens each decoder layer processed per sample
+    seq_lens: Tensor  # [num_layers, B] long: real tokens each decoder layer processed per sample
+    source_index: Tensor  # [B, L_out] long: each slot's index in this call's input (-1 on padding)
+
+
+@dataclass
+class _Stage:
+    """The batch as one stage sees it; every [B, L] tensor is in the stage's (repacked) slot order."""
+
+    hidden: Tensor  # [B, L, H]
+    mask: Tensor  # [B, L] bool, real tokens
+    positions: Tensor  # [B, L] long, the position ids this stage's rotary embedding uses
+    source: Tensor  # [B, L] long, index in the input (-1 on padding)
+    is_image: Tensor  # [B, L] bool
+    queries: Tensor  # [B, L] bool, ranking queries
+    labels: Tensor | None  # [B, L] long
+
+
+def pdrop_forward(
+    llama_model: nn.Module,
+    inputs_embeds: Tensor,
+    attention_mask: Tensor | None,
+    position_ids: Tensor | None,
+    layouts: Sequence[ImageTokenLayout] | None,
+    cfg: PDropConfig,
+    *,
+    labels: Tensor | None = None,
+    past_key_values: DynamicCache | None = None,
+    use_cache: bool = False,
+    rank_positions: Sequence[Sequence[int]] | None = None,
+    position_mode: PositionMode = "original",
+) -> PDropOutput:
+    """Run ``llama_model``'s decoder layers with PyramidDrop (see the module docstring for the algorithm).
+
+    Args:
+        llama_model: a transformers ``LlamaModel`` (``.layers``, ``.rotary_emb``, ``.norm``, ``.config``).
+        inputs_embeds: [B, T, H] input embeddings (text + spliced image tokens).
+        attention_mask: [B, T] bool / 0-1, True on real tokens (None: all real). At a decode step (a non-empty
+            ``PDropCache``) it may be [B, past + t] as HF generation grows it: only its last t columns are read.
+        position_ids: [B, T] long in original coordinates (None: 0.. over real tokens at prefill; continuing from
+            the cache's ``next_positions`` at decode).
+        layouts: one ``ImageTokenLayout`` per sample (spans index the [B, T] rows), or None for text only. Ignored
+            at decode steps, which never drop.
+        cfg: layers and ratios. ``position_mode``: "original" (default) or PyramidDrop's "compact" renumbering; a
+            decode step uses the mode its cache was filled with.
+        labels: [B, T] long or None; returned following the kept tokens, and used to find ranking queries when
+            ``rank_positions`` is None.
+        past_key_values: None, an empty ``Cache`` (replaced by a new ``PDropCache``: use the returned one), or the
+            ``PDropCache`` a previous call returned. use_cache: create a cache when none is given.
+        rank_positions: per sample, input positions of the ranking queries (the token before each answer span).
+
+    Returns:
+        PDropOutput (hidden states, masks, positions and labels in the last stage's layout; the cache; counts).
+    """
+    b, t, _ = _check_embeds(inputs_embeds)
+    check_layers(cfg, llama_model.config.num_hidden_layers)
+    if llama_model.config._attn_implementation not in ("eager", "sdpa"):
+        raise NotImplementedError(
+            f"pdrop_forward builds 4-D additive masks per stage: use attn_implementation 'sdpa' or 'eager', "
+            f"not {llama_model.config._attn_implementation!r}"
+        )
+    if position_mode not in ("original", "compact"):
+        raise ValueError(f"position_mode must be 'original' or 'compact', got {position_mode!r}")
+    mask = _check_mask(attention_mask, b, t, inputs_embeds.device)
+    cache = _prepare_cache(llama_model, past_key_values, use_cache, position_mode)
+    if cache is not None and cache.stage_key_masks:
+        return _decode(llama_model, inputs_embeds, mask, position_ids, cfg, cache)
+    if mask.shape[1] != t:
+        raise ValueError(f"attention_mask must be [B, T] = {(b, t)} at prefill, got {tuple(mask.shape)}")
+    if position_ids is None:
+        position_ids = (mask.long().cumsum(1) - 1).clamp(min=0)  # [B, T]
+    elif position_ids.shape != (b, t):
+        raise ValueError(f"position_ids must be [B, T] = {(b, t)}, got {tuple(position_ids.shape)}")
+    if labels is not None and labels.shape != (b, t):
+        raise ValueError(f"labels must be [B, T] = {(b, t)}, got {tuple(labels.shape)}")
+    is_image = _image_mask(layouts, mask)
+    queries = _query_mask(rank_positions, labels, mask, is_image)
+    source = torch.arange(t, device=mask.device).expand(b, t).masked_fill(~mask, -1)
+    st = _Stage(inputs_embeds, mask, position_ids, source, is_image, queries, labels)
+    return _prefill(llama_model, st, cfg, cache, position_mode)
+
+
+def _prefill(model: nn.Module, st: _Stage, cfg: PDropConfig, cache: PDropCache | None, mode: str) -> PDropOutput:
+    """All decoder layers on the full prompt; rank-and-drop before every layer of ``cfg.layer_list``."""
+    n_image = st.is_image.sum(1)  # [B]
+    per_sample = [keep_counts(cfg, int(n)) for n in n_image]  # [B][drops]
+    keep = [[counts[k] for counts in per_sample] for k in range(len(cfg.layer_list))]  # [drops][B]
+    side = "right" if bool((~st.mask[:, -1]).any()) else "left"
+    next_positions = st.positions.masked_fill(~st.mask, -1).amax(1) + 1  # [B], original coordinates
+    kept, lens = [], []
+    layers = model.layers[: model.config.num_hidden_layers]
+    for idx, layer in enumerate(layers):
+        if idx == 0 or idx in cfg.layer_list:
+            if idx in cfg.layer_list:
+                st = _drop(layer, model.rotary_emb, st, keep[cfg.layer_list.index(idx)], side, mode == "compact")
+            mask4d = _prefill_mask(st.mask, st.hidden.dtype)  # [B, 1, L, L]
+            rope = model.rotary_emb(st.hidden, st.positions)
+            if cache is not None:
+                cache.stage_key_masks.append(st.mask)
+                cache.stage_shifts.append(n_image - (st.is_image & st.mask).sum(1))
+        kept.append((st.is_image & st.mask).sum(1))
+        lens.append(st.mask.sum(1))
+        st.hidden = _run_layer(layer, st.hidden, mask4d, st.positions, rope, cache)
+    if cache is not None:
+        cache.next_positions = next_positions
+    return PDropOutput(
+        last_hidden_state=model.norm(st.hidden),
+        attention_mask=st.mask,
+        position_ids=st.positions,
+        labels=st.labels,
+        past_key_values=cache,
+        kept_counts=torch.stack(kept),
+        seq_lens=torch.stack(lens),
+        source_index=st.source,
+    )
+
+
+def _decode(
+    model: nn.Module, embeds: Tensor, mask: Tensor, position_ids: Tensor | None, cfg: PDropConfig, cache: PDropCache
+) -> PDropOutput:
+    """New (text) tokens against a filled ``PDropCache``: each stage masks against its own cached tokens."""
+    b, t, _ = embeds.shape
+    new_mask = mask[:, -t:]  # [B, t]
+    if position_ids is None:
+        position_ids = cache.next_positions[:, None] + torch.arange(t, device=embeds.device)  # [B, t]
+    if position_ids.shape != (b, t):
+        raise ValueError(f"position_ids must be [B, t] = {(b, t)} at a decode step, got {tuple(position_ids.shape)}")
+    edges = [*sorted({0, *cfg.layer_list}), model.config.num_hidden_layers]  # stage k: layers edges[k]..edges[k+1]
+    if len(cache.stage_key_masks) != len(edges) - 1:
+        raise ValueError(f"the cache holds {len(cache.stage_key_masks)} stages but cfg has {len(edges) - 1}")
+    hidden = embeds
+    for k in range(len(edges) - 1):
+        past = cache.stage_key_masks[k]  # [B, L_k]
+        positions = position_ids - cache.stage_shifts[k][:, None] if cache.position_mode == "compact" else position_ids
+        mask4d = _decode_mask(past, new_mask, hidden.dtype)  # [B, 1, t, L_k + t]
+        rope = model.rotary_emb(hidden, positions)
+        for layer in model.layers[edges[k] : edges[k + 1]]:
+            hidden = _run_layer(layer, hidden, mask4d, positions, rope, cache)
+        cache.stage_key_masks[k] = torch.cat([past, new_mask], dim=1)
+    cache.next_positions = position_ids.amax(1) + 1
+    counts = new_mask.sum(1).expand(model.config.num_hidden_layers, b)
+    return PDropOutput(
+        last_hidden_state=model.norm(hidden),
+        attention_mask=new_mask,
+        position_ids=positions,
+        labels=None,
+        past_key_values=cache,
+        kept_counts=torch.zeros_like(counts),
+        seq_lens=counts,
+        source_index=torch.arange(t, device=embeds.device).expand(b, t).masked_fill(~new_mask, -1),
+    )
+
+
+def _run_layer(layer: nn.Module, hidden: Tensor, mask4d: Tensor, positions: Tensor, rope, cache) -> Tensor:
+    """One decoder layer through its public forward (the cache keyword is ``cache`` from transformers 5.2x on,
+    ``past_key_values`` before; the old name still works but warns)."""
+    kwargs = {_cache_keyword(type(layer)): cache, "use_cache": cache is not None}
+    return layer(hidden, attention_mask=mask4d, position_ids=positions, position_embeddings=rope, **kwargs)
+
+
+@functools.cache
+def _cache_keyword(layer_type: type) -> str:
+    return "cache" if "cache" in inspect.signature(layer_type.forward).parameters else "past_key_values"
+
+
+# --- ranking and dropping --------------------------------------------------------------------------------------------
+def _drop(layer: nn.Module, rotary: nn.Module, st: _Stage, counts: list[int], side: str, compact: bool) -> _Stage:
+    """Keep every real text token and the top ``counts[b]`` image tokens of sample b (in slot order); repack."""
+    scores = _rank_scores(layer, rotary, st)  # [B, L]
+    keep = st.mask & ~st.is_image  # [B, L]
+    candidates = st.mask & st.is_image
+    for b, count in enumerate(counts):
+        if count > int(candidates[b].sum()):
+            raise ValueError(f"sample {b}: cannot keep {count} image tokens, only {int(candidates[b].sum())} left")
+        if count > 0:
+            top = scores[b].masked_fill(~candidates[b], float("-inf")).topk(count).indices
+            keep[b, top] = True
+    return _repack(st, keep, side, compact)
+
+
+@torch.no_grad()
+def _rank_scores(layer: nn.Module, rotary: nn.Module, st: _Stage) -> Tensor:
+    """[B, L] fp32: attention of the ranking queries to every slot, softmax over visible keys, mean over heads and
+    queries, computed with the projections of the layer about to run (PyramidDrop's rank)."""
+    attn = layer.self_attn
+    x = layer.input_layernorm(st.hidden)  # [B, L, H]
+    b, length, width = x.shape
+    hd = attn.head_dim
+    q_slot, q_valid = _query_slots(st.queries)  # [B, Q] long, [B, Q] bool
+    cos, sin = rotary(x, st.positions)  # [B, L, hd]
+    take = lambda t: t.gather(1, q_slot[..., None].expand(-1, -1, t.shape[-1]))  # [B, L, C] -> [B, Q, C]
+    q = attn.q_proj(take(x)).view(b, q_slot.shape[1], -1, hd).transpose(1, 2)  # [B, nh, Q, hd]
+    k = attn.k_proj(x).view(b, length, -1, hd).transpose(1, 2)  # [B, nkv, L, hd]
+    q = q * take(cos)[:, None] + rotate_half(q) * take(sin)[:, None]
+    k = k * cos[:, None] + rotate_half(k) * sin[:, None]
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # [B, nh, L, hd]: query head j reads kv head j // rep
+    logits = (q.float() @ k.float().transpose(-1, -2)) * attn.scaling  # [B, nh, Q, L]
+    slots = torch.arange(length, device=x.device)
+    visible = st.mask[:, None, :] & (slots[None, None, :] <= q_slot[:, :, None])  # [B, Q, L] causal + padding
+    visible = visible | ~q_valid[..., None]  # padded query rows: anything finite, zeroed below
+    probs = logits.masked_fill(~visible[:, None], float("-inf")).softmax(-1).mean(1)  # [B, Q, L]
+    probs = probs * q_valid[..., None]
+    return probs.sum(1) / q_valid.sum(1, keepdim=True).clamp(min=1)  # [B, L]
+
+
+def _query_slots(queries: Tensor) -> tuple[Tensor, Tensor]:
+    """[B, L] bool -> slots of each row's queries, padded to the longest row: ([B, Q] long, [B, Q] bool)."""
+    counts = queries.sum(1)  # [B]
+    width = max(int(counts.max()), 1)
+    order = torch.argsort((~queries).to(torch.int8), dim=1, stable=True)  # query slots first, in order
+    return order[:, :width], torch.arange(width, device=queries.device)[None, :] < counts[:, None]
+
+
+def _repack(st: _Stage, keep: Tensor, side: str, compact: bool) -> _Stage:
+    """Gather the kept slots of every row into a new padded batch, padded on ``side``."""
+    b, length = keep.shape
+    lengths = keep.sum(1)  # [B]
+    new_len = int(lengths.max())
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept slots first, in order
+    pad = new_len - lengths if side == "left" else torch.zeros_like(lengths)
+    j = torch.arange(new_len, device=keep.device)[None, :] - pad[:, None]  # [B, L'] rank among kept slots
+    valid = (j >= 0) & (j < lengths[:, None])
+    index = order.gather(1, j.clamp(0, length - 1))  # [B, L'] slot in the previous stage
+
+    def take(t: Tensor, fill) -> Tensor:
+        if t.dim() == 3:
+            return t.gather(1, index[..., None].expand(-1, -1, t.shape[-1])) * valid[..., None].to(t.dtype)
+        return t.gather(1, index).masked_fill(~valid, fill)
+
+    positions = st.positions
+    if compact:  # PyramidDrop: renumber, i.e. subtract the tokens dropped before each slot
+        dropped = (st.mask & ~keep).long()
+        positions = positions - (dropped.cumsum(1) - dropped)
+    return _Stage(
+        hidden=take(st.hidden, 0),
+        mask=valid,
+        positions=take(positions, 0),
+        source=take(st.source, -1),
+        is_image=take(st.is_image, False),
+        queries=take(st.queries, False),
+        labels=None if st.labels is None else take(st.labels, IGNORE_INDEX),
+    )
+
+
+# --- masks and inputs ------------------------------------------------------------------------------------------------
+def _prefill_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """[B, L] key mask -> additive [B, 1, L, L]: 0 where slot j <= i and j is real, the dtype's minimum elsewhere."""
+    length = mask.shape[1]
+    slots = torch.arange(length, device=mask.device)
+    allowed = (slots[None, :] <= slots[:, None])[None] & mask[:, None, :]  # [B, L, L]
+    return _additive(allowed[:, None], dtype)
+
+
+def _decode_mask(past: Tensor, new: Tensor, dtype: torch.dtype) -> Tensor:
+    """past [B, P] and new [B, t] key masks -> additive [B, 1, t, P + t] (causal among the new tokens)."""
+    t = new.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=new.device).tril()  # [t, t]
+    allowed = torch.cat([past[:, None, :].expand(-1, t, -1), causal[None] & new[:, None, :]], dim=2)  # [B, t, P+t]
+    return _additive(allowed[:, None], dtype)
+
+
+def _additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    # A finite minimum (not -inf) keeps fully masked rows (left-padding queries) free of NaN.
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _check_embeds(inputs_embeds: Tensor) -> tuple[int, int, int]:
+    if inputs_embeds.dim() != 3:
+        raise ValueError(f"inputs_embeds must be [B, T, H], got shape {tuple(inputs_embeds.shape)}")
+    return tuple(inputs_embeds.shape)
+
+
+def _check_mask(attention_mask: Tensor | None, b: int, t: int, device: torch.device) -> Tensor:
+    if attention_mask is None:
+        return torch.ones(b, t, dtype=torch.bool, device=device)
+    if attention_mask.dim() != 2 or attention_mask.shape[0] != b or attention_mask.shape[1] < t:
+        raise ValueError(f"attention_mask must be [B, >= T] = [{b}, >= {t}], got {tuple(attention_mask.shape)}")
+    return attention_mask.bool()
+
+
+def _prepare_cache(model: nn.Module, past, use_cache: bool, mode: str) -> PDropCache | None:
+    if isinstance(past, PDropCache):
+        if not past.stage_key_masks:  # an empty cache takes this prefill's position mode
+            past.position_mode = mode
+        return past
+    if past is not None and past.get_seq_length() > 0:
+        raise TypeError(
+            f"past_key_values must be a PDropCache from a previous pdrop_forward, got {type(past).__name__}"
+        )
+    return PDropCache(model.config, mode) if (use_cache or past is not None) else None
+
+
+def _image_mask(layouts: Sequence[ImageTokenLayout] | None, mask: Tensor) -> Tensor:
+    """[B, T] bool, True on image tokens; checks every span lies on real tokens of the row."""
+    b, t = mask.shape
+    is_image = torch.zeros_like(mask)
+    if layouts is None:
+        return is_image
+    if len(layouts) != b:
+        raise ValueError(f"layouts must hold one ImageTokenLayout per sample ({b}), got {len(layouts)}")
+    for i, layout in enumerate(layouts):
+        for start, n in layout.image_spans:
+            if start < 0 or n < 0 or start + n > t or not bool(mask[i, start : start + n].all()):
+                raise ValueError(f"layouts[{i}]: image span ({start}, {n}) must lie on real tokens of a row of {t}")
+            is_image[i, start : start + n] = True
+    return is_image
+
+
+def rank_positions_from_labels(labels: Tensor, attention_mask: Tensor | None = None) -> list[list[int]]:
+    """Per sample, the positions p with labels[p] == IGNORE_INDEX and labels[p + 1] != IGNORE_INDEX: the last
+    instruction token before each answer span (unshifted LLaVA labels), PyramidDrop's training queries."""
+    supervised = labels != IGNORE_INDEX  # [B, T]
+    if attention_mask is not None:
+        supervised = supervised & attention_mask.bool()
+    starts = supervised[:, 1:] & ~supervised[:, :-1]  # [B, T-1]: position p precedes an answer span
+    return [torch.nonzero(row).flatten().tolist() for row in starts]
+
+
+def _query_mask(rank_positions, labels: Tensor | None, mask: Tensor, is_image: Tensor) -> Tensor:
+    """[B, T] bool: the ranking queries of every sample (see the module docstring for the rule)."""
+    b, t = mask.shape
+    if rank_positions is None and labels is not None:
+        rank_positions = rank_positions_from_labels(labels, mask)
+    if rank_positions is not None and len(rank_positions) != b:
+        raise ValueError(f"rank_positions must hold one list per sample ({b}), got {len(rank_positions)}")
+    last = torch.where(mask, torch.arange(t, device=mask.device), -1).amax(1)  # [B], last real slot
+    queries = torch.zeros_like(mask)
+    for i in range(b):
+        positions = list(rank_positions[i]) if rank_positions is not None else []
+        for p in positions:
+            if not 0 <= p < t or not bool(mask[i, p]) or bool(is_image[i, p]):
+                raise ValueError(f"rank_positions[{i}] holds {p}: expected a real text token position in [0, {t})")
+        queries[i, positions or [max(int(last[i]), 0)]] = True
+    return queries
+
+
+# --- analytic cost (multiply-adds) -----------------------------------------------------------------------------------
+def decoder_layer_macs(config, seq_len: int) -> int:
+    """One Llama decoder layer on ``seq_len`` tokens: q/k/v/o and MLP projections plus both attention matmuls over
+    the full L x L score matrix (what SDPA and eager attention compute; the causal half is not skipped)."""
+    h, heads, kv = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+    hd = getattr(config, "head_dim", None) or h // heads
+    proj = seq_len * h * hd * (2 * heads + 2 * kv)
+    return proj + 2 * seq_len * seq_len * heads * hd + 3 * seq_len * h * config.intermediate_size
+
+
+def rank_macs(config, seq_len: int, num_queries: int = 1) -> int:
+    """PyramidDrop's ranking before one layer: q for the queries, k for all tokens, query-key scores."""
+    h, heads, kv = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+    hd = getattr(config, "head_dim", None) or h // heads
+    return num_queries * h * heads * hd + seq_len * h * kv * hd + num_queries * seq_len * heads * hd
+
+
+def llama_prefill_macs(config, seq_lens: Sequence[int], rank_lens: Sequence[int] = (), lm_head_tokens: int = 1) -> int:
+    """Prefill multiply-adds of a Llama LM: ``seq_lens[l]`` tokens through layer l, one ranking (1 query) on each
+    ``rank_lens`` length, and the LM head on ``lm_head_tokens`` tokens (1 at inference: the next-token logits)."""
+    if len(seq_lens) != config.num_hidden_layers:
+        raise ValueError(f"seq_lens needs one length per layer ({config.num_hidden_layers}), got {len(seq_lens)}")
+    layers = sum(decoder_layer_macs(config, int(n)) for n in seq_lens)
+    return (
+        layers
+        + sum(rank_macs(config, int(n)) for n in rank_lens)
+        + lm_head_tokens * config.hidden_size * config.vocab_size
+    )
