@@ -88,7 +88,7 @@ def pretrain(model: LlamaForCausalLM, ids: list[int], steps: int, seq_len: int, 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return losses
 
 

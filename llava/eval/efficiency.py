@@ -1,0 +1,185 @@
+"""What an evaluation run costs: visual tokens, analytic tower and LLM-prefill multiply-adds, time and memory.
+
+DRIP (Dynamic token Reduction vIsion transformer via Pooling) towers give each image its own number of visual tokens,
+so the cost of a LLaVA answer varies per question. Each answer line of ``llava.eval.generation`` records its own
+counts in ``metadata``; ``efficiency_summary`` aggregates them and ``write_sidecar`` adds this run's timing and peak
+memory in ``<answers>.efficiency.json``, whose keys ``eval.results_table`` reads (``visual_tokens_mean``,
+``tower_gflops``, ``llm_prefill_tflops``, ``seconds_per_answer``).
+
+Costs are multiply-adds ("FLOPs" in fvcore's convention, as ``drip.flops`` and PyramidDrop's tables count them). The
+prefill count is ``llava.model.pdrop.llama_prefill_macs`` (projections, attention over the full L x L scores, MLP, and
+the LM head on the last token), with PyramidDrop's shorter stages when the model uses it. The tower count comes from
+the tower's ``analytic_gflops(features)`` when it offers one, and is reported as unknown (null) otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from llava.model.config import MultimodalConfig
+from llava.model.pdrop import keep_counts, llama_prefill_macs
+
+FLOPS_UNIT = "multiply-adds (fvcore convention, as drip.flops and PyramidDrop)"
+
+
+class VisionProbe:
+    """Records what the vision tower returns while a ``generate`` call runs: visual tokens and GMACs per image.
+
+    A forward hook (PyTorch's public hook API) sees every tower call in image order, however the model batches its
+    images, so the caller needs nothing from the model's ``generate`` beyond its tokens. Use as a context manager.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.tower = model.get_vision_tower()
+        self.token_counts: list[int] = []  # one per image, in the order the images were given
+        self.gflops: list[float | None] = []  # one per image; None when the tower has no analytic count
+        self._handle: Any = None
+
+    def __enter__(self) -> VisionProbe:
+        if self.tower is not None:
+            self._handle = self.tower.register_forward_hook(self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _record(self, module: Any, args: Any, output: Any) -> None:
+        counts = [int(c) for c in output.token_counts]
+        self.token_counts.extend(counts)
+        cost = getattr(module, "analytic_gflops", None)  # optional capability of a VisionTower
+        self.gflops.extend([float(g) for g in cost(output)] if cost is not None else [None] * len(counts))
+
+
+def prefill_macs(config: Any, text_tokens: int, image_tokens: int) -> int:
+    """Analytic multiply-adds of the LLM prefill for one prompt of ``text_tokens`` + ``image_tokens`` tokens.
+
+    With PyramidDrop in the config, layers from ``layer_list[k]`` on see the text plus the image tokens stage k keeps
+    (``int(N * ratio_k)``), and each drop adds its ranking on the tokens entering that layer.
+    """
+    pdrop = MultimodalConfig.from_config(config).pdrop
+    layers = int(config.num_hidden_layers)
+    if pdrop is None or image_tokens == 0:
+        return llama_prefill_macs(config, [text_tokens + image_tokens] * layers)
+    kept = [image_tokens, *keep_counts(pdrop, image_tokens)]  # image tokens in stage 0, 1, ...
+    seq_lens, rank_lens, stage = [], [], 0
+    for layer in range(layers):
+        while stage < len(pdrop.layer_list) and pdrop.layer_list[stage] <= layer:
+            rank_lens.append(text_tokens + kept[stage])
+            stage += 1
+        seq_lens.append(text_tokens + kept[stage])
+    return llama_prefill_macs(config, seq_lens, rank_lens)
+
+
+@dataclass
+class RunClock:
+    """Generation seconds and answers timed, this run's plus what an earlier run of the same file recorded."""
+
+    seconds: float = 0.0
+    answers: int = 0
+    peak_memory_mb: float | None = None
+
+    @classmethod
+    def from_sidecar(cls, path: str) -> RunClock:
+        """Resume the clock from an earlier sidecar (a fresh one if there is none or it cannot be read)."""
+        if not os.path.isfile(path):
+            return cls()
+        try:
+            with open(path, encoding="utf-8") as f:
+                prev = json.load(f)
+            peak = prev.get("peak_memory_mb")
+            return cls(
+                float(prev.get("generation_seconds") or 0.0),
+                int(prev.get("timed_answers") or 0),
+                None if peak is None else float(peak),
+            )
+        except (OSError, ValueError, TypeError, AttributeError):
+            print(f"warning: ignoring unreadable efficiency sidecar {path}", file=sys.stderr)
+            return cls()
+
+
+def efficiency_path(answers_file: str) -> str:
+    return answers_file + ".efficiency.json"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """(MB, source): CUDA's peak allocated memory on a GPU, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    return (rss / 2**20 if sys.platform == "darwin" else rss / 1024), "ru_maxrss"
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def efficiency_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Token counts and analytic costs over answer lines, from their ``metadata`` (lines without costs are skipped).
+
+    Visual tokens and tower GMACs are per image (image questions only); text tokens and prefill per answer.
+    """
+    meta = [r["metadata"] for r in records if isinstance(r.get("metadata"), dict) and "prefill_gflops" in r["metadata"]]
+    images = [m for m in meta if m.get("visual_tokens", 0) > 0]
+    visual = [m["visual_tokens"] for m in images]
+    tower = [m.get("tower_gflops") for m in images]
+    prefill = _mean([m["prefill_gflops"] for m in meta])
+    return {
+        "answers": len(records),
+        "answers_with_costs": len(meta),
+        "images": len(images),
+        "visual_tokens_mean": _mean(visual),
+        "visual_tokens_min": min(visual, default=None),
+        "visual_tokens_max": max(visual, default=None),
+        "text_tokens_mean": _mean([m["text_tokens"] for m in meta]),
+        "tower_gflops": _mean(tower) if tower and None not in tower else None,
+        "prefill_flops": None if prefill is None else prefill * 1e9,
+        "llm_prefill_tflops": None if prefill is None else prefill / 1e3,
+        "flops_unit": FLOPS_UNIT,
+    }
+
+
+def write_sidecar(
+    path: str, answers_file: str, model: Any, clock: RunClock, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Summarise ``answers_file`` into ``path`` (written atomically, so a kill never leaves half a file).
+
+    Returns the summary: ``efficiency_summary`` of every line, ``seconds_per_answer`` (generation time over the
+    answers timed, excluding model loading), ``peak_memory_mb`` and its source, device, dtype, plus ``extra``.
+    """
+    with open(answers_file, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    peak, source = peak_memory_mb(model.device)
+    if clock.peak_memory_mb is not None:
+        peak = max(peak, clock.peak_memory_mb)
+    summary = {
+        "answers_file": os.path.abspath(answers_file),
+        **efficiency_summary(records),
+        "seconds_per_answer": clock.seconds / clock.answers if clock.answers else None,
+        "timed_answers": clock.answers,
+        "generation_seconds": clock.seconds,
+        "peak_memory_mb": peak,
+        "peak_memory_source": source,
+        "device": str(model.device),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        **(extra or {}),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(path + ".tmp", path)
+    return summary

@@ -1,0 +1,427 @@
+"""Answer generation shared by ``model_vqa`` and ``model_vqa_science``: prompts, batching, resume, efficiency sidecar.
+
+The entry points keep LLaVA-1.5's interfaces (Liu et al., "Improved Baselines with Visual Instruction Tuning", 2023):
+the same flags, the same question files, and answer lines ``{question_id, prompt, text, answer_id, model_id,
+metadata}`` whose ``prompt`` is LLaVA's ``cur_prompt`` (the question text, with ``<image>\\n`` in front exactly when the
+question has an image; ScienceQA's IMG-accuracy is computed from that). What is ours:
+
+* Batching. Questions are generated a few batches at a time; inside that window they are grouped by prompt length
+  (image questions apart from text-only ones) and left-padded, so a batch wastes little padding. With a DRIP tower
+  (Dynamic token Reduction vIsion transformer via Pooling) each image yields its own number of visual tokens; the
+  splice pads the batch again after inserting them. In fp32 greedy answers do not depend on the batch size (tested
+  on CPU); in fp16 on a GPU, padding changes the kernels' rounding, so rare near-ties may decode differently.
+* Resume. Lines are written in question order, one ``write`` + ``flush`` each, as soon as every earlier question of
+  the window is answered. A rerun keeps the complete lines already in the file, drops a trailing partial line (a
+  kill mid-write), and answers only the questions left, so it ends with the file an uninterrupted run writes.
+  ``answer_id`` is a hash of (model, question, answer) instead of LLaVA's random ``shortuuid``, so reruns agree.
+* Efficiency. Each answer's ``metadata`` records its visual and text token counts and analytic costs; the sidecar
+  ``<answers>.efficiency.json`` aggregates them over the whole file (resumed parts included) and adds the
+  seconds per answer and peak memory (``llava.eval.efficiency``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Any, TypeVar
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.conversation import SeparatorStyle, conv_templates, get_conv_template
+from llava.eval.efficiency import RunClock, VisionProbe, efficiency_path, prefill_macs, reset_peak_memory, write_sidecar
+from llava.mm_utils import (
+    KeywordsStoppingCriteria,
+    get_model_name_from_path,
+    load_image,
+    process_images,
+    tokenizer_image_token,
+)
+from llava.model.config import MultimodalConfig
+
+T = TypeVar("T")
+WINDOW_BATCHES = 4  # batches grouped by length at a time: bigger groups pad less, a kill loses more unwritten work
+
+
+class InputFileError(ValueError):
+    """A question or answers file is missing or malformed; the message names the file (and line or item)."""
+
+
+# --- questions and prompts ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Question:
+    """One question of a question file."""
+
+    question_id: Any  # as the question file spells it (ScienceQA: str, LLaVA-Bench: int)
+    text: str  # the question, without any image token
+    image_file: str | None = None  # relative to --image-folder; None for a text-only question
+    prompt: str | None = None  # the answer line's "prompt" (LLaVA's cur_prompt); None: the text
+
+    def query(self, use_im_start_end: bool = False) -> str:
+        """The user turn for the template: LLaVA puts the image token and a newline in front of an image question."""
+        if self.image_file is None:
+            return self.text
+        token = DEFAULT_IMAGE_TOKEN
+        if use_im_start_end:
+            token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+        return token + "\n" + self.text
+
+
+def check_questions(questions: Sequence[Question], question_file: str, image_folder: str) -> None:
+    """Fail before the model loads: question ids must be unique (resume relies on them) and images must exist."""
+    seen: set[str] = set()
+    for q in questions:
+        if str(q.question_id) in seen:
+            raise InputFileError(f"{question_file}: question_id {q.question_id} appears more than once")
+        seen.add(str(q.question_id))
+    missing = [
+        q.image_file for q in questions if q.image_file and not os.path.isfile(os.path.join(image_folder, q.image_file))
+    ]
+    if missing:
+        raise InputFileError(
+            f"{question_file}: {len(missing)} image(s) not found under --image-folder {image_folder!r}, "
+            f"e.g. {missing[0]!r}"
+        )
+
+
+def split_list(items: Sequence[T], n: int) -> list[Sequence[T]]:
+    """LLaVA's split: consecutive chunks of ceil(len / n) items (fewer than n chunks when the items run out)."""
+    if n < 1:
+        raise ValueError(f"--num-chunks must be at least 1, got {n}")
+    size = max(1, math.ceil(len(items) / n))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def get_chunk(items: Sequence[T], num_chunks: int, chunk_idx: int) -> Sequence[T]:
+    """Chunk ``chunk_idx`` of ``split_list(items, num_chunks)``; empty when that chunk has no items."""
+    if not 0 <= chunk_idx < num_chunks:
+        raise ValueError(f"--chunk-idx must be in [0, {num_chunks}), got {chunk_idx}")
+    chunks = split_list(items, num_chunks)
+    return chunks[chunk_idx] if chunk_idx < len(chunks) else items[:0]
+
+
+def answer_id(model_id: str, question_id: Any, text: str) -> str:
+    """A 22-character id (LLaVA's shortuuid length), the same for the same model, question and answer."""
+    return hashlib.sha1(f"{model_id}\n{question_id}\n{text}".encode()).hexdigest()[:22]
+
+
+# --- answers file ------------------------------------------------------------------------------------------------
+def resume_answers(path: str, question_ids: Sequence[Any], overwrite: bool = False) -> dict[str, dict[str, Any]]:
+    """Prepare ``path`` for appending and return the answers it already holds, by ``str(question_id)``.
+
+    Complete lines (ending in a newline) are kept; whatever follows the last newline is a line cut short by a kill
+    and is removed from the file. ``overwrite`` empties the file instead (LLaVA's behaviour).
+
+    Raises:
+        InputFileError: a complete line is not a JSON object with a ``question_id`` of this run's questions, or an id
+            appears twice (the file then belongs to another question file or chunk; the message names the line).
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if overwrite or not os.path.exists(path):
+        open(path, "w", encoding="utf-8").close()
+        return {}
+    with open(path, "rb") as f:
+        data = f.read()
+    keep = data.rfind(b"\n") + 1  # bytes up to the end of the last complete line
+    wanted = {str(q) for q in question_ids}
+    done: dict[str, dict[str, Any]] = {}
+    for lineno, line in enumerate(data[:keep].decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputFileError(
+                f"{path}:{lineno}: not valid JSON ({e.msg}); remove the file or pass --overwrite"
+            ) from e
+        qid = str(record.get("question_id")) if isinstance(record, dict) else None
+        if qid not in wanted or qid in done:
+            problem = "repeats question_id" if qid in done else "holds no question_id of this question file/chunk"
+            raise InputFileError(f"{path}:{lineno}: {problem} ({qid}); remove the file or pass --overwrite")
+        done[qid] = record
+    if keep < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+    return done
+
+
+def answer_record(question: Question, text: str, model_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    """One answer line, keys in LLaVA's order."""
+    return {
+        "question_id": question.question_id,
+        "prompt": question.text if question.prompt is None else question.prompt,
+        "text": text,
+        "answer_id": answer_id(model_id, question.question_id, text),
+        "model_id": model_id,
+        "metadata": metadata,
+    }
+
+
+# --- generation --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GenerationSettings:
+    conv_mode: str = "vicuna_v1"  # conversation template (llava.conversation.conv_templates)
+    temperature: float = 0.2  # 0: greedy
+    top_p: float | None = None
+    num_beams: int = 1
+    max_new_tokens: int = 1024  # LLaVA's fixed value
+
+
+@dataclass
+class Generated:
+    """One answer and what it cost (the answer line's metadata)."""
+
+    text: str
+    visual_tokens: int  # visual tokens the LLM received (0 for a text-only question)
+    text_tokens: int  # prompt tokens besides the visual ones
+    tower_gflops: float | None  # analytic GMACs of the vision tower on this question's image (None: unknown)
+    prefill_gflops: float  # analytic GMACs of the LLM prefill
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "visual_tokens": self.visual_tokens,
+            "text_tokens": self.text_tokens,
+            "tower_gflops": None if self.tower_gflops is None else round(self.tower_gflops, 6),
+            "prefill_gflops": round(self.prefill_gflops, 6),
+        }
+
+
+class AnswerGenerator:
+    """Prompts, images and batched ``generate`` for one loaded model.
+
+    Args:
+        model: a ``LlavaLlamaForCausalLM`` (its ``generate`` takes ``images`` and returns only the new tokens).
+        tokenizer, image_processor: as ``load_pretrained_model`` returns them.
+        settings: template and decoding options.
+        image_folder: where the questions' image files are.
+    """
+
+    def __init__(
+        self, model: Any, tokenizer: Any, image_processor: Any, settings: GenerationSettings, image_folder: str
+    ) -> None:
+        self.model, self.tokenizer, self.image_processor = model, tokenizer, image_processor
+        self.settings, self.image_folder = settings, image_folder
+        conv = get_conv_template(settings.conv_mode)
+        stop = conv.sep2 if conv.sep_style == SeparatorStyle.TWO else conv.sep
+        # EOS ends a row by itself; any other separator needs a stopping criterion and is cut from the text.
+        self.stop_str = (stop or "").strip()
+        if self.stop_str == (tokenizer.eos_token or ""):
+            self.stop_str = ""
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.use_im_start_end = MultimodalConfig.from_config(model.config).use_im_start_end
+        self._ids: dict[str, Tensor] = {}
+
+    def prompt_ids(self, question: Question) -> Tensor:
+        """The templated prompt's ids [L] (``IMAGE_TOKEN_INDEX`` for the image), cached per query."""
+        query = question.query(self.use_im_start_end)
+        if query not in self._ids:
+            conv = get_conv_template(self.settings.conv_mode)
+            conv.append_message(conv.roles[0], query)
+            conv.append_message(conv.roles[1], None)
+            self._ids[query] = tokenizer_image_token(conv.get_prompt(), self.tokenizer, return_tensors="pt")
+        return self._ids[query]
+
+    def batch_key(self, question: Question) -> tuple[bool, int]:
+        """Grouping key: image questions apart (their visual tokens dominate the length), then prompt length."""
+        return question.image_file is not None, int(self.prompt_ids(question).shape[0])
+
+    def generate(self, batch: Sequence[Question]) -> list[Generated]:
+        """Answer ``batch`` in one left-padded ``generate`` call; results in the batch's order."""
+        ids = [self.prompt_ids(q) for q in batch]
+        width = max(x.shape[0] for x in ids)
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)  # [B, L], left-padded
+        attention_mask = torch.zeros(len(ids), width, dtype=torch.bool)
+        for i, x in enumerate(ids):
+            input_ids[i, width - x.shape[0] :] = x
+            attention_mask[i, width - x.shape[0] :] = True
+        images, sizes = self._images([q.image_file for q in batch if q.image_file is not None])
+        device = self.model.device
+        with VisionProbe(self.model) as probe, torch.inference_mode():
+            output_ids = self.model.generate(
+                input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                images=images,
+                image_sizes=sizes,
+                **self._decoding_kwargs(),
+            )
+        texts = [self._clean(t) for t in self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)]
+        return self._with_costs(batch, ids, texts, probe)
+
+    def _images(self, files: list[str]) -> tuple[list[Tensor] | None, list[tuple[int, int]] | None]:
+        if not files:
+            return None, None
+        pil = [load_image(os.path.join(self.image_folder, f)) for f in files]
+        pixels = [process_images([img], self.image_processor, self.model.config)[0] for img in pil]  # [3, H, W] each
+        return pixels, [img.size for img in pil]
+
+    def _decoding_kwargs(self) -> dict[str, Any]:
+        s = self.settings
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": s.max_new_tokens,
+            "num_beams": s.num_beams,
+            "use_cache": True,
+            "pad_token_id": self.pad_id,
+            "do_sample": s.temperature > 0,
+        }
+        if s.temperature > 0:
+            kwargs.update(temperature=s.temperature, top_p=s.top_p)
+        if self.stop_str:
+            kwargs["stopping_criteria"] = [KeywordsStoppingCriteria([self.stop_str], self.tokenizer)]
+        return kwargs
+
+    def _clean(self, text: str) -> str:
+        text = text.strip()
+        if self.stop_str and self.stop_str in text:
+            text = text[: text.index(self.stop_str)].strip()
+        return text
+
+    def _with_costs(
+        self, batch: Sequence[Question], ids: list[Tensor], texts: list[str], probe: VisionProbe
+    ) -> list[Generated]:
+        visual, tower = iter(probe.token_counts), iter(probe.gflops)
+        out = []
+        for q, x, text in zip(batch, ids, texts, strict=True):
+            text_tokens = int((x != IMAGE_TOKEN_INDEX).sum())
+            n = next(visual) if q.image_file is not None else 0
+            g = next(tower) if q.image_file is not None else None
+            prefill = prefill_macs(self.model.config, text_tokens, n) / 1e9
+            out.append(Generated(text, n, text_tokens, g, prefill))
+        return out
+
+
+def plan_batches(keys: Sequence[Any], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of ``batch_size`` after sorting by ``keys`` (stable, so ties keep their order)."""
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+# --- the run -------------------------------------------------------------------------------------------------------
+def generate_answers(
+    questions: Sequence[Question],
+    generator: AnswerGenerator,
+    answers_file: str,
+    model_id: str,
+    batch_size: int = 1,
+    overwrite: bool = False,
+    efficiency_file: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Answer every question not yet in ``answers_file`` and write the efficiency sidecar; returns the sidecar dict.
+
+    Lines go out in question order (see the module docstring for resume). ``batch_size`` questions share a
+    ``generate`` call, grouped by ``generator.batch_key`` within windows of ``WINDOW_BATCHES`` batches. The sidecar
+    goes to ``efficiency_file`` (default ``<answers_file>.efficiency.json``) and is rewritten after every window.
+    """
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    done = resume_answers(answers_file, [q.question_id for q in questions], overwrite)
+    pending = [q for q in questions if str(q.question_id) not in done]
+    sidecar = efficiency_file or efficiency_path(answers_file)
+    clock = RunClock.from_sidecar(sidecar) if done else RunClock()  # a resumed file keeps its earlier timing
+    extra = {"model_id": model_id, "batch_size": batch_size, "conv_mode": generator.settings.conv_mode}
+    reset_peak_memory(generator.model.device)
+    window = batch_size * WINDOW_BATCHES
+    bar = tqdm(total=len(questions), initial=len(done), disable=not progress, desc="answers")
+    with open(answers_file, "a", encoding="utf-8") as f, bar:
+        for start in range(0, len(pending), window):
+            _answer_window(pending[start : start + window], generator, batch_size, model_id, f, clock, bar)
+            write_sidecar(sidecar, answers_file, generator.model, clock, extra)
+    return write_sidecar(sidecar, answers_file, generator.model, clock, extra)
+
+
+def _answer_window(
+    part: Sequence[Question],
+    generator: AnswerGenerator,
+    batch_size: int,
+    model_id: str,
+    out: IO[str],
+    clock: RunClock,
+    bar: tqdm,
+) -> None:
+    """Answer ``part`` in length-grouped batches, writing each line once every earlier one of ``part`` is out."""
+    results: dict[int, dict[str, Any]] = {}
+    written = 0
+    for idx in plan_batches([generator.batch_key(q) for q in part], batch_size):
+        t0 = time.perf_counter()
+        answers = generator.generate([part[i] for i in idx])
+        clock.seconds += time.perf_counter() - t0
+        clock.answers += len(idx)
+        for i, a in zip(idx, answers, strict=True):
+            results[i] = answer_record(part[i], a.text, model_id, a.metadata())
+        while written in results:  # the next line in question order is ready: one write, then flush
+            out.write(json.dumps(results.pop(written)) + "\n")
+            out.flush()
+            written += 1
+        bar.update(len(idx))
+
+
+# --- shared command line -------------------------------------------------------------------------------------------
+def add_generation_args(parser: argparse.ArgumentParser, conv_mode: str, temperature: float) -> None:
+    """LLaVA's flags for both entry points (defaults as LLaVA's script has them), plus ours."""
+    parser.add_argument("--model-path", required=True, help="checkpoint directory")
+    parser.add_argument("--model-base", default=None, help="base LLM for projector-only / LoRA checkpoints")
+    parser.add_argument("--image-folder", default="", help="folder the question file's image paths are relative to")
+    parser.add_argument("--question-file", required=True)
+    parser.add_argument("--answers-file", required=True, help="JSONL; an existing file is resumed (see --overwrite)")
+    parser.add_argument("--conv-mode", default=conv_mode, help="conversation template")
+    parser.add_argument("--num-chunks", type=int, default=1, help="split the questions into this many chunks ...")
+    parser.add_argument("--chunk-idx", type=int, default=0, help="... and answer this one (0-based)")
+    parser.add_argument("--temperature", type=float, default=temperature, help="0: greedy decoding")
+    parser.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None)
+    parser.add_argument("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=1, help="questions per generate call (grouped by length)")
+    parser.add_argument("--overwrite", action="store_true", help="start the answers file afresh instead of resuming")
+    parser.add_argument("--efficiency-file", default=None, help="default: <answers-file>.efficiency.json")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--seed", type=int, default=0, help="torch seed (matters only for sampling)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check_generation_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject bad flag values with argparse's usage error (the message names the flag)."""
+    if args.conv_mode not in conv_templates:
+        parser.error(f"--conv-mode {args.conv_mode!r} is unknown; known: {', '.join(sorted(conv_templates))}")
+    if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
+        parser.error(
+            f"need --num-chunks >= 1 and 0 <= --chunk-idx < --num-chunks, got {args.num_chunks}, {args.chunk_idx}"
+        )
+    for flag in ("batch_size", "max_new_tokens", "num_beams"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.temperature < 0:
+        parser.error(f"--temperature must be >= 0, got {args.temperature}")
+
+
+def run_eval(args: argparse.Namespace, questions: Sequence[Question]) -> dict[str, Any]:
+    """Take this chunk of the questions, check it, load the model, answer; returns the efficiency summary."""
+    from llava.model.builder import load_pretrained_model
+
+    chunk = get_chunk(questions, args.num_chunks, args.chunk_idx)
+    check_questions(chunk, args.question_file, args.image_folder)
+    torch.manual_seed(args.seed)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model_path = os.path.expanduser(args.model_path)
+    model_name = get_model_name_from_path(model_path)
+    base = os.path.expanduser(args.model_base) if args.model_base else None
+    tokenizer, model, image_processor, _ = load_pretrained_model(model_path, base, model_name, device=device)
+    settings = GenerationSettings(args.conv_mode, args.temperature, args.top_p, args.num_beams, args.max_new_tokens)
+    generator = AnswerGenerator(model, tokenizer, image_processor, settings, args.image_folder)
+    return generate_answers(
+        chunk,
+        generator,
+        os.path.expanduser(args.answers_file),
+        model_name,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        efficiency_file=args.efficiency_file,
+        progress=not args.no_progress,
+    )

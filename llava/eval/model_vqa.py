@@ -1,0 +1,78 @@
+"""Open-ended answer generation (LLaVA-1.5's ``model_vqa``), e.g. for LLaVA-Bench (In-the-Wild).
+
+    python -m llava.eval.model_vqa --model-path CKPT [--model-base BASE] \\
+        --question-file playground/data/eval/llava-bench-in-the-wild/questions.jsonl \\
+        --image-folder playground/data/eval/llava-bench-in-the-wild/images \\
+        --answers-file answers/CKPT.jsonl --temperature 0 --conv-mode vicuna_v1 \\
+        [--num-chunks N --chunk-idx K] [--batch-size 8] [--max-new-tokens 1024] [--overwrite]
+
+The question file is JSONL, one ``{"question_id", "image", "text", ["category"]}`` per line (LLaVA-Bench's
+``questions.jsonl``). Each question is asked about its image with the image token in front (``<image>\\n`` + text,
+or ``<im_start><image><im_end>\\n`` when the model uses start/end tokens); the answer line's ``prompt`` is the bare
+question text, as in LLaVA (Liu et al., "Improved Baselines with Visual Instruction Tuning", 2023). Ours: a line
+without ``image`` is asked as a text-only question. Batching, resume and the efficiency sidecar are
+``llava.eval.generation``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from llava.eval.generation import (
+    InputFileError,
+    Question,
+    add_generation_args,
+    check_generation_args,
+    run_eval,
+)
+
+
+def load_vqa_questions(path: str) -> list[Question]:
+    """Read a question JSONL file; raises InputFileError naming the file and line when one is malformed."""
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise InputFileError(f"{path}: question file not found")
+    questions = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputFileError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+            if not isinstance(item, dict) or "question_id" not in item or not isinstance(item.get("text"), str):
+                raise InputFileError(f"{path}:{lineno}: expected an object with 'question_id' and a string 'text'")
+            image = item.get("image")
+            if image is not None and not isinstance(image, str):
+                raise InputFileError(f"{path}:{lineno}: 'image' must be a path string")
+            # LLaVA's cur_prompt here is the bare question text, without the image token
+            questions.append(Question(item["question_id"], item["text"], image or None, item["text"]))
+    return questions
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Answer open-ended image questions with a LLaVA-DRIP model.")
+    add_generation_args(parser, conv_mode="llava_v1", temperature=0.2)
+    args = parser.parse_args(argv)
+    check_generation_args(parser, args)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        summary = run_eval(args, load_vqa_questions(args.question_file))
+    except (InputFileError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"answers: {summary['answers']} -> {args.answers_file}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The multimodal settings of a LLaVA model, read from (and written to) its flat ``mm_*`` config keys in one place.
+
+LLaVA-1.5 (Liu et al., "Improved Baselines with Visual Instruction Tuning", 2023) stores its vision settings as loose
+attributes of the Llama config (``mm_vision_tower``, ``mm_projector_type``, ...); released checkpoints carry them in
+``config.json``. Every other module of ``llava.model`` reads them through ``MultimodalConfig.from_config`` so that
+names, defaults and checks live here only. Two keys are ours:
+
+* ``mm_vision_tower_config``: the tower's full architecture (a ``CLIPVisionConfig`` or ``DripConfig`` dict). With it
+  a checkpoint rebuilds its tower offline and takes the tower weights from its own shards; without it (released
+  LLaVA checkpoints) the tower is read from ``mm_vision_tower`` (a local dir, a hub name, or ``drip:<preset|dir>``).
+* ``pdrop_layer_list`` / ``pdrop_image_token_ratio_list``: PyramidDrop (Xing et al., 2024) in the LLM — after layer
+  ``layer_list[k]`` keep the fraction ``image_token_ratio_list[k]`` of each sample's image tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+SelectFeature = Literal["patch", "cls_patch"]
+PaddingSide = Literal["left", "right"]
+DRIP_PREFIX = "drip:"  # ``mm_vision_tower`` values starting with this name a DRIP tower (preset or checkpoint dir)
+
+
+@dataclass(frozen=True)
+class PDropConfig:
+    """PyramidDrop schedule: after decoder layer ``layer_list[k]`` keep ``image_token_ratio_list[k]`` of the image
+    tokens each sample had when the LLM started (ratios relative to the original count, as in PyramidDrop)."""
+
+    layer_list: tuple[int, ...]  # decoder layer indices, strictly increasing
+    image_token_ratio_list: tuple[float, ...]  # one ratio in (0, 1] per entry of layer_list, non-increasing
+
+    def __post_init__(self) -> None:
+        layers = tuple(int(x) for x in self.layer_list)
+        ratios = tuple(float(x) for x in self.image_token_ratio_list)
+        object.__setattr__(self, "layer_list", layers)
+        object.__setattr__(self, "image_token_ratio_list", ratios)
+        if not layers or len(layers) != len(ratios):
+            raise ValueError(
+                f"pdrop_layer_list {list(layers)} and pdrop_image_token_ratio_list {list(ratios)} must be non-empty "
+                "and have one ratio per layer"
+            )
+        if any(b <= a for a, b in zip(layers[:-1], layers[1:], strict=True)) or layers[0] < 0:
+            raise ValueError(f"pdrop_layer_list must be strictly increasing layer indices >= 0, got {list(layers)}")
+        if not all(0.0 < r <= 1.0 for r in ratios) or any(b > a for a, b in zip(ratios[:-1], ratios[1:], strict=True)):
+            raise ValueError(
+                f"pdrop_image_token_ratio_list must be non-increasing ratios in (0, 1], got {list(ratios)}"
+            )
+
+
+@dataclass(frozen=True)
+class MultimodalConfig:
+    """Typed view of LLaVA's flat multimodal config keys (key names in the comments)."""
+
+    vision_tower: str | None = None  # mm_vision_tower: CLIP dir / hub name, or "drip:<preset or checkpoint dir>"
+    vision_tower_config: dict[str, Any] | None = None  # mm_vision_tower_config (ours): the tower's architecture
+    mm_hidden_size: int | None = None  # mm_hidden_size: tower feature size D (the projector's input)
+    projector_type: str = "linear"  # mm_projector_type: linear | mlp{N}x_gelu | identity
+    select_layer: int = -2  # mm_vision_select_layer: which hidden state of the tower feeds the projector
+    select_feature: SelectFeature = "patch"  # mm_vision_select_feature: "patch" drops CLS, "cls_patch" keeps it
+    use_im_start_end: bool = False  # mm_use_im_start_end: wrap images in <im_start> ... <im_end> tokens
+    use_im_patch_token: bool = True  # mm_use_im_patch_token: add the <im_patch> token to the tokenizer
+    image_aspect_ratio: str = "square"  # image_aspect_ratio: "pad" (LLaVA-1.5) or "square"
+    patch_merge_type: str = "flat"  # mm_patch_merge_type: only "flat" (LLaVA-1.5) is supported
+    tokenizer_model_max_length: int | None = None  # tokenizer_model_max_length: splice truncation in training
+    tokenizer_padding_side: PaddingSide = "right"  # tokenizer_padding_side: batch padding in training
+    pdrop: PDropConfig | None = None  # pdrop_layer_list + pdrop_image_token_ratio_list
+
+    def __post_init__(self) -> None:
+        if self.select_feature not in ("patch", "cls_patch"):
+            raise ValueError(f"mm_vision_select_feature must be 'patch' or 'cls_patch', got {self.select_feature!r}")
+        if self.tokenizer_padding_side not in ("left", "right"):
+            raise ValueError(f"tokenizer_padding_side must be 'left' or 'right', got {self.tokenizer_padding_side!r}")
+        if self.patch_merge_type != "flat":
+            raise ValueError(
+                f"mm_patch_merge_type {self.patch_merge_type!r} is not supported: LLaVA-1.5 uses 'flat' "
+                "(the 'spatial*' / 'unpad' merges belong to LLaVA-NeXT's anyres tiling)"
+            )
+        if self.tokenizer_model_max_length is not None and self.tokenizer_model_max_length < 1:
+            raise ValueError(f"tokenizer_model_max_length must be positive, got {self.tokenizer_model_max_length}")
+
+    @property
+    def is_drip(self) -> bool:
+        return self.vision_tower is not None and self.vision_tower.startswith(DRIP_PREFIX)
+
+    @classmethod
+    def from_config(cls, config: Any) -> MultimodalConfig:
+        """Read the ``mm_*`` keys of an HF config (missing keys take LLaVA's defaults)."""
+        get = lambda key, default=None: default if getattr(config, key, None) is None else getattr(config, key)
+        layers, ratios = get("pdrop_layer_list"), get("pdrop_image_token_ratio_list")
+        if (layers is None) != (ratios is None):
+            raise ValueError("config sets only one of pdrop_layer_list / pdrop_image_token_ratio_list; set both")
+        return cls(
+            vision_tower=get("mm_vision_tower"),
+            vision_tower_config=get("mm_vision_tower_config"),
+            mm_hidden_size=get("mm_hidden_size"),
+            projector_type=get("mm_projector_type", "linear"),
+            select_layer=int(get("mm_vision_select_layer", -2)),
+            select_feature=get("mm_vision_select_feature", "patch"),
+            use_im_start_end=bool(get("mm_use_im_start_end", False)),
+            use_im_patch_token=bool(get("mm_use_im_patch_token", True)),
+            image_aspect_ratio=get("image_aspect_ratio", "square"),
+            patch_merge_type=get("mm_patch_merge_type", "flat"),
+            tokenizer_model_max_length=get("tokenizer_model_max_length"),
+            tokenizer_padding_side=get("tokenizer_padding_side", "right"),
+            pdrop=None if layers is None else PDropConfig(tuple(layers), tuple(ratios)),
+        )
+
+    def write_to(self, config: Any) -> None:
+        """Store every setting under its LLaVA key (so ``save_pretrained`` keeps them)."""
+        config.mm_vision_tower = self.vision_tower
+        config.mm_vision_tower_config = self.vision_tower_config
+        config.mm_hidden_size = self.mm_hidden_size
+        config.mm_projector_type = self.projector_type
+        config.mm_vision_select_layer = self.select_layer
+        config.mm_vision_select_feature = self.select_feature
+        config.mm_use_im_start_end = self.use_im_start_end
+        config.mm_use_im_patch_token = self.use_im_patch_token
+        config.image_aspect_ratio = self.image_aspect_ratio
+        config.mm_patch_merge_type = self.patch_merge_type
+        config.tokenizer_model_max_length = self.tokenizer_model_max_length
+        config.tokenizer_padding_side = self.tokenizer_padding_side
+        config.pdrop_layer_list = None if self.pdrop is None else list(self.pdrop.layer_list)
+        config.pdrop_image_token_ratio_list = None if self.pdrop is None else list(self.pdrop.image_token_ratio_list)
+
+    def replace(self, **changes: Any) -> MultimodalConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def pdrop_from_lists(layer_list: Sequence[int] | None, ratio_list: Sequence[float] | None) -> PDropConfig | None:
+    """``PDropConfig`` from two optional lists (both empty/None: PyramidDrop off)."""
+    if not layer_list and not ratio_list:
+        return None
+    return PDropConfig(tuple(layer_list or ()), tuple(ratio_list or ()))

@@ -1,0 +1,267 @@
+"""LLaVA on a Llama LLM: ``LlavaLlamaForCausalLM`` with its config, registered with transformers' Auto classes.
+
+LLaVA-1.5 (Liu et al., 2023) on transformers 5.x. The model is a ``LlamaForCausalLM`` whose base model also holds the
+vision tower and projector (``llava_arch``); ``forward`` splices images into the inputs once (prefill / training),
+then runs the LLM, optionally through PyramidDrop (Xing et al., 2024: rank and drop image tokens at chosen layers,
+``llava.model.pdrop``). ``generate`` builds the spliced embeddings once and hands them to HF's ``generate``, so the
+decoding steps that follow only see new tokens and the KV cache; it returns only the new tokens.
+
+The config's ``model_type`` is ``llava_llama`` (LLaVA's), distinct from transformers' own ``llava``, so released
+LLaVA-1.5 checkpoints load through ``AutoConfig`` / ``AutoModelForCausalLM`` once this module is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaModel,
+    LlamaPreTrainedModel,
+)
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from llava.model.config import MultimodalConfig, PDropConfig
+from llava.model.llava_arch import Images, LlavaMetaForCausalLM, LlavaMetaModel, MultimodalInputs
+from llava.model.multimodal_inputs import ImageTokenLayout
+
+
+class LlavaLlamaConfig(LlamaConfig):
+    """A ``LlamaConfig`` plus LLaVA's flat ``mm_*`` keys (read through ``llava.model.config.MultimodalConfig``)."""
+
+    model_type = "llava_llama"
+
+
+LlavaConfig = LlavaLlamaConfig  # LLaVA's name for it
+
+
+@dataclass
+class LlavaCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """``loss`` is ``lm_loss`` plus DRIP's ``boundary_loss`` when the boundary predictor trains (the loss needs a
+    gradient); ``image_layouts`` says where each sample's image tokens sat in the LLM's input."""
+
+    lm_loss: Tensor | None = None
+    boundary_loss: Tensor | None = None
+    image_layouts: list[ImageTokenLayout] | None = None
+
+
+class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
+    config_class = LlavaLlamaConfig
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__(config)
+
+
+class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
+    config_class = LlavaLlamaConfig
+
+    def __init__(self, config: LlamaConfig) -> None:
+        # LlamaForCausalLM.__init__ would build a plain LlamaModel first: set up the same parts around ours instead.
+        LlamaPreTrainedModel.__init__(self, config)
+        self.model = LlavaLlamaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.pdrop: PDropConfig | None = MultimodalConfig.from_config(config).pdrop
+        self.post_init()
+
+    def get_model(self) -> LlavaLlamaModel:
+        return self.model
+
+    def set_pdrop(self, pdrop: PDropConfig | None) -> None:
+        """Turn PyramidDrop on (or off with None); recorded in the config so checkpoints keep it."""
+        MultimodalConfig.from_config(self.config).replace(pdrop=pdrop).write_to(self.config)
+        self.pdrop = pdrop
+
+    @property
+    def context_length(self) -> int:
+        """Longest sequence the LLM takes (prompt + visual tokens + answer)."""
+        return int(self.config.max_position_embeddings)
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        use_cache: bool | None = None,
+        images: Images | None = None,
+        image_sizes: Any = None,
+        image_layouts: list[ImageTokenLayout] | None = None,
+        logits_to_keep: int | Tensor = 0,
+        past_key_values: Cache | None = None,
+        **kwargs: Any,
+    ) -> LlavaCausalLMOutputWithPast:
+        """LLaVA's forward. With ``images`` (one per ``IMAGE_TOKEN_INDEX`` in ``input_ids``, in order), the images are
+        encoded and spliced in, and ``attention_mask``/``labels`` are re-laid out to match (``position_ids`` are then
+        recomputed). Without images it is the plain LLM. ``past_key_values`` is LLaVA's name for ``cache``.
+
+        Returns:
+            LlavaCausalLMOutputWithPast with logits [B, T', V] (T' after splicing) and labels-aligned losses.
+        """
+        if past_key_values is not None:
+            if cache is not None:
+                raise ValueError("pass the KV cache as `cache` or `past_key_values`, not both")
+            cache = past_key_values
+        boundary_loss = None
+        if images is not None:
+            mm = self._prefill_inputs(input_ids, inputs_embeds, attention_mask, labels, images, image_sizes, cache)
+            input_ids, inputs_embeds, image_layouts = None, mm.inputs_embeds, mm.layouts
+            attention_mask, position_ids, labels = mm.attention_mask, mm.position_ids, mm.labels
+            boundary_loss = mm.boundary_loss
+        outputs, labels = self._run_llm(
+            input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, image_layouts, labels, kwargs
+        )
+        hidden = outputs.last_hidden_state  # [B, T, H]
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])  # [B, T or kept, V]
+        lm_loss = None
+        if labels is not None:
+            lm_loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        loss = lm_loss
+        if lm_loss is not None and boundary_loss is not None and boundary_loss.requires_grad:
+            loss = lm_loss + boundary_loss.to(lm_loss.dtype)  # the predictor trains: its prior loss joins the objective
+        return LlavaCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            lm_loss=lm_loss,
+            boundary_loss=boundary_loss,
+            image_layouts=image_layouts,
+        )
+
+    def _prefill_inputs(
+        self,
+        input_ids: Tensor | None,
+        inputs_embeds: Tensor | None,
+        attention_mask: Tensor | None,
+        labels: Tensor | None,
+        images: Images,
+        image_sizes: Any,
+        cache: Cache | None,
+    ) -> MultimodalInputs:
+        """Encode + splice for a forward pass that got images (training, or a prefill without ``generate``)."""
+        if inputs_embeds is not None or input_ids is None:
+            raise ValueError("images need input_ids with IMAGE_TOKEN_INDEX placeholders, not inputs_embeds")
+        if cache is not None and cache.get_seq_length() > 0:
+            raise ValueError("images can only be given with the whole prompt (prefill), not with a filled cache")
+        return self.prepare_multimodal_inputs(input_ids, attention_mask, labels, images, image_sizes)
+
+    def _run_llm(
+        self,
+        input_ids: Tensor | None,
+        inputs_embeds: Tensor | None,
+        attention_mask: Tensor | None,
+        position_ids: Tensor | None,
+        cache: Cache | None,
+        use_cache: bool | None,
+        image_layouts: list[ImageTokenLayout] | None,
+        labels: Tensor | None,
+        kwargs: dict[str, Any],
+    ) -> tuple[BaseModelOutputWithPast, Tensor | None]:
+        """The decoder stack: plain, or PyramidDrop's (which may shorten the sequence, and the labels with it)."""
+        if self.pdrop is None:
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                inputs_embeds=inputs_embeds,
+                use_cache=use_cache,
+                **kwargs,
+            )
+            return out, labels
+        from llava.model.pdrop import pdrop_forward  # only models with PyramidDrop need it
+
+        if inputs_embeds is None:
+            inputs_embeds = self.model.embed_tokens(input_ids)
+        out = pdrop_forward(
+            self.model,
+            inputs_embeds,
+            attention_mask,
+            position_ids,
+            image_layouts,
+            self.pdrop,
+            labels=labels,
+            past_key_values=cache,
+            use_cache=bool(use_cache),
+        )
+        return BaseModelOutputWithPast(last_hidden_state=out.last_hidden_state, cache=out.past_key_values), out.labels
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: Tensor | None = None,
+        images: Images | None = None,
+        image_sizes: Any = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        """Greedy/sampled decoding from prompts with image placeholders; returns only the new tokens [B, new].
+
+        ``inputs`` [B, L] may hold ``IMAGE_TOKEN_INDEX`` (one per image in ``images``); a batch is left-padded after
+        the splice. ``attention_mask`` marks the tokenizer's padding, if any. Other kwargs go to HF ``generate``.
+
+        Raises:
+            ValueError: image count and placeholders disagree, or a spliced prompt is longer than the context.
+        """
+        if inputs is None:
+            raise ValueError("generate needs `inputs` (token ids with IMAGE_TOKEN_INDEX placeholders)")
+        for unsupported in ("inputs_embeds", "position_ids"):
+            if unsupported in kwargs:
+                raise ValueError(f"`{unsupported}` is built from `inputs` and `images`; do not pass it to generate")
+        mm = self.prepare_multimodal_inputs(
+            inputs, kwargs.pop("attention_mask", None), None, images, image_sizes, truncate=False, padding_side="left"
+        )
+        too_long = [(i, lay.seq_len) for i, lay in enumerate(mm.layouts) if lay.seq_len > self.context_length]
+        if too_long:
+            i, n = too_long[0]
+            raise ValueError(
+                f"sample {i}: the prompt is {n} tokens after splicing its images, longer than the model's context "
+                f"of {self.context_length} tokens (max_position_embeddings)"
+            )
+        return super().generate(
+            inputs_embeds=mm.inputs_embeds,
+            attention_mask=mm.attention_mask,
+            position_ids=mm.position_ids,
+            image_layouts=mm.layouts,
+            **kwargs,
+        )
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: Tensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        image_layouts: list[ImageTokenLayout] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        # The layouts describe the prompt only: they go to the prefill step, never to the decoding steps.
+        inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+        if is_first_iteration:
+            inputs["image_layouts"] = image_layouts
+        return inputs
+
+
+AutoConfig.register("llava_llama", LlavaLlamaConfig, exist_ok=True)
+AutoModelForCausalLM.register(LlavaLlamaConfig, LlavaLlamaForCausalLM, exist_ok=True)

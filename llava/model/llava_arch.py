@@ -1,0 +1,275 @@
+"""LLaVA's multimodal glue as two mixins: the vision modules of the base model, and the encode -> splice path.
+
+LLaVA-1.5 (Liu et al., "Improved Baselines with Visual Instruction Tuning", 2023) keeps its vision tower and
+projector on the base model (``model.model.vision_tower``, ``model.model.mm_projector``) and replaces each image
+placeholder in the text by that image's projected visual tokens before the LLM runs. The names and entry points are
+LLaVA's (``get_vision_tower``, ``initialize_vision_modules``, ``encode_images``,
+``prepare_inputs_labels_for_multimodal``), so training code and released checkpoints carry over. What differs: a
+DRIP tower yields a different number of tokens per image, so features travel as per-image lists and the splice
+(``llava.model.multimodal_inputs``) also reports where each sample's image tokens sit (``ImageTokenLayout``), which
+PyramidDrop needs.
+
+Whether the tower runs with gradients is decided here, at the call site, never inside the tower: a tower whose
+parameters all have ``requires_grad=False`` is frozen and runs under ``torch.no_grad`` in eval mode (deterministic
+DRIP boundaries even while the LLM trains); a tower with any trainable parameter (e.g. DRIP's boundary predictor)
+runs in the model's own mode with gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN, IMAGE_TOKEN_INDEX
+from llava.model.config import MultimodalConfig
+from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
+from llava.model.multimodal_encoder.builder import build_vision_tower
+from llava.model.multimodal_inputs import ImageTokenLayout, splice_image_features
+from llava.model.multimodal_projector.builder import build_vision_projector
+
+Images = Tensor | Sequence[Tensor]  # [B, C, H, W], or one [C, H, W] (or [k, C, H, W]) tensor per image
+
+
+@dataclass
+class MultimodalInputs:
+    """The LLM's inputs after encoding the images and splicing their tokens in (padding: zeros / IGNORE_INDEX)."""
+
+    inputs_embeds: Tensor  # [B, T, H]
+    attention_mask: Tensor  # [B, T] bool
+    position_ids: Tensor  # [B, T] long, 0.. over each sample's real tokens
+    labels: Tensor | None  # [B, T] long, IGNORE_INDEX on image tokens and padding
+    layouts: list[ImageTokenLayout]  # where each sample's image tokens sit (PyramidDrop's bookkeeping)
+    token_counts: Tensor | None = None  # [num_images] visual tokens per image (None without images)
+    boundary_loss: Tensor | None = None  # DRIP prior loss (scalar) of this batch's images, None for other towers
+
+
+class LlavaMetaModel:
+    """Mixin for the base model (e.g. ``LlamaModel``): owns ``vision_tower`` and ``mm_projector``."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        mm = MultimodalConfig.from_config(config)
+        if mm.vision_tower is not None:
+            # Weights come later: from the checkpoint being loaded, or from the tower's source in load_model().
+            self.vision_tower = build_vision_tower(mm, delay_load=True)
+            mm_hidden = mm.mm_hidden_size or self.vision_tower.hidden_size
+            self.mm_projector = build_vision_projector(mm.projector_type, mm_hidden, config.hidden_size)
+
+    def get_vision_tower(self) -> VisionTower | None:
+        tower = getattr(self, "vision_tower", None)
+        return tower[0] if isinstance(tower, list) else tower  # LLaVA hides the tower in a list under FSDP
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The tower initialises itself when built (DRIP: boundary bias = logit(prior)); HF's generic init would
+        # overwrite that, and its tower weights come from a checkpoint or load_model() anyway.
+        tower = self.get_vision_tower()
+        if tower is not None and any(module is m for m in tower.modules()):
+            return
+        super()._init_weights(module)
+
+    def initialize_vision_modules(self, model_args: Any, fsdp: Sequence[Any] | None = None) -> None:
+        """Attach the tower named by ``model_args.vision_tower`` and a projector (LLaVA's training entry point).
+
+        Reads LLaVA's ``ModelArguments`` fields (``vision_tower``, ``mm_vision_select_layer``,
+        ``mm_vision_select_feature``, ``mm_projector_type``, ``mm_patch_merge_type``, ``pretrain_mm_mlp_adapter``,
+        and ours: ``drip_boundary_threshold``) and records the settings in ``self.config``.
+        """
+        arg = lambda name, default=None: (
+            default if getattr(model_args, name, None) is None else getattr(model_args, name)
+        )
+        mm = MultimodalConfig.from_config(self.config).replace(
+            vision_tower=model_args.vision_tower,
+            select_layer=arg("mm_vision_select_layer", -2),
+            select_feature=arg("mm_vision_select_feature", "patch"),
+            projector_type=arg("mm_projector_type", "linear"),
+            patch_merge_type=arg("mm_patch_merge_type", "flat"),
+        )
+        tower = self.get_vision_tower()
+        if tower is None:
+            tower = build_vision_tower(mm, threshold=arg("drip_boundary_threshold"))
+            self.vision_tower = [tower] if fsdp else tower
+        elif not tower.is_loaded:
+            tower.load_model()
+        mm = mm.replace(mm_hidden_size=tower.hidden_size, vision_tower_config=tower.config_dict())
+        mm.write_to(self.config)
+        self.config.use_mm_proj = True
+        if getattr(self, "mm_projector", None) is None:
+            self.mm_projector = build_vision_projector(mm.projector_type, tower.hidden_size, self.config.hidden_size)
+        else:
+            self.mm_projector.requires_grad_(True)  # LLaVA: it may have been frozen by LoRA wrapping
+        adapter = arg("pretrain_mm_mlp_adapter")
+        if adapter is not None:
+            self.mm_projector.load_state_dict(projector_weights(adapter))
+
+
+def projector_weights(path: str) -> dict[str, Tensor]:
+    """``mm_projector.bin`` (LLaVA's stage-1 output, keys ``model.mm_projector.0.weight``...) -> projector keys."""
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    found = {k.split("mm_projector.", 1)[1]: v for k, v in weights.items() if "mm_projector." in k}
+    if not found:
+        raise ValueError(f"{path}: no 'mm_projector.*' keys (found {sorted(weights)[:5]} ...)")
+    return found
+
+
+@contextlib.contextmanager
+def _frozen_tower(tower: VisionTower) -> Iterator[None]:
+    """No gradients and eval mode for a tower with no trainable parameter; the previous mode is restored."""
+    was_training = tower.training
+    tower.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        tower.train(was_training)
+
+
+def _flatten_images(images: Images) -> list[Tensor]:
+    """Images in any accepted layout -> list of [C, H, W] tensors, in order."""
+    if isinstance(images, Tensor):
+        if images.dim() != 4:
+            raise ValueError(f"images must be [B, C, H, W] or a list of per-image tensors, got {list(images.shape)}")
+        return list(images.unbind(0))
+    flat: list[Tensor] = []
+    for j, image in enumerate(images):
+        if image.dim() == 3:
+            flat.append(image)
+        elif image.dim() == 4:
+            flat.extend(image.unbind(0))
+        else:
+            raise ValueError(f"image {j} must be [C, H, W] or [k, C, H, W], got {list(image.shape)}")
+    return flat
+
+
+class LlavaMetaForCausalLM(ABC):
+    """Mixin for the causal LM: encodes images and splices them into the LLM's inputs."""
+
+    @abstractmethod
+    def get_model(self) -> LlavaMetaModel: ...
+
+    def get_vision_tower(self) -> VisionTower | None:
+        return self.get_model().get_vision_tower()
+
+    @property
+    def mm_config(self) -> MultimodalConfig:
+        return MultimodalConfig.from_config(self.config)
+
+    def encode_image_features(self, images: Images) -> VisionFeatures:
+        """Tower then projector: one [N_i, H] tensor per image (H = the LLM's hidden size), counts, DRIP loss."""
+        tower = self.get_vision_tower()
+        if tower is None:
+            raise ValueError("this model has no vision tower (mm_vision_tower is not set) but images were given")
+        flat = _flatten_images(images)
+        if not flat:
+            empty = torch.zeros(0, dtype=torch.long, device=tower.device)
+            return VisionFeatures(features=[], token_counts=empty)
+        shapes = sorted({tuple(img.shape) for img in flat})
+        if len(shapes) > 1:
+            raise ValueError(f"images must all have one shape (the tower's input size), got {shapes}")
+        frozen = not any(p.requires_grad for p in tower.parameters())
+        with _frozen_tower(tower) if frozen else contextlib.nullcontext():
+            out = tower(torch.stack(flat))  # [num_images, C, H, W] -> num_images x [N_i, D]
+        projector = self.get_model().mm_projector
+        p = next(projector.parameters(), None)
+        joined = torch.cat(out.features)  # [sum N_i, D]: one projector call for the whole batch
+        projected = projector(joined if p is None else joined.to(p.dtype))  # [sum N_i, H]
+        out.features = list(torch.split(projected, out.token_counts.tolist()))
+        return out
+
+    def encode_images(self, images: Images) -> list[Tensor]:
+        """LLaVA's name: tower -> projector, one [N_i, H] tensor per image."""
+        return self.encode_image_features(images).features
+
+    def prepare_multimodal_inputs(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        images: Images | None = None,
+        image_sizes: Any = None,
+        *,
+        truncate: bool = True,
+        padding_side: str | None = None,
+    ) -> MultimodalInputs:
+        """Encode ``images`` (one per ``IMAGE_TOKEN_INDEX``, in order across the batch) and splice them in.
+
+        Args:
+            input_ids: [B, L] with one ``IMAGE_TOKEN_INDEX`` per image; attention_mask/labels: [B, L] or None.
+            images: see ``Images``; None or empty for a text-only batch.
+            image_sizes: accepted for LLaVA's signature; LLaVA-1.5 (no anyres tiling) does not use it.
+            truncate: cut each spliced sample to the config's ``tokenizer_model_max_length`` (LLaVA's training rule).
+            padding_side: "left" or "right"; defaults to the config's ``tokenizer_padding_side``.
+
+        Raises:
+            ValueError: image count and image tokens disagree (the message names the sample), bad shapes.
+        """
+        mm = self.mm_config
+        vision = None
+        if images is not None and len(images) > 0:
+            vision = self.encode_image_features(images)
+        elif input_ids is not None and bool((input_ids == IMAGE_TOKEN_INDEX).any()) and self.get_vision_tower() is None:
+            raise ValueError("input_ids hold image tokens but this model has no vision tower")
+        splice = splice_image_features(
+            input_ids,
+            labels,
+            attention_mask,
+            [] if vision is None else vision.features,
+            self.get_model().embed_tokens,
+            max_length=mm.tokenizer_model_max_length if truncate else None,
+            padding_side=padding_side or mm.tokenizer_padding_side,
+        )
+        return MultimodalInputs(
+            inputs_embeds=splice.inputs_embeds,
+            attention_mask=splice.attention_mask,
+            position_ids=splice.position_ids,
+            labels=splice.labels,
+            layouts=splice.layouts,
+            token_counts=None if vision is None else vision.token_counts,
+            boundary_loss=None if vision is None else vision.boundary_loss,
+        )
+
+    def prepare_inputs_labels_for_multimodal(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor | None,
+        attention_mask: Tensor | None,
+        past_key_values: Any,
+        labels: Tensor | None,
+        images: Images | None,
+        image_sizes: Any = None,
+    ) -> tuple[None, Tensor, Tensor, Any, Tensor, Tensor | None] | tuple[Tensor, Any, Any, Any, None, Any]:
+        """LLaVA's tuple interface: ``(None, position_ids, attention_mask, past_key_values, inputs_embeds, labels)``.
+
+        Without images (or a tower) the inputs come back unchanged with ``inputs_embeds=None``. The image-token
+        layouts are not part of this tuple; callers that need them use ``prepare_multimodal_inputs``.
+        """
+        if images is None or self.get_vision_tower() is None:
+            return input_ids, position_ids, attention_mask, past_key_values, None, labels
+        m = self.prepare_multimodal_inputs(input_ids, attention_mask, labels, images, image_sizes)
+        return None, m.position_ids, m.attention_mask, past_key_values, m.inputs_embeds, m.labels
+
+    def initialize_vision_tokenizer(self, model_args: Any, tokenizer: Any) -> None:
+        """Add LLaVA's optional image tokens to ``tokenizer`` and grow the embeddings (new rows: mean of the old).
+
+        ``mm_use_im_patch_token`` adds ``<im_patch>``; ``mm_use_im_start_end`` adds ``<im_start>``/``<im_end>``. With
+        ``tune_mm_mlp_adapter`` the new input rows train and the output rows stay frozen, as in LLaVA.
+        """
+        new_tokens = [DEFAULT_IMAGE_PATCH_TOKEN] if getattr(model_args, "mm_use_im_patch_token", False) else []
+        if getattr(model_args, "mm_use_im_start_end", False):
+            new_tokens += [DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN]
+        added = tokenizer.add_tokens(new_tokens, special_tokens=True) if new_tokens else 0
+        if added:
+            self.resize_token_embeddings(len(tokenizer))
+            with torch.no_grad():
+                for emb in (self.get_input_embeddings().weight, self.get_output_embeddings().weight):
+                    emb[-added:] = emb[:-added].mean(dim=0, keepdim=True)
+        if getattr(model_args, "tune_mm_mlp_adapter", False) and added:
+            self.get_input_embeddings().requires_grad_(True)
+            self.get_output_embeddings().requires_grad_(False)
+        self.config.mm_use_im_patch_token = bool(getattr(model_args, "mm_use_im_patch_token", False))
+        self.config.mm_use_im_start_end = bool(getattr(model_args, "mm_use_im_start_end", False))

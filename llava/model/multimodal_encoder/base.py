@@ -1,0 +1,119 @@
+"""The one interface every LLaVA vision tower answers, and what it returns.
+
+A tower maps a batch of preprocessed images [B, C, H, W] to one tensor of visual tokens per image. With a CLIP tower
+every image gives the same number of tokens (LLaVA-1.5: 576); with DRIP (Dynamic token Reduction vIsion transformer
+via Pooling) each image gives its own number, known only after encoding, so the common currency is a list of
+[N_i, D] tensors plus the counts.
+
+Towers never freeze themselves and never run under ``torch.no_grad`` in ``forward`` (LLaVA's CLIP tower does both,
+which would silently cut the gradient of a trainable DRIP boundary predictor): the caller decides, see
+``llava.model.llava_arch.LlavaMetaForCausalLM.encode_images``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import CLIPImageProcessor
+
+# OpenAI CLIP's normalisation (what LLaVA's CLIP processors and open_clip's OpenAI weights use).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class VisionFeatures:
+    """A tower's output for B images."""
+
+    features: list[Tensor]  # B tensors [N_i, D] (padding already stripped)
+    token_counts: Tensor  # [B] long, N_i
+    boundary_loss: Tensor | None = None  # scalar DRIP prior loss (None for towers without a boundary predictor)
+    boundary_rate: Tensor | None = None  # scalar mean boundary rate of DRIP's first pooling stage (detached)
+
+    def __post_init__(self) -> None:
+        if len(self.features) != self.token_counts.shape[0]:
+            raise ValueError(f"{len(self.features)} feature tensors but {self.token_counts.shape[0]} token counts")
+
+
+def clip_image_processor(image_size: int) -> CLIPImageProcessor:
+    """CLIP preprocessing at ``image_size`` (resize the short side, centre crop, CLIP mean/std), built locally.
+
+    For OpenAI's CLIP towers this equals their released ``preprocessor_config.json``, so nothing is downloaded.
+    """
+    return CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+
+
+class VisionTower(nn.Module, ABC):
+    """Base class: subclasses hold the network as ``self.vision_tower`` (LLaVA's attribute, so checkpoint keys read
+    ``model.vision_tower.vision_tower.*``) and implement ``load_model``, ``forward`` and the config properties."""
+
+    def __init__(self, source: str, select_layer: int) -> None:
+        super().__init__()
+        self.vision_tower_name = source  # LLaVA's attribute name
+        self.select_layer = select_layer
+        self.is_loaded = False
+        self._image_processor: CLIPImageProcessor | None = None
+
+    @abstractmethod
+    def load_model(self, device_map: Any = None) -> None:
+        """(Re)load the tower's weights from its source (the dir, hub name, preset or checkpoint it names)."""
+
+    @abstractmethod
+    def forward(self, images: Tensor) -> VisionFeatures:
+        """images: [B, C, H, W] preprocessed pixels -> one [N_i, D] tensor per image."""
+
+    @property
+    @abstractmethod
+    def hidden_size(self) -> int:
+        """D, the size of each visual token (``mm_hidden_size``)."""
+
+    @property
+    @abstractmethod
+    def image_size(self) -> int:
+        """Side of the square input image in pixels."""
+
+    @property
+    @abstractmethod
+    def num_patches(self) -> int:
+        """Most visual tokens one image can yield (all patches; + 1 when CLS is kept)."""
+
+    @property
+    @abstractmethod
+    def config(self) -> Any:
+        """The tower's own config object (``CLIPVisionConfig`` or ``DripConfig``)."""
+
+    @abstractmethod
+    def config_dict(self) -> dict[str, Any]:
+        """The architecture as a JSON-able dict (stored as ``mm_vision_tower_config`` to rebuild it offline)."""
+
+    @property
+    def image_processor(self) -> CLIPImageProcessor:
+        if self._image_processor is None:
+            self._image_processor = clip_image_processor(self.image_size)
+        return self._image_processor
+
+    @property
+    def num_patches_per_side(self) -> int:
+        return int(round(self.num_patches**0.5))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._first_parameter().dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._first_parameter().device
+
+    def _first_parameter(self) -> Tensor:
+        for p in self.parameters():
+            return p
+        raise RuntimeError(f"vision tower {self.vision_tower_name!r} is not loaded yet (call load_model())")

@@ -1,0 +1,105 @@
+"""LLaVA's CLIP vision tower: HF ``CLIPVisionModel``, one hidden layer's patch tokens as visual tokens.
+
+As in LLaVA-1.5 (Liu et al., 2023): the features are ``hidden_states[mm_vision_select_layer]`` (default -2, the
+penultimate layer, before ``post_layernorm``), with the CLS token dropped (``patch``) or kept (``cls_patch``). Every
+image yields the same number of tokens.
+
+Weights come from ``source`` (a local directory or a hub name) only when ``load_model`` runs; a tower built from a
+stored ``CLIPVisionConfig`` dict needs no file and takes its weights from the LLaVA checkpoint that holds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
+
+
+class CLIPVisionTower(VisionTower):
+    def __init__(
+        self,
+        source: str,
+        select_layer: int = -2,
+        select_feature: str = "patch",
+        vision_config: dict[str, Any] | None = None,
+        delay_load: bool = False,
+    ) -> None:
+        """
+        Args:
+            source: CLIP directory or hub name (``mm_vision_tower``); read only by ``load_model`` / ``delay_load``.
+            select_layer: index into the tower's hidden states (``mm_vision_select_layer``).
+            select_feature: ``patch`` (drop CLS) or ``cls_patch`` (keep it).
+            vision_config: a ``CLIPVisionConfig`` dict: build the (randomly initialised) network from it, no file read.
+            delay_load: without ``vision_config``, read only the source's config now and the weights in
+                ``load_model`` (LLaVA's behaviour when a checkpoint is being loaded).
+        """
+        super().__init__(source, select_layer)
+        if select_feature not in ("patch", "cls_patch"):
+            raise ValueError(f"mm_vision_select_feature must be 'patch' or 'cls_patch', got {select_feature!r}")
+        self.select_feature = select_feature
+        self.cfg_only: CLIPVisionConfig | None = None
+        if vision_config is not None:
+            self.vision_tower = CLIPVisionModel(CLIPVisionConfig(**vision_config))
+            self.is_loaded = True
+        elif delay_load:
+            self.cfg_only = CLIPVisionConfig.from_pretrained(source)
+        else:
+            self.load_model()
+        self._check_select_layer()
+
+    def load_model(self, device_map: Any = None) -> None:
+        """Load the pretrained CLIP from ``source`` (replacing any weights held now, keeping their dtype/device)."""
+        previous = self.vision_tower if self.is_loaded else None
+        model = CLIPVisionModel.from_pretrained(self.vision_tower_name, device_map=device_map)
+        if previous is not None:
+            p = next(previous.parameters())
+            model = model.to(device=p.device, dtype=p.dtype)
+        self.vision_tower = model
+        self.is_loaded = True
+
+    def forward(self, images: Tensor) -> VisionFeatures:
+        """images [B, C, H, W] -> B tensors [N, D] (N = patches, + 1 with ``cls_patch``)."""
+        if not self.is_loaded:
+            raise RuntimeError(f"CLIP tower {self.vision_tower_name!r} has no weights yet: call load_model()")
+        out = self.vision_tower(images.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
+        feats = out.hidden_states[self.select_layer]  # [B, 1 + N, D], CLS first
+        if self.select_feature == "patch":
+            feats = feats[:, 1:]  # [B, N, D]
+        counts = torch.full((feats.shape[0],), feats.shape[1], dtype=torch.long, device=feats.device)
+        return VisionFeatures(features=list(feats.unbind(0)), token_counts=counts)
+
+    def _check_select_layer(self) -> None:
+        n = self.config.num_hidden_layers + 1  # hidden_states holds the embeddings plus every layer
+        if not -n <= self.select_layer < n:
+            raise ValueError(f"mm_vision_select_layer {self.select_layer} is out of range for a {n - 1}-layer CLIP")
+
+    @property
+    def config(self) -> CLIPVisionConfig:
+        return self.vision_tower.config if self.is_loaded else self.cfg_only
+
+    def config_dict(self) -> dict[str, Any]:
+        d = self.config.to_diff_dict()  # only what differs from CLIPVisionConfig's defaults
+        for key in ("transformers_version", "_name_or_path", "architectures", "model_type", "dtype"):
+            d.pop(key, None)
+        return d
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def num_patches(self) -> int:
+        per_side = self.config.image_size // self.config.patch_size
+        return per_side**2 + (1 if self.select_feature == "cls_patch" else 0)
+
+    @property
+    def num_patches_per_side(self) -> int:
+        return self.config.image_size // self.config.patch_size

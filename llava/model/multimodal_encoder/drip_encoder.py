@@ -1,0 +1,127 @@
+"""DRIP as a LLaVA vision tower: each image yields its own number of visual tokens.
+
+DRIP (Dynamic token Reduction vIsion transformer via Pooling) pools runs of patches into segment tokens inside the
+ViT, so an image gives N_i <= num_patches tokens, known only after encoding. As with LLaVA's CLIP tower the features
+are one hidden layer's tokens (``mm_vision_select_layer``, default -2: the input of the last block, before
+``ln_post``), CLS dropped (``patch``) or kept (``cls_patch``); the padding DRIP adds to batch its variable-length
+segments is stripped per image. The boundary predictor's prior loss is returned with the features so that training
+can add it while the predictor learns.
+
+``mm_vision_tower`` is ``drip:<preset>`` (``drip.get_preset``; random weights unless the LLaVA checkpoint holds them)
+or ``drip:<checkpoint dir>`` (``model.safetensors`` + ``drip_config.json``, read by ``drip.checkpoint.load_drip``).
+This is the only module of ``llava`` that imports ``drip``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+from drip import DripConfig, DripVisionTransformer, get_preset, list_presets
+from drip.checkpoint import load_drip
+from llava.model.config import DRIP_PREFIX
+from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
+
+
+class DripVisionTower(VisionTower):
+    def __init__(
+        self,
+        source: str,
+        select_layer: int = -2,
+        select_feature: str = "patch",
+        drip_config: dict[str, Any] | None = None,
+        threshold: float | None = None,
+    ) -> None:
+        """
+        Args:
+            source: ``drip:<preset name>`` or ``drip:<checkpoint dir>`` (``mm_vision_tower``).
+            select_layer: index into DRIP's hidden states (embeddings + one per block).
+            select_feature: ``patch`` (drop CLS) or ``cls_patch`` (keep it).
+            drip_config: a ``DripConfig`` dict: build the (randomly initialised) network from it, no file read.
+            threshold: override the eval-mode boundary threshold (``--drip_boundary_threshold``).
+        """
+        if not source.startswith(DRIP_PREFIX):
+            raise ValueError(f"a DRIP tower's mm_vision_tower must start with {DRIP_PREFIX!r}, got {source!r}")
+        super().__init__(source, select_layer)
+        if select_feature not in ("patch", "cls_patch"):
+            raise ValueError(f"mm_vision_select_feature must be 'patch' or 'cls_patch', got {select_feature!r}")
+        self.select_feature = select_feature
+        self._threshold = threshold
+        if drip_config is not None:
+            self._install(DripVisionTransformer(DripConfig.from_dict(dict(drip_config))))
+        else:
+            self.load_model()
+        n = self.config.layers + 1
+        if not -n <= select_layer < n:
+            raise ValueError(f"mm_vision_select_layer {select_layer} is out of range for a {n - 1}-block DRIP tower")
+
+    @property
+    def spec(self) -> str:
+        """What follows ``drip:``: a preset name or a checkpoint directory."""
+        return self.vision_tower_name[len(DRIP_PREFIX) :]
+
+    def load_model(self, device_map: Any = None) -> None:
+        """Build the tower from its source: a checkpoint dir's weights, or a preset's fresh random weights."""
+        spec = self.spec
+        if os.path.isdir(spec):
+            tower = load_drip(spec)
+        elif spec in list_presets():
+            tower = DripVisionTransformer(get_preset(spec))
+        else:
+            raise ValueError(
+                f"mm_vision_tower {self.vision_tower_name!r}: {spec!r} is neither a DRIP checkpoint directory nor a "
+                f"preset ({', '.join(list_presets())})"
+            )
+        if self.is_loaded:  # keep the dtype / device the caller chose for the weights being replaced
+            p = next(self.vision_tower.parameters())
+            tower = tower.to(device=p.device, dtype=p.dtype)
+        self._install(tower)
+
+    def _install(self, tower: DripVisionTransformer) -> None:
+        if self._threshold is not None:
+            tower.cfg = tower.cfg.replace(threshold=float(self._threshold))
+        self.vision_tower = tower
+        self.is_loaded = True
+
+    def forward(self, images: Tensor, boundaries: Tensor | Sequence[Tensor] | None = None) -> VisionFeatures:
+        """images [B, C, H, W] -> B tensors [N_i, D]; ``boundaries`` forces DRIP's segmentation (see DripOutput)."""
+        out = self.vision_tower(
+            images.to(device=self.device, dtype=self.dtype), boundaries=boundaries, output_hidden_states=True
+        )
+        hidden = out.hidden_states[self.select_layer]  # [B, 1 + L, D], CLS at 0, zeros on padding
+        mask = out.hidden_masks[self.select_layer]  # [B, 1 + L] bool, True on real tokens
+        if self.select_feature == "patch":
+            hidden, mask = hidden[:, 1:], mask[:, 1:]  # [B, L, D], [B, L]
+        features = [h[m] for h, m in zip(hidden, mask, strict=True)]  # B x [N_i, D]
+        return VisionFeatures(
+            features=features,
+            token_counts=mask.sum(-1),
+            boundary_loss=out.boundary_loss,
+            boundary_rate=out.boundary_rate,
+        )
+
+    @property
+    def config(self) -> DripConfig:
+        return self.vision_tower.cfg
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.width
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.config.num_patches + (1 if self.select_feature == "cls_patch" else 0)
+
+    @property
+    def num_patches_per_side(self) -> int:
+        return self.config.grid_size

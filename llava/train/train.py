@@ -1,0 +1,218 @@
+"""Entry point of LLaVA-1.5 training: ``python -m llava.train.train`` (or ``deepspeed llava/train/train_mem.py``).
+
+Stage 1 (``--tune_mm_mlp_adapter True --version plain``) trains the projector on captions; stage 2 (``--version v1``
+with ``--pretrain_mm_mlp_adapter``) instruction-tunes projector + LLM (or LoRA). The vision tower is frozen unless
+``--tune_vision_tower predictor|all`` (a DRIP boundary predictor can keep learning; its prior loss then joins the LM
+loss with weight ``--drip_prior_loss_weight``). Freezing is decided here, never inside the tower.
+
+Without CUDA the run goes on the CPU with ``use_cpu=True`` (without it HF Trainer + DeepSpeed on CPU miscount the
+world size, and plain DDP ranks silently train alone; see ../shared/ENVIRONMENT.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoTokenizer, HfArgumentParser
+
+from llava.model import LlavaLlamaForCausalLM, PDropConfig
+from llava.train.args import DataArguments, ModelArguments, TrainingArguments, parse_float_list, parse_int_list
+from llava.train.checkpointing import save_lora, save_mm_projector
+from llava.train.data import DataCollatorForSupervisedDataset, DatasetOptions, LazySupervisedDataset
+from llava.train.trainer import LLaVATrainer
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    if not torch.cuda.is_available() and not any(a.startswith("--use_cpu") for a in argv):
+        argv = [*argv, "--use_cpu", "True"]
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    return parser.parse_args_into_dataclasses(argv)
+
+
+def load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path,
+        cache_dir=training_args.cache_dir,
+        model_max_length=training_args.model_max_length,
+        padding_side="right",
+    )
+    if tokenizer.pad_token is None:  # LLaVA-1.5 (Vicuna) pads with unk
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def dtype_of(training_args: TrainingArguments) -> torch.dtype:
+    return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+
+
+def set_trainable(model: torch.nn.Module, model_args: ModelArguments, training_args: TrainingArguments) -> None:
+    """LLaVA's freezing rules, plus the tower's (which LLaVA always froze). Decided here, never inside a module."""
+    inner = model.get_model()
+    if model_args.freeze_backbone:
+        inner.requires_grad_(False)
+    if model_args.tune_mm_mlp_adapter:
+        model.requires_grad_(False)
+    inner.mm_projector.requires_grad_(not training_args.freeze_mm_mlp_adapter)
+    tower = model.get_vision_tower()
+    tower.requires_grad_(training_args.tune_vision_tower == "all")
+    if training_args.tune_vision_tower == "predictor":
+        predictors = getattr(tower.vision_tower, "predictors", None)
+        if predictors is None or len(predictors) == 0:
+            raise ValueError("--tune_vision_tower predictor needs a DRIP tower with pooling (--vision_tower drip:...)")
+        predictors.requires_grad_(True)
+    if training_args.tune_vision_tower != "none" and hasattr(tower.vision_tower, "cfg"):
+        # The prior loss joins the LM loss (llava_llama adds it while it has a gradient), with this weight.
+        drip_tower = tower.vision_tower
+        drip_tower.cfg = drip_tower.cfg.replace(prior_loss_weight=training_args.drip_prior_loss_weight)
+
+
+def apply_lora(model: torch.nn.Module, training_args: TrainingArguments) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    skip = ("mm_projector", "vision_tower", "lm_head")
+    targets = sorted(
+        {
+            n.split(".")[-1]
+            for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and not any(s in n for s in skip)
+        }
+    )
+    cfg = LoraConfig(
+        r=training_args.lora_r,
+        lora_alpha=training_args.lora_alpha,
+        target_modules=targets,
+        lora_dropout=training_args.lora_dropout,
+        bias=training_args.lora_bias,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, cfg)
+
+
+def build_model(model_args: ModelArguments, training_args: TrainingArguments, tokenizer):
+    model = LlavaLlamaForCausalLM.from_pretrained(
+        model_args.model_name_or_path,
+        cache_dir=training_args.cache_dir,
+        dtype=dtype_of(training_args),
+        attn_implementation=model_args.attn_implementation,
+    )
+    model.config.use_cache = False
+    if model_args.vision_tower is None:
+        raise ValueError("--vision_tower is required (an HF CLIP dir/name, or drip:<preset|checkpoint dir>)")
+    model.get_model().initialize_vision_modules(model_args=model_args)
+    model.config.tokenizer_padding_side = tokenizer.padding_side
+    model.config.tokenizer_model_max_length = tokenizer.model_max_length
+    model.config.mm_projector_lr = training_args.mm_projector_lr
+    layers = parse_int_list(model_args.pdrop_layer_list)
+    ratios = parse_float_list(model_args.pdrop_image_token_ratio_list)
+    if layers or ratios:
+        model.set_pdrop(PDropConfig(layers, ratios))
+    if training_args.gradient_checkpointing:
+        model.enable_input_require_grads()
+    set_trainable(model, model_args, training_args)
+    if training_args.lora_enable:
+        model = apply_lora(model, training_args)
+        set_trainable(model.base_model.model, model_args, training_args)  # projector/tower choices survive peft
+    return model
+
+
+def loss_summary(log_history: list[dict]) -> dict:
+    losses = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    if not losses:
+        return {}
+    k = max(1, len(losses) // 5)
+    return {
+        "steps": losses[-1][0],
+        "first_loss": losses[0][1],
+        "last_loss": losses[-1][1],
+        "mean_first_fifth": sum(v for _, v in losses[:k]) / k,
+        "mean_last_fifth": sum(v for _, v in losses[-k:]) / k,
+        "curve": losses,
+    }
+
+
+def save_outputs(trainer: LLaVATrainer, model, model_args: ModelArguments, training_args: TrainingArguments) -> None:
+    out = training_args.output_dir
+    if model_args.tune_mm_mlp_adapter:
+        if trainer.args.should_save:
+            save_mm_projector(model, out)
+            model.config.save_pretrained(out)
+    elif training_args.lora_enable:
+        if trainer.args.should_save:
+            save_lora(model, out)
+            model.base_model.model.config.save_pretrained(out)
+    else:
+        trainer.save_model(out)
+    if trainer.args.should_save:
+        summary = loss_summary(trainer.state.log_history)
+        Path(out, "loss_curve.json").write_text(json.dumps(summary, indent=1))
+        if summary:
+            print(
+                f"[train] {summary['steps']} steps: loss {summary['mean_first_fifth']:.3f} (first fifth) -> "
+                f"{summary['mean_last_fifth']:.3f} (last fifth); curve in {out}/loss_curve.json",
+                flush=True,
+            )
+
+
+def train(argv: list[str] | None = None) -> LLaVATrainer:
+    model_args, data_args, training_args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    transformers.set_seed(training_args.seed)
+    tokenizer = load_tokenizer(model_args, training_args)
+    model = build_model(model_args, training_args, tokenizer)
+    tower = model.get_vision_tower()
+    if data_args.data_path is None:
+        raise ValueError("--data_path is required")
+    model.config.image_aspect_ratio = data_args.image_aspect_ratio
+    opts = DatasetOptions(
+        version=model_args.version,
+        image_folder=data_args.image_folder,
+        image_aspect_ratio=data_args.image_aspect_ratio,
+        model_max_length=training_args.model_max_length,
+        image_token_budget=tower.num_patches,
+        mm_use_im_start_end=model_args.mm_use_im_start_end,
+    )
+    dataset = LazySupervisedDataset(data_args.data_path, tokenizer, tower.image_processor, opts)
+    trainer = LLaVATrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=DataCollatorForSupervisedDataset(tokenizer),
+        processing_class=tokenizer,
+        tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter,
+    )
+    resume = training_args.resume_from_checkpoint
+    trainer.train(resume_from_checkpoint=resume if resume not in (None, "", "False") else None)
+    model.config.use_cache = True
+    save_outputs(trainer, model, model_args, training_args)
+    if dataset.skipped:
+        print(f"[train] skipped {len(dataset.skipped)} sample(s) longer than model_max_length", flush=True)
+    return trainer
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    train()
+    finish_distributed()
+
+
+def finish_distributed() -> None:
+    """Leave a multi-process run cleanly: after training, a DeepSpeed/gloo rank can abort at interpreter shutdown
+    (its async all-gather thread races finalisation; ENVIRONMENT.md measured 5 of 12 runs). Barrier, destroy the
+    process group, flush, and exit without running finalisers."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# LLaVA-Bench (In-the-Wild) (LLaVA-1.5's scripts/v1_5/eval/llavabench.sh): answer with llava.eval.model_vqa
+# (greedy), score offline with eval.rule_score (a lexical proxy, always), and with the LLM judge
+# eval.eval_gpt_review_bench only when an OpenAI-compatible endpoint is configured; summarise each review file.
+# Environment:
+#   MODEL_PATH   checkpoint directory                    (default: checkpoints/demo/llava-drip, the CPU demo's)
+#   MODEL_BASE   base LLM of a projector-only / LoRA checkpoint   (default: none)
+#   CKPT         run name                                (default: the last component of MODEL_PATH)
+#   CONV_MODE    conversation template                   (default: vicuna_v1, LLaVA-1.5's)
+#   DATA_ROOT    LLaVA's eval tree holding llava-bench-in-the-wild/{questions,context,answers_gpt4}.jsonl + images/
+#                (default: ./playground/data/eval; ./playground/data/demo/eval when LLaVA's questions are missing)
+#   OUT_DIR      answers, reviews and summaries          (default: runs/eval/$CKPT; eval.results_table reads it)
+#   BATCH_SIZE   questions per generate call             (default: 8)
+#   PYTHON       interpreter                             (default: .venv/bin/python when present, else python)
+#   EXTRA_ARGS   more model_vqa flags, e.g. "--device cpu --max-new-tokens 64 --overwrite"
+#   OPENAI_API_KEY / OPENAI_BASE_URL / LLAVA_JUDGE_MODEL   the judge's endpoint and model (see eval.eval_gpt_review_bench);
+#                the judge runs when the key or the base URL is set, and writes llavabench_summary.json
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+if [[ -z "${PYTHON:-}" ]]; then PYTHON=python; [[ -x .venv/bin/python ]] && PYTHON=.venv/bin/python; fi
+MODEL_PATH=${MODEL_PATH:-checkpoints/demo/llava-drip}
+CKPT=${CKPT:-$(basename "$MODEL_PATH")}
+CONV_MODE=${CONV_MODE:-vicuna_v1}
+if [[ -z "${DATA_ROOT:-}" ]]; then
+  DATA_ROOT=./playground/data/eval
+  [[ -f $DATA_ROOT/llava-bench-in-the-wild/questions.jsonl ]] || DATA_ROOT=./playground/data/demo/eval
+fi
+BENCH=$DATA_ROOT/llava-bench-in-the-wild
+OUT_DIR=${OUT_DIR:-runs/eval/$CKPT}
+
+$PYTHON -m llava.eval.model_vqa \
+  --model-path "$MODEL_PATH" ${MODEL_BASE:+--model-base "$MODEL_BASE"} \
+  --question-file "$BENCH/questions.jsonl" --image-folder "$BENCH/images" \
+  --answers-file "$OUT_DIR/llavabench.jsonl" \
+  --temperature 0 --conv-mode "$CONV_MODE" --batch-size "${BATCH_SIZE:-8}" ${EXTRA_ARGS:-}
+
+$PYTHON -m eval.rule_score --question "$BENCH/questions.jsonl" \
+  --answer-list "$BENCH/answers_gpt4.jsonl" "$OUT_DIR/llavabench.jsonl" --output "$OUT_DIR/reviews/rule_$CKPT.jsonl"
+$PYTHON -m eval.summarize_gpt_review -f "$OUT_DIR/reviews/rule_$CKPT.jsonl" --json "$OUT_DIR/llavabench_rule_summary.json"
+
+if [[ -n "${OPENAI_API_KEY:-}${OPENAI_BASE_URL:-}" ]]; then
+  $PYTHON -m eval.eval_gpt_review_bench --question "$BENCH/questions.jsonl" --context "$BENCH/context.jsonl" \
+    --answer-list "$BENCH/answers_gpt4.jsonl" "$OUT_DIR/llavabench.jsonl" --output "$OUT_DIR/reviews/judge_$CKPT.jsonl"
+  $PYTHON -m eval.summarize_gpt_review -f "$OUT_DIR/reviews/judge_$CKPT.jsonl" --json "$OUT_DIR/llavabench_summary.json"
+fi

@@ -1,0 +1,113 @@
+"""One tiny-config tester shared by the LLaVA model tests: a random Llama (hidden 64, 2 layers, 4 heads, vocab 300),
+a tiny HF CLIP vision tower or DRIP-tiny, a word-level tokenizer, and prompts with image placeholders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from drip import get_preset
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.model.language_model.llava_llama import LlavaLlamaConfig, LlavaLlamaForCausalLM
+
+VOCAB_SIZE = 300
+HF_IMAGE_TOKEN_ID = VOCAB_SIZE - 1  # transformers' Llava needs a real vocabulary id for its placeholder
+WORDS = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(60)]
+
+
+class TinyLlavaTester:
+    """Builds tiny configs, models and inputs; every test uses the same sizes."""
+
+    hf_image_token_id = HF_IMAGE_TOKEN_ID
+
+    llama = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    # 32x32 images, 8x8 patches: 16 visual tokens per image at layer -2 of 3.
+    clip = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=16,
+        hidden_act="gelu",
+    )
+    drip_preset = "DRIP-tiny"  # 64x64 images, 8x8 patches: 1..64 tokens per image
+
+    def config(
+        self, tower: str = "clip", projector: str = "mlp2x_gelu", drip: dict[str, Any] | None = None, **mm: Any
+    ) -> LlavaLlamaConfig:
+        """tower: "clip" (source "tiny-clip", never read: the stored config builds it), "drip" (DRIP-tiny with
+        ``drip`` overrides) or "none"; ``mm`` sets or overrides any other config key."""
+        if tower == "clip":
+            mm_keys = dict(mm_vision_tower="tiny-clip", mm_vision_tower_config=dict(self.clip), mm_hidden_size=32)
+        elif tower == "drip":
+            cfg = get_preset(self.drip_preset, **(drip or {}))
+            mm_keys = dict(
+                mm_vision_tower=f"drip:{self.drip_preset}", mm_vision_tower_config=cfg.to_dict(), mm_hidden_size=64
+            )
+        else:
+            mm_keys = {}
+        mm_keys.update(mm)
+        return LlavaLlamaConfig(**self.llama, **mm_keys, mm_projector_type=projector)
+
+    def model(self, tower: str = "clip", seed: int = 0, **kwargs: Any) -> LlavaLlamaForCausalLM:
+        torch.manual_seed(seed)
+        return LlavaLlamaForCausalLM(self.config(tower, **kwargs)).eval()
+
+    def image_size(self, tower: str) -> int:
+        return self.clip["image_size"] if tower == "clip" else get_preset(self.drip_preset).image_size
+
+    def images(self, n: int, tower: str = "clip", seed: int = 1) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        s = self.image_size(tower)
+        return torch.randn(n, 3, s, s, generator=g)
+
+    def prompt(self, length: int, image_at: Sequence[int] = (), seed: int = 0) -> torch.Tensor:
+        """[length] ids: BOS then random words, IMAGE_TOKEN_INDEX at the given positions."""
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(3, len(WORDS), (length,), generator=g)
+        ids[0] = 1
+        for p in image_at:
+            ids[p] = IMAGE_TOKEN_INDEX
+        return ids
+
+    @staticmethod
+    def right_pad(rows: Sequence[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of ids -> ([B, L] ids, [B, L] bool attention mask), padded on the right."""
+        length = max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        mask = torch.zeros(len(rows), length, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)], mask[i, : len(r)] = r, True
+        return ids, mask
+
+    @staticmethod
+    def tokenizer() -> PreTrainedTokenizerFast:
+        """Whitespace word-level tokenizer over WORDS (ids < VOCAB_SIZE)."""
+        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>"
+        )
+
+
+@pytest.fixture(scope="session")
+def tiny() -> TinyLlavaTester:
+    return TinyLlavaTester()

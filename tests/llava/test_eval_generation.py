@@ -1,0 +1,299 @@
+"""Answer generation (llava.eval): LLaVA's answer lines and prompts, resume after a kill, chunking, the efficiency
+sidecar, and batched == unbatched greedy answers, on a tiny random LLaVA with a DRIP-tiny tower saved to disk."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eval.results_table import load_run
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.conversation import conv_templates
+from llava.demo.base_llm import train_tokenizer
+from llava.eval import model_vqa, model_vqa_science
+from llava.eval.efficiency import prefill_macs
+from llava.eval.generation import (
+    AnswerGenerator,
+    GenerationSettings,
+    InputFileError,
+    Question,
+    answer_id,
+    check_questions,
+    generate_answers,
+    get_chunk,
+    resume_answers,
+    split_list,
+)
+from llava.eval.model_vqa_science import SINGLE_PRED_PROMPT, load_science_questions
+from llava.model.builder import load_pretrained_model
+from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+from llava.model.pdrop import llama_prefill_macs
+
+LINE_KEYS = ["question_id", "prompt", "text", "answer_id", "model_id", "metadata"]
+# (id, question, image or None): text-only items in between, prompts of different lengths (batches regroup them)
+SQA = [
+    ("11", "What color is the square?\nA. red\nB. blue", "a.png"),
+    ("12", "Context: a red circle.\nWhich shape is red?\nA. circle\nB. square\nC. star", None),
+    ("13", "How many shapes?\nA. 1\nB. 2", "b.png"),
+    ("14", "Is the triangle left of the circle?\nA. yes\nB. no", "c.png"),
+    ("15", "Context: two squares.\nHow many squares?\nA. 1\nB. 2\nC. 3\nD. 4", None),
+    ("16", "Which is biggest?\nA. circle\nB. square", "d.png"),
+    ("17", "What is at the top?\nA. star\nB. circle", "e.png"),
+]
+
+
+def build_checkpoint(tiny, out: Path) -> Path:
+    """A saved tiny LLaVA-1.5-style model: random Llama (vocab 300) + DRIP-tiny (eval threshold lowered so that the
+    token count varies per image), a byte-level BPE tokenizer trained on the prompts' words."""
+    system = conv_templates["vicuna_v1"].system
+    texts = [system] + [q for _, q, _ in SQA] + ["USER: <image> ASSISTANT: The answer is A. Describe object 1."]
+    tok = train_tokenizer(texts * 10, 300)
+    config = tiny.config("drip", image_aspect_ratio="pad", mm_use_im_patch_token=False)
+    config.mm_vision_tower_config = dict(config.mm_vision_tower_config, threshold=0.25)
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    config.max_position_embeddings = 1024
+    config.initializer_range = (
+        0.1  # larger random weights: answers depend on the prompt and image, not just the template
+    )
+    torch.manual_seed(0)
+    LlavaLlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny, tmp_path_factory) -> Path:
+    return build_checkpoint(tiny, tmp_path_factory.mktemp("ckpt") / "llava-drip-tiny")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    """ScienceQA (LLaVA's CQM-A JSON) and LLaVA-Bench (JSONL) question files over random images of mixed sizes."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for name, size in zip("abcde", [(64, 64), (80, 48), (64, 64), (40, 72), (64, 64)], strict=True):
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"{name}.png")
+    items = []
+    for qid, text, image in SQA:
+        item = {"id": qid, "conversations": [{"from": "human", "value": text}, {"from": "gpt", "value": "A"}]}
+        if image:
+            item["image"], item["conversations"][0]["value"] = image, "<image>\n" + text
+        items.append(item)
+    (root / "sqa.json").write_text(json.dumps(items))
+    bench = [{"question_id": i, "image": f"{n}.png", "text": f"Describe object {i}.", "category": "detail"}
+             for i, n in enumerate("abcab")]  # fmt: skip
+    (root / "bench.jsonl").write_text("".join(json.dumps(q) + "\n" for q in bench))
+    return {"root": root, "sqa": root / "sqa.json", "bench": root / "bench.jsonl"}
+
+
+@pytest.fixture(scope="module")
+def loaded(ckpt):
+    tokenizer, model, processor, _ = load_pretrained_model(str(ckpt))
+    return tokenizer, model, processor
+
+
+def generator(loaded, data, conv_mode: str = "vicuna_v1") -> AnswerGenerator:
+    tokenizer, model, processor = loaded
+    settings = GenerationSettings(conv_mode=conv_mode, temperature=0.0, max_new_tokens=4)
+    return AnswerGenerator(model, tokenizer, processor, settings, str(data["root"]))
+
+
+def sqa_questions(data) -> list[Question]:
+    return load_science_questions(str(data["sqa"]), single_pred_prompt=True)
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def cli_args(ckpt, data, question_file, answers, *extra) -> list[str]:
+    return ["--model-path", str(ckpt), "--question-file", str(question_file), "--image-folder", str(data["root"]),
+            "--answers-file", str(answers), "--temperature", "0", "--max-new-tokens", "4", "--no-progress",
+            "--conv-mode", "vicuna_v1", *extra]  # fmt: skip
+
+
+def test_science_cli_writes_llava_lines_with_image_prompts(ckpt, data, tmp_path):
+    answers = tmp_path / "answers" / "sqa.jsonl"
+    assert (
+        model_vqa_science.main(cli_args(ckpt, data, data["sqa"], answers, "--single-pred-prompt", "--batch-size", "3"))
+        == 0
+    )
+    lines = read_lines(answers)
+    assert [r["question_id"] for r in lines] == [q for q, _, _ in SQA]  # question order, as strings
+    for record, (qid, text, image) in zip(lines, SQA, strict=True):
+        assert list(record) == LINE_KEYS
+        body = text + "\n" + SINGLE_PRED_PROMPT
+        assert record["prompt"] == ("<image>\n" + body if image else body)  # what IMG-accuracy is computed from
+        assert record["prompt"].startswith("<image>\n") == (image is not None)
+        assert record["prompt"].count("<image>") == (image is not None)
+        assert record["model_id"] == ckpt.name
+        assert record["answer_id"] == answer_id(ckpt.name, qid, record["text"]) and len(record["answer_id"]) == 22
+        assert (record["metadata"]["visual_tokens"] > 0) == (image is not None)
+    assert (tmp_path / "answers" / "sqa.jsonl.efficiency.json").is_file()
+
+
+def test_vqa_cli_prompt_is_the_bare_question(ckpt, data, tmp_path):
+    answers = tmp_path / "bench.jsonl"
+    assert model_vqa.main(cli_args(ckpt, data, data["bench"], answers, "--batch-size", "2")) == 0
+    lines = read_lines(answers)
+    questions = [json.loads(q) for q in data["bench"].read_text().splitlines()]
+    assert [r["question_id"] for r in lines] == [q["question_id"] for q in questions]
+    assert [r["prompt"] for r in lines] == [q["text"] for q in questions]  # LLaVA's model_vqa: no image token
+    assert all(r["metadata"]["visual_tokens"] > 0 for r in lines)
+
+
+def test_image_token_goes_first_exactly_for_image_questions(loaded, data):
+    gen = generator(loaded, data)
+    questions = sqa_questions(data)
+    for q, (_, text, image) in zip(questions, SQA, strict=True):
+        ids = gen.prompt_ids(q)
+        assert int((ids == IMAGE_TOKEN_INDEX).sum()) == (image is not None)
+        assert q.query() == ("<image>\n" if image else "") + text + "\n" + SINGLE_PRED_PROMPT
+    q = Question("x", "Hi?", "a.png")
+    assert q.query(use_im_start_end=True) == "<im_start><image><im_end>\nHi?"
+    assert Question("y", "Hi?").query(use_im_start_end=True) == "Hi?"
+
+
+class CountingGenerator(AnswerGenerator):
+    """Counts the questions it is asked, to see what a resumed run recomputes."""
+
+    asked = 0
+
+    def generate(self, batch):
+        self.asked += len(batch)
+        return super().generate(batch)
+
+
+def test_resume_after_kill_equals_uninterrupted_run(loaded, data, tmp_path):
+    questions = sqa_questions(data)
+    full = tmp_path / "full.jsonl"
+    generate_answers(questions, generator(loaded, data), str(full), "m", batch_size=2, progress=False)
+    expected = full.read_bytes()
+    lines = expected.splitlines(keepends=True)
+    assert len(lines) == len(questions)
+
+    killed = tmp_path / "killed.jsonl"
+    killed.write_bytes(b"".join(lines[:3]) + lines[3][: len(lines[3]) // 2])  # killed in the middle of line 4
+    tokenizer, model, processor = loaded
+    gen = CountingGenerator(
+        model, tokenizer, processor, GenerationSettings("vicuna_v1", 0.0, max_new_tokens=4), str(data["root"])
+    )
+    summary = generate_answers(questions, gen, str(killed), "m", batch_size=2, progress=False)
+    assert killed.read_bytes() == expected  # no duplicate, no lost line, same order
+    assert gen.asked == len(questions) - 3
+    assert summary["answers"] == len(questions)
+
+    gen.asked = 0
+    generate_answers(questions, gen, str(killed), "m", batch_size=2, progress=False)
+    assert gen.asked == 0 and killed.read_bytes() == expected
+
+
+def test_resume_refuses_a_foreign_file_and_overwrite_starts_afresh(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"question_id": "99", "text": "A"}) + "\n")
+    with pytest.raises(InputFileError, match=r"a\.jsonl:1: .*99"):
+        resume_answers(str(path), ["1", "2"])
+    assert resume_answers(str(path), ["1", "2"], overwrite=True) == {} and path.read_text() == ""
+    path.write_text('{"question_id": "1"}\n{"question_id": "1"}\n')
+    with pytest.raises(InputFileError, match="repeats"):
+        resume_answers(str(path), ["1"])
+
+
+@pytest.mark.parametrize("n_items", [0, 1, 5, 7, 12])
+@pytest.mark.parametrize("num_chunks", [1, 2, 3, 5])
+def test_chunks_cover_every_question_once(n_items, num_chunks):
+    items = list(range(n_items))
+    chunks = [list(get_chunk(items, num_chunks, k)) for k in range(num_chunks)]
+    assert [x for c in chunks for x in c] == items
+    assert split_list(list(range(10)), 3) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # LLaVA: ceil(len / n) per chunk
+
+
+def test_chunked_cli_runs_answer_each_question_once(ckpt, data, tmp_path):
+    seen = []
+    for k in range(3):
+        answers = tmp_path / f"chunk{k}.jsonl"
+        args = cli_args(ckpt, data, data["sqa"], answers, "--num-chunks", "3", "--chunk-idx", str(k))
+        assert model_vqa_science.main(args) == 0
+        seen += [r["question_id"] for r in read_lines(answers)]
+    assert seen == [q for q, _, _ in SQA]
+
+
+def test_sidecar_keys_values_and_results_table(loaded, data, tmp_path):
+    tokenizer, model, _ = loaded
+    answers, sidecar = tmp_path / "sqa.jsonl", tmp_path / "run" / "efficiency.json"
+    summary = generate_answers(sqa_questions(data), generator(loaded, data), str(answers), "m", batch_size=3,
+                               efficiency_file=str(sidecar), progress=False)  # fmt: skip
+    assert json.loads(sidecar.read_text()) == summary
+    lines = read_lines(answers)
+    images = [r["metadata"] for r in lines if r["metadata"]["visual_tokens"] > 0]
+    counts = [m["visual_tokens"] for m in images]
+    assert summary["answers"] == len(SQA) and summary["images"] == sum(img is not None for _, _, img in SQA)
+    assert summary["visual_tokens_min"] == min(counts) and summary["visual_tokens_max"] == max(counts)
+    assert summary["visual_tokens_mean"] == pytest.approx(sum(counts) / len(counts))
+    assert 1 <= min(counts) and max(counts) <= 64  # DRIP-tiny: 64 patches at most
+    for m in (r["metadata"] for r in lines):
+        expected = prefill_macs(model.config, m["text_tokens"], m["visual_tokens"]) / 1e9
+        assert m["prefill_gflops"] == pytest.approx(expected, abs=1e-6) and expected > 0
+    mean_prefill = sum(r["metadata"]["prefill_gflops"] for r in lines) / len(lines) * 1e9
+    assert summary["prefill_flops"] == pytest.approx(mean_prefill)
+    assert summary["llm_prefill_tflops"] == pytest.approx(summary["prefill_flops"] / 1e12)
+    has_count = hasattr(model.get_vision_tower(), "analytic_gflops")
+    assert (
+        (summary["tower_gflops"] is not None and summary["tower_gflops"] > 0)
+        if has_count
+        else summary["tower_gflops"] is None
+    )
+    assert summary["seconds_per_answer"] > 0 and summary["timed_answers"] == len(SQA)
+    assert summary["peak_memory_mb"] > 0 and summary["peak_memory_source"] in (
+        "ru_maxrss",
+        "torch.cuda.max_memory_allocated",
+    )
+    run = load_run("tiny", str(sidecar.parent))  # eval.results_table reads the sidecar as efficiency.json
+    assert run.visual_tokens == pytest.approx(summary["visual_tokens_mean"])
+    assert run.seconds_per_answer == pytest.approx(summary["seconds_per_answer"])
+
+
+def test_prefill_macs_follow_pyramiddrop_stages(loaded):
+    config = copy.deepcopy(loaded[1].config)
+    assert prefill_macs(config, 10, 40) == llama_prefill_macs(config, [50, 50])
+    assert prefill_macs(config, 10, 0) == llama_prefill_macs(config, [10, 10])
+    config.pdrop_layer_list, config.pdrop_image_token_ratio_list = [1], [0.5]
+    # layer 0 sees all 41 image tokens, layer 1 int(41 * 0.5) = 20 after ranking on the 51 tokens entering it
+    assert prefill_macs(config, 10, 41) == llama_prefill_macs(config, [51, 30], rank_lens=[51])
+    assert prefill_macs(config, 10, 0) == llama_prefill_macs(config, [10, 10])
+
+
+def test_batched_greedy_answers_equal_unbatched(loaded, data):
+    gen = generator(loaded, data)
+    questions = sqa_questions(data)
+    one = [a for q in questions for a in gen.generate([q])]
+    grouped = gen.generate(questions)  # one left-padded batch: images with different token counts + text-only items
+    assert [a.text for a in grouped] == [a.text for a in one]
+    assert [a.metadata() for a in grouped] == [a.metadata() for a in one]
+    assert len({a.visual_tokens for a in one if a.visual_tokens}) > 1  # the batch really mixes visual token counts
+    assert len({a.text for a in one}) >= len(one) - 2  # answers depend on the input, so misaligned rows would show
+
+
+def test_bad_inputs_fail_with_the_file_named(ckpt, data, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"id": "1"}))
+    with pytest.raises(InputFileError, match="bad.json: expected a JSON list"):
+        load_science_questions(str(bad), False)
+    bad.write_text(json.dumps([{"id": "1", "conversations": []}]))
+    with pytest.raises(InputFileError, match=r"bad.json: item 0 \(id 1\): 'conversations'"):
+        load_science_questions(str(bad), False)
+    with pytest.raises(InputFileError, match="appears more than once"):
+        check_questions([Question("1", "a"), Question("1", "b")], "q.json", "")
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text(json.dumps({"question_id": 0, "image": "nope.png", "text": "?"}) + "\n")
+    answers = tmp_path / "out.jsonl"
+    assert model_vqa.main(cli_args(ckpt, data, missing, answers)) == 2
+    assert "nope.png" in capsys.readouterr().err and not os.path.exists(answers)  # checked before the model loads
