@@ -35,7 +35,9 @@ class BoundaryPredictor(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: [B, N, D] tokens -> logits [B, N] in fp32 (autocast disabled for the head)."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            h = F.linear(self.norm(x.float()), self.fc1.weight.float(), self.fc1.bias.float())
+            n = self.norm
+            h = F.layer_norm(x.float(), n.normalized_shape, n.weight.float(), n.bias.float(), n.eps)
+            h = F.linear(h, self.fc1.weight.float(), self.fc1.bias.float())
             return F.linear(F.gelu(h), self.fc2.weight.float(), self.fc2.bias.float()).squeeze(-1)
 
 

@@ -67,7 +67,15 @@ class TrainingArguments(transformers.TrainingArguments):
     tune_vision_tower: str = field(default="none", metadata={"help": "none | predictor | all"})
     drip_prior_loss_weight: float = field(default=1.0, metadata={"help": "weight of the boundary prior loss"})
 
+    warmup_ratio: float | None = field(
+        default=None, metadata={"help": "LLaVA's flag; transformers 5 folds it into warmup_steps (a float < 1)"}
+    )
+
     def __post_init__(self) -> None:
+        if self.warmup_ratio is not None:
+            if not 0.0 <= self.warmup_ratio < 1.0:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            self.warmup_steps = self.warmup_ratio
         super().__post_init__()
         if self.tune_vision_tower not in ("none", "predictor", "all"):
             raise ValueError(f"--tune_vision_tower must be none, predictor or all, got {self.tune_vision_tower!r}")

@@ -1,0 +1,319 @@
+"""FLOP accounting for DRIP towers: fvcore counts (seed-comparable and complete) and an analytic count.
+
+Every figure counts one multiply-add as one flop (fvcore's convention), so "GFLOPs" here are GMACs.
+
+* seed-comparable: what stock fvcore reports for open_clip's ViT in eval + no_grad. There attention runs through
+  the fused ``aten::_native_multi_head_attention`` kernel, which fvcore skips, so the q/k/v/out projections and
+  both attention matmuls are missing (open_clip ViT-B/32 at 224: 2.952, ViT-B/16: 11.290; the DRIP paper's
+  tables use these numbers). We reproduce it on our tower by ignoring ``scaled_dot_product_attention`` and
+  subtracting the ``attn.qkv`` / ``attn.proj`` modules.
+* complete: default fvcore handles plus a handle for SDPA (B*H*Lq*Lk*(hd_qk + hd_v) MACs), so projections and
+  attention matmuls are counted (ViT-B/32: 4.414, ViT-B/16: 17.583).
+* analytic: patch embedding + per-block qkv/proj/MLP + attention matmuls + boundary predictor + pooling matmul
+  (+ layer norms at fvcore's 5 flops per element and the CLS projection), from the config and the per-stage token
+  counts alone (``analytic_macs`` per image; ``batch_macs`` adds what a batch with unequal counts spends on
+  padding). It agrees with the complete fvcore count (tested) and is what the LLaVA side and the benchmarks use
+  for batches whose counts vary per image (``tower_gmacs``).
+
+Boundaries for counting are simulated proportion-based (``drip.pooling.simulated_boundaries``): stage k keeps
+max(1, int(N_k * prior_k)) tokens. DRIP: arXiv 2025 ("Dynamic token Reduction vIsion transformer via Pooling").
+
+    python -m drip.flops [--models ViT-B-32 DRIP-4x-B-32 ...] [--json out.json] [--check-open-clip]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from math import prod
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from drip.config import DripConfig, get_preset, list_presets
+from drip.model import DripOutput, DripVisionTransformer
+from drip.pooling import simulated_boundaries
+
+DEFAULT_MODELS = (
+    "ViT-B-32",
+    "DRIP-2x-B-32",
+    "DRIP-4x-B-32",
+    "DRIP-10x-B-32",
+    "ViT-B-16",
+    "DRIP-2x-B-16",
+    "DRIP-4x-B-16",
+    "DRIP-10x-B-16",
+    "H-DRIP-B-16",
+    "ViT-L-14-336",
+    "DRIP-4x-L-14-336",
+)
+# Every SDPA spelling a jit trace may record (the composite op, or a backend kernel it dispatched to).
+SDPA_OPS = (
+    "aten::scaled_dot_product_attention",
+    "aten::_scaled_dot_product_flash_attention",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_efficient_attention",
+    "aten::_scaled_dot_product_cudnn_attention",
+)
+LN_FLOPS_PER_ELEMENT = 5  # fvcore's norm_flop_counter with an affine LayerNorm
+
+
+def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> Counter:
+    """fvcore handle: q [.., Lq, E], k [.., Lk, E], v [.., Lk, Ev] -> (..*Lq)*Lk*(E + Ev) MACs (QK^T and AV)."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(inputs[i]) for i in range(3))
+    return Counter({"attention": prod(q[:-1]) * k[-2] * (q[-1] + v[-1])})
+
+
+@dataclass
+class FlopReport:
+    """Per-image figures (batch totals / B). GFLOPs are GMACs (fvcore convention). ``analytic_gflops`` counts
+    what the batch executes in the model's layout (``batch_macs``), like fvcore does."""
+
+    seed_gflops: float
+    complete_gflops: float
+    analytic_gflops: float
+    tokens: float  # mean patch tokens per image after the last pooling stage (CLS excluded)
+    predictor_gmacs: float  # boundary predictors alone (included in all three totals)
+    stage_tokens: tuple[float, ...] = ()  # mean tokens after each pooling stage
+
+
+# --- analytic ------------------------------------------------------------------------------------------------------
+def block_macs(cfg: DripConfig, length: int) -> int:
+    """One pre-LN block on ``length`` tokens (CLS included): 2 LN, qkv, proj, QK^T, AV, MLP."""
+    d, hidden = cfg.width, int(cfg.width * cfg.mlp_ratio)
+    norms = 2 * LN_FLOPS_PER_ELEMENT * length * d
+    return norms + length * d * (3 * d + d + 2 * hidden) + 2 * length * length * d
+
+
+def predictor_macs(cfg: DripConfig, num_tokens: int) -> int:
+    """Boundary MLP on ``num_tokens`` patch tokens: LN -> D x h -> h x 1."""
+    d, h = cfg.width, cfg.predictor_hidden
+    return num_tokens * (LN_FLOPS_PER_ELEMENT * d + d * h + h)
+
+
+def analytic_macs(cfg: DripConfig, token_counts_per_stage: Sequence[int], blocks: int | None = None) -> float:
+    """MACs for one image whose stage k keeps ``token_counts_per_stage[k]`` patch tokens (CLS excluded).
+
+    ``blocks`` limits the count to the first blocks (e.g. LLaVA's select_layer=-2 needs layers - 1); the heads
+    (ln_post + CLS projection) are counted only when every block runs.
+    """
+    return batch_macs(cfg, torch.as_tensor([list(token_counts_per_stage)]).reshape(1, -1), "packed", blocks)
+
+
+def batch_macs(cfg: DripConfig, counts: Tensor, layout: str | None = None, blocks: int | None = None) -> float:
+    """MACs a batch executes, counts [B, stages] = tokens each image keeps after each pooling stage.
+
+    Post-pooling blocks run on real tokens ("packed") or on every image at the batch maximum ("padded", default:
+    ``cfg.post_layout``). The boundary MLP, the pooling matmul and ln_post see the padded batch in both layouts,
+    as in ``DripVisionTransformer``. For one image (or equal counts) both layouts equal ``analytic_macs``.
+    """
+    counts = torch.as_tensor(counts).long()
+    if counts.ndim != 2 or counts.shape[1] != len(cfg.pool_at):
+        raise ValueError(f"{cfg.name}: expected token counts [B, {len(cfg.pool_at)}], got {list(counts.shape)}")
+    layout, blocks = layout or cfg.post_layout, cfg.layers if blocks is None else blocks
+    b, n, d = counts.shape[0], cfg.num_patches, cfg.width
+    if counts.numel() and not bool(((counts >= 1) & (counts <= n)).all()):
+        raise ValueError(f"{cfg.name}: token counts must lie in 1..{n}, got {counts.tolist()}")
+    real, pad = [n] * b, n  # tokens per image, padded length
+    macs = b * (n * d * cfg.in_chans * cfg.patch_size**2 + LN_FLOPS_PER_ELEMENT * (n + 1) * d)  # conv1 + ln_pre
+    edges = [0, *cfg.pool_at, cfg.layers]
+    for k in range(len(edges) - 1):
+        if k > 0 and edges[k] < blocks:
+            real = counts[:, k - 1].tolist()
+            # boundary MLP on the padded stage input + pooling matmul A[S_max, N_pad] @ x[N_pad, D]
+            macs += b * (predictor_macs(cfg, pad) + max(real) * pad * d)
+            pad = max(real)
+        lengths = real if layout == "packed" else [pad] * b
+        macs += sum(block_macs(cfg, s + 1) for s in lengths) * max(0, min(edges[k + 1], blocks) - edges[k])
+    if blocks >= cfg.layers:
+        macs += b * (LN_FLOPS_PER_ELEMENT * (pad + 1) * d + d * cfg.embed_dim)  # ln_post on all tokens, CLS @ proj
+    return float(macs)
+
+
+def simulated_stage_counts(cfg: DripConfig) -> list[int]:
+    """Tokens kept after each stage with proportion-based boundaries: n_k = max(1, int(n_{k-1} * prior_k))."""
+    counts, n = [], cfg.num_patches
+    for p in cfg.prior:
+        n = max(1, int(n * p))
+        counts.append(n)
+    return counts
+
+
+def simulated_stage_boundaries(cfg: DripConfig, batch: int = 1) -> list[Tensor]:
+    """Forced boundaries for every stage: one [batch, N_k] tensor each, N_k = tokens entering stage k."""
+    out, n = [], cfg.num_patches
+    for p in cfg.prior:
+        out.append(simulated_boundaries(n, p, batch))
+        n = max(1, int(n * p))
+    return out
+
+
+def tower_gmacs(cfg: DripConfig, token_counts: Tensor | Sequence, blocks: int | None = None) -> list[float]:
+    """Analytic GMACs per image for the LLaVA side: token_counts [B] (one stage) or [B, stages] per image."""
+    t = torch.as_tensor(token_counts).long()
+    if t.ndim == 1:
+        if len(cfg.pool_at) > 1:
+            raise ValueError(f"{cfg.name} has {len(cfg.pool_at)} pooling stages: pass token counts [B, stages]")
+        t = t.reshape(-1, 1)[:, : len(cfg.pool_at)]  # [B, 1], or [B, 0] for a plain ViT
+    return [analytic_macs(cfg, row.tolist(), blocks) / 1e9 for row in t]
+
+
+# --- fvcore --------------------------------------------------------------------------------------------------------
+class _Traced(nn.Module):
+    """Tuple-returning wrapper for jit tracing; keeps the traced forward's DripOutput for token counts."""
+
+    def __init__(self, tower: DripVisionTransformer):
+        super().__init__()
+        self.tower = tower
+        self.last: DripOutput | None = None
+
+    def forward(self, images: Tensor, *boundaries: Tensor) -> tuple[Tensor, Tensor]:
+        self.last = self.tower(images, list(boundaries) if boundaries else None)
+        return self.last.image_embeds, self.last.tokens
+
+
+def fvcore_analysis(model: nn.Module, inputs: tuple):
+    """fvcore ``FlopCountAnalysis`` with the default handles plus SDPA (as "attention"), warnings silenced."""
+    from fvcore.nn import FlopCountAnalysis
+
+    fa = FlopCountAnalysis(model, inputs)
+    fa.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    return fa.set_op_handle(**dict.fromkeys(SDPA_OPS, sdpa_flop_jit))
+
+
+def _stage_counts(out: DripOutput) -> Tensor:
+    """[B, stages] tokens kept after each pooling stage."""
+    if not out.stage_boundaries:
+        return out.token_counts.new_zeros(out.token_counts.shape[0], 0)
+    return torch.stack([b.detach().sum(-1).round().long() for b in out.stage_boundaries], dim=1)
+
+
+def _predictor_macs_fvcore(model: DripVisionTransformer, forced: list[Tensor], batch: int) -> int:
+    """fvcore MACs of every boundary predictor on the tokens entering its stage ([B, N_k, D], N_k from forced)."""
+    n_in = [model.cfg.num_patches, *(f.shape[1] for f in forced[1:])]
+    return sum(
+        fvcore_analysis(p, (torch.zeros(batch, n, model.cfg.width),)).total()
+        for p, n in zip(model.predictors, n_in, strict=True)
+    )
+
+
+def count_flops(
+    model: DripVisionTransformer, images: Tensor, boundaries: Tensor | Sequence[Tensor] | None = None
+) -> FlopReport:
+    """Count one forward of ``model`` (in its current train/eval mode, under no_grad) with fvcore and analytically.
+
+    boundaries: forced, as for ``model(images, boundaries)``; the boundary predictors are then skipped by the
+    forward, so they are counted with fvcore on their own (a deployed tower always runs them).
+    """
+    forced = [] if boundaries is None else [boundaries] if isinstance(boundaries, Tensor) else list(boundaries)
+    wrapper = _Traced(model)
+    with torch.no_grad():
+        fa = fvcore_analysis(wrapper, (images, *forced))
+        complete, by_module = fa.total(), fa.by_module()
+        attention = fa.by_operator()["attention"]
+        out = wrapper.last
+        pred = sum(by_module[f"tower.predictors.{k}"] for k in range(len(model.predictors)))
+        if forced:  # the forward skipped the predictors: count them on their own
+            pred = _predictor_macs_fvcore(model, forced, images.shape[0])
+            complete += pred
+    projections = sum(by_module[f"tower.blocks.{i}.attn.{m}"] for i in range(model.cfg.layers) for m in ("qkv", "proj"))
+    seed = complete - attention - projections
+    stage = _stage_counts(out)
+    b = images.shape[0]
+    analytic = batch_macs(model.cfg, stage)
+    return FlopReport(
+        seed_gflops=seed / b / 1e9,
+        complete_gflops=complete / b / 1e9,
+        analytic_gflops=analytic / b / 1e9,
+        tokens=float(out.token_counts.float().mean()),
+        predictor_gmacs=pred / b / 1e9,
+        stage_tokens=tuple(float(c) for c in stage.float().mean(0)),
+    )
+
+
+def open_clip_reference(model_name: str) -> tuple[float, float]:
+    """(seed, complete) GMACs of open_clip's own random-init model for one image at its native size.
+
+    seed: stock fvcore in eval + no_grad (fused attention, invisible). complete: with grad enabled, so attention
+    takes the unfused path (projections as linear ops, SDPA counted by our handle).
+    """
+    import open_clip
+    from fvcore.nn import FlopCountAnalysis
+
+    model = open_clip.create_model(model_name).visual.eval()
+    x = torch.zeros(1, 3, *model.image_size)  # [1, 3, H, W]
+    with torch.no_grad():
+        stock = FlopCountAnalysis(model, (x,))
+        stock.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        seed = stock.total()
+    complete = fvcore_analysis(model, (x,)).total()  # grad enabled: the unfused attention path
+    return seed / 1e9, complete / 1e9
+
+
+# --- tables and CLI ------------------------------------------------------------------------------------------------
+def resolve_config(name: str) -> DripConfig:
+    """A preset, or "ViT-<arch>" built from the DRIP preset of that arch with pooling removed (e.g. ViT-L-14-336)."""
+    if name in list_presets():
+        return get_preset(name)
+    m = re.fullmatch(r"ViT-(.+)", name)
+    drip = [p for p in list_presets() if m and re.fullmatch(rf"DRIP-\w+-{re.escape(m.group(1))}", p)]
+    if not drip:
+        raise KeyError(f"unknown model {name!r}: expected a preset ({', '.join(list_presets())}) or ViT-<arch>")
+    return get_preset(drip[0], pool_at=(), prior=()).replace(name=name)
+
+
+def flops_table(names: Sequence[str] = DEFAULT_MODELS) -> list[dict]:
+    """One row per model: fvcore + analytic counts for one image with simulated boundaries, and the ratio of the
+    complete count to the plain ViT of the same shape."""
+    rows = []
+    for name in names:
+        cfg = resolve_config(name)
+        torch.manual_seed(0)
+        model = DripVisionTransformer(cfg).eval()
+        images = torch.randn(1, cfg.in_chans, cfg.image_size, cfg.image_size)
+        report = count_flops(model, images, simulated_stage_boundaries(cfg) or None)
+        vit = analytic_macs(cfg.replace(pool_at=(), prior=()), []) / 1e9
+        rows.append({"model": name, **asdict(report), "complete_ratio": report.complete_gflops / vit})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'model':<18}{'tokens':>8}{'seed':>10}{'complete':>10}{'analytic':>10}{'predictor':>11}{'ratio':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        tokens = "/".join(f"{t:g}" for t in r["stage_tokens"]) or f"{r['tokens']:g}"
+        lines.append(
+            f"{r['model']:<18}{tokens:>8}{r['seed_gflops']:>10.3f}{r['complete_gflops']:>10.3f}"
+            f"{r['analytic_gflops']:>10.3f}{r['predictor_gmacs']:>11.4f}{r['complete_ratio']:>8.3f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    ap.add_argument("--json", help="also write the rows to this JSON file")
+    ap.add_argument("--check-open-clip", action="store_true", help="also count open_clip's ViT-B-32 / ViT-B-16")
+    args = ap.parse_args(argv)
+    rows = flops_table(args.models)
+    print("GFLOPs per image (1 MAC = 1 flop, fvcore convention); tokens = patch tokens after each pooling stage;")
+    print("seed = stock-fvcore comparable (attention invisible), complete = with attention; ratio = complete / ViT")
+    print(format_table(rows))
+    if args.check_open_clip:
+        for name in ("ViT-B-32", "ViT-B-16"):
+            seed, complete = open_clip_reference(name)
+            print(f"open_clip {name}: seed {seed:.3f}  complete {complete:.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
