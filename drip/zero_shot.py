@@ -211,6 +211,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--drip-threshold", type=float, help="eval boundary threshold (e.g. from python -m drip.calibrate)")
     return p.parse_args(argv)
 
 
@@ -218,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     classnames, templates = resolve_prompts(args.classnames, args.templates)
     model, _, preprocess, tokenizer = create_clip(args.model, args.checkpoint, args.device)
+    if args.drip_threshold is not None:
+        for tower in find_drip_towers(model):
+            tower.cfg = tower.cfg.replace(threshold=args.drip_threshold)
     dataset = image_folder(args.data, preprocess)
     check_classes(dataset, classnames, args.classnames or "open_clip.IMAGENET_CLASSNAMES")
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
@@ -229,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "data": str(args.data),
         "classnames": args.classnames or "imagenet",
         "templates": args.templates,
+        "drip_threshold": args.drip_threshold,
         **result,
         "seconds": round(time.perf_counter() - start, 3),
     }

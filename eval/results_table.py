@@ -9,6 +9,7 @@ Input schema: each ``DIR`` holds any of these files (at least one):
 
 * ``sqa_result.json``: what ``eval.eval_science_qa --metrics-json`` writes; read ``accuracy`` and
   ``img_accuracy`` (percent);
+* ``llavabench_rule_summary.json``: the same summary of ``eval.rule_score``'s reviews (offline proxy);
 * ``llavabench_summary.json``: what ``eval.summarize_gpt_review --json`` writes; read
   ``categories.all.relative`` (percent);
 * ``efficiency.json``: written by the benchmark scripts, every key optional::
@@ -42,7 +43,8 @@ class RunMetrics:
     name: str
     sqa_acc: float | None = None  # ScienceQA accuracy, %
     sqa_img_acc: float | None = None  # ScienceQA accuracy on image problems, %
-    llavabench: float | None = None  # LLaVA-Bench relative score (all), %
+    llavabench: float | None = None  # LLaVA-Bench relative score (all), %, from the LLM judge
+    llavabench_rule: float | None = None  # the same from eval.rule_score (offline lexical proxy), %
     visual_tokens: float | None = None  # mean visual tokens per image
     tower_gflops: float | None = None  # vision tower GFLOPs per image
     prefill_tflops: float | None = None  # LLM prefill TFLOPs per sample
@@ -60,6 +62,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("SQA acc (%)", "sqa_acc", "{:.2f}"),
     ("SQA-IMG acc (%)", "sqa_img_acc", "{:.2f}"),
     ("LLaVA-Bench rel. (%)", "llavabench", "{:.1f}"),
+    ("LLaVA-Bench rule score (%)", "llavabench_rule", "{:.1f}"),
     ("Visual tokens", "visual_tokens", "{:.1f}"),
     ("Tower GFLOPs", "tower_gflops", "{:.2f}"),
     ("LLM prefill TFLOPs", "prefill_tflops", "{:.3f}"),
@@ -69,7 +72,12 @@ COLUMNS: list[tuple[str, str, str]] = [
 X_AXES = {"total": ("total_tflops", "TFLOPs per sample (tower + LLM prefill)"),
           "tower": ("tower_gflops", "vision tower GFLOPs per image"),
           "prefill": ("prefill_tflops", "LLM prefill TFLOPs per sample")}  # fmt: skip
-Y_SERIES = [("sqa_acc", "ScienceQA", "o"), ("sqa_img_acc", "ScienceQA-IMG", "s"), ("llavabench", "LLaVA-Bench", "^")]
+Y_SERIES = [
+    ("sqa_acc", "ScienceQA", "o"),
+    ("sqa_img_acc", "ScienceQA-IMG", "s"),
+    ("llavabench", "LLaVA-Bench", "^"),
+    ("llavabench_rule", "LLaVA-Bench (rule score)", "v"),
+]
 
 
 def _number(path: str, data: Any, *keys: str) -> float | None:
@@ -91,10 +99,11 @@ def load_run(name: str, directory: str) -> RunMetrics:
     if os.path.isfile(path):
         found, sqa = True, read_json(path)
         run.sqa_acc, run.sqa_img_acc = _number(path, sqa, "accuracy"), _number(path, sqa, "img_accuracy")
-    path = os.path.join(directory, "llavabench_summary.json")
-    if os.path.isfile(path):
-        found = True
-        run.llavabench = _number(path, read_json(path), "categories", "all", "relative")
+    for attr, file in (("llavabench", "llavabench_summary.json"), ("llavabench_rule", "llavabench_rule_summary.json")):
+        path = os.path.join(directory, file)
+        if os.path.isfile(path):
+            found = True
+            setattr(run, attr, _number(path, read_json(path), "categories", "all", "relative"))
     path = os.path.join(directory, "efficiency.json")
     if os.path.isfile(path):
         found, eff = True, read_json(path)

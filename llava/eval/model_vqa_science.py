@@ -30,8 +30,12 @@ from llava.eval.generation import InputFileError, Question, add_generation_args,
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
 
 
-def load_science_questions(path: str, single_pred_prompt: bool) -> list[Question]:
-    """Read a ``llava_<split>_CQM-A.json`` file; raises InputFileError naming the file and item if one is malformed."""
+def load_science_questions(path: str, single_pred_prompt: bool, blind: bool = False) -> list[Question]:
+    """Read a ``llava_<split>_CQM-A.json`` file; raises InputFileError naming the file and item if one is malformed.
+
+    ``blind``: the model gets no image (a control run); ``prompt`` still marks image items, so the scorer's
+    IMG-accuracy covers the same questions.
+    """
     path = os.path.expanduser(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -42,10 +46,10 @@ def load_science_questions(path: str, single_pred_prompt: bool) -> list[Question
         raise InputFileError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
     if not isinstance(items, list):
         raise InputFileError(f"{path}: expected a JSON list of questions (LLaVA's llava_test_CQM-A.json format)")
-    return [_science_question(path, i, item, single_pred_prompt) for i, item in enumerate(items)]
+    return [_science_question(path, i, item, single_pred_prompt, blind) for i, item in enumerate(items)]
 
 
-def _science_question(path: str, index: int, item: Any, single_pred_prompt: bool) -> Question:
+def _science_question(path: str, index: int, item: Any, single_pred_prompt: bool, blind: bool) -> Question:
     where = f"{path}: item {index}"
     if not isinstance(item, dict) or "id" not in item:
         raise InputFileError(f"{where}: expected an object with an 'id'")
@@ -62,13 +66,14 @@ def _science_question(path: str, index: int, item: Any, single_pred_prompt: bool
     if image is not None and not isinstance(image, str):
         raise InputFileError(f"{where} (id {item['id']}): 'image' must be a path string")
     prompt = DEFAULT_IMAGE_TOKEN + "\n" + text if image else text  # LLaVA's cur_prompt: image items say so
-    return Question(item["id"], text, image or None, prompt)
+    return Question(item["id"], text, None if blind else image or None, prompt)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Answer ScienceQA questions with a LLaVA-DRIP model.")
     add_generation_args(parser, conv_mode="llava_v0", temperature=0.2)
     parser.add_argument("--single-pred-prompt", action="store_true", help="ask for the option's letter only")
+    parser.add_argument("--blind", action="store_true", help="control run: answer without the images")
     parser.add_argument("--answer-prompter", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     check_generation_args(parser, args)
@@ -80,7 +85,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        questions = load_science_questions(args.question_file, args.single_pred_prompt)
+        questions = load_science_questions(args.question_file, args.single_pred_prompt, args.blind)
         summary = run_eval(args, questions)
     except (InputFileError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -16,6 +16,7 @@ from drip.flops import (
     flops_table,
     fvcore_analysis,
     main,
+    open_clip_reference,
     resolve_config,
     simulated_stage_boundaries,
     simulated_stage_counts,
@@ -163,3 +164,12 @@ def test_resolve_config_and_cli(tmp_path, capsys):
     assert [r["model"] for r in rows] == ["ViT-tiny", "DRIP-tiny"]
     assert rows[1]["tokens"] == 16 and rows[1]["complete_ratio"] < 1
     assert "DRIP-tiny" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_our_counts_match_open_clip_model():
+    """Counts open_clip's own ViT-B/32 (a second full-size model, ~3 s): same seed and complete figures as ours."""
+    seed, complete = open_clip_reference("ViT-B-32")
+    report = count_flops(tower("ViT-B-32"), torch.randn(1, 3, 224, 224))
+    assert report.seed_gflops == pytest.approx(seed, rel=1e-3)
+    assert report.complete_gflops == pytest.approx(complete, rel=1e-3)

@@ -22,6 +22,7 @@ def test_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     llava = _run_dir(tmp_path, "clip", {
         "sqa_result.json": {"accuracy": 69.5138, "img_accuracy": 68.2201, "total": 4241},
         "llavabench_summary.json": {"config": "clip", "categories": {"all": {"relative": 63.44}}},
+        "llavabench_rule_summary.json": {"config": "clip", "categories": {"all": {"relative": 41.26}}},
         "efficiency.json": {"visual_tokens_mean": 576, "tower_gflops": 349.2, "llm_prefill_tflops": 8.75,
                             "seconds_per_answer": 0.4126},
     })  # fmt: skip
@@ -36,10 +37,12 @@ def test_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     captured = capsys.readouterr()
     lines = md.read_text().splitlines()
     assert captured.out == md.read_text()
-    assert lines[0].startswith("| Run | SQA acc (%) | SQA-IMG acc (%) | LLaVA-Bench rel. (%) | Visual tokens |")
-    assert lines[2] == "| clip | 69.51 | 68.22 | 63.4 | 576.0 | 349.20 | 8.750 | 9.099 | 0.413 |"
-    assert lines[3] == "| drip4x | 67.00 | - | - | 143.6 | 120.00 | 2.500 | 2.620 | - |"
-    assert lines[4] == "| textonly | 60.00 | 50.00 | - | - | - | - | - | - |"
+    assert lines[0].startswith(
+        "| Run | SQA acc (%) | SQA-IMG acc (%) | LLaVA-Bench rel. (%) | LLaVA-Bench rule score (%) | Visual tokens |"
+    )
+    assert lines[2] == "| clip | 69.51 | 68.22 | 63.4 | 41.3 | 576.0 | 349.20 | 8.750 | 9.099 | 0.413 |"
+    assert lines[3] == "| drip4x | 67.00 | - | - | - | 143.6 | 120.00 | 2.500 | 2.620 | - |"
+    assert lines[4] == "| textonly | 60.00 | 50.00 | - | - | - | - | - | - | - |"
     assert "not plotted (no total_tflops): textonly" in captured.err
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# README's main command: the embedded CPU demo, end to end, with nothing downloaded.
+#   demo data -> tiny DRIP + ViT CLIP towers (python -m drip.train, zero-shot) -> base LLM (made locally)
+#   -> per tower: drip_pretrain.sh (stage 1) -> drip_finetune.sh (stage 2) -> eval/sqa.sh -> eval/llavabench.sh
+#   -> a blind (image-less) ScienceQA run -> results table + accuracy-vs-FLOPs plot in runs/demo/.
+# DEMO_SIZE=full (default; ~15-20 min on 2 CPU cores) | ci (the small variant the test suite runs, ~3 min).
+# DEMO_ROOT (default .): where playground/data/demo, checkpoints/demo and runs/demo go.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/v1_5/common.sh
+ROOT=${DEMO_ROOT:-.}
+D=$ROOT/playground/data/demo C=$ROOT/checkpoints/demo R=$ROOT/runs/demo
+case ${DEMO_SIZE:-full} in
+  full) DATA=(); CLIP_EPOCHS=12; LLM_STEPS=300; S1=(--num_train_epochs 1); S2=(--num_train_epochs 2) ;;
+  ci)   DATA=(--n-pretrain 240 --n-instruct 320 --n-sqa 40 --n-bench 6 --n-clip 240 --n-zeroshot-per-class 2)
+        CLIP_EPOCHS=2; LLM_STEPS=40; S1=(--max_steps 8); S2=(--max_steps 8) ;;
+  *) echo "DEMO_SIZE must be full or ci" >&2; exit 2 ;;
+esac
+export LAUNCHER=${LAUNCHER:-deepspeed} PRESET=demo
+mkdir -p "$R"
+step() { echo; echo "=== [demo $(date +%H:%M:%S)] $*"; }
+
+step "1. demo data -> $D"
+$PYTHON playground/demo_world.py --out "$D" --clip-absolute-paths "${DATA[@]}"
+
+for tower in DRIP-tiny ViT-tiny; do
+  step "2. contrastive pre-training of the $tower CLIP (python -m drip.train, open_clip_train's loop)"
+  rm -rf "$C/clip/$tower"
+  $PYTHON -m drip.train --model "$tower" --train-data "$D/clip_captions.csv" --dataset-type csv \
+    --csv-img-key filepath --csv-caption-key title --csv-separator $'\t' --batch-size 64 --epochs $CLIP_EPOCHS \
+    --lr 2e-3 --wd 0.1 --warmup 20 --workers 0 --seed 0 --logs "$C/clip" --name "$tower" \
+    --drip-temperature-final 0.3 --save-frequency $CLIP_EPOCHS --log-every-n-steps 100
+  $PYTHON -m drip.calibrate --tower "$C/clip/$tower/checkpoints/drip_tower" --images "$D/images" \
+    --out "$C/towers/$tower"
+  threshold=$($PYTHON -c "import json, sys; print(json.load(open(sys.argv[1]))['threshold'])" \
+    "$C/towers/$tower/drip_config.json")
+  $PYTHON -m drip.zero_shot --model "$tower" --checkpoint "$C/clip/$tower/checkpoints/epoch_$CLIP_EPOCHS.pt" \
+    --data "$D/zeroshot" --classnames "$D/zeroshot/classnames.txt" --templates "$D/zeroshot/templates.txt" \
+    --drip-threshold "$threshold" --json "$C/clip/$tower/zero_shot.json"
+done
+
+step "3. base LLM: tokenizer + tiny Llama pre-trained on the demo text"
+$PYTHON -m llava.demo.base_llm --data "$D" --out "$C/base-llm" --steps $LLM_STEPS
+
+for run in drip clip; do
+  tower=$([[ $run == drip ]] && echo DRIP-tiny || echo ViT-tiny)
+  export MODEL=$C/base-llm VISION_TOWER=drip:$C/towers/$tower IMAGE_FOLDER=$D/images
+  step "4. [$run] stage 1: projector (scripts/v1_5/drip_pretrain.sh, tower $tower)"
+  DATA_PATH=$D/pretrain.json OUTPUT_DIR=$C/llava-$run-pretrain EXTRA_ARGS="${S1[*]}" \
+    bash scripts/v1_5/drip_pretrain.sh
+  step "5. [$run] stage 2: instruction tuning (scripts/v1_5/drip_finetune.sh)"
+  DATA_PATH=$D/instruct.json PROJECTOR=$C/llava-$run-pretrain/mm_projector.bin OUTPUT_DIR=$C/llava-$run \
+    EXTRA_ARGS="${S2[*]}" bash scripts/v1_5/drip_finetune.sh
+  step "6. [$run] ScienceQA-format eval (scripts/v1_5/eval/sqa.sh) and LLaVA-Bench-format eval (llavabench.sh)"
+  MODEL_PATH=$C/llava-$run DATA_ROOT=$D/eval OUT_DIR=$R/llava-$run EXTRA_ARGS="--overwrite" \
+    bash scripts/v1_5/eval/sqa.sh
+  MODEL_PATH=$C/llava-$run DATA_ROOT=$D/eval OUT_DIR=$R/llava-$run EXTRA_ARGS="--overwrite --max-new-tokens 96" \
+    bash scripts/v1_5/eval/llavabench.sh
+done
+
+step "7. blind control: the DRIP model answers ScienceQA without its images"
+MODEL_PATH=$C/llava-drip DATA_ROOT=$D/eval OUT_DIR=$R/llava-drip-blind EXTRA_ARGS="--overwrite --blind" \
+  bash scripts/v1_5/eval/sqa.sh
+
+step "8. results"
+$PYTHON -m drip.report --runs DRIP-tiny="$C/clip/DRIP-tiny" ViT-tiny="$C/clip/ViT-tiny" --out "$R/towers.md"
+$PYTHON -m eval.results_table --run "LLaVA + DRIP-tiny (4x)=$R/llava-drip" --run "LLaVA + ViT-tiny=$R/llava-clip" \
+  --run "DRIP, blind=$R/llava-drip-blind" --output-md "$R/results.md" --output-png "$R/accuracy_vs_flops.png"
+echo; cat "$R/towers.md"; echo; cat "$R/results.md"
+echo "[demo] done: $R/results.md, $R/accuracy_vs_flops.png, chance level in $D/manifest.json"
