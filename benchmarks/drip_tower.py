@@ -213,6 +213,9 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), fp32, eval, no_grad, median of "
         f"{args.repeats} interleaved rounds, clock={args.clock}, load average {os.getloadavg()[0]:.1f}"
     )
+    if os.getloadavg()[0] > (os.cpu_count() or 1):
+        print("warning: the machine is oversubscribed; wall-clock ratios with several threads mostly measure the")
+        print("scheduler (every parallel region waits for a descheduled thread). Prefer --threads 1 --clock cpu.")
     print("MAC = complete MAC ratio vs ViT (real tokens); MACpad = if every image had the batch max; waste = padded")
     print("share of post-pooling slots in a padded layout; tr = time ratio vs ViT; t/M = time ratio / MAC ratio;")
     print("pk = packed, pd = padded (same weights); t_* = seconds per forward of the batch")

@@ -16,7 +16,8 @@ logging, ``get_data``, LR schedules, checkpoint format, and the training loop it
   (``drip.boundary.temperature_at``) and holds every non-predictor parameter group at lr 0 for the first K
   epochs (frozen without touching ``requires_grad``, so DDP and resuming are unaffected);
 * each epoch logs boundary rate, tokens per image, mean step time and peak memory, also to
-  ``<logs>/<name>/drip_metrics.jsonl``; the final tower is exported with ``drip.checkpoint.save_drip``.
+  ``<logs>/<name>/drip_metrics.jsonl``; the final tower is exported with ``drip.checkpoint.save_drip`` (a plain
+  ViT too, as a DRIP config without pooling) to ``<logs>/<name>/checkpoints/drip_tower``.
 Not wired: horovod, distillation, remote sync, torch.compile, tracing, bitsandbytes, wandb, --skip-scheduler.
 """
 
@@ -41,6 +42,7 @@ from torch import nn
 from drip.boundary import temperature_at
 from drip.checkpoint import save_drip
 from drip.open_clip_integration import DripLoss, drip_tower, register_open_clip, upcycle_clip
+from drip.weights import upcycle
 
 # open_clip_train options this entry point does not wire up (a value other than None / False means "used").
 _UNSUPPORTED = (
@@ -354,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     if not _setup_run(args):
         return 1
     model, pre_train, pre_val = _build_model(args, drip_args, device)
-    tower = drip_tower(model)
+    tower, unwrapped = drip_tower(model), model
     if args.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, args)
@@ -378,8 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     loss = DripLoss(create_loss(args), model, drip_args.drip_boundary_loss_weight)
     _train_epochs(args, model, data, loss, optimizer, scaler, schedule, start_epoch, tokenizer, device)
-    if tower is not None and is_master(args):
-        save_drip(tower, os.path.join(args.checkpoint_path, "drip_tower"))
+    if is_master(args):
+        # A plain open_clip ViT is exported in DRIP's format too (no pooling), so LLaVA's drip:<dir> tower
+        # loads the baseline and the DRIP towers the same way.
+        export = tower if tower is not None else upcycle(unwrapped.visual, pool_at=(), prior=())
+        save_drip(export, os.path.join(args.checkpoint_path, "drip_tower"))
     if args.distributed:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from drip.config import DripConfig, get_preset
+from drip.config import get_preset
 from drip.model import DripOutput, DripVisionTransformer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation (open_clip's OPENAI_DATASET_MEAN/STD)
@@ -119,25 +119,15 @@ def render(
 
 
 def load_tower(preset: str | None, checkpoint: str | None) -> DripVisionTransformer:
-    """A random-init preset, or a checkpoint: {"config": dict, "state_dict" | "model": ...} or a bare state dict
-    (then ``preset`` gives the config)."""
-    if checkpoint is None:
-        if preset is None:
-            raise ValueError("give --preset or --checkpoint")
-        return DripVisionTransformer(get_preset(preset))
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{checkpoint}: expected a dict (state dict, or with 'config' + 'state_dict'/'model')")
-    if "config" in ckpt:
-        cfg = DripConfig.from_dict(ckpt["config"])
-    elif preset is not None:
-        cfg = get_preset(preset)
-    else:
-        raise ValueError(f"{checkpoint} has no 'config' entry: also pass --preset to say which DRIP it is")
-    state = ckpt.get("state_dict", ckpt.get("model", ckpt))
-    tower = DripVisionTransformer(cfg)
-    tower.load_state_dict(state)
-    return tower
+    """A random-init preset, or a checkpoint: a ``drip.checkpoint.save_drip`` directory (or its model.safetensors),
+    or any state-dict file (.safetensors / torch) together with ``preset`` naming its config."""
+    if checkpoint is not None:
+        from drip.checkpoint import load_drip
+
+        return load_drip(checkpoint, preset)
+    if preset is None:
+        raise ValueError("give --preset or --checkpoint")
+    return DripVisionTransformer(get_preset(preset))
 
 
 def load_image(path: str | None, skimage_name: str | None) -> Image.Image:
@@ -156,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     src.add_argument("--image", help="path of an image file")
     src.add_argument("--skimage", help="name of a scikit-image sample photo, e.g. astronaut or coffee")
     ap.add_argument("--preset", help="DRIP preset (random init, or the config for a bare --checkpoint)")
-    ap.add_argument("--checkpoint", help="torch file with the tower's weights")
+    ap.add_argument("--checkpoint", help="a save_drip directory, or a weights file (then --preset gives the config)")
     ap.add_argument("--stochastic", action="store_true", help="keep Gumbel sampling (an untrained tower rarely fires)")
     ap.add_argument("--display-size", type=int, default=0, help="upscale the output (default: the tower's size)")
     ap.add_argument("--seed", type=int, default=0)

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from drip import DripVisionTransformer, get_preset
+from drip.checkpoint import save_drip
 from drip.visualize import (
     CLIP_MEAN,
     draw_segments,
@@ -105,16 +106,17 @@ def test_preprocess_crops_and_normalises():
 def test_load_tower_from_checkpoint(tmp_path):
     torch.manual_seed(0)
     tower = DripVisionTransformer(get_preset("DRIP-tiny")).eval()
-    path = tmp_path / "drip.pt"
-    torch.save({"config": tower.cfg.to_dict(), "state_dict": tower.state_dict()}, path)
-    loaded = load_tower(None, str(path)).eval()
+    save_drip(tower, tmp_path / "tower")
+    loaded = load_tower(None, str(tmp_path / "tower")).eval()
     x, b = torch.randn(1, 3, 64, 64), torch.ones(1, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x, b).image_embeds, tower(x, b).image_embeds)
     torch.save(tower.state_dict(), tmp_path / "bare.pt")
-    with pytest.raises(ValueError, match="also pass --preset"):
+    with pytest.raises(FileNotFoundError, match="pass cfg_or_preset"):
         load_tower(None, str(tmp_path / "bare.pt"))
     assert isinstance(load_tower("DRIP-tiny", str(tmp_path / "bare.pt")), DripVisionTransformer)
+    with pytest.raises(ValueError, match="--preset or --checkpoint"):
+        load_tower(None, None)
 
 
 def test_cli_writes_png(tmp_path, capsys):
