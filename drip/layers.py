@@ -4,8 +4,12 @@ Two layouts of a batch of variable-length sequences (CLS + segment tokens per im
 * padded: x [B, L, D] with an additive float key mask [B, 1, 1, L] (0 = attend, -inf = pad). Padded query rows
   still see the CLS key, so they never become NaN; their outputs are ignored downstream.
 * packed: x [T, D] holding only real tokens, images sorted by length (``PackedLayout``). Linear layers and the
-  MLP run on T rows (no padding waste). Attention runs per group of equal-length images, each group a contiguous
-  slice reshaped to [n, l, ...] (no mask, no gather), or with flash-attn's varlen kernel on CUDA when installed.
+  MLP run on T rows (no padding waste). Attention, the only part that needs per-image sequences, runs with
+  flash-attn's varlen kernel on CUDA when installed; otherwise per group of equal-length images (each group a
+  contiguous slice reshaped to [n, l, ...], no mask) when there are at most two groups (fixed-rate boundaries),
+  else as one masked SDPA call over the images padded to the longest: many small SDPA calls cost far more than
+  their FLOPs on CPU, while padding inside attention only touches the two attention matmuls (~1% of a block's
+  MACs at ~50 tokens).
 Both give the same result (tested); ``DripConfig.post_layout`` picks one.
 """
 
@@ -41,6 +45,8 @@ class PackedLayout:
     groups: list[tuple[int, int]]  # (length l, number of images n) per run of equal lengths, in packed order
     cu_seqlens: Tensor  # [B + 1] int32 cumulative lengths in packed order (flash-attn varlen)
     max_len: int
+    pad_index: Tensor  # [B, L] row of each (sorted image, position) in the packed tensor (0 on padding)
+    pad_valid: Tensor  # [B, L] bool, True on real positions, images in packed (sorted) order
 
     @classmethod
     def from_mask(cls, mask: Tensor) -> PackedLayout:
@@ -56,7 +62,11 @@ class PackedLayout:
                 groups.append((length, 1))
         cu = torch.zeros(len(sorted_len) + 1, dtype=torch.int32, device=mask.device)
         cu[1:] = torch.cumsum(lengths[order], 0)
-        return cls(order=order, lengths=lengths, groups=groups, cu_seqlens=cu, max_len=int(mask.shape[1]))
+        max_len = int(mask.shape[1])
+        pos = torch.arange(max_len, device=mask.device)[None, :]  # [1, L]
+        pad_valid = pos < lengths[order][:, None]  # [B, L]
+        pad_index = torch.where(pad_valid, cu[:-1, None].long() + pos, torch.zeros_like(pos))  # [B, L]
+        return cls(order, lengths, groups, cu, max_len, pad_index, pad_valid)
 
     def pack(self, x: Tensor, mask: Tensor) -> Tensor:
         """[B, L, D] padded -> [T, D] real tokens, images in packed (sorted) order."""
@@ -104,6 +114,13 @@ class Attention(nn.Module):
             m = int(layout.lengths.max())
             out = flash_attn_varlen_func(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, m, m)  # [T, H, hd]
             return self.proj(out.reshape(t, d))
+        if len(layout.groups) > 2:
+            g = qkv.view(t, 3 * d)[layout.pad_index]  # [B, L, 3D], images padded to the longest
+            b, length = g.shape[:2]
+            g = g.view(b, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, L, hd]
+            bias = key_padding_bias(layout.pad_valid, x.dtype)
+            out = F.scaled_dot_product_attention(g[0], g[1], g[2], attn_mask=bias)  # [B, H, L, hd]
+            return self.proj(out.transpose(1, 2).reshape(b, length, d)[layout.pad_valid])  # [T, D]
         outs, offset = [], 0
         for length, n in layout.groups:  # each group: n images of the same length, contiguous in packed order
             g = qkv[offset : offset + n * length].view(n, length, 3, self.heads, self.head_dim)

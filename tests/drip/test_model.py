@@ -72,13 +72,17 @@ def test_image_output_independent_of_batch(layout, name):
     assert stages >= 1
 
 
-def test_packed_equals_padded():
+@pytest.mark.parametrize("lengths", ["many", "two"])  # > 2 distinct lengths: one masked call; else per group
+def test_packed_equals_padded(lengths):
     packed, padded = tiny(post_layout="packed").eval(), tiny(post_layout="padded").eval()
     padded.load_state_dict(packed.state_dict())
     x, b = torch.randn(5, 3, 64, 64), random_boundaries(5, 64, rate=0.2, seed=3)
+    if lengths == "two":
+        b[:3], b[3:] = random_boundaries(1, 64, rate=0.2, seed=4), random_boundaries(1, 64, rate=0.5, seed=5)
     with torch.no_grad():
         o1, o2 = packed(x, b, output_hidden_states=True), padded(x, b, output_hidden_states=True)
-    assert len(set(o1.token_counts.tolist())) > 2
+    n_lengths = len(set(o1.token_counts.tolist()))
+    assert n_lengths == 2 if lengths == "two" else n_lengths > 2
     torch.testing.assert_close(o1.tokens, o2.tokens, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(o1.image_embeds, o2.image_embeds, atol=1e-5, rtol=1e-5)
     for h1, h2 in zip(o1.hidden_states, o2.hidden_states, strict=True):

@@ -33,6 +33,7 @@ class VisionFeatures:
     token_counts: Tensor  # [B] long, N_i
     boundary_loss: Tensor | None = None  # scalar DRIP prior loss (None for towers without a boundary predictor)
     boundary_rate: Tensor | None = None  # scalar mean boundary rate of DRIP's first pooling stage (detached)
+    stage_counts: Tensor | None = None  # [B, stages] DRIP tokens per image after each pooling stage (FLOP counts)
 
     def __post_init__(self) -> None:
         if len(self.features) != self.token_counts.shape[0]:

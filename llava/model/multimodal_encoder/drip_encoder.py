@@ -18,10 +18,12 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from drip import DripConfig, DripVisionTransformer, get_preset, list_presets
 from drip.checkpoint import load_drip
+from drip.flops import tower_gmacs
 from llava.model.config import DRIP_PREFIX
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 
@@ -96,12 +98,18 @@ class DripVisionTower(VisionTower):
         if self.select_feature == "patch":
             hidden, mask = hidden[:, 1:], mask[:, 1:]  # [B, L, D], [B, L]
         features = [h[m] for h, m in zip(hidden, mask, strict=True)]  # B x [N_i, D]
+        stage_counts = [b.detach().sum(-1).round().long() for b in out.stage_boundaries]  # stages x [B]
         return VisionFeatures(
             features=features,
             token_counts=mask.sum(-1),
             boundary_loss=out.boundary_loss,
             boundary_rate=out.boundary_rate,
+            stage_counts=torch.stack(stage_counts, -1) if stage_counts else mask.new_zeros(len(features), 0).long(),
         )
+
+    def analytic_gflops(self, features: VisionFeatures) -> list[float]:
+        """GMACs per image of the whole tower (every block runs), from each image's own token counts."""
+        return tower_gmacs(self.config, features.stage_counts.cpu())
 
     @property
     def config(self) -> DripConfig:
