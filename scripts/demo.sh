@@ -30,7 +30,7 @@ for tower in DRIP-tiny ViT-tiny; do
   $PYTHON -m drip.train --model "$tower" --train-data "$D/clip_captions.csv" --dataset-type csv \
     --csv-img-key filepath --csv-caption-key title --csv-separator $'\t' --batch-size 64 --epochs $CLIP_EPOCHS \
     --lr 2e-3 --wd 0.1 --warmup 20 --workers 0 --seed 0 --logs "$C/clip" --name "$tower" \
-    --drip-temperature-final 0.3 --save-frequency $CLIP_EPOCHS --log-every-n-steps 100
+    --precision fp32 --drip-temperature-final 0.3 --save-frequency $CLIP_EPOCHS --log-every-n-steps 100
   $PYTHON -m drip.calibrate --tower "$C/clip/$tower/checkpoints/drip_tower" --images "$D/images" \
     --out "$C/towers/$tower"
   threshold=$($PYTHON -c "import json, sys; print(json.load(open(sys.argv[1]))['threshold'])" \

@@ -161,7 +161,8 @@ def save_outputs(trainer: LLaVATrainer, model, model_args: ModelArguments, train
             )
 
 
-def train(argv: list[str] | None = None) -> LLaVATrainer:
+def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVATrainer:
+    """Parse ``argv`` (default: sys.argv), build model and data, train, save; returns the trainer."""
     model_args, data_args, training_args = parse_args(list(sys.argv[1:] if argv is None else argv))
     transformers.set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args, training_args)
@@ -186,6 +187,7 @@ def train(argv: list[str] | None = None) -> LLaVATrainer:
         data_collator=DataCollatorForSupervisedDataset(tokenizer),
         processing_class=tokenizer,
         tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter,
+        callbacks=callbacks,
     )
     resume = training_args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=resume if resume not in (None, "", "False") else None)
