@@ -112,7 +112,9 @@ def batch_macs(cfg: DripConfig, counts: Tensor, layout: str | None = None, block
 
     Post-pooling blocks run on real tokens ("packed") or on every image at the batch maximum ("padded", default:
     ``cfg.post_layout``). The boundary MLP, the pooling matmul and ln_post see the padded batch in both layouts,
-    as in ``DripVisionTransformer``. For one image (or equal counts) both layouts equal ``analytic_macs``.
+    as in ``DripVisionTransformer``; so do the two attention matmuls of packed blocks when the batch holds more than
+    two distinct lengths (``drip.layers.Attention.forward_packed`` then makes one masked call). For one image (or
+    equal counts) both layouts equal ``analytic_macs``.
     """
     counts = torch.as_tensor(counts).long()
     if counts.ndim != 2 or counts.shape[1] != len(cfg.pool_at):
@@ -131,7 +133,10 @@ def batch_macs(cfg: DripConfig, counts: Tensor, layout: str | None = None, block
             macs += b * (predictor_macs(cfg, pad) + max(real) * pad * d)
             pad = max(real)
         lengths = real if layout == "packed" else [pad] * b
-        macs += sum(block_macs(cfg, s + 1) for s in lengths) * max(0, min(edges[k + 1], blocks) - edges[k])
+        per_block = sum(block_macs(cfg, s + 1) for s in lengths)
+        if layout == "packed" and len(set(lengths)) > 2:  # attention matmuls on the padded batch
+            per_block += sum(2 * d * ((pad + 1) ** 2 - (s + 1) ** 2) for s in lengths)
+        macs += per_block * max(0, min(edges[k + 1], blocks) - edges[k])
     if blocks >= cfg.layers:
         macs += b * (LN_FLOPS_PER_ELEMENT * (pad + 1) * d + d * cfg.embed_dim)  # ln_post on all tokens, CLS @ proj
     return float(macs)
