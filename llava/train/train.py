@@ -164,6 +164,12 @@ def save_outputs(trainer: LLaVATrainer, model, model_args: ModelArguments, train
 def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVATrainer:
     """Parse ``argv`` (default: sys.argv), build model and data, train, save; returns the trainer."""
     model_args, data_args, training_args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    if training_args.deepspeed and not torch.cuda.is_available():
+        # accelerate's CPU path starts torch.distributed but not deepspeed.comm; ZeRO-3's zero.Init inside
+        # from_pretrained would then see a world size of 1 and reject the batch-size arithmetic.
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
     transformers.set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args, training_args)
     model = build_model(model_args, training_args, tokenizer)

@@ -1,0 +1,394 @@
+"""Benchmark: one LLaVA stage-2 training step with a plain ViT, DRIP-2x, DRIP-4x and DRIP-4x + PyramidDrop towers.
+
+Run (from the repository root):
+
+    python benchmarks/train_step.py [--towers-from checkpoints/demo/towers] [--model checkpoints/demo/base-llm]
+                                    [--rounds 10] [--warmup 2] [--batch 16] [--threads 1] [--no-memory]
+
+What one step is: the demo-size LLaVA (the demo's base LLM when ``checkpoints/demo/base-llm`` exists, else a random
+Llama of the same shape: hidden 128, 4 layers, 4 heads, MLP 384) with an ``mlp2x_gelu`` projector, fully fine-tuned
+(LLM + projector, tower frozen, as in stage 2): forward + loss, backward, gradient clipping at 1.0, AdamW step. The
+batch is the same for every tower: 16 image conversations of a small freshly generated demo world
+(``playground.demo_world``), preprocessed with LLaVA's v1 template (``LazySupervisedDataset`` + the collator).
+
+Towers: ``drip:ViT-tiny`` (64 patch tokens), ``drip:DRIP-2x-tiny`` (prior 0.5), ``drip:DRIP-tiny`` (prior 0.25),
+the latter also with PyramidDrop in the LLM (layers 1/2/3 of 4 keep 1/2, 1/4, 1/8 of each image's tokens; scaled to
+other depths). A frozen tower runs in eval mode, where a random boundary predictor fires rarely, so random DRIP
+towers get the calibrated eval threshold of ``drip.calibrate`` on the world's images (token counts near N * prior).
+``--towers-from DIR`` uses trained towers ``DIR/<preset>`` (the demo writes ViT-tiny and DRIP-tiny, already
+calibrated); a missing DRIP-2x-tiny is then the trained DRIP-tiny recalibrated to prior 0.5.
+
+Figures per configuration:
+* visual tokens per image (mean, min-max) and the LLM's padded sequence length entering its first / last layer;
+* step time: median over ``--rounds`` interleaved rounds after ``--warmup`` rounds (every round runs every
+  configuration once, starting at a rotating one, so a load spike on a shared machine hits all alike);
+* analytic multiply-adds of the step (1 MAC = 1 "flop", fvcore's convention): the frozen tower's forward only
+  (``drip.flops.batch_macs`` from each image's own counts, in the tower's layout); the projector 3x its forward
+  (forward + input and weight gradients; its first layer needs no input gradient: 2x); the LLM 3x its forward
+  (``llama_prefill``'s per-layer count at the lengths each decoder layer really ran, padding included, plus the LM
+  head on every position) and PyramidDrop's ranking forward only (no gradient). The optimizer is not counted.
+  "pad" is the share of those LLM positions that are padding;
+* time ratio and MAC ratio vs the ViT tower, and time ratio / MAC ratio; target: DRIP step-time ratio <= MAC ratio
+  x 1.1;
+* step memory, each configuration in a fresh subprocess after 2 warm-up steps (AdamW state then resident): on CUDA
+  ``max_memory_allocated`` minus the allocation before the step; on CPU the growth of the process's resident-set
+  high-water mark over one step (VmHWM reset through ``/proc/self/clear_refs``, glibc's mmap threshold fixed at
+  64 KiB so freed tensors leave the resident set). Both are activations + gradients + temporaries of one step.
+
+PyramidDrop: Xing et al., 2024. DRIP: arXiv 2025.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `playground` importable from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+import transformers
+from torch import Tensor, nn
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from drip import DripVisionTransformer, get_preset
+from drip.calibrate import calibrated_threshold, first_stage_probabilities, load_images
+from drip.checkpoint import load_drip, save_drip
+from drip.flops import batch_macs
+from llava.demo.base_llm import demo_texts, train_tokenizer
+from llava.model import LlavaLlamaForCausalLM, PDropConfig
+from llava.model.pdrop import decoder_layer_macs, rank_macs
+from llava.train.args import ModelArguments
+from llava.train.data import DataCollatorForSupervisedDataset, DatasetOptions, LazySupervisedDataset
+from playground.demo_world import WorldConfig, generate
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_LLM = REPO / "checkpoints" / "demo" / "base-llm"
+MAX_LEN = 256  # the demo's --model_max_length
+CONFIGS = {"ViT": "ViT-tiny", "DRIP-2x": "DRIP-2x-tiny", "DRIP-4x": "DRIP-tiny", "DRIP-4x+PDrop": "DRIP-tiny"}
+PDROP_RATIOS = (0.5, 0.25, 0.125)
+TARGET_SLACK = 1.1  # DRIP step-time ratio <= MAC ratio x 1.1
+MMAP_THRESHOLD = "65536"  # bytes: larger blocks are mmapped and unmapped on free (CPU memory probe)
+
+
+# --- preparation: world, batch, LLM, towers (written once to a work dir that probe subprocesses reread) -------------
+def prepare_world(work: Path, batch: int) -> Path:
+    """A small demo world; ``work/batch.json`` holds the first ``batch`` conversations that have an image."""
+    world = work / "world"
+    generate(world, WorldConfig(n_pretrain=16, n_instruct=max(64, 2 * batch), n_sqa=4, n_bench=3, n_clip=4,
+                                n_zeroshot_per_class=1))  # fmt: skip
+    records = [r for r in json.loads((world / "instruct.json").read_text()) if "image" in r][:batch]
+    if len(records) < batch:
+        raise ValueError(f"--batch {batch}: the generated world has only {len(records)} image conversations")
+    (work / "batch.json").write_text(json.dumps(records))
+    return world
+
+
+def prepare_llm(work: Path, world: Path, model: str) -> tuple[str, str]:
+    """(LLM directory, note): ``model`` when it is a directory, else a random Llama of the demo base LLM's shape."""
+    if model != "auto":
+        if not Path(model).is_dir():
+            raise FileNotFoundError(f"--model {model}: not a directory (an HF Llama checkpoint with its tokenizer)")
+        return model, f"LLM {model}"
+    if DEMO_LLM.is_dir():
+        return str(DEMO_LLM), f"LLM {DEMO_LLM.relative_to(REPO)} (the demo's base LLM)"
+    tok = train_tokenizer(demo_texts(world, "v1"), vocab_size=1024)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=False)  # fmt: skip
+    torch.manual_seed(0)
+    out = work / "llm"
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out), "LLM random Llama (hidden 128, 4 layers; the demo base LLM's shape)"
+
+
+def calibrate(tower: DripVisionTransformer, images: Tensor, prior: float) -> DripVisionTransformer:
+    """Set the eval threshold so the first stage fires at ``prior`` on ``images`` (drip.calibrate's rule)."""
+    tower = tower.eval()
+    tower.cfg = tower.cfg.replace(prior=(prior, *tower.cfg.prior[1:]))
+    tower.cfg = tower.cfg.replace(threshold=calibrated_threshold(first_stage_probabilities(tower, images), prior))
+    return tower
+
+
+def prepare_towers(work: Path, world: Path, towers_from: str | None) -> dict[str, tuple[str, str]]:
+    """{preset: (tower directory, note)} for every preset in CONFIGS."""
+    images = load_images(str(world / "images"), get_preset("ViT-tiny").image_size, 256)
+    out: dict[str, tuple[str, str]] = {}
+    for preset in dict.fromkeys(CONFIGS.values()):
+        trained = Path(towers_from or "", preset)
+        if towers_from and trained.is_dir():
+            out[preset] = (str(trained), f"{preset}: trained, {trained}")
+            continue
+        cfg = get_preset(preset)
+        source = Path(towers_from or "", "DRIP-tiny")
+        if towers_from and cfg.pool_at and source.is_dir():
+            tower, note = load_drip(source), f"{preset}: trained {source} recalibrated to prior {cfg.prior[0]}"
+        elif towers_from:
+            raise FileNotFoundError(f"--towers-from {towers_from}: no {preset} (nor DRIP-tiny) tower directory")
+        else:
+            torch.manual_seed(0)
+            tower, note = DripVisionTransformer(cfg), f"{preset}: random weights"
+        if cfg.pool_at:
+            tower = calibrate(tower, images, cfg.prior[0])
+            note += f", eval threshold {tower.cfg.threshold:.4f} calibrated on {len(images)} world images"
+        save_drip(tower, work / "towers" / preset)
+        out[preset] = (str(work / "towers" / preset), note)
+    return out
+
+
+# --- one configuration: model, optimizer, step ----------------------------------------------------------------------
+@dataclass
+class Run:
+    name: str
+    model: LlavaLlamaForCausalLM
+    params: list[nn.Parameter] = field(default_factory=list)
+    opt: torch.optim.Optimizer | None = None
+
+
+def pdrop_schedule(num_layers: int) -> PDropConfig:
+    """PyramidDrop at 1/4, 1/2, 3/4 of the depth (layers 1/2/3 of 4), ratios 1/2, 1/4, 1/8 of the original."""
+    layers = sorted({max(1, round(k * num_layers / 4)) for k in (1, 2, 3)} - {num_layers})
+    return PDropConfig(tuple(layers), PDROP_RATIOS[: len(layers)])
+
+
+def build_run(name: str, plan: dict, device: torch.device) -> Run:
+    """Stage-2 model of one configuration: LLM + projector trainable, tower frozen; same projector init for all."""
+    model = LlavaLlamaForCausalLM.from_pretrained(plan["llm"], dtype=torch.float32, attn_implementation="sdpa")
+    model.config.use_cache = False
+    torch.manual_seed(0)
+    tower = f"drip:{plan['towers'][CONFIGS[name]]}"
+    args = ModelArguments(vision_tower=tower, mm_vision_select_layer=-2, mm_projector_type="mlp2x_gelu")
+    model.get_model().initialize_vision_modules(args)
+    model.config.tokenizer_padding_side, model.config.tokenizer_model_max_length = "right", MAX_LEN
+    if name.endswith("+PDrop"):
+        model.set_pdrop(pdrop_schedule(model.config.num_hidden_layers))
+    model.requires_grad_(True)
+    model.get_vision_tower().requires_grad_(False)
+    model = model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    return Run(name, model, params, torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0))
+
+
+def load_batch(plan: dict, run: Run, device: torch.device) -> dict[str, Tensor]:
+    """The benchmark batch, LLaVA v1 preprocessing: input_ids/labels/attention_mask [B, L], images [B, 3, H, W]."""
+    tok = AutoTokenizer.from_pretrained(plan["llm"], padding_side="right", model_max_length=MAX_LEN)
+    if tok.pad_token is None:
+        tok.pad_token = tok.unk_token or tok.eos_token
+    tower = run.model.get_vision_tower()
+    opts = DatasetOptions("v1", plan["images"], "pad", MAX_LEN, image_token_budget=tower.num_patches)
+    ds = LazySupervisedDataset(plan["batch_json"], tok, tower.image_processor, opts)
+    batch = DataCollatorForSupervisedDataset(tok)([ds[i] for i in range(len(ds))])
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def train_step(run: Run, batch: dict[str, Tensor], bf16: bool) -> None:
+    device = batch["input_ids"].device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = run.model(**batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# --- analytic cost of one step ---------------------------------------------------------------------------------------
+@dataclass
+class Trace:
+    counts: Tensor  # [B] visual tokens per image
+    stage_counts: Tensor  # [B, stages] tokens after each DRIP pooling stage
+    shapes: list[tuple[int, int]]  # (batch, padded length) entering every decoder layer
+    real: int  # real (unpadded) positions summed over decoder layers
+
+
+@torch.no_grad()
+def trace(run: Run, batch: dict[str, Tensor]) -> Trace:
+    """One forward with hooks on the decoder layers, plus the splice's real lengths."""
+    model = run.model
+    vision = model.encode_image_features(batch["images"])
+    mm = model.prepare_multimodal_inputs(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["images"])
+    lengths, counts = mm.attention_mask.sum(1).cpu(), vision.token_counts.cpu()  # [B], [B]
+    shapes: list[tuple[int, int]] = []
+    hook = lambda _m, args, kwargs: shapes.append(tuple((args[0] if args else kwargs["hidden_states"]).shape[:2]))
+    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in model.model.layers]
+    try:
+        model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+    drops = model.pdrop.layer_list if model.pdrop else ()
+    ratios = (1.0, *(model.pdrop.image_token_ratio_list if model.pdrop else ()))
+    real = 0
+    for layer in range(len(shapes)):
+        r = ratios[sum(d <= layer for d in drops)]  # PyramidDrop keeps int(N_i * r) of the original N_i
+        kept = counts if r == 1.0 else (counts * r).long()
+        real += int((lengths - counts + kept).sum())
+    return Trace(counts, vision.stage_counts.cpu(), shapes, real)
+
+
+def step_macs(run: Run, tr: Trace) -> dict[str, float]:
+    """Multiply-adds of one training step, by part (see the module docstring)."""
+    cfg, tower_cfg = run.model.config, run.model.get_vision_tower().config
+    tower = batch_macs(tower_cfg, tr.stage_counts)  # frozen: forward only
+    linears = [m for m in run.model.get_model().mm_projector.modules() if isinstance(m, nn.Linear)]
+    tokens = int(tr.counts.sum())
+    projector = sum((2 if i == 0 else 3) * tokens * m.in_features * m.out_features for i, m in enumerate(linears))
+    llm = sum(b * decoder_layer_macs(cfg, t) for b, t in tr.shapes)
+    b, t = tr.shapes[-1]
+    llm += b * t * cfg.hidden_size * cfg.vocab_size  # LM head on every position (training)
+    drops = run.model.pdrop.layer_list if run.model.pdrop else ()
+    ranks = sum(tr.shapes[d - 1][0] * rank_macs(cfg, tr.shapes[d - 1][1]) for d in drops)  # no gradient: 1x
+    return {"tower": tower, "projector": float(projector), "llm": 3.0 * llm + ranks}
+
+
+# --- memory probe (fresh subprocess per configuration) ---------------------------------------------------------------
+def _status_kib(key: str) -> int:
+    return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
+
+
+def probe_memory(plan: dict, name: str, device: torch.device, bf16: bool) -> dict[str, float]:
+    """Peak memory of one training step above what is allocated before it, MiB (see the module docstring)."""
+    run = build_run(name, plan, device)
+    batch = load_batch(plan, run, device)
+    for _ in range(2):
+        train_step(run, batch, bf16)  # AdamW state and allocator caches now in place
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        train_step(run, batch, bf16)
+        return {"step_peak_mib": (torch.cuda.max_memory_allocated() - before) / 2**20}
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
+    before = _status_kib("VmRSS")
+    train_step(run, batch, bf16)
+    return {"step_peak_mib": (_status_kib("VmHWM") - before) / 1024}
+
+
+def measure_memory(plan_path: Path, args: argparse.Namespace) -> dict[str, float]:
+    out = {}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
+    for name in CONFIGS:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", name, "--plan", str(plan_path),
+               "--device", args.device, "--threads", str(args.threads), *(["--bf16"] if args.bf16 else [])]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode != 0:
+            raise RuntimeError(f"memory probe {name} failed:\n{done.stderr[-3000:]}")
+        out[name] = json.loads(done.stdout.strip().splitlines()[-1])["step_peak_mib"]
+    return out
+
+
+# --- timing and table ------------------------------------------------------------------------------------------------
+def time_rounds(runs: list[Run], batch: dict[str, Tensor], rounds: int, warmup: int, bf16: bool) -> dict[str, float]:
+    """Median step seconds per configuration; configurations interleaved, starting at a rotating one each round."""
+    times: dict[str, list[float]] = {r.name: [] for r in runs}
+    for k in range(warmup + rounds):
+        for run in runs[k % len(runs) :] + runs[: k % len(runs)]:
+            start = time.perf_counter()
+            train_step(run, batch, bf16)
+            if k >= warmup:
+                times[run.name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def print_table(rows: dict[str, dict], rounds: int) -> None:
+    base_time, base_macs = rows["ViT"]["time"], sum(rows["ViT"]["macs"].values())
+    print(
+        f"\nLLaVA stage-2 training step, batch {len(rows['ViT']['trace'].counts)}, median of {rounds} interleaved "
+        "rounds; GMACs: analytic multiply-adds of the step (tower forward + 3x projector and LLM); ratios vs ViT"
+    )
+    head = (
+        f"{'config':<14}{'img tok':>8}{'min-max':>9}{'LLM len':>9}{'pad':>6}{'tower':>7}{'proj':>7}{'LLM':>7}"
+        f"{'GMACs':>7}{'ms/step':>9}{'peak MiB':>9}{'time r':>8}{'MAC r':>7}{'t/MAC':>7}"
+    )
+    print(head + "\n" + "-" * len(head))
+    for name, r in rows.items():
+        tr, g = r["trace"], {k: v / 1e9 for k, v in r["macs"].items()}
+        first, last = tr.shapes[0][1], tr.shapes[-1][1]
+        span = f"{int(tr.counts.min())}-{int(tr.counts.max())}"
+        length = f"{first}>{last}" if first != last else str(first)
+        pad = 1 - tr.real / sum(b * t for b, t in tr.shapes)
+        mem = f"{r['mem']:.1f}" if r.get("mem") is not None else "-"
+        time_r, mac_r = r["time"] / base_time, sum(r["macs"].values()) / base_macs
+        print(
+            f"{name:<14}{tr.counts.float().mean():>8.1f}{span:>9}{length:>9}{pad:>6.2f}{g['tower']:>7.3f}"
+            f"{g['projector']:>7.3f}{g['llm']:>7.2f}{sum(g.values()):>7.2f}{1e3 * r['time']:>9.1f}{mem:>9}"
+            f"{time_r:>8.3f}{mac_r:>7.3f}{time_r / mac_r:>7.3f}"
+        )
+    for name, r in rows.items():
+        if name != "ViT":
+            time_r, mac_r = r["time"] / base_time, sum(r["macs"].values()) / base_macs
+            verdict = "met" if time_r <= TARGET_SLACK * mac_r else "MISSED"
+            print(
+                f"  {name}: step-time ratio {time_r:.3f} <= MAC ratio {mac_r:.3f} x {TARGET_SLACK} "
+                f"= {TARGET_SLACK * mac_r:.3f}: {verdict}"
+            )
+
+
+def benchmark(args: argparse.Namespace, work: Path) -> None:
+    device = torch.device(args.device)
+    world = prepare_world(work, args.batch)
+    llm, llm_note = prepare_llm(work, world, args.model)
+    towers = prepare_towers(work, world, args.towers_from)
+    plan = {"llm": llm, "towers": {k: v[0] for k, v in towers.items()}, "batch_json": str(work / "batch.json"),
+            "images": str(world / "images")}  # fmt: skip
+    (work / "plan.json").write_text(json.dumps(plan))
+    precision = "fp32 + bf16 autocast" if args.bf16 else "fp32"
+    print(f"[train_step] {llm_note}; device {device}, {torch.get_num_threads()} thread(s), {precision}")
+    for _, note in towers.values():
+        print(f"[train_step] tower {note}")
+    runs = [build_run(name, plan, device) for name in CONFIGS]
+    print(f"[train_step] DRIP-4x+PDrop: {runs[-1].model.pdrop}")
+    batch = load_batch(plan, runs[0], device)
+    rows: dict[str, dict] = {}
+    for run in runs:
+        tr = trace(run, batch)
+        rows[run.name] = {"trace": tr, "macs": step_macs(run, tr)}
+    for name, seconds in time_rounds(runs, batch, args.rounds, args.warmup, args.bf16).items():
+        rows[name]["time"] = seconds
+    del runs
+    if not args.no_memory:
+        for name, mib in measure_memory(work / "plan.json", args).items():
+            rows[name]["mem"] = mib
+    print_table(rows, args.rounds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--model", default="auto", help="HF Llama dir (auto: checkpoints/demo/base-llm if present, else random)"
+    )
+    ap.add_argument("--towers-from", help="directory of trained DRIP-format towers (e.g. checkpoints/demo/towers)")
+    ap.add_argument("--rounds", type=int, default=10, help="timed rounds (median)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory subprocesses")
+    ap.add_argument("--probe", choices=list(CONFIGS), help=argparse.SUPPRESS)  # internal: one memory probe
+    ap.add_argument("--plan", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()  # "llama checkpoint into llava_llama" is expected: the base LLM
+    transformers.logging.disable_progress_bar()
+    if args.probe:
+        plan = json.loads(Path(args.plan).read_text())
+        print(json.dumps(probe_memory(plan, args.probe, torch.device(args.device), args.bf16)))
+        return
+    with tempfile.TemporaryDirectory(prefix="train_step_") as work:
+        benchmark(args, Path(work))
+
+
+if __name__ == "__main__":
+    main()
