@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.model.language_model.llava_llama import LlavaLlamaConfig, LlavaLlamaForCausalLM
@@ -148,7 +148,11 @@ def _load_model(kind: CheckpointKind, model_path: str, model_base: str | None, k
     if model_base is None:
         raise ValueError(f"{model_path} holds a {kind} checkpoint: pass model_base (the LLM it was trained on)")
     config = LlavaLlamaConfig.from_pretrained(model_path)
+    vocab = config.vocab_size  # may exceed the base's when training added LLaVA's image tokens
+    config.vocab_size = AutoConfig.from_pretrained(model_base).vocab_size
     model, missing = _from_pretrained(model_base, config, kwargs)
+    if vocab != config.vocab_size:
+        model.resize_token_embeddings(vocab)
     extra_file = "mm_projector.bin" if kind == "projector" else "non_lora_trainables.bin"
     extra_path = os.path.join(model_path, extra_file)
     if not os.path.isfile(extra_path):

@@ -59,5 +59,7 @@ def non_lora_trainables(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_lora(model: nn.Module, output_dir: str) -> None:
     """peft adapter + ``non_lora_trainables.bin`` (keys keep peft's ``base_model.model.`` prefix, as LLaVA's do)."""
     os.makedirs(output_dir, exist_ok=True)
-    model.save_pretrained(output_dir)
+    # peft would read the (possibly ZeRO-3-partitioned, empty) parameters itself: hand it gathered copies.
+    lora = {n: _gather(p) for n, p in model.named_parameters() if "lora_" in n}
+    model.save_pretrained(output_dir, state_dict=lora)
     torch.save(non_lora_trainables(model), os.path.join(output_dir, "non_lora_trainables.bin"))

@@ -107,6 +107,7 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, to
     if model_args.vision_tower is None:
         raise ValueError("--vision_tower is required (an HF CLIP dir/name, or drip:<preset|checkpoint dir>)")
     model.get_model().initialize_vision_modules(model_args=model_args)
+    model.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)  # records mm_use_im_* (adds tokens if asked)
     model.config.tokenizer_padding_side = tokenizer.padding_side
     model.config.tokenizer_model_max_length = tokenizer.model_max_length
     model.config.mm_projector_lr = training_args.mm_projector_lr

@@ -162,3 +162,18 @@ def test_killed_run_resumes_to_the_same_loss(tmp_path, world, base_llm):
     torch.testing.assert_close(a, b)
     curve = json.loads((tmp_path / "full" / "loss_curve.json").read_text())
     assert curve["steps"] == 6 and len(curve["curve"]) == 6
+
+
+def test_lora_run_saves_what_the_loader_merges(tmp_path, world, base_llm):
+    from llava.model.builder import load_pretrained_model
+
+    trainer = train(run_args(world, base_llm, tmp_path / "lora", "--max_steps", "2", "--lora_enable", "True",
+                             "--lora_r", "4", "--lora_alpha", "8", "--mm_projector_lr", "1e-3"))  # fmt: skip
+    out = tmp_path / "lora"
+    assert {"adapter_config.json", "non_lora_trainables.bin", "config.json"} <= {p.name for p in out.iterdir()}
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["mm_vision_tower"] == "drip:DRIP-tiny" and cfg["mm_use_im_patch_token"] is True  # LLaVA default
+    _, model, _, _ = load_pretrained_model(str(out), str(base_llm), "lora-run")
+    trained = trainer.model.base_model.model.get_model().mm_projector[0].weight.detach()
+    torch.testing.assert_close(model.get_model().mm_projector[0].weight, trained)
+    assert model.config.vocab_size == trainer.model.base_model.model.config.vocab_size  # same <im_patch> growth
