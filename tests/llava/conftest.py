@@ -111,3 +111,24 @@ class TinyLlavaTester:
 @pytest.fixture(scope="session")
 def tiny() -> TinyLlavaTester:
     return TinyLlavaTester()
+
+
+@pytest.fixture(scope="session")
+def save_tiny_base_llm():
+    """A function (world dir, out dir) -> out dir: a tiny random Llama (hidden 64, 2 layers) saved with a BPE
+    tokenizer trained on that demo world's text, like any HF base-LLM checkpoint (used by the training tests)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llava.demo.base_llm import demo_texts, train_tokenizer
+
+    def save(world, out):
+        tok = train_tokenizer(demo_texts(world, "v1"), vocab_size=400)
+        ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, **ids)  # fmt: skip
+        torch.manual_seed(0)
+        LlamaForCausalLM(cfg).save_pretrained(out)
+        tok.save_pretrained(out)
+        return out
+
+    return save

@@ -106,21 +106,8 @@ def world(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def base_llm(world, tmp_path_factory) -> Path:
-    """A tiny random Llama (hidden 64, 2 layers) with a tokenizer trained on the world's text."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from llava.demo.base_llm import demo_texts, train_tokenizer
-
-    out = tmp_path_factory.mktemp("base")
-    tok = train_tokenizer(demo_texts(world, "v1"), vocab_size=400)
-    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, **ids)  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+def base_llm(world, tmp_path_factory, save_tiny_base_llm) -> Path:
+    return save_tiny_base_llm(world, tmp_path_factory.mktemp("base"))
 
 
 def free_port() -> int:

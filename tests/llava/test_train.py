@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import TrainerCallback
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.demo.base_llm import train_tokenizer
 from llava.model.multimodal_encoder.base import clip_image_processor
 from llava.train.args import ModelArguments
 from llava.train.data import DataCollatorForSupervisedDataset, DatasetOptions, LazySupervisedDataset
@@ -30,18 +29,8 @@ def world(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def base_llm(world, tmp_path_factory) -> Path:
-    """A tiny random Llama with a tokenizer trained on the world's text, saved like any HF checkpoint."""
-    out = tmp_path_factory.mktemp("base")
-    texts = [t["value"] for rec in json.loads((world / "instruct.json").read_text()) for t in rec["conversations"]]
-    tok = train_tokenizer(texts + ["USER: ASSISTANT: A chat between a curious user"], vocab_size=400)
-    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, **ids)  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+def base_llm(world, tmp_path_factory, save_tiny_base_llm) -> Path:
+    return save_tiny_base_llm(world, tmp_path_factory.mktemp("base"))
 
 
 def options(world: Path, max_len: int = 256) -> DatasetOptions:
