@@ -17,11 +17,9 @@ Any open_clip-style model works: the features are ``model.encode_image(images)``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from drip.boundary import temperature_at
-from drip.zero_shot import DripTokenStats, create_clip, find_drip_towers, image_folder
+from drip.zero_shot import DripTokenStats, create_clip, find_drip_towers, image_folder, write_json
 
 DEFAULT_LR = {"linear": 1e-2, "finetune": 1e-4}
 
@@ -267,8 +265,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = settings | result | {"seconds": round(time.perf_counter() - start, 3)}
     print(f"{args.model} {args.mode}: val top-1 {result['top1']:.4f} ({result['num_val']} images)")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return result
 
 

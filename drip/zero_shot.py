@@ -240,9 +240,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     tok = "" if result["tokens_per_image"] is None else f", {result['tokens_per_image']:.1f} tokens/image"
     print(f"{args.model}: top-1 {result['top1']:.4f}, top-{result['topk']} {result['top5']:.4f}{tok}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return result
+
+
+def write_json(path: str, result: dict[str, Any]) -> None:
+    """Write a results dict as indented JSON, creating the folder (zero_shot's and classify's --json)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

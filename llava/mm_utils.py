@@ -34,6 +34,7 @@ def tokenizer_image_token(
     tokenizer: PreTrainedTokenizerBase,
     image_token_index: int = IMAGE_TOKEN_INDEX,
     return_tensors: str | None = None,
+    add_special_tokens: bool = True,
 ) -> list[int] | torch.Tensor:
     """Tokenise ``prompt``, mapping each ``<image>`` to ``image_token_index``.
 
@@ -43,11 +44,13 @@ def tokenizer_image_token(
     tokenizer that adds no BOS keeps every token even when the prompt starts with the BOS text (ChatML's
     ``<|im_start|>`` is SmolLM2's BOS; LLaVA would drop the first token after each image there).
 
+    ``add_special_tokens=False`` tokenises a later piece of a prompt (no BOS at all).
+
     Returns:
         list of ids, or a LongTensor [L] when ``return_tensors == "pt"``.
     """
     chunks = prompt.split(DEFAULT_IMAGE_TOKEN)
-    input_ids = list(tokenizer(chunks[0]).input_ids)
+    input_ids = list(tokenizer(chunks[0], add_special_tokens=add_special_tokens).input_ids)
     for chunk in chunks[1:]:
         input_ids.append(image_token_index)
         input_ids.extend(tokenizer(chunk, add_special_tokens=False).input_ids)

@@ -26,8 +26,9 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
@@ -425,3 +426,14 @@ def run_eval(args: argparse.Namespace, questions: Sequence[Question]) -> dict[st
         efficiency_file=args.efficiency_file,
         progress=not args.no_progress,
     )
+
+
+def run_cli(args: argparse.Namespace, load_questions: Callable[[], Sequence[Question]]) -> int:
+    """The entry points' main: load the questions, answer them; bad input -> a one-line error and exit code 2."""
+    try:
+        summary = run_eval(args, load_questions())
+    except (InputFileError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"answers: {summary['answers']} -> {args.answers_file}", file=sys.stderr)
+    return 0

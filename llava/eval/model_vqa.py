@@ -27,7 +27,7 @@ from llava.eval.generation import (
     Question,
     add_generation_args,
     check_generation_args,
-    run_eval,
+    run_cli,
 )
 
 
@@ -65,13 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        summary = run_eval(args, load_vqa_questions(args.question_file))
-    except (InputFileError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"answers: {summary['answers']} -> {args.answers_file}", file=sys.stderr)
-    return 0
+    return run_cli(args, lambda: load_vqa_questions(args.question_file))
 
 
 if __name__ == "__main__":

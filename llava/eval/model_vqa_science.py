@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.eval.generation import InputFileError, Question, add_generation_args, check_generation_args, run_eval
+from llava.eval.generation import InputFileError, Question, add_generation_args, check_generation_args, run_cli
 
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
 
@@ -84,14 +84,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        questions = load_science_questions(args.question_file, args.single_pred_prompt, args.blind)
-        summary = run_eval(args, questions)
-    except (InputFileError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"answers: {summary['answers']} -> {args.answers_file}", file=sys.stderr)
-    return 0
+    return run_cli(args, lambda: load_science_questions(args.question_file, args.single_pred_prompt, args.blind))
 
 
 if __name__ == "__main__":

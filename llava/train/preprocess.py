@@ -22,7 +22,6 @@ from llava.constants import (
     DEFAULT_IM_START_TOKEN,
     DEFAULT_IMAGE_TOKEN,
     IGNORE_INDEX,
-    IMAGE_TOKEN_INDEX,
 )
 from llava.conversation import Conversation, SeparatorStyle, conv_templates
 from llava.mm_utils import tokenizer_image_token
@@ -108,19 +107,10 @@ def tokenize_conversation(turns: list[dict[str, str]], tokenizer: PreTrainedToke
     ids: list[int] = []
     labels: list[int] = []
     for k, (text, trained) in enumerate(pieces):
-        piece = tokenizer_image_token(text, tokenizer) if k == 0 else _encode(tokenizer, text)
+        piece = tokenizer_image_token(text, tokenizer, add_special_tokens=k == 0)  # BOS on the first piece only
         ids += piece
         labels += piece if trained else [IGNORE_INDEX] * len(piece)
     return Tokenized(torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long))
-
-
-def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """A later piece of the prompt: no special tokens, ``<image>`` mapped to IMAGE_TOKEN_INDEX."""
-    chunks = text.split(DEFAULT_IMAGE_TOKEN)
-    ids = list(tokenizer(chunks[0], add_special_tokens=False).input_ids)
-    for chunk in chunks[1:]:
-        ids += [IMAGE_TOKEN_INDEX, *tokenizer(chunk, add_special_tokens=False).input_ids]
-    return ids
 
 
 def preprocess(
