@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from drip import DripVisionTransformer, get_preset
-from drip.calibrate import calibrated_threshold, first_stage_probabilities, load_images
+from drip.calibrate import calibrated_threshold, load_images
 from drip.checkpoint import load_drip, save_drip
 from drip.flops import batch_macs
 from llava.demo.base_llm import demo_texts, train_tokenizer
@@ -117,7 +117,9 @@ def calibrate(tower: DripVisionTransformer, images: Tensor, prior: float) -> Dri
     """Set the eval threshold so the first stage fires at ``prior`` on ``images`` (drip.calibrate's rule)."""
     tower = tower.eval()
     tower.cfg = tower.cfg.replace(prior=(prior, *tower.cfg.prior[1:]))
-    tower.cfg = tower.cfg.replace(threshold=calibrated_threshold(first_stage_probabilities(tower, images), prior))
+    with torch.no_grad():
+        probs = tower.boundary_probabilities(images)  # [B, N]
+    tower.cfg = tower.cfg.replace(threshold=calibrated_threshold(probs, prior))
     return tower
 
 

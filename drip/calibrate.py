@@ -23,16 +23,6 @@ from PIL import Image
 from torchvision import transforms
 
 from drip.checkpoint import load_drip, save_drip
-from drip.model import DripVisionTransformer
-
-
-@torch.no_grad()
-def first_stage_probabilities(tower: DripVisionTransformer, images: torch.Tensor) -> torch.Tensor:
-    """Boundary probabilities sigmoid(logit) of the first pooling stage: [B, 3, H, W] -> [B, N]."""
-    st = tower._embed(images)  # [B, 1 + N, D]
-    for block in tower.blocks[: tower.cfg.pool_at[0]]:
-        st = block(st)
-    return torch.sigmoid(tower.predictors[0](st[:, 1:]))
 
 
 def calibrated_threshold(probs: torch.Tensor, prior: float) -> float:
@@ -66,9 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     report: dict = {"tower": args.tower, "threshold_before": tower.cfg.threshold}
     if tower.cfg.pool_at:
         images = load_images(args.images, tower.cfg.image_size, args.num_images)
-        probs = first_stage_probabilities(tower, images)
-        tower.cfg = tower.cfg.replace(threshold=calibrated_threshold(probs, tower.cfg.prior[0]))
         with torch.no_grad():
+            probs = tower.boundary_probabilities(images)  # [B, N]
+            tower.cfg = tower.cfg.replace(threshold=calibrated_threshold(probs, tower.cfg.prior[0]))
             counts = tower(images).token_counts.float()
         report.update(threshold=tower.cfg.threshold, eval_tokens_per_image=float(counts.mean()), images=len(images))
     save_drip(tower, args.out)

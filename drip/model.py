@@ -112,6 +112,20 @@ class DripVisionTransformer(nn.Module):
         """open_clip-style: [B, C, H, W] -> [B, E]."""
         return self.forward(images).image_embeds
 
+    def boundary_probabilities(self, images: Tensor) -> Tensor:
+        """sigmoid(logit) of the first pooling stage's predictor, before sampling: [B, C, H, W] -> [B, N] fp32.
+
+        The same embedding and pre-pooling blocks as ``forward``; evaluation (``stochastic_eval=False``) marks a
+        boundary where this exceeds ``cfg.threshold`` (``forward`` then also sets each row's last position).
+        Raises ValueError for a tower without pooling (``pool_at=()``).
+        """
+        self._check_images(images)
+        if not self.cfg.pool_at:
+            raise ValueError(f"DRIP ({self.cfg.name}) has no pooling stage, so no boundary probabilities")
+        st = _State(self._embed(images), None, None, None)
+        self._run_blocks(0, self.cfg.pool_at[0], st)
+        return torch.sigmoid(self.predictors[0](st.x[:, 1:]))  # CLS excluded, as in _pool_stage
+
     def _embed(self, images: Tensor) -> Tensor:
         x = self.conv1(images)  # [B, D, g, g]
         x = x.flatten(2).transpose(1, 2)  # [B, N, D]

@@ -63,7 +63,9 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+# A second copy of llava.jsonl's reader, kept on purpose: drip is standalone and may import neither llava nor eval.
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """One JSON object per non-blank line, in file order; ValueError naming the file and line on a bad line."""
     rows = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

@@ -11,6 +11,10 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+# The reader shared with llava's generation entry points; llava.jsonl is stdlib-only (no torch), and llava may not
+# import eval, so the shared copy lives there.
+from llava import jsonl as llava_jsonl
+
 
 class EvalInputError(Exception):
     """An input file is missing or malformed; the message names the file (and line where there is one)."""
@@ -34,26 +38,7 @@ def read_jsonl(path: str, required: Iterable[str] = ()) -> list[dict[str, Any]]:
     Returns the objects in file order. Raises EvalInputError with ``path:line`` for a missing file, a line that
     is not JSON, a line that is not an object, or a missing required key.
     """
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-        raise EvalInputError(f"{path}: file not found")
-    required = tuple(required)
-    records: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalInputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            if not isinstance(record, dict):
-                raise EvalInputError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            missing = [key for key in required if key not in record]
-            if missing:
-                raise EvalInputError(f"{path}:{lineno}: missing key(s) {', '.join(missing)}")
-            records.append(record)
-    return records
+    return llava_jsonl.read_jsonl(path, required, error=EvalInputError)
 
 
 def write_json(path: str, data: Any, indent: int = 2) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from llava.jsonl import read_jsonl
 from llava.model.config import MultimodalConfig
 from llava.model.pdrop import keep_counts, llama_prefill_macs
 
@@ -161,8 +162,7 @@ def write_sidecar(
     Returns the summary: ``efficiency_summary`` of every line, ``seconds_per_answer`` (generation time over the
     answers timed, excluding model loading), ``peak_memory_mb`` and its source, device, dtype, plus ``extra``.
     """
-    with open(answers_file, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = read_jsonl(answers_file)
     peak, source = peak_memory_mb(model.device)
     if clock.peak_memory_mb is not None:
         peak = max(peak, clock.peak_memory_mb)

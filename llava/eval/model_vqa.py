@@ -17,7 +17,6 @@ without ``image`` is asked as a text-only question. Batching, resume and the eff
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -29,29 +28,21 @@ from llava.eval.generation import (
     check_generation_args,
     run_cli,
 )
+from llava.jsonl import iter_jsonl
 
 
 def load_vqa_questions(path: str) -> list[Question]:
     """Read a question JSONL file; raises InputFileError naming the file and line when one is malformed."""
     path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-        raise InputFileError(f"{path}: question file not found")
     questions = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputFileError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            if not isinstance(item, dict) or "question_id" not in item or not isinstance(item.get("text"), str):
-                raise InputFileError(f"{path}:{lineno}: expected an object with 'question_id' and a string 'text'")
-            image = item.get("image")
-            if image is not None and not isinstance(image, str):
-                raise InputFileError(f"{path}:{lineno}: 'image' must be a path string")
-            # LLaVA's cur_prompt here is the bare question text, without the image token
-            questions.append(Question(item["question_id"], item["text"], image or None, item["text"]))
+    for lineno, item in iter_jsonl(path, error=InputFileError):
+        if "question_id" not in item or not isinstance(item.get("text"), str):
+            raise InputFileError(f"{path}:{lineno}: expected an object with 'question_id' and a string 'text'")
+        image = item.get("image")
+        if image is not None and not isinstance(image, str):
+            raise InputFileError(f"{path}:{lineno}: 'image' must be a path string")
+        # LLaVA's cur_prompt here is the bare question text, without the image token
+        questions.append(Question(item["question_id"], item["text"], image or None, item["text"]))
     return questions
 
 

@@ -3,6 +3,7 @@
 #   NUM_GPUS   processes to launch (default: the number of CUDA GPUs, else 1 CPU process)
 #   LAUNCHER   deepspeed (default) | python   (python: one process, no DeepSpeed)
 #   PRESET     demo (default: the embedded tiny CPU demo) | llava (LLaVA-1.5's published hyper-parameters)
+# Also defines MM_ARGS and TRAINER_ARGS (the flags every training stage passes) and eval_data_root (eval scripts).
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python && -z "${VIRTUAL_ENV:-${CONDA_PREFIX:-}}" ]]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
@@ -23,3 +24,15 @@ else
 fi
 deepspeed_args() { [[ "${LAUNCHER:-deepspeed}" == deepspeed ]] && echo "--deepspeed $1" || true; }
 DEMO=playground/data/demo
+# Flags that every stage passes unchanged (LLaVA-1.5 repeats them in each stage's script).
+MM_ARGS=(--mm_vision_select_layer -2 --mm_use_im_start_end False --mm_use_im_patch_token False)
+TRAINER_ARGS=(--per_device_eval_batch_size 4 --gradient_accumulation_steps 1 --eval_strategy no --save_strategy steps
+  --save_total_limit 1 --weight_decay 0. --warmup_ratio 0.03 --lr_scheduler_type cosine --logging_steps 1
+  --lazy_preprocess True --report_to none)
+# DATA_ROOT default of scripts/v1_5/eval: LLaVA's eval tree when it holds the benchmark's file $1, else the demo's.
+eval_data_root() {
+  if [[ -z "${DATA_ROOT:-}" ]]; then
+    DATA_ROOT=./playground/data/eval
+    [[ -f $DATA_ROOT/$1 ]] || DATA_ROOT=./playground/data/demo/eval
+  fi
+}

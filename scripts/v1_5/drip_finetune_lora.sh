@@ -23,9 +23,5 @@ fi
   --lora_enable True --model_name_or_path "$MODEL" --version v1 \
   --data_path "$DATA_PATH" --image_folder "$IMAGE_FOLDER" \
   --vision_tower "$VISION_TOWER" --pretrain_mm_mlp_adapter "$PROJECTOR" --mm_projector_type mlp2x_gelu \
-  --mm_vision_select_layer -2 --mm_use_im_start_end False --mm_use_im_patch_token False \
-  --image_aspect_ratio pad --group_by_modality_length True \
-  --output_dir "$OUTPUT_DIR" --per_device_eval_batch_size 4 --gradient_accumulation_steps 1 \
-  --eval_strategy no --save_strategy steps --save_total_limit 1 --weight_decay 0. --warmup_ratio 0.03 \
-  --lr_scheduler_type cosine --logging_steps 1 --lazy_preprocess True --report_to none \
-  "${HP[@]}" ${EXTRA_ARGS:-}
+  "${MM_ARGS[@]}" --image_aspect_ratio pad --group_by_modality_length True \
+  --output_dir "$OUTPUT_DIR" "${TRAINER_ARGS[@]}" "${HP[@]}" ${EXTRA_ARGS:-}

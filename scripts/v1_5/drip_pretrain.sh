@@ -25,8 +25,4 @@ fi
   --model_name_or_path "$MODEL" --version plain \
   --data_path "$DATA_PATH" --image_folder "$IMAGE_FOLDER" \
   --vision_tower "$VISION_TOWER" --mm_projector_type mlp2x_gelu --tune_mm_mlp_adapter True \
-  --mm_vision_select_layer -2 --mm_use_im_start_end False --mm_use_im_patch_token False \
-  --output_dir "$OUTPUT_DIR" --per_device_eval_batch_size 4 --gradient_accumulation_steps 1 \
-  --eval_strategy no --save_strategy steps --save_total_limit 1 --weight_decay 0. --warmup_ratio 0.03 \
-  --lr_scheduler_type cosine --logging_steps 1 --lazy_preprocess True --report_to none \
-  "${HP[@]}" ${EXTRA_ARGS:-}
+  "${MM_ARGS[@]}" --output_dir "$OUTPUT_DIR" "${TRAINER_ARGS[@]}" "${HP[@]}" ${EXTRA_ARGS:-}

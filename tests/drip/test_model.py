@@ -157,6 +157,27 @@ def test_plain_vit_config_has_no_predictor():
     assert float(out.boundary_loss) == 0.0
 
 
+@pytest.mark.parametrize("name", ["DRIP-tiny", "H-DRIP-tiny"])
+def test_boundary_probabilities_are_what_forward_thresholds(name):
+    model = tiny(name).eval()
+    for p in model.predictors:  # spread the probabilities so that a threshold splits them
+        p.fc2.weight.data.normal_(std=1.0)
+        p.fc2.bias.data.fill_(0.0)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        probs = model.boundary_probabilities(x)
+        assert probs.shape == (3, 64) and probs.dtype == torch.float32
+        model.cfg.threshold = float(probs.median())
+        out = model(x, output_hidden_states=True)
+        pre_pool = out.hidden_states[model.cfg.pool_at[0]]  # [B, 1 + N, D] as the first stage sees it
+        torch.testing.assert_close(probs, torch.sigmoid(model.predictors[0](pre_pool[:, 1:])))
+    expected = (probs > model.cfg.threshold).float()
+    expected[:, -1] = 1.0  # pooling closes each row's last segment
+    assert out.boundaries.equal(expected) and 0 < float(expected[:, :-1].mean()) < 1
+    with pytest.raises(ValueError, match="no pooling stage"):
+        tiny("ViT-tiny").boundary_probabilities(x)
+
+
 def test_bad_input_errors():
     model = tiny().eval()
     with pytest.raises(ValueError, match=r"expects images of shape \[B, 3, 64, 64\], got \[2, 3, 32, 32\]"):

@@ -16,15 +16,11 @@
 #   OPENAI_API_KEY / OPENAI_BASE_URL / LLAVA_JUDGE_MODEL   the judge's endpoint and model (see eval.eval_gpt_review_bench);
 #                the judge runs when the key or the base URL is set, and writes llavabench_summary.json
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
-if [[ -z "${PYTHON:-}" ]]; then PYTHON=python; [[ -x .venv/bin/python ]] && PYTHON=.venv/bin/python; fi
+source "$(dirname "$0")/../common.sh"
 MODEL_PATH=${MODEL_PATH:-checkpoints/demo/llava-drip}
 CKPT=${CKPT:-$(basename "$MODEL_PATH")}
 CONV_MODE=${CONV_MODE:-vicuna_v1}
-if [[ -z "${DATA_ROOT:-}" ]]; then
-  DATA_ROOT=./playground/data/eval
-  [[ -f $DATA_ROOT/llava-bench-in-the-wild/questions.jsonl ]] || DATA_ROOT=./playground/data/demo/eval
-fi
+eval_data_root llava-bench-in-the-wild/questions.jsonl
 BENCH=$DATA_ROOT/llava-bench-in-the-wild
 OUT_DIR=${OUT_DIR:-runs/eval/$CKPT}
 

@@ -13,15 +13,11 @@
 #   PYTHON       interpreter                             (default: .venv/bin/python when present, else python)
 #   EXTRA_ARGS   more model_vqa_science flags, e.g. "--device cpu --max-new-tokens 16 --overwrite"
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
-if [[ -z "${PYTHON:-}" ]]; then PYTHON=python; [[ -x .venv/bin/python ]] && PYTHON=.venv/bin/python; fi
+source "$(dirname "$0")/../common.sh"
 MODEL_PATH=${MODEL_PATH:-checkpoints/demo/llava-drip}
 CKPT=${CKPT:-$(basename "$MODEL_PATH")}
 CONV_MODE=${CONV_MODE:-vicuna_v1}
-if [[ -z "${DATA_ROOT:-}" ]]; then
-  DATA_ROOT=./playground/data/eval
-  [[ -f $DATA_ROOT/scienceqa/llava_test_CQM-A.json ]] || DATA_ROOT=./playground/data/demo/eval
-fi
+eval_data_root scienceqa/llava_test_CQM-A.json
 SQA=$DATA_ROOT/scienceqa
 OUT_DIR=${OUT_DIR:-runs/eval/$CKPT}
 
