@@ -243,7 +243,7 @@ class AnswerGenerator:
         for i, x in enumerate(ids):
             input_ids[i, width - x.shape[0] :] = x
             attention_mask[i, width - x.shape[0] :] = True
-        images, sizes = self._images([q.image_file for q in batch if q.image_file is not None])
+        images, sizes = self.load_pixels([q.image_file for q in batch if q.image_file is not None])
         device = self.model.device
         with VisionProbe(self.model) as probe, torch.inference_mode():
             output_ids = self.model.generate(
@@ -256,7 +256,8 @@ class AnswerGenerator:
         texts = [self._clean(t) for t in self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)]
         return self._with_costs(batch, ids, texts, probe)
 
-    def _images(self, files: list[str]) -> tuple[list[Tensor] | None, list[tuple[int, int]] | None]:
+    def load_pixels(self, files: list[str]) -> tuple[list[Tensor] | None, list[tuple[int, int]] | None]:
+        """Images (paths relative to the image folder) -> processed pixels [3, H, W] each and (width, height)."""
         if not files:
             return None, None
         pil = [load_image(os.path.join(self.image_folder, f)) for f in files]

@@ -297,3 +297,23 @@ def test_bad_inputs_fail_with_the_file_named(ckpt, data, tmp_path, capsys):
     answers = tmp_path / "out.jsonl"
     assert model_vqa.main(cli_args(ckpt, data, missing, answers)) == 2
     assert "nope.png" in capsys.readouterr().err and not os.path.exists(answers)  # checked before the model loads
+
+
+def test_image_reliance_compares_own_and_shifted_images(ckpt, loaded, data, tmp_path):
+    from llava.eval.image_reliance import image_reliance, main
+
+    questions = [q for q in sqa_questions(data) if q.image_file is not None]
+    gen = generator(loaded, data)
+    same = image_reliance(gen, questions, shift=0)  # the same image twice: identical distributions
+    assert same["questions"] == 5 and same["mean_tv"] == 0.0 and same["argmax_changed"] == 0.0
+    swapped = image_reliance(gen, questions, shift=1)
+    assert 0.0 < swapped["mean_tv"] <= 1.0  # the random tiny model's answers do depend on the image
+    assert [r["other_image"] for r in swapped["per_question"]] == ["b.png", "c.png", "d.png", "e.png", "a.png"]
+    with pytest.raises(ValueError, match="image questions"):
+        image_reliance(gen, sqa_questions(data))  # text-only items have no image to swap
+    out = tmp_path / "reliance.json"
+    args = ["--model-path", str(ckpt), "--question-file", str(data["sqa"]), "--image-folder", str(data["root"])]
+    assert main([*args, "--json", str(out), "--limit", "3"]) == 0
+    written = json.loads(out.read_text())
+    assert written["questions"] == 3 and len(written["per_question"]) == 3
+    assert main([*args, "--limit", "1"]) == 2  # one image question cannot be compared with another
