@@ -403,18 +403,25 @@ def check_generation_args(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error(f"--temperature must be >= 0, got {args.temperature}")
 
 
-def run_eval(args: argparse.Namespace, questions: Sequence[Question]) -> dict[str, Any]:
-    """Take this chunk of the questions, check it, load the model, answer; returns the efficiency summary."""
+def load_model(model_path: str, model_base: str | None, device: str | None) -> tuple[Any, Any, Any, str]:
+    """The entry points' model loading: (tokenizer, model, image_processor, model_name); ``~`` expanded, device
+    defaulting to cuda when available, else cpu."""
     from llava.model.builder import load_pretrained_model
 
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model_path = os.path.expanduser(model_path)
+    model_name = get_model_name_from_path(model_path)
+    base = os.path.expanduser(model_base) if model_base else None
+    tokenizer, model, image_processor, _ = load_pretrained_model(model_path, base, model_name, device=device)
+    return tokenizer, model, image_processor, model_name
+
+
+def run_eval(args: argparse.Namespace, questions: Sequence[Question]) -> dict[str, Any]:
+    """Take this chunk of the questions, check it, load the model, answer; returns the efficiency summary."""
     chunk = get_chunk(questions, args.num_chunks, args.chunk_idx)
     check_questions(chunk, args.question_file, args.image_folder)
     torch.manual_seed(args.seed)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model_path = os.path.expanduser(args.model_path)
-    model_name = get_model_name_from_path(model_path)
-    base = os.path.expanduser(args.model_base) if args.model_base else None
-    tokenizer, model, image_processor, _ = load_pretrained_model(model_path, base, model_name, device=device)
+    tokenizer, model, image_processor, model_name = load_model(args.model_path, args.model_base, args.device)
     settings = GenerationSettings(args.conv_mode, args.temperature, args.top_p, args.num_beams, args.max_new_tokens)
     generator = AnswerGenerator(model, tokenizer, image_processor, settings, args.image_folder)
     return generate_answers(

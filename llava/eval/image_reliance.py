@@ -25,9 +25,15 @@ from typing import Any
 
 import torch
 
-from llava.eval.generation import AnswerGenerator, GenerationSettings, InputFileError, Question, check_questions
+from llava.eval.generation import (
+    AnswerGenerator,
+    GenerationSettings,
+    InputFileError,
+    Question,
+    check_questions,
+    load_model,
+)
 from llava.eval.model_vqa_science import load_science_questions
-from llava.mm_utils import get_model_name_from_path
 
 
 @torch.inference_mode()
@@ -87,8 +93,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from llava.model.builder import load_pretrained_model
-
     args = parse_args(argv)
     try:
         questions = [q for q in load_science_questions(args.question_file, True) if q.image_file is not None]
@@ -99,10 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputFileError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    base = os.path.expanduser(args.model_base) if args.model_base else None
     path = os.path.expanduser(args.model_path)
-    tokenizer, model, processor, _ = load_pretrained_model(path, base, get_model_name_from_path(path), device=device)
+    tokenizer, model, processor, _ = load_model(path, args.model_base, args.device)
     generator = AnswerGenerator(model, tokenizer, processor, GenerationSettings(args.conv_mode), args.image_folder)
     summary = image_reliance(generator, questions, args.shift)
     print(
