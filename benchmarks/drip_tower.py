@@ -164,7 +164,8 @@ def format_rows(rows: list[dict]) -> str:
         lo, hi = r["tokens_min_max"]
         lines.append(
             f"{r['mode']:<10}{r['batch']:>3} {r['model']:<15}{r['tokens']:>8.1f}{f'{lo}-{hi}':>9}"
-            f"{r['waste_if_padded']:>7.1%}{r['waste_packed']:>7.2%}{r['mac_ratio']:>7.3f}{r['padded_mac_ratio']:>7.3f}{r['t_vit']:>7.2f}"
+            f"{r['waste_if_padded']:>7.1%}{r['waste_packed']:>7.2%}{r['mac_ratio']:>7.3f}{r['padded_mac_ratio']:>7.3f}"
+            f"{r['t_vit']:>7.2f}"
             f"{r['t_packed']:>7.2f}{r['t_padded']:>7.2f}{r['time_ratio_packed']:>7.3f}{r['time_ratio_padded']:>7.3f}"
             f"{r['time_per_mac_packed']:>7.3f}{r['time_per_mac_padded']:>7.3f}"
         )
