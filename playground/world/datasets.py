@@ -30,7 +30,7 @@ PRETRAIN_PROMPTS = (
     "Render a clear and concise summary of the photo.",
     "What is in this image? Answer in one sentence.",
 )
-MIX = {"qa": 0.6, "detail": 0.2, "mc": 0.2}  # kinds of image conversations in stage 2
+MIX = {"qa": 0.35, "detail": 0.15, "mc": 0.5}  # kinds of image conversations in stage 2
 
 
 @dataclass
