@@ -405,10 +405,9 @@ def check_generation_args(parser: argparse.ArgumentParser, args: argparse.Namesp
 
 def load_model(model_path: str, model_base: str | None, device: str | None) -> tuple[Any, Any, Any, str]:
     """The entry points' model loading: (tokenizer, model, image_processor, model_name); ``~`` expanded, device
-    defaulting to cuda when available, else cpu."""
+    None = cuda when available, else cpu (the loader's default)."""
     from llava.model.builder import load_pretrained_model
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_path = os.path.expanduser(model_path)
     model_name = get_model_name_from_path(model_path)
     base = os.path.expanduser(model_base) if model_base else None

@@ -186,7 +186,7 @@ def load_pretrained_model(
     load_8bit: bool = False,
     load_4bit: bool = False,
     device_map: Any = None,
-    device: str = "cpu",
+    device: str | None = None,
     torch_dtype: torch.dtype | None = None,
     attn_implementation: str = "sdpa",
 ) -> tuple[PreTrainedTokenizerBase, LlavaLlamaForCausalLM, Any, int]:
@@ -196,7 +196,8 @@ def load_pretrained_model(
         model_path: checkpoint directory.
         model_base: the base LLM directory for projector-only and LoRA checkpoints.
         model_name: accepted for LLaVA's signature; not used (the layout is read from the files).
-        device_map / device: HF device map, or one device for everything (default CPU).
+        device_map / device: HF device map, or one device for everything (default: cuda when available, else
+            cpu; LLaVA's default is cuda).
         torch_dtype: default fp16 on GPU (LLaVA's), fp32 on CPU.
         attn_implementation: sdpa (default), eager, or flash_attention_2 (falls back to sdpa without flash-attn).
 
@@ -204,6 +205,7 @@ def load_pretrained_model(
         (tokenizer, model in eval mode, the tower's image processor, context length in tokens).
     """
     del model_name
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     kind = checkpoint_kind(model_path)
     kwargs = _load_kwargs(load_8bit, load_4bit, device_map, device, torch_dtype, attn_implementation)
     model = _load_model(kind, model_path, model_base, kwargs)

@@ -162,10 +162,9 @@ def main(argv: Sequence[str] | None = None, read: Callable[[str], str] = input, 
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_name = get_model_name_from_path(args.model_path)
     tokenizer, model, image_processor, _ = load_pretrained_model(
-        args.model_path, args.model_base, model_name, args.load_8bit, args.load_4bit, device=device
+        args.model_path, args.model_base, model_name, args.load_8bit, args.load_4bit, device=args.device
     )
     chat = ImageChat(model, tokenizer, image_processor, image, args.conv_mode, out)
     chat_loop(chat, args.temperature, args.max_new_tokens, read, args.debug)
