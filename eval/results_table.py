@@ -64,9 +64,9 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("LLaVA-Bench rel. (%)", "llavabench", "{:.1f}"),
     ("LLaVA-Bench rule score (%)", "llavabench_rule", "{:.1f}"),
     ("Visual tokens", "visual_tokens", "{:.1f}"),
-    ("Tower GFLOPs", "tower_gflops", "{:.2f}"),
-    ("LLM prefill TFLOPs", "prefill_tflops", "{:.3f}"),
-    ("Total TFLOPs", "total_tflops", "{:.3f}"),
+    ("Tower GFLOPs", "tower_gflops", "{:.4g}"),  # significant digits: the CPU demo's towers are ~0.01 GFLOPs
+    ("LLM prefill TFLOPs", "prefill_tflops", "{:.4g}"),
+    ("Total TFLOPs", "total_tflops", "{:.4g}"),
     ("s / answer", "seconds_per_answer", "{:.3f}"),
 ]
 X_AXES = {"total": ("total_tflops", "TFLOPs per sample (tower + LLM prefill)"),
@@ -133,8 +133,9 @@ def markdown_table(runs: Sequence[RunMetrics]) -> str:
     return "\n".join([header, rule, *rows]) + "\n"
 
 
-def plot_accuracy_vs_flops(runs: Sequence[RunMetrics], x_axis: str, path: str) -> list[str]:
-    """Draw the plot to ``path``; returns the names of runs left out for lack of the x value.
+def plot_accuracy_vs_flops(runs: Sequence[RunMetrics], x_axis: str, path: str) -> tuple[list[str], list[str]]:
+    """Draw the plot to ``path``. A run without the x value but with an SQA-IMG accuracy (a blind control, say) is
+    drawn as a dashed horizontal line. Returns the names of runs drawn as lines and of runs left out.
 
     Raises EvalInputError when no run has both an x value and an accuracy.
     """
@@ -143,7 +144,8 @@ def plot_accuracy_vs_flops(runs: Sequence[RunMetrics], x_axis: str, path: str) -
 
     attr, label = X_AXES[x_axis]
     plotted = [r for r in runs if getattr(r, attr) is not None]
-    left_out = [r.name for r in runs if getattr(r, attr) is None]
+    lines = [r for r in runs if getattr(r, attr) is None and r.sqa_img_acc is not None]
+    left_out = [r.name for r in runs if getattr(r, attr) is None and r.sqa_img_acc is None]
     fig = Figure(figsize=(6.4, 4.4), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -158,6 +160,8 @@ def plot_accuracy_vs_flops(runs: Sequence[RunMetrics], x_axis: str, path: str) -
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if not drawn:
         raise EvalInputError(f"nothing to plot: no run has both {attr} and an accuracy")
+    for r in lines:
+        ax.axhline(r.sqa_img_acc, linestyle="--", linewidth=1, color="grey", label=f"{r.name}: SQA-IMG")
     ax.set_xlabel(label)
     ax.set_ylabel("score (%)")
     ax.grid(True, alpha=0.3)
@@ -165,7 +169,7 @@ def plot_accuracy_vs_flops(runs: Sequence[RunMetrics], x_axis: str, path: str) -
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
-    return left_out
+    return [r.name for r in lines], left_out
 
 
 def _run_spec(text: str) -> tuple[str, str]:
@@ -195,9 +199,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(args.output_md, "w", encoding="utf-8") as f:
                 f.write(table)
         if args.output_png:
-            left_out = plot_accuracy_vs_flops(runs, args.x_axis, args.output_png)
+            lines, left_out = plot_accuracy_vs_flops(runs, args.x_axis, args.output_png)
+            x = X_AXES[args.x_axis][0]
+            if lines:
+                print(f"drawn as a dashed SQA-IMG line (no {x}): {', '.join(lines)}", file=sys.stderr)
             if left_out:
-                print(f"not plotted (no {X_AXES[args.x_axis][0]}): {', '.join(left_out)}", file=sys.stderr)
+                print(f"not plotted (no {x}): {', '.join(left_out)}", file=sys.stderr)
     except EvalInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -31,8 +31,14 @@ def test_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         "efficiency.json": {"visual_tokens_mean": 143.6, "tower_gflops": 120.0, "prefill_flops": 2.5e12},
     })  # fmt: skip
     sqa_only = _run_dir(tmp_path, "textonly", {"sqa_result.json": {"accuracy": 60.0, "img_accuracy": 50.0}})
+    tiny = _run_dir(tmp_path, "tiny", {
+        "sqa_result.json": {"accuracy": 70.5, "img_accuracy": 70.56},
+        "efficiency.json": {"visual_tokens_mean": 16.9, "tower_gflops": 0.007464, "llm_prefill_tflops": 2.1e-5},
+    })  # fmt: skip
     md, png = tmp_path / "out" / "table.md", tmp_path / "out" / "plot.png"
-    argv = ["--run", llava, "--run", drip, "--run", sqa_only, "--output-md", str(md), "--output-png", str(png)]
+    no_img = _run_dir(tmp_path, "noimg", {"sqa_result.json": {"accuracy": 55.0, "img_accuracy": None}})
+    runs = ["--run", llava, "--run", drip, "--run", sqa_only, "--run", tiny, "--run", no_img]
+    argv = [*runs, "--output-md", str(md), "--output-png", str(png)]
     assert results_table.main(argv) == 0
     captured = capsys.readouterr()
     lines = md.read_text().splitlines()
@@ -40,10 +46,12 @@ def test_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert lines[0].startswith(
         "| Run | SQA acc (%) | SQA-IMG acc (%) | LLaVA-Bench rel. (%) | LLaVA-Bench rule score (%) | Visual tokens |"
     )
-    assert lines[2] == "| clip | 69.51 | 68.22 | 63.4 | 41.3 | 576.0 | 349.20 | 8.750 | 9.099 | 0.413 |"
-    assert lines[3] == "| drip4x | 67.00 | - | - | - | 143.6 | 120.00 | 2.500 | 2.620 | - |"
+    assert lines[2] == "| clip | 69.51 | 68.22 | 63.4 | 41.3 | 576.0 | 349.2 | 8.75 | 9.099 | 0.413 |"
+    assert lines[3] == "| drip4x | 67.00 | - | - | - | 143.6 | 120 | 2.5 | 2.62 | - |"
     assert lines[4] == "| textonly | 60.00 | 50.00 | - | - | - | - | - | - | - |"
-    assert "not plotted (no total_tflops): textonly" in captured.err
+    assert lines[5] == "| tiny | 70.50 | 70.56 | - | - | 16.9 | 0.007464 | 2.1e-05 | 2.846e-05 | - |"  # no zeros
+    assert "drawn as a dashed SQA-IMG line (no total_tflops): textonly" in captured.err
+    assert "not plotted (no total_tflops): noimg" in captured.err
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
