@@ -3,7 +3,7 @@
 #   demo data -> tiny DRIP + ViT CLIP towers (python -m drip.train, zero-shot) -> base LLM (made locally)
 #   -> per tower: drip_pretrain.sh (stage 1) -> drip_finetune.sh (stage 2) -> eval/sqa.sh -> eval/llavabench.sh
 #   -> a blind (image-less) ScienceQA run -> results table + accuracy-vs-FLOPs plot in runs/demo/.
-# DEMO_SIZE=full (default; ~15-20 min on 2 CPU cores) | ci (the small variant the test suite runs, ~3 min).
+# DEMO_SIZE=full (default; ~18 min on 2 CPU cores) | ci (the small variant the test suite runs, ~3 min).
 # DEMO_ROOT (default .): where playground/data/demo, checkpoints/demo and runs/demo go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ source scripts/v1_5/common.sh
 ROOT=${DEMO_ROOT:-.}
 D=$ROOT/playground/data/demo C=$ROOT/checkpoints/demo R=$ROOT/runs/demo
 case ${DEMO_SIZE:-full} in
-  full) DATA=(); CLIP_EPOCHS=12; LLM_STEPS=300; S1=(--num_train_epochs 1); S2=(--num_train_epochs 2) ;;
+  full) DATA=(); CLIP_EPOCHS=12; LLM_STEPS=300; S1=(--num_train_epochs 1); S2=(--num_train_epochs 3) ;;
   ci)   DATA=(--n-pretrain 240 --n-instruct 320 --n-sqa 40 --n-bench 6 --n-clip 240 --n-zeroshot-per-class 2)
         CLIP_EPOCHS=2; LLM_STEPS=40; S1=(--max_steps 8); S2=(--max_steps 8) ;;
   *) echo "DEMO_SIZE must be full or ci" >&2; exit 2 ;;
