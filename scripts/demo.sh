@@ -5,11 +5,12 @@
 #   -> a blind (image-less) ScienceQA run -> results table + accuracy-vs-FLOPs plot in runs/demo/.
 # DEMO_SIZE=full (default; ~18 min on 2 CPU cores) | ci (the small variant the test suite runs, ~3 min).
 # DEMO_ROOT (default .): where playground/data/demo, checkpoints/demo and runs/demo go.
+# DEMO_SEED (default 0): seed of the world, the CLIP towers and the base LLM (LLaVA's stages keep HF's seed 42).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/v1_5/common.sh
-ROOT=${DEMO_ROOT:-.}
+ROOT=${DEMO_ROOT:-.} SEED=${DEMO_SEED:-0}
 D=$ROOT/playground/data/demo C=$ROOT/checkpoints/demo R=$ROOT/runs/demo
 case ${DEMO_SIZE:-full} in
   full) DATA=(); CLIP_EPOCHS=12; LLM_STEPS=300; S1=(--num_train_epochs 1); S2=(--num_train_epochs 3) ;;
@@ -22,14 +23,14 @@ mkdir -p "$R"
 step() { echo; echo "=== [demo $(date +%H:%M:%S)] $*"; }
 
 step "1. demo data -> $D"
-$PYTHON playground/demo_world.py --out "$D" --clip-absolute-paths "${DATA[@]}"
+$PYTHON playground/demo_world.py --out "$D" --clip-absolute-paths --seed "$SEED" "${DATA[@]}"
 
 for tower in DRIP-tiny ViT-tiny; do
   step "2. contrastive pre-training of the $tower CLIP (python -m drip.train, open_clip_train's loop)"
   rm -rf "$C/clip/$tower"
   $PYTHON -m drip.train --model "$tower" --train-data "$D/clip_captions.csv" --dataset-type csv \
     --csv-img-key filepath --csv-caption-key title --csv-separator $'\t' --batch-size 64 --epochs $CLIP_EPOCHS \
-    --lr 2e-3 --wd 0.1 --warmup 20 --workers 0 --seed 0 --logs "$C/clip" --name "$tower" \
+    --lr 2e-3 --wd 0.1 --warmup 20 --workers 0 --seed "$SEED" --logs "$C/clip" --name "$tower" \
     --precision fp32 --drip-temperature-final 0.3 --save-frequency $CLIP_EPOCHS --log-every-n-steps 100
   $PYTHON -m drip.calibrate --tower "$C/clip/$tower/checkpoints/drip_tower" --images "$D/images" \
     --out "$C/towers/$tower"
@@ -41,7 +42,7 @@ for tower in DRIP-tiny ViT-tiny; do
 done
 
 step "3. base LLM: tokenizer + tiny Llama pre-trained on the demo text"
-$PYTHON -m llava.demo.base_llm --data "$D" --out "$C/base-llm" --steps $LLM_STEPS
+$PYTHON -m llava.demo.base_llm --data "$D" --out "$C/base-llm" --steps $LLM_STEPS --seed "$SEED"
 
 for run in drip clip; do
   tower=$([[ $run == drip ]] && echo DRIP-tiny || echo ViT-tiny)
