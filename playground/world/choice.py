@@ -64,9 +64,9 @@ class Balancer:
 
     def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
-        self._decks: dict[tuple, list[int]] = defaultdict(list)
+        self._decks: dict[str, list[int]] = defaultdict(list)
 
-    def deal(self, key: tuple, n: int) -> int:
+    def deal(self, key: str, n: int) -> int:
         deck = self._decks[key]
         if not deck:
             deck.extend(self.rng.permutation(n).tolist())
@@ -130,7 +130,7 @@ def make_choice(
 ) -> Choice:
     """One balanced multiple-choice question whose scene key is not in `avoid`."""
     support = SUPPORTS[template]
-    answer = balancer.deal(("gold", template), len(support))
+    answer = balancer.deal(template, len(support))
     for _ in range(tries):
         question, scene, solution = BUILDERS[template](rng, support[answer])
         if scene.key() not in avoid:
