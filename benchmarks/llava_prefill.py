@@ -9,7 +9,7 @@ Four set-ups, one prompt (``--text`` text tokens + one image):
 
 1. Analytic multiply-adds (GMACs, 1 MAC = 1 "flop" as fvcore counts) for the LLaVA-1.5-7B shape: tower
    (``drip.flops.analytic_macs``, blocks up to LLaVA's select_layer -2), projector mlp2x_gelu (1024 -> 4096 -> 4096),
-   Vicuna-7B (hidden 4096, 32 layers, 32 heads, MLP 11008, vocab 32000; ``llava.model.pdrop.llama_prefill_macs``:
+   Vicuna-7B (hidden 4096, 32 layers, 32 heads, MLP 11008, vocab 32000; ``llava.model.flops.staged_prefill_macs``:
    projections, full L x L attention matmuls, PyramidDrop's ranking, LM head on the last token).
 2. The analytic LLM count checked against ``torch.utils.flop_counter.FlopCounterMode`` on a tiny Llama (eager
    attention: CPU SDPA is invisible to the counter), plain and with PyramidDrop.
@@ -33,24 +33,15 @@ from transformers import LlamaConfig, LlamaModel
 
 from drip import DripConfig, DripVisionTransformer, get_preset
 from drip.flops import analytic_macs, simulated_stage_boundaries, simulated_stage_counts
-from llava.model.multimodal_inputs import ImageTokenLayout
-from llava.model.pdrop import PDropConfig, llama_prefill_macs, pdrop_forward
+from llava.model.config import PDropConfig
+from llava.model.flops import staged_prefill_macs
+from llava.model.pdrop import pdrop_forward
+from llava.model.splice import ImageTokenLayout
 
 VICUNA_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
                  intermediate_size=11008, vocab_size=32000)  # fmt: skip
 PDROP_7B = PDropConfig((8, 16, 24), (0.5, 0.25, 0.125))
 SETUPS = ("CLIP", "CLIP+PDrop", "DRIP-4x", "DRIP+PDrop")
-
-
-def llm_macs(config: LlamaConfig, text: int, image: int, pdrop: PDropConfig | None) -> int:
-    """Prefill MACs of the LLM for one prompt of ``text`` + ``image`` tokens (one ranking query per drop)."""
-    kept = [image]
-    if pdrop is not None:
-        kept += [int(image * r) for r in pdrop.image_token_ratio_list]
-    starts = [0, *(pdrop.layer_list if pdrop else ())]
-    lens = [text + kept[sum(s <= layer for s in starts) - 1] for layer in range(config.num_hidden_layers)]
-    ranked = [lens[layer - 1] for layer in (pdrop.layer_list if pdrop else ())]
-    return llama_prefill_macs(config, lens, ranked, lm_head_tokens=1)
 
 
 def projector_macs(tokens: int, d_in: int, d_out: int) -> int:
@@ -71,7 +62,7 @@ def setup_macs(
         parts = {
             "tower": analytic_macs(cfg, counts, blocks=cfg.layers - unused_blocks),
             "projector": projector_macs(tokens, cfg.width, llm.hidden_size),
-            "llm": llm_macs(llm, text, tokens, pdrop if name.endswith("PDrop") else None),
+            "llm": staged_prefill_macs(llm, text, tokens, pdrop if name.endswith("PDrop") else None),
         }
         rows[name] = {k: v / 1e9 for k, v in parts.items()} | {"image_tokens": tokens}
     return rows
@@ -116,7 +107,8 @@ def cross_check(text: int, image: int) -> None:
                 llm(inputs_embeds=embeds)
             else:
                 pdrop_forward(llm, embeds, None, None, layouts, cfg)
-        analytic = llm_macs(llm.config, text, image, cfg) - llm.config.hidden_size * llm.config.vocab_size  # no head
+        head = llm.config.hidden_size * llm.config.vocab_size  # the counter runs no LM head
+        analytic = staged_prefill_macs(llm.config, text, image, cfg) - head
         counted = counter.get_total_flops() / 2
         print(f"  {name:<12} analytic {analytic / 1e6:9.2f} MMACs  counted {counted / 1e6:9.2f}  "
               f"diff {100 * (counted - analytic) / analytic:+.3f}%")  # fmt: skip

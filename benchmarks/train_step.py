@@ -66,7 +66,7 @@ from drip.checkpoint import load_drip, save_drip
 from drip.flops import batch_macs
 from llava.demo.base_llm import demo_texts, train_tokenizer
 from llava.model import LlavaLlamaForCausalLM, PDropConfig
-from llava.model.pdrop import decoder_layer_macs, rank_macs
+from llava.model.flops import decoder_layer_macs, rank_macs
 from llava.train.args import ModelArguments
 from llava.train.data import DataCollatorForSupervisedDataset, DatasetOptions, LazySupervisedDataset
 from playground.demo_world import WorldConfig, generate

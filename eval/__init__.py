@@ -1,5 +1,8 @@
 """Scoring side of the LLaVA-1.5 evaluation: answer files in, metrics out (no torch, no model code).
 
+``llava.eval`` (``python -m llava.eval.model_vqa_science`` / ``model_vqa``) runs a model and writes the answer files;
+this package only reads them, so scoring runs anywhere, without the model or a GPU.
+
 Entry points, each run as ``python -m eval.<name>`` from the repository root:
 
 * ``convert_sqa_to_llava``  ScienceQA ``problems.json`` -> LLaVA-1.5 test prompts (``llava_test_CQM-A.json``)

@@ -7,14 +7,15 @@ memory in ``<answers>.efficiency.json``, whose keys ``eval.results_table`` reads
 ``tower_gflops``, ``llm_prefill_tflops``, ``seconds_per_answer``).
 
 Costs are multiply-adds ("FLOPs" in fvcore's convention, as ``drip.flops`` and PyramidDrop's tables count them). The
-prefill count is ``llava.model.pdrop.llama_prefill_macs`` (projections, attention over the full L x L scores, MLP, and
-the LM head on the last token), with PyramidDrop's shorter stages when the model uses it. The tower count comes from
+prefill count is ``llava.model.flops.prefill_macs`` (projections, attention over the full L x L scores, MLP, and the
+LM head on the last token), with PyramidDrop's shorter stages when the model uses it. The tower count comes from
 the tower's ``analytic_gflops(features)`` when it offers one, and is reported as unknown (null) otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import sys
@@ -25,8 +26,8 @@ from typing import Any
 import torch
 
 from llava.jsonl import read_jsonl
-from llava.model.config import MultimodalConfig
-from llava.model.pdrop import keep_counts, llama_prefill_macs
+
+logger = logging.getLogger(__name__)
 
 FLOPS_UNIT = "multiply-adds (fvcore convention, as drip.flops and PyramidDrop)"
 
@@ -61,26 +62,6 @@ class VisionProbe:
         self.gflops.extend([float(g) for g in cost(output)] if cost is not None else [None] * len(counts))
 
 
-def prefill_macs(config: Any, text_tokens: int, image_tokens: int) -> int:
-    """Analytic multiply-adds of the LLM prefill for one prompt of ``text_tokens`` + ``image_tokens`` tokens.
-
-    With PyramidDrop in the config, layers from ``layer_list[k]`` on see the text plus the image tokens stage k keeps
-    (``int(N * ratio_k)``), and each drop adds its ranking on the tokens entering that layer.
-    """
-    pdrop = MultimodalConfig.from_config(config).pdrop
-    layers = int(config.num_hidden_layers)
-    if pdrop is None or image_tokens == 0:
-        return llama_prefill_macs(config, [text_tokens + image_tokens] * layers)
-    kept = [image_tokens, *keep_counts(pdrop, image_tokens)]  # image tokens in stage 0, 1, ...
-    seq_lens, rank_lens, stage = [], [], 0
-    for layer in range(layers):
-        while stage < len(pdrop.layer_list) and pdrop.layer_list[stage] <= layer:
-            rank_lens.append(text_tokens + kept[stage])
-            stage += 1
-        seq_lens.append(text_tokens + kept[stage])
-    return llama_prefill_macs(config, seq_lens, rank_lens)
-
-
 @dataclass
 class RunClock:
     """Generation seconds and answers timed, this run's plus what an earlier run of the same file recorded."""
@@ -104,7 +85,7 @@ class RunClock:
                 None if peak is None else float(peak),
             )
         except (OSError, ValueError, TypeError, AttributeError):
-            print(f"warning: ignoring unreadable efficiency sidecar {path}", file=sys.stderr)
+            logger.warning("ignoring unreadable efficiency sidecar %s", path)
             return cls()
 
 

@@ -36,17 +36,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-from llava.conversation import SeparatorStyle, conv_templates, get_conv_template
-from llava.eval.efficiency import RunClock, VisionProbe, efficiency_path, prefill_macs, reset_peak_memory, write_sidecar
-from llava.mm_utils import (
-    KeywordsStoppingCriteria,
-    get_model_name_from_path,
-    load_image,
-    process_images,
-    tokenizer_image_token,
-)
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.conversation import conv_templates
+from llava.eval.efficiency import RunClock, VisionProbe, efficiency_path, reset_peak_memory, write_sidecar
+from llava.mm_utils import get_model_name_from_path, load_image, process_images
 from llava.model.config import MultimodalConfig
+from llava.model.flops import prefill_macs
+from llava.prompting import Decoding, PromptStyle, cut_at_stop, pad_token_id, with_image
 
 T = TypeVar("T")
 WINDOW_BATCHES = 4  # batches grouped by length at a time: bigger groups pad less, a kill loses more unwritten work
@@ -68,12 +64,7 @@ class Question:
 
     def query(self, use_im_start_end: bool = False) -> str:
         """The user turn for the template: LLaVA puts the image token and a newline in front of an image question."""
-        if self.image_file is None:
-            return self.text
-        token = DEFAULT_IMAGE_TOKEN
-        if use_im_start_end:
-            token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
-        return token + "\n" + self.text
+        return with_image(self.text, use_im_start_end) if self.image_file is not None else self.text
 
 
 def check_questions(questions: Sequence[Question], question_file: str, image_folder: str) -> None:
@@ -175,6 +166,10 @@ class GenerationSettings:
     num_beams: int = 1
     max_new_tokens: int = 1024  # LLaVA's fixed value
 
+    @property
+    def decoding(self) -> Decoding:
+        return Decoding(self.temperature, self.top_p, self.num_beams, self.max_new_tokens)
+
 
 @dataclass
 class Generated:
@@ -210,24 +205,16 @@ class AnswerGenerator:
     ) -> None:
         self.model, self.tokenizer, self.image_processor = model, tokenizer, image_processor
         self.settings, self.image_folder = settings, image_folder
-        conv = get_conv_template(settings.conv_mode)
-        stop = conv.sep2 if conv.sep_style == SeparatorStyle.TWO else conv.sep
-        # EOS ends a row by itself; any other separator needs a stopping criterion and is cut from the text.
-        self.stop_str = (stop or "").strip()
-        if self.stop_str == (tokenizer.eos_token or ""):
-            self.stop_str = ""
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.use_im_start_end = MultimodalConfig.from_config(model.config).use_im_start_end
+        self.style = PromptStyle(settings.conv_mode, MultimodalConfig.from_config(model.config).use_im_start_end)
+        self.stop_str = self.style.stop_string(tokenizer)  # '' when EOS ends an answer by itself
+        self.pad_id = pad_token_id(tokenizer)
         self._ids: dict[str, Tensor] = {}
 
     def prompt_ids(self, question: Question) -> Tensor:
         """The templated prompt's ids [L] (``IMAGE_TOKEN_INDEX`` for the image), cached per query."""
-        query = question.query(self.use_im_start_end)
+        query = question.query(self.style.use_im_start_end)
         if query not in self._ids:
-            conv = get_conv_template(self.settings.conv_mode)
-            conv.append_message(conv.roles[0], query)
-            conv.append_message(conv.roles[1], None)
-            self._ids[query] = tokenizer_image_token(conv.get_prompt(), self.tokenizer, return_tensors="pt")
+            self._ids[query] = self.style.prompt_ids([query], self.tokenizer)
         return self._ids[query]
 
     def batch_key(self, question: Question) -> tuple[bool, int]:
@@ -251,9 +238,10 @@ class AnswerGenerator:
                 attention_mask=attention_mask.to(device),
                 images=images,
                 image_sizes=sizes,
-                **self._decoding_kwargs(),
+                **self.settings.decoding.generate_kwargs(self.tokenizer, self.stop_str),
             )
-        texts = [self._clean(t) for t in self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)]
+        decoded = self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)
+        texts = [cut_at_stop(t, self.stop_str) for t in decoded]
         return self._with_costs(batch, ids, texts, probe)
 
     def load_pixels(self, files: list[str]) -> tuple[list[Tensor] | None, list[tuple[int, int]] | None]:
@@ -263,27 +251,6 @@ class AnswerGenerator:
         pil = [load_image(os.path.join(self.image_folder, f)) for f in files]
         pixels = [process_images([img], self.image_processor, self.model.config)[0] for img in pil]  # [3, H, W] each
         return pixels, [img.size for img in pil]
-
-    def _decoding_kwargs(self) -> dict[str, Any]:
-        s = self.settings
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": s.max_new_tokens,
-            "num_beams": s.num_beams,
-            "use_cache": True,
-            "pad_token_id": self.pad_id,
-            "do_sample": s.temperature > 0,
-        }
-        if s.temperature > 0:
-            kwargs.update(temperature=s.temperature, top_p=s.top_p)
-        if self.stop_str:
-            kwargs["stopping_criteria"] = [KeywordsStoppingCriteria([self.stop_str], self.tokenizer)]
-        return kwargs
-
-    def _clean(self, text: str) -> str:
-        text = text.strip()
-        if self.stop_str and self.stop_str in text:
-            text = text[: text.index(self.stop_str)].strip()
-        return text
 
     def _with_costs(
         self, batch: Sequence[Question], ids: list[Tensor], texts: list[str], probe: VisionProbe

@@ -1,6 +1,6 @@
 """The LLaVA-DRIP model: vision tower, projector, the splice of visual tokens into the LLM's inputs, the LLM.
 
-Importing this package stays light (a submodule such as ``llava.model.multimodal_inputs`` pulls in no transformers
+Importing this package stays light (a submodule such as ``llava.model.splice`` pulls in no transformers
 model code). LLaVA's names resolve on first use: ``from llava.model import LlavaLlamaForCausalLM`` imports
 ``llava.model.language_model.llava_llama``, which also registers ``model_type="llava_llama"`` with
 ``AutoConfig`` / ``AutoModelForCausalLM``.

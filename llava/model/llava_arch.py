@@ -6,7 +6,7 @@ placeholder in the text by that image's projected visual tokens before the LLM r
 LLaVA's (``get_vision_tower``, ``initialize_vision_modules``, ``encode_images``,
 ``prepare_inputs_labels_for_multimodal``), so training code and released checkpoints carry over. What differs: a
 DRIP tower yields a different number of tokens per image, so features travel as per-image lists and the splice
-(``llava.model.multimodal_inputs``) also reports where each sample's image tokens sit (``ImageTokenLayout``), which
+(``llava.model.splice``) also reports where each sample's image tokens sit (``ImageTokenLayout``), which
 PyramidDrop needs.
 
 Whether the tower runs with gradients is decided here, at the call site, never inside the tower: a tower whose
@@ -30,8 +30,8 @@ from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAUL
 from llava.model.config import MultimodalConfig
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.multimodal_encoder.builder import build_vision_tower
-from llava.model.multimodal_inputs import ImageTokenLayout, splice_image_features
 from llava.model.multimodal_projector.builder import build_vision_projector
+from llava.model.splice import ImageTokenLayout, splice_image_features
 
 Images = Tensor | Sequence[Tensor]  # [B, C, H, W], or one [C, H, W] (or [k, C, H, W]) tensor per image
 

@@ -31,6 +31,9 @@ What we implement, checked against the public code (Cooperx521/PyramidDrop, ``mo
 * Padding: after a drop, samples are repacked on the side the input was padded on ("right" if some row ends with
   padding, else "left", so that ``[:, -1]`` stays the last token in batched generation).
 * Several images in one sample: their tokens are ranked together (PyramidDrop handles one image per sample).
+
+The pure ranking rules live in ``llava.model.pdrop_ranking``; what a PyramidDrop prefill costs is counted in
+``llava.model.flops``.
 """
 
 from __future__ import annotations
@@ -44,23 +47,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
-from transformers.models.llama.modeling_llama import rotate_half
 
 from llava.constants import IGNORE_INDEX
 from llava.model.config import PDropConfig
-from llava.model.multimodal_inputs import ImageTokenLayout
+from llava.model.pdrop_ranking import image_mask, keep_counts, query_mask, rank_scores
+from llava.model.splice import ImageTokenLayout
 
-__all__ = [
-    "PDropCache",
-    "PDropConfig",
-    "PDropOutput",
-    "check_layers",
-    "decoder_layer_macs",
-    "llama_prefill_macs",
-    "pdrop_forward",
-    "rank_macs",
-    "rank_positions_from_labels",
-]
+__all__ = ["PDropCache", "PDropConfig", "PDropOutput", "check_layers", "pdrop_forward"]
 
 PositionMode = Literal["original", "compact"]
 
@@ -69,11 +62,6 @@ def check_layers(cfg: PDropConfig, num_layers: int) -> None:
     """Raise unless every entry of ``cfg.layer_list`` is a decoder layer index in [0, num_layers)."""
     if cfg.layer_list[-1] >= num_layers:
         raise ValueError(f"pdrop_layer_list {list(cfg.layer_list)} must index the model's {num_layers} decoder layers")
-
-
-def keep_counts(cfg: PDropConfig, num_image_tokens: int) -> list[int]:
-    """Image tokens kept in each stage after the first: int(N * r_k), against the original N (PyramidDrop)."""
-    return [int(num_image_tokens * r) for r in cfg.image_token_ratio_list]
 
 
 class PDropCache(DynamicCache):
@@ -189,8 +177,8 @@ def pdrop_forward(
         raise ValueError(f"position_ids must be [B, T] = {(b, t)}, got {tuple(position_ids.shape)}")
     if labels is not None and labels.shape != (b, t):
         raise ValueError(f"labels must be [B, T] = {(b, t)}, got {tuple(labels.shape)}")
-    is_image = _image_mask(layouts, mask)
-    queries = _query_mask(rank_positions, labels, mask, is_image)
+    is_image = image_mask(layouts, mask)
+    queries = query_mask(rank_positions, labels, mask, is_image)
     source = torch.arange(t, device=mask.device).expand(b, t).masked_fill(~mask, -1)
     st = _Stage(inputs_embeds, mask, position_ids, source, is_image, queries, labels)
     return _prefill(llama_model, st, cfg, cache, position_mode)
@@ -282,7 +270,7 @@ def _cache_keyword(layer_type: type) -> str:
 # --- ranking and dropping --------------------------------------------------------------------------------------------
 def _drop(layer: nn.Module, rotary: nn.Module, st: _Stage, counts: list[int], side: str, compact: bool) -> _Stage:
     """Keep every real text token and the top ``counts[b]`` image tokens of sample b (in slot order); repack."""
-    scores = _rank_scores(layer, rotary, st)  # [B, L]
+    scores = rank_scores(layer, rotary, st.hidden, st.positions, st.mask, st.queries)  # [B, L]
     keep = st.mask & ~st.is_image  # [B, L]
     candidates = st.mask & st.is_image
     for b, count in enumerate(counts):
@@ -292,39 +280,6 @@ def _drop(layer: nn.Module, rotary: nn.Module, st: _Stage, counts: list[int], si
             top = scores[b].masked_fill(~candidates[b], float("-inf")).topk(count).indices
             keep[b, top] = True
     return _repack(st, keep, side, compact)
-
-
-@torch.no_grad()
-def _rank_scores(layer: nn.Module, rotary: nn.Module, st: _Stage) -> Tensor:
-    """[B, L] fp32: attention of the ranking queries to every slot, softmax over visible keys, mean over heads and
-    queries, computed with the projections of the layer about to run (PyramidDrop's rank)."""
-    attn = layer.self_attn
-    x = layer.input_layernorm(st.hidden)  # [B, L, H]
-    b, length, width = x.shape
-    hd = attn.head_dim
-    q_slot, q_valid = _query_slots(st.queries)  # [B, Q] long, [B, Q] bool
-    cos, sin = rotary(x, st.positions)  # [B, L, hd]
-    take = lambda t: t.gather(1, q_slot[..., None].expand(-1, -1, t.shape[-1]))  # [B, L, C] -> [B, Q, C]
-    q = attn.q_proj(take(x)).view(b, q_slot.shape[1], -1, hd).transpose(1, 2)  # [B, nh, Q, hd]
-    k = attn.k_proj(x).view(b, length, -1, hd).transpose(1, 2)  # [B, nkv, L, hd]
-    q = q * take(cos)[:, None] + rotate_half(q) * take(sin)[:, None]
-    k = k * cos[:, None] + rotate_half(k) * sin[:, None]
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # [B, nh, L, hd]: query head j reads kv head j // rep
-    logits = (q.float() @ k.float().transpose(-1, -2)) * attn.scaling  # [B, nh, Q, L]
-    slots = torch.arange(length, device=x.device)
-    visible = st.mask[:, None, :] & (slots[None, None, :] <= q_slot[:, :, None])  # [B, Q, L] causal + padding
-    visible = visible | ~q_valid[..., None]  # padded query rows: anything finite, zeroed below
-    probs = logits.masked_fill(~visible[:, None], float("-inf")).softmax(-1).mean(1)  # [B, Q, L]
-    probs = probs * q_valid[..., None]
-    return probs.sum(1) / q_valid.sum(1, keepdim=True).clamp(min=1)  # [B, L]
-
-
-def _query_slots(queries: Tensor) -> tuple[Tensor, Tensor]:
-    """[B, L] bool -> slots of each row's queries, padded to the longest row: ([B, Q] long, [B, Q] bool)."""
-    counts = queries.sum(1)  # [B]
-    width = max(int(counts.max()), 1)
-    order = torch.argsort((~queries).to(torch.int8), dim=1, stable=True)  # query slots first, in order
-    return order[:, :width], torch.arange(width, device=queries.device)[None, :] < counts[:, None]
 
 
 def _repack(st: _Stage, keep: Tensor, side: str, compact: bool) -> _Stage:
@@ -406,75 +361,3 @@ def _prepare_cache(model: nn.Module, past, use_cache: bool, mode: str) -> PDropC
     return PDropCache(model.config, mode) if (use_cache or past is not None) else None
 
 
-def _image_mask(layouts: Sequence[ImageTokenLayout] | None, mask: Tensor) -> Tensor:
-    """[B, T] bool, True on image tokens; checks every span lies on real tokens of the row."""
-    b, t = mask.shape
-    is_image = torch.zeros_like(mask)
-    if layouts is None:
-        return is_image
-    if len(layouts) != b:
-        raise ValueError(f"layouts must hold one ImageTokenLayout per sample ({b}), got {len(layouts)}")
-    for i, layout in enumerate(layouts):
-        for start, n in layout.image_spans:
-            if start < 0 or n < 0 or start + n > t or not bool(mask[i, start : start + n].all()):
-                raise ValueError(f"layouts[{i}]: image span ({start}, {n}) must lie on real tokens of a row of {t}")
-            is_image[i, start : start + n] = True
-    return is_image
-
-
-def rank_positions_from_labels(labels: Tensor, attention_mask: Tensor | None = None) -> list[list[int]]:
-    """Per sample, the positions p with labels[p] == IGNORE_INDEX and labels[p + 1] != IGNORE_INDEX: the last
-    instruction token before each answer span (unshifted LLaVA labels), PyramidDrop's training queries."""
-    supervised = labels != IGNORE_INDEX  # [B, T]
-    if attention_mask is not None:
-        supervised = supervised & attention_mask.bool()
-    starts = supervised[:, 1:] & ~supervised[:, :-1]  # [B, T-1]: position p precedes an answer span
-    return [torch.nonzero(row).flatten().tolist() for row in starts]
-
-
-def _query_mask(rank_positions, labels: Tensor | None, mask: Tensor, is_image: Tensor) -> Tensor:
-    """[B, T] bool: the ranking queries of every sample (see the module docstring for the rule)."""
-    b, t = mask.shape
-    if rank_positions is None and labels is not None:
-        rank_positions = rank_positions_from_labels(labels, mask)
-    if rank_positions is not None and len(rank_positions) != b:
-        raise ValueError(f"rank_positions must hold one list per sample ({b}), got {len(rank_positions)}")
-    last = torch.where(mask, torch.arange(t, device=mask.device), -1).amax(1)  # [B], last real slot
-    queries = torch.zeros_like(mask)
-    for i in range(b):
-        positions = list(rank_positions[i]) if rank_positions is not None else []
-        for p in positions:
-            if not 0 <= p < t or not bool(mask[i, p]) or bool(is_image[i, p]):
-                raise ValueError(f"rank_positions[{i}] holds {p}: expected a real text token position in [0, {t})")
-        queries[i, positions or [max(int(last[i]), 0)]] = True
-    return queries
-
-
-# --- analytic cost (multiply-adds) -----------------------------------------------------------------------------------
-def decoder_layer_macs(config, seq_len: int) -> int:
-    """One Llama decoder layer on ``seq_len`` tokens: q/k/v/o and MLP projections plus both attention matmuls over
-    the full L x L score matrix (what SDPA and eager attention compute; the causal half is not skipped)."""
-    h, heads, kv = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
-    hd = getattr(config, "head_dim", None) or h // heads
-    proj = seq_len * h * hd * (2 * heads + 2 * kv)
-    return proj + 2 * seq_len * seq_len * heads * hd + 3 * seq_len * h * config.intermediate_size
-
-
-def rank_macs(config, seq_len: int, num_queries: int = 1) -> int:
-    """PyramidDrop's ranking before one layer: q for the queries, k for all tokens, query-key scores."""
-    h, heads, kv = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
-    hd = getattr(config, "head_dim", None) or h // heads
-    return num_queries * h * heads * hd + seq_len * h * kv * hd + num_queries * seq_len * heads * hd
-
-
-def llama_prefill_macs(config, seq_lens: Sequence[int], rank_lens: Sequence[int] = (), lm_head_tokens: int = 1) -> int:
-    """Prefill multiply-adds of a Llama LM: ``seq_lens[l]`` tokens through layer l, one ranking (1 query) on each
-    ``rank_lens`` length, and the LM head on ``lm_head_tokens`` tokens (1 at inference: the next-token logits)."""
-    if len(seq_lens) != config.num_hidden_layers:
-        raise ValueError(f"seq_lens needs one length per layer ({config.num_hidden_layers}), got {len(seq_lens)}")
-    layers = sum(decoder_layer_macs(config, int(n)) for n in seq_lens)
-    return (
-        layers
-        + sum(rank_macs(config, int(n)) for n in rank_lens)
-        + lm_head_tokens * config.hidden_size * config.vocab_size
-    )

@@ -19,17 +19,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import torch
+from torch import Tensor
 from transformers import TextStreamer
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
-from llava.conversation import DEFAULT_CONV_MODE, Conversation, SeparatorStyle, conv_templates, get_conv_template
-from llava.mm_utils import (
-    KeywordsStoppingCriteria,
-    get_model_name_from_path,
-    load_image,
-    process_images,
-    tokenizer_image_token,
-)
+from llava.conversation import DEFAULT_CONV_MODE, conv_templates
+from llava.mm_utils import get_model_name_from_path, load_image, process_images
+from llava.model.config import MultimodalConfig
+from llava.prompting import Decoding, PromptStyle, cut_at_stop
 
 
 class StreamPrinter(TextStreamer):
@@ -50,13 +46,6 @@ def display_role(role: str) -> str:
     return role.replace("<|im_start|>", "").strip() or role
 
 
-def stop_string(conv: Conversation, tokenizer: Any) -> str:
-    """The separator that ends an answer when it is not the tokenizer's EOS ('' when EOS ends it by itself)."""
-    stop = (conv.sep2 if conv.sep_style == SeparatorStyle.TWO else conv.sep) or ""
-    stop = stop.strip()
-    return "" if stop == (tokenizer.eos_token or "") else stop
-
-
 class ImageChat:
     """One conversation about one image: ``reply(message)`` runs a turn and returns the answer."""
 
@@ -64,30 +53,22 @@ class ImageChat:
         self, model: Any, tokenizer: Any, image_processor: Any, image: Any, conv_mode: str, out: TextIO
     ) -> None:
         self.model, self.tokenizer, self.out = model, tokenizer, out
-        self.conv = get_conv_template(conv_mode)
-        self.stop = stop_string(self.conv, tokenizer)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.style = PromptStyle(conv_mode, MultimodalConfig.from_config(model.config).use_im_start_end)
+        self.roles = self.style.template.roles
+        self.stop = self.style.stop_string(tokenizer)
+        self.turns: list[str] = []  # user, assistant, user, ...: the history every prompt is built from
         self.image_size = image.size
         self.pixels = process_images([image], image_processor, model.config)  # [1, 3, H, W] (or a list of one)
-        self.image_pending = True  # the image token goes into the first user message only
+
+    def prompt_ids(self, message: str) -> Tensor:
+        """The prompt [L] for ``message`` after the history; the image placeholder goes into the first turn only."""
+        return self.style.prompt_ids([*self.turns, self.style.user_turn(message, not self.turns)], self.tokenizer)
 
     def reply(self, message: str, temperature: float, max_new_tokens: int) -> tuple[str, str]:
         """Append ``message``, stream the model's answer to ``out``; returns (prompt, answer)."""
-        if self.image_pending:
-            token = DEFAULT_IMAGE_TOKEN
-            if getattr(self.model.config, "mm_use_im_start_end", False):
-                token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
-            message = token + "\n" + message
-            self.image_pending = False
-        self.conv.append_message(self.conv.roles[0], message)
-        self.conv.append_message(self.conv.roles[1], None)
-        prompt = self.conv.get_prompt()
-        input_ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt").unsqueeze(0)  # [1, L]
-        kwargs: dict[str, Any] = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens, "use_cache": True}
-        if temperature > 0:
-            kwargs["temperature"] = temperature
-        if self.stop:
-            kwargs["stopping_criteria"] = [KeywordsStoppingCriteria([self.stop], self.tokenizer)]
+        input_ids = self.prompt_ids(message).unsqueeze(0)  # [1, L]
+        self.turns.append(self.style.user_turn(message, not self.turns))
+        decoding = Decoding(temperature=temperature, max_new_tokens=max_new_tokens)
         streamer = StreamPrinter(self.tokenizer, self.out, skip_special_tokens=True)
         with torch.inference_mode():
             output_ids = self.model.generate(
@@ -95,13 +76,11 @@ class ImageChat:
                 images=self.pixels,
                 image_sizes=[self.image_size],
                 streamer=streamer,
-                pad_token_id=self.pad_id,
-                **kwargs,
+                **decoding.generate_kwargs(self.tokenizer, self.stop),
             )
-        answer = self.tokenizer.decode(output_ids[0], skip_special_tokens=True).strip()
-        if self.stop and self.stop in answer:
-            answer = answer[: answer.index(self.stop)].strip()
-        self.conv.messages[-1][-1] = answer  # the history the next turn's prompt is built from
+        answer = cut_at_stop(self.tokenizer.decode(output_ids[0], skip_special_tokens=True), self.stop)
+        prompt = "".join(text for text, _ in self.style.pieces(self.turns))
+        self.turns.append(answer)
         return prompt, answer
 
 
@@ -113,7 +92,7 @@ def chat_loop(
     debug: bool = False,
 ) -> int:
     """Read user messages with ``read`` until an empty one or EOF; returns the number of turns answered."""
-    user, assistant = (display_role(r) for r in chat.conv.roles)
+    user, assistant = (display_role(r) for r in chat.roles)
     turns = 0
     while True:
         try:

@@ -5,8 +5,9 @@
 
 Unlike LLaVA, which tokenises the whole prompt and then guesses each round's length (and prints "tokenization
 mismatch" and zeroes the labels when the guess is off), the prompt is tokenised piece by piece: the masked prefix up
-to and including the assistant role, then the reply. The pieces are exactly what ``Conversation.get_prompt`` renders
-for a partial conversation, i.e. what the model sees at inference, so labels can never be misaligned.
+to and including the assistant role, then the reply. The pieces come from ``llava.prompting.PromptStyle``, which also
+builds the inference prompts of ``llava.eval`` and ``llava.serve``, so labels can never be misaligned and a model is
+asked exactly as it was trained. A trailing human turn without an answer is not trained on and is dropped.
 """
 
 from __future__ import annotations
@@ -17,14 +18,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from llava.constants import (
-    DEFAULT_IM_END_TOKEN,
-    DEFAULT_IM_START_TOKEN,
-    DEFAULT_IMAGE_TOKEN,
-    IGNORE_INDEX,
-)
-from llava.conversation import Conversation, SeparatorStyle, conv_templates
-from llava.mm_utils import tokenizer_image_token
+from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
+from llava.conversation import SeparatorStyle, conv_templates
+from llava.prompting import PromptStyle, with_image
 
 
 class MalformedSample(ValueError):
@@ -65,52 +61,12 @@ def validate_conversations(record: dict[str, Any], where: str) -> list[dict[str,
 
 def move_image_token_first(turns: list[dict[str, str]], mm_use_im_start_end: bool) -> list[dict[str, str]]:
     """LLaVA's preprocess_multimodal: ``<image>`` moves to the start of its turn, followed by a newline."""
-    out = []
-    for turn in turns:
-        value = turn["value"]
-        if DEFAULT_IMAGE_TOKEN in value:
-            value = DEFAULT_IMAGE_TOKEN + "\n" + value.replace(DEFAULT_IMAGE_TOKEN, "").strip()
-            if mm_use_im_start_end:
-                wrapped = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
-                value = value.replace(DEFAULT_IMAGE_TOKEN, wrapped)
-        out.append({"from": turn["from"], "value": value})
-    return out
-
-
-def tokenize_plain(turns: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase, sep: str) -> Tokenized:
-    """Stage 1: ``<image>`` + caption + sep; only the caption and sep are trained."""
-    prefix = DEFAULT_IMAGE_TOKEN
-    prefix_ids = tokenizer_image_token(prefix, tokenizer)
-    answer_ids = tokenizer(turns[1]["value"] + sep, add_special_tokens=False).input_ids
-    ids = torch.tensor(prefix_ids + answer_ids, dtype=torch.long)
-    labels = ids.clone()
-    labels[: len(prefix_ids)] = IGNORE_INDEX
-    return Tokenized(ids, labels)
-
-
-def tokenize_conversation(turns: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase, conv: Conversation):
-    """Multi-turn: masked prompt pieces, trained assistant replies (each ending with the template's separator)."""
-    conv = conv.copy()
-    conv.messages = []
-    pieces: list[tuple[str, bool]] = []  # (text, trained)
-    rendered = ""
-    for i in range(0, len(turns) - 1, 2):
-        conv.append_message(conv.roles[0], turns[i]["value"])
-        conv.append_message(conv.roles[1], None)
-        prompt = conv.get_prompt()
-        conv.messages[-1] = [conv.roles[1], turns[i + 1]["value"]]
-        full = conv.get_prompt()
-        if not (prompt.startswith(rendered) and full.startswith(prompt)):
-            raise MalformedSample(f"template {conv.version!r} does not render prompts as prefixes of answers")
-        pieces += [(prompt[len(rendered) :], False), (full[len(prompt) :], True)]
-        rendered = full
-    ids: list[int] = []
-    labels: list[int] = []
-    for k, (text, trained) in enumerate(pieces):
-        piece = tokenizer_image_token(text, tokenizer, add_special_tokens=k == 0)  # BOS on the first piece only
-        ids += piece
-        labels += piece if trained else [IGNORE_INDEX] * len(piece)
-    return Tokenized(torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long))
+    return [
+        {"from": t["from"], "value": with_image(t["value"], mm_use_im_start_end)}
+        if DEFAULT_IMAGE_TOKEN in t["value"]
+        else dict(t)
+        for t in turns
+    ]
 
 
 def preprocess(
@@ -133,9 +89,13 @@ def preprocess(
         raise MalformedSample(f"{where}: text has {n_images} '<image>' placeholder(s) but the record has no 'image'")
     if has_image:
         turns = move_image_token_first(turns, mm_use_im_start_end)
-    conv = conv_templates[version]
-    if conv.sep_style == SeparatorStyle.PLAIN:
-        if not has_image:
-            raise MalformedSample(f"{where}: the 'plain' (stage-1) template needs an image in every sample")
-        return tokenize_plain(turns, tokenizer, conv.sep)
-    return tokenize_conversation(turns, tokenizer, conv)
+    style = PromptStyle(version, mm_use_im_start_end)
+    if style.template.sep_style == SeparatorStyle.PLAIN and not has_image:
+        raise MalformedSample(f"{where}: the 'plain' (stage-1) template needs an image in every sample")
+    try:
+        pieces = style.pieces([t["value"] for t in turns[: len(turns) // 2 * 2]])
+    except ValueError as e:
+        raise MalformedSample(f"{where}: {e}") from e
+    ids, trained = style.tokenize(pieces, tokenizer)
+    input_ids = torch.tensor(ids, dtype=torch.long)
+    return Tokenized(input_ids, input_ids.masked_fill(~torch.tensor(trained, dtype=torch.bool), IGNORE_INDEX))

@@ -85,7 +85,7 @@ def test_streamed_text_is_the_answer(ckpt):
     prompt, answer = chat.reply("Describe it.", temperature=0.0, max_new_tokens=5)
     assert prompt.endswith("USER: <image>\nDescribe it. ASSISTANT:")
     assert out.getvalue().endswith("\n") and out.getvalue().strip() == answer
-    assert chat.conv.messages[-1] == ["ASSISTANT", answer]
+    assert chat.turns[-1] == answer
 
 
 def test_empty_line_or_eof_ends_the_chat_without_generating(ckpt):

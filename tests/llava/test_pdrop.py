@@ -6,15 +6,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from llava.constants import IGNORE_INDEX
-from llava.model.multimodal_inputs import ImageTokenLayout
-from llava.model.pdrop import (
-    PDropCache,
-    PDropConfig,
-    decoder_layer_macs,
-    llama_prefill_macs,
-    pdrop_forward,
-    rank_positions_from_labels,
-)
+from llava.model.flops import decoder_layer_macs, llama_prefill_macs
+from llava.model.pdrop import PDropCache, PDropConfig, pdrop_forward
+from llava.model.pdrop_ranking import rank_positions_from_labels
+from llava.model.splice import ImageTokenLayout
 
 HIDDEN, LAYERS, VOCAB = 64, 4, 300
 DROP = PDropConfig((1, 2, 3), (0.5, 0.25, 0.125))

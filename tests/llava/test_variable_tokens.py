@@ -9,7 +9,7 @@ import torch
 from drip.pooling import simulated_boundaries
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.config import PDropConfig
-from llava.model.multimodal_inputs import splice_image_features
+from llava.model.splice import splice_image_features
 
 COUNTS = (3, 17, 64)  # DRIP-tiny has 64 patches: from heavy pooling to none
 

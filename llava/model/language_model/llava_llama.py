@@ -30,7 +30,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from llava.model.config import MultimodalConfig, PDropConfig
 from llava.model.llava_arch import Images, LlavaMetaForCausalLM, LlavaMetaModel, MultimodalInputs
-from llava.model.multimodal_inputs import ImageTokenLayout
+from llava.model.splice import ImageTokenLayout
 
 
 class LlavaLlamaConfig(LlamaConfig):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.model.multimodal_inputs import (
+from llava.model.splice import (
     ImageTokenLayout,
     pad_features,
     splice_image_features,

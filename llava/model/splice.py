@@ -1,0 +1,295 @@
+"""The splice: text token ids with image placeholders plus per-image visual tokens -> LLM input embeddings.
+
+This is the pure core of LLaVA's ``prepare_inputs_labels_for_multimodal`` (Liu et al., "Improved Baselines with Visual
+Instruction Tuning", 2023), written for DRIP towers (Dynamic token Reduction vIsion transformer via Pooling), where each
+image yields its own number of visual tokens, known only after encoding. Each ``IMAGE_TOKEN_INDEX`` in the ids is
+replaced by exactly that image's tokens, so no count has to be fixed in advance (unlike HF's ``masked_scatter``).
+
+Besides the padded tensors it returns an ``ImageTokenLayout`` per sample: where the visual tokens sit. PyramidDrop
+(Xing et al., 2024) needs this (image start, number of image tokens, text length) to rank and drop visual tokens
+inside the LLM; with DRIP the numbers differ per sample, so they are per-sample values, not model attributes.
+
+It also holds the small conversions between the tower's padded [B, S_max, D] output (+ token counts) and the list of
+per-image [N_i, D] tensors the splice takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+
+@dataclass(frozen=True)
+class ImageTokenLayout:
+    """Where one sample's visual tokens sit in the padded tensors that ``splice_image_features`` returns.
+
+    All positions index the returned [B, T] rows directly (padding included): with left padding they are shifted by
+    ``offset``. A span clipped by truncation keeps only its surviving tokens; an image cut off entirely is not listed.
+    With several images the spans are not contiguous: ``image_start`` and ``num_image_tokens`` then describe the first
+    image's start and the total count, as PyramidDrop's single-image bookkeeping does.
+    """
+
+    image_spans: tuple[tuple[int, int], ...]  # (start position, number of tokens) per image, in order
+    seq_len: int  # real (unpadded) length: text + image tokens after truncation
+    offset: int = 0  # position of the first real token (T - seq_len with left padding, 0 with right padding)
+
+    @property
+    def image_start(self) -> int:
+        """Position of the first image's first token, or -1 if the sample has no image tokens."""
+        return self.image_spans[0][0] if self.image_spans else -1
+
+    @property
+    def num_image_tokens(self) -> int:
+        return sum(length for _, length in self.image_spans)
+
+    @property
+    def text_len(self) -> int:
+        return self.seq_len - self.num_image_tokens
+
+    @property
+    def has_image(self) -> bool:
+        return bool(self.image_spans)
+
+
+@dataclass(frozen=True)
+class SpliceOutput:
+    """The LLM's inputs for a batch after splicing; padding positions hold zeros / IGNORE_INDEX / False / 0."""
+
+    inputs_embeds: Tensor  # [B, T, H]
+    labels: Tensor | None  # [B, T] long; IGNORE_INDEX on image tokens and padding; None if no labels were given
+    attention_mask: Tensor  # [B, T] bool, True on real tokens
+    position_ids: Tensor  # [B, T] long, 0..seq_len-1 over real tokens, 0 on padding
+    layouts: list[ImageTokenLayout]  # one per sample
+
+
+class _Sample(NamedTuple):
+    embeds: Tensor  # [L, H]
+    labels: Tensor | None  # [L]
+    spans: tuple[tuple[int, int], ...]  # (start, length) per image, unpadded positions
+
+
+def splice_image_features(
+    input_ids: Tensor | Sequence[Tensor],
+    labels: Tensor | Sequence[Tensor] | None,
+    attention_mask: Tensor | Sequence[Tensor] | None,
+    image_features: Sequence[Tensor],
+    embed_tokens: Callable[[Tensor], Tensor],
+    *,
+    max_length: int | None = None,
+    padding_side: Literal["right", "left"] = "right",
+) -> SpliceOutput:
+    """Replace each ``IMAGE_TOKEN_INDEX`` by the next image's visual tokens and pad the batch again.
+
+    Args:
+        input_ids: LongTensor [B, L] or a list of B LongTensors [L_i]; images appear as ``IMAGE_TOKEN_INDEX``.
+        labels: same layout as ``input_ids``, or None.
+        attention_mask: same layout (bool or 0/1), or None when every position is real. Masked-out positions
+            (the tokenizer's padding) are removed first, as LLaVA does.
+        image_features: one [N_j, H] tensor per image, in order of appearance across the batch (sample 0's images
+            first), padding already stripped (see ``split_padded_features``). Text-only samples take none (LLaVA
+            gave them a dummy image); a batch without images passes an empty sequence, and a caller that needs the
+            tower in every step's graph (DDP, ZeRO) adds it there itself.
+        embed_tokens: the LLM's token embedding; called once, on all text tokens of the batch concatenated.
+        max_length: truncate each spliced sequence to this many tokens (LLaVA's ``tokenizer_model_max_length``).
+        padding_side: where the batch padding goes ("left" for batched generation).
+
+    Returns:
+        SpliceOutput with tensors on the embeddings' device, in the embeddings' dtype (image features are cast).
+
+    Raises:
+        ValueError: the image tokens and ``image_features`` do not pair up (the message names the sample), a feature's
+            size differs from the embedding size, or the inputs are malformed.
+    """
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be positive or None, got {max_length}")
+    ids_list, labels_list = _strip_padding(input_ids, labels, attention_mask)
+    counts = _check_image_counts(ids_list, len(image_features))
+    text_embeds = _embed_text(ids_list, embed_tokens)
+    features = _check_features(image_features, text_embeds[0])
+
+    samples, next_image = [], 0
+    for i, ids in enumerate(ids_list):
+        sample_labels = None if labels_list is None else labels_list[i]
+        own = features[next_image : next_image + counts[i]]
+        next_image += counts[i]
+        samples.append(_truncate(_splice_sample(ids, sample_labels, text_embeds[i], own), max_length))
+    return _pad_batch(samples, padding_side)
+
+
+def _rows(x: Tensor | Sequence[Tensor], name: str) -> list[Tensor]:
+    """A [B, L] tensor or a sequence of [L_i] tensors -> list of 1-D rows."""
+    rows = list(x)
+    if any(row.dim() != 1 for row in rows):
+        raise ValueError(f"{name} must be a [B, L] tensor or a list of 1-D tensors")
+    return rows
+
+
+def _strip_padding(
+    input_ids: Tensor | Sequence[Tensor],
+    labels: Tensor | Sequence[Tensor] | None,
+    attention_mask: Tensor | Sequence[Tensor] | None,
+) -> tuple[list[Tensor], list[Tensor] | None]:
+    """Drop masked-out positions of every sample; returns ids [L_i] and labels [L_i] (or None) per sample."""
+    ids_rows = _rows(input_ids, "input_ids")
+    if not ids_rows:
+        raise ValueError("empty batch: input_ids has no samples")
+    label_rows = None if labels is None else _rows(labels, "labels")
+    mask_rows = None if attention_mask is None else _rows(attention_mask, "attention_mask")
+    shapes = [row.shape for row in ids_rows]
+    for name, rows in (("labels", label_rows), ("attention_mask", mask_rows)):
+        if rows is not None and [row.shape for row in rows] != shapes:
+            raise ValueError(f"{name} must have the same shape as input_ids, sample by sample")
+    if mask_rows is not None:
+        masks = [mask.bool() for mask in mask_rows]
+        ids_rows = [ids[mask] for ids, mask in zip(ids_rows, masks, strict=True)]
+        if label_rows is not None:
+            label_rows = [lab[mask] for lab, mask in zip(label_rows, masks, strict=True)]
+    return ids_rows, label_rows
+
+
+def _check_image_counts(ids_list: list[Tensor], num_features: int) -> list[int]:
+    """Image tokens per sample; raises if they do not use up ``num_features`` feature tensors exactly."""
+    counts = [int((ids == IMAGE_TOKEN_INDEX).sum()) for ids in ids_list]
+    used = 0
+    for i, count in enumerate(counts):
+        if used + count > num_features:
+            raise ValueError(
+                f"sample {i} has {count} image token(s) but only {num_features - used} of the {num_features} image "
+                f"feature tensors are left for it (image tokens per sample: {counts})"
+            )
+        used += count
+    if used < num_features:
+        raise ValueError(
+            f"{num_features} image feature tensors were given but the batch has only {used} image token(s) "
+            f"(image tokens per sample: {counts}); every image needs one IMAGE_TOKEN_INDEX in its sample"
+        )
+    return counts
+
+
+def _embed_text(ids_list: list[Tensor], embed_tokens: Callable[[Tensor], Tensor]) -> list[Tensor]:
+    """One embedding call for the whole batch's text tokens; returns [L_text_i, H] per sample."""
+    text_ids = [ids[ids != IMAGE_TOKEN_INDEX] for ids in ids_list]
+    flat = torch.cat(text_ids)  # [sum L_text_i]
+    if (flat < 0).any():
+        raise ValueError(
+            f"input ids must be >= 0 apart from IMAGE_TOKEN_INDEX ({IMAGE_TOKEN_INDEX}); got {int(flat.min())}"
+        )
+    embeds = embed_tokens(flat)  # [sum L_text_i, H]
+    return list(torch.split(embeds, [t.shape[0] for t in text_ids]))
+
+
+def _check_features(image_features: Sequence[Tensor], like: Tensor) -> list[Tensor]:
+    """Validate [N_j, H] shapes against the text embeddings and move the features to their device and dtype."""
+    hidden = like.shape[-1]
+    for j, feature in enumerate(image_features):
+        if feature.dim() != 2 or feature.shape[1] != hidden:
+            raise ValueError(
+                f"image feature tensor {j} has shape {tuple(feature.shape)}, expected [num_tokens, {hidden}]: the "
+                f"projector's output size must equal the LLM's embedding size {hidden}"
+            )
+    return [feature.to(device=like.device, dtype=like.dtype) for feature in image_features]
+
+
+def _splice_sample(ids: Tensor, labels: Tensor | None, text_embeds: Tensor, features: list[Tensor]) -> _Sample:
+    """ids [L] (k image tokens), text_embeds [L - k, H], k features [N_j, H] -> embeds [L - k + sum N_j, H]."""
+    image_positions = torch.nonzero(ids == IMAGE_TOKEN_INDEX).flatten().tolist()
+    bounds = [-1, *image_positions, ids.shape[0]]  # the text runs lie strictly between consecutive bounds
+    pieces, label_pieces, spans = [], [], []
+    length = used_text = 0
+    for k in range(len(bounds) - 1):
+        run = bounds[k + 1] - bounds[k] - 1
+        pieces.append(text_embeds[used_text : used_text + run])
+        if labels is not None:
+            label_pieces.append(labels[bounds[k] + 1 : bounds[k + 1]])
+        used_text += run
+        length += run
+        if k < len(features):
+            num_tokens = features[k].shape[0]
+            pieces.append(features[k])
+            if labels is not None:
+                label_pieces.append(labels.new_full((num_tokens,), IGNORE_INDEX))
+            spans.append((length, num_tokens))
+            length += num_tokens
+    new_labels = torch.cat(label_pieces) if labels is not None else None
+    return _Sample(torch.cat(pieces), new_labels, tuple(spans))
+
+
+def _truncate(sample: _Sample, max_length: int | None) -> _Sample:
+    """Keep the first ``max_length`` tokens (LLaVA's rule); clip a span that is cut, drop one that is cut off."""
+    if max_length is None or sample.embeds.shape[0] <= max_length:
+        return sample
+    spans = tuple((start, min(n, max_length - start)) for start, n in sample.spans if start < max_length)
+    labels = None if sample.labels is None else sample.labels[:max_length]
+    return _Sample(sample.embeds[:max_length], labels, spans)
+
+
+def _pad_batch(samples: list[_Sample], padding_side: str) -> SpliceOutput:
+    """Pad every sample to the longest one; fill masks, position ids and layouts."""
+    longest = max(s.embeds.shape[0] for s in samples)
+    device = samples[0].embeds.device
+    has_labels = samples[0].labels is not None
+    labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long, device=device)
+    attention_mask = torch.zeros((len(samples), longest), dtype=torch.bool, device=device)
+    position_ids = torch.zeros((len(samples), longest), dtype=torch.long, device=device)
+    embeds, layouts = [], []
+    for i, sample in enumerate(samples):
+        n = sample.embeds.shape[0]
+        offset = longest - n if padding_side == "left" else 0
+        embeds.append(F.pad(sample.embeds, (0, 0, offset, longest - n - offset)))  # [longest, H], zero padding
+        if has_labels:
+            labels[i, offset : offset + n] = sample.labels
+        attention_mask[i, offset : offset + n] = True
+        position_ids[i, offset : offset + n] = torch.arange(n, device=device)
+        spans = tuple((start + offset, length) for start, length in sample.spans)
+        layouts.append(ImageTokenLayout(image_spans=spans, seq_len=n, offset=offset))
+    return SpliceOutput(
+        inputs_embeds=torch.stack(embeds),
+        labels=labels if has_labels else None,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        layouts=layouts,
+    )
+
+
+def split_padded_features(features: Tensor, token_counts: Tensor | Sequence[int]) -> list[Tensor]:
+    """Padded tower output -> one tensor per image.
+
+    Args:
+        features: [B, S_max, D]; image i's tokens are its first ``token_counts[i]`` rows, the rest is padding.
+        token_counts: [B] number of real tokens per image.
+
+    Returns:
+        list of B views [N_i, D].
+    """
+    counts = token_counts.tolist() if isinstance(token_counts, Tensor) else list(token_counts)
+    if features.dim() != 3 or len(counts) != features.shape[0]:
+        raise ValueError(f"expected features [B, S_max, D] and B counts; got {tuple(features.shape)}, {len(counts)}")
+    if any(n < 0 or n > features.shape[1] for n in counts):
+        raise ValueError(f"token counts must lie in [0, {features.shape[1]}], got {counts}")
+    return [features[i, :n] for i, n in enumerate(counts)]
+
+
+def split_packed_features(features: Tensor, token_counts: Tensor | Sequence[int]) -> list[Tensor]:
+    """Packed tower output [sum N_i, D] (images back to back) -> list of views [N_i, D]."""
+    counts = token_counts.tolist() if isinstance(token_counts, Tensor) else list(token_counts)
+    if features.dim() != 2 or sum(counts) != features.shape[0]:
+        raise ValueError(f"expected features [sum N_i, D] with sum N_i = {sum(counts)}; got {tuple(features.shape)}")
+    return list(torch.split(features, counts))
+
+
+def pad_features(features: Sequence[Tensor], padding_value: float = 0.0) -> tuple[Tensor, Tensor]:
+    """The reverse of ``split_padded_features``: list of [N_i, D] -> (padded [B, S_max, D], token_counts [B] long)."""
+    if not features:
+        raise ValueError("pad_features needs at least one feature tensor")
+    padded = torch.nn.utils.rnn.pad_sequence(list(features), batch_first=True, padding_value=padding_value)
+    counts = torch.tensor([f.shape[0] for f in features], dtype=torch.long, device=padded.device)
+    return padded, counts
