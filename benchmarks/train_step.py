@@ -237,7 +237,7 @@ def trace(run: Run, batch: dict[str, Tensor]) -> Trace:
         r = ratios[sum(d <= layer for d in drops)]  # PyramidDrop keeps int(N_i * r) of the original N_i
         kept = counts if r == 1.0 else (counts * r).long()
         real += int((lengths - counts + kept).sum())
-    return Trace(counts, vision.stage_counts.cpu(), shapes, real)
+    return Trace(counts, vision.drip.stage_counts.cpu(), shapes, real)
 
 
 def step_macs(run: Run, tr: Trace) -> dict[str, float]:

@@ -81,6 +81,16 @@ class DripVisionTransformer(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
+    def set_trainable(self, mode: str) -> None:
+        """Which parameters learn: "none", "predictor" (the boundary predictor(s) only) or "all"."""
+        if mode not in ("none", "predictor", "all"):
+            raise ValueError(f"mode must be 'none', 'predictor' or 'all', got {mode!r}")
+        if mode == "predictor" and len(self.predictors) == 0:
+            raise ValueError(f"DRIP ({self.cfg.name}) has no pooling stage, so no boundary predictor to train")
+        self.requires_grad_(mode == "all")
+        if mode == "predictor":
+            self.predictors.requires_grad_(True)
+
     def no_weight_decay(self) -> set[str]:
         return {"class_embedding", "positional_embedding"}
 

@@ -11,13 +11,25 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase, StoppingCriteria
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+
+AspectRatio = Literal["pad", "square"]  # image_aspect_ratio: pad to a square first (LLaVA-1.5), or as is
+IMAGE_ASPECT_RATIOS: tuple[str, ...] = get_args(AspectRatio)
+
+
+def check_aspect_ratio(value: Any, name: str = "image_aspect_ratio") -> AspectRatio:
+    """``value`` if it is a supported aspect-ratio mode, else a ValueError naming ``name`` and the allowed values."""
+    if value == "anyres":
+        raise ValueError(f"{name}='anyres' (LLaVA-NeXT tiling) is not supported; use one of {IMAGE_ASPECT_RATIOS}")
+    if value not in IMAGE_ASPECT_RATIOS:
+        raise ValueError(f"{name} must be one of {IMAGE_ASPECT_RATIOS}, got {value!r}")
+    return value
 
 
 class ImageProcessor(Protocol):
@@ -73,21 +85,29 @@ def expand2square(image: Image.Image, background_color: tuple[int, ...]) -> Imag
 
 
 def process_images(
-    images: Sequence[Image.Image], image_processor: ImageProcessor, model_cfg: Any
+    images: Sequence[Image.Image],
+    image_processor: ImageProcessor,
+    model_cfg: Any = None,
+    *,
+    aspect_ratio: AspectRatio | None = None,
 ) -> torch.Tensor | list[torch.Tensor]:
     """Preprocess PIL images for the vision tower.
 
-    ``model_cfg.image_aspect_ratio == "pad"`` (LLaVA-1.5's setting) first pads each image to a square with the
-    processor's mean colour, so the model sees the whole image uncropped; any other value (or none) hands the images
-    to the processor as they are.
+    ``aspect_ratio="pad"`` (LLaVA-1.5's setting) first pads each image to a square with the processor's mean colour,
+    so the model sees the whole image uncropped; ``"square"`` hands the images to the processor as they are. Give
+    either ``aspect_ratio`` or, as LLaVA's callers do, a model config whose ``image_aspect_ratio`` is read (unset
+    means ``"square"``).
 
     Returns:
         pixel values [B, 3, H, W]; a list of [3, H_i, W_i] if padded images come out with different sizes.
     """
-    aspect_ratio = getattr(model_cfg, "image_aspect_ratio", None)
-    if aspect_ratio == "anyres":
-        raise ValueError("image_aspect_ratio='anyres' (LLaVA-NeXT tiling) is not supported; use 'pad' or 'square'")
-    if aspect_ratio != "pad":
+    if aspect_ratio is None:
+        if model_cfg is None:
+            raise TypeError("process_images needs aspect_ratio='pad'|'square' or a model config (model_cfg)")
+        aspect_ratio = getattr(model_cfg, "image_aspect_ratio", None) or "square"
+    elif model_cfg is not None:
+        raise TypeError("process_images takes aspect_ratio or model_cfg, not both")
+    if check_aspect_ratio(aspect_ratio) == "square":
         return image_processor.preprocess(list(images), return_tensors="pt")["pixel_values"]
     background = tuple(int(channel * 255) for channel in image_processor.image_mean)
     pixels = []

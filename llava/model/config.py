@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from llava.mm_utils import AspectRatio, check_aspect_ratio
+
 SelectFeature = Literal["patch", "cls_patch"]
 PaddingSide = Literal["left", "right"]
 DRIP_PREFIX = "drip:"  # ``mm_vision_tower`` values starting with this name a DRIP tower (preset or checkpoint dir)
@@ -62,11 +64,15 @@ class MultimodalConfig:
     select_feature: SelectFeature = "patch"  # mm_vision_select_feature: "patch" drops CLS, "cls_patch" keeps it
     use_im_start_end: bool = False  # mm_use_im_start_end: wrap images in <im_start> ... <im_end> tokens
     use_im_patch_token: bool = True  # mm_use_im_patch_token: add the <im_patch> token to the tokenizer
-    image_aspect_ratio: str = "square"  # image_aspect_ratio: "pad" (LLaVA-1.5) or "square"
+    image_aspect_ratio: AspectRatio = "square"  # image_aspect_ratio: "pad" (LLaVA-1.5) or "square"
     patch_merge_type: str = "flat"  # mm_patch_merge_type: only "flat" (LLaVA-1.5) is supported
     tokenizer_model_max_length: int | None = None  # tokenizer_model_max_length: splice truncation in training
     tokenizer_padding_side: PaddingSide = "right"  # tokenizer_padding_side: batch padding in training
     pdrop: PDropConfig | None = None  # pdrop_layer_list + pdrop_image_token_ratio_list
+    # What training did, recorded as LLaVA records it (read by nothing at inference):
+    tune_mm_mlp_adapter: bool = False  # tune_mm_mlp_adapter: stage 1 (only the projector trained)
+    freeze_mm_mlp_adapter: bool = False  # freeze_mm_mlp_adapter: the projector was frozen
+    projector_lr: float | None = None  # mm_projector_lr: the projector's own learning rate, if any
 
     def __post_init__(self) -> None:
         if self.select_feature not in ("patch", "cls_patch"):
@@ -78,6 +84,7 @@ class MultimodalConfig:
                 f"mm_patch_merge_type {self.patch_merge_type!r} is not supported: LLaVA-1.5 uses 'flat' "
                 "(the 'spatial*' / 'unpad' merges belong to LLaVA-NeXT's anyres tiling)"
             )
+        check_aspect_ratio(self.image_aspect_ratio)
         if self.tokenizer_model_max_length is not None and self.tokenizer_model_max_length < 1:
             raise ValueError(f"tokenizer_model_max_length must be positive, got {self.tokenizer_model_max_length}")
 
@@ -106,11 +113,15 @@ class MultimodalConfig:
             tokenizer_model_max_length=get("tokenizer_model_max_length"),
             tokenizer_padding_side=get("tokenizer_padding_side", "right"),
             pdrop=None if layers is None else PDropConfig(tuple(layers), tuple(ratios)),
+            tune_mm_mlp_adapter=bool(get("tune_mm_mlp_adapter", False)),
+            freeze_mm_mlp_adapter=bool(get("freeze_mm_mlp_adapter", False)),
+            projector_lr=get("mm_projector_lr"),
         )
 
     def write_to(self, config: Any) -> None:
-        """Store every setting under its LLaVA key (so ``save_pretrained`` keeps them)."""
+        """Store every setting under its LLaVA key (so ``save_pretrained`` keeps them): the one writer of these keys."""
         config.mm_vision_tower = self.vision_tower
+        config.use_mm_proj = self.vision_tower is not None  # LLaVA's marker that the model has a projector
         config.mm_vision_tower_config = self.vision_tower_config
         config.mm_hidden_size = self.mm_hidden_size
         config.mm_projector_type = self.projector_type
@@ -124,6 +135,9 @@ class MultimodalConfig:
         config.tokenizer_padding_side = self.tokenizer_padding_side
         config.pdrop_layer_list = None if self.pdrop is None else list(self.pdrop.layer_list)
         config.pdrop_image_token_ratio_list = None if self.pdrop is None else list(self.pdrop.image_token_ratio_list)
+        config.tune_mm_mlp_adapter = self.tune_mm_mlp_adapter
+        config.freeze_mm_mlp_adapter = self.freeze_mm_mlp_adapter
+        config.mm_projector_lr = self.projector_lr
 
     def replace(self, **changes: Any) -> MultimodalConfig:
         return dataclasses.replace(self, **changes)

@@ -98,7 +98,6 @@ class LlavaMetaModel:
             tower.load_model()
         mm = mm.replace(mm_hidden_size=tower.hidden_size, vision_tower_config=tower.config_dict())
         mm.write_to(self.config)
-        self.config.use_mm_proj = True
         if getattr(self, "mm_projector", None) is None:
             self.mm_projector = build_vision_projector(mm.projector_type, tower.hidden_size, self.config.hidden_size)
         else:
@@ -178,8 +177,8 @@ class LlavaMetaForCausalLM(ABC):
         p = next(projector.parameters(), None)
         joined = torch.cat(out.features)  # [sum N_i, D]: one projector call for the whole batch
         projected = projector(joined if p is None else joined.to(p.dtype))  # [sum N_i, H]
-        out.features = list(torch.split(projected, out.token_counts.tolist()))
-        return out
+        features = list(torch.split(projected, out.token_counts.tolist()))  # num_images x [N_i, H]
+        return VisionFeatures(features=features, token_counts=out.token_counts, drip=out.drip)
 
     def encode_images(self, images: Images) -> list[Tensor]:
         """LLaVA's name: tower -> projector, one [N_i, H] tensor per image."""
@@ -271,5 +270,7 @@ class LlavaMetaForCausalLM(ABC):
         if getattr(model_args, "tune_mm_mlp_adapter", False) and added:
             self.get_input_embeddings().requires_grad_(True)
             self.get_output_embeddings().requires_grad_(False)
-        self.config.mm_use_im_patch_token = bool(getattr(model_args, "mm_use_im_patch_token", False))
-        self.config.mm_use_im_start_end = bool(getattr(model_args, "mm_use_im_start_end", False))
+        self.mm_config.replace(
+            use_im_patch_token=bool(getattr(model_args, "mm_use_im_patch_token", False)),
+            use_im_start_end=bool(getattr(model_args, "mm_use_im_start_end", False)),
+        ).write_to(self.config)

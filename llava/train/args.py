@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 import transformers
 
+from llava.mm_utils import check_aspect_ratio
+from llava.model.multimodal_encoder.base import check_train_mode
+
 
 @dataclass
 class ModelArguments:
@@ -34,6 +37,11 @@ class ModelArguments:
     pdrop_image_token_ratio_list: str | None = field(default=None)
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
 
+    def __post_init__(self) -> None:
+        t = self.drip_boundary_threshold
+        if t is not None and not 0.0 < t < 1.0:
+            raise ValueError(f"--drip_boundary_threshold must lie in (0, 1) (sigmoid(logit) > threshold), got {t}")
+
 
 @dataclass
 class DataArguments:
@@ -41,7 +49,10 @@ class DataArguments:
     lazy_preprocess: bool = False
     is_multimodal: bool = False
     image_folder: str | None = field(default=None)
-    image_aspect_ratio: str = "square"
+    image_aspect_ratio: str = field(default="square", metadata={"help": "pad (LLaVA-1.5) | square"})
+
+    def __post_init__(self) -> None:
+        check_aspect_ratio(self.image_aspect_ratio, "--image_aspect_ratio")
 
 
 @dataclass
@@ -77,8 +88,9 @@ class TrainingArguments(transformers.TrainingArguments):
                 raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
             self.warmup_steps = self.warmup_ratio
         super().__post_init__()
-        if self.tune_vision_tower not in ("none", "predictor", "all"):
-            raise ValueError(f"--tune_vision_tower must be none, predictor or all, got {self.tune_vision_tower!r}")
+        check_train_mode(self.tune_vision_tower)
+        if self.drip_prior_loss_weight < 0:
+            raise ValueError(f"--drip_prior_loss_weight must be >= 0, got {self.drip_prior_loss_weight}")
         if self.bits != 16:
             raise ValueError("--bits 4/8 (bitsandbytes quantised training) is not supported by llava-drip")
 

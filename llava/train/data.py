@@ -16,7 +16,6 @@ import os
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -114,8 +113,7 @@ class LazySupervisedDataset(Dataset):
         sample: dict[str, Any] = {"input_ids": ids, "labels": labels}
         if has_image:
             image = load_image(self._image_path(rec))
-            aspect = SimpleNamespace(image_aspect_ratio=opts.image_aspect_ratio)
-            sample["image"] = process_images([image], self.image_processor, aspect)[0]
+            sample["image"] = process_images([image], self.image_processor, aspect_ratio=opts.image_aspect_ratio)[0]
         return sample
 
 

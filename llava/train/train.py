@@ -37,6 +37,18 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Training
     return parser.parse_args_into_dataclasses(argv)
 
 
+def check_inputs(model_args: ModelArguments, data_args: DataArguments) -> None:
+    """Fail on missing inputs before anything heavy is loaded (a typo should cost seconds, not a model load)."""
+    if model_args.vision_tower is None:
+        raise ValueError("--vision_tower is required (an HF CLIP dir/name, or drip:<preset|checkpoint dir>)")
+    if data_args.data_path is None:
+        raise ValueError("--data_path is required (LLaVA's JSON list of conversation records)")
+    if not os.path.isfile(data_args.data_path):
+        raise FileNotFoundError(f"--data_path {data_args.data_path}: no such file")
+    if data_args.image_folder is not None and not os.path.isdir(data_args.image_folder):
+        raise FileNotFoundError(f"--image_folder {data_args.image_folder}: no such directory")
+
+
 def load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path,
@@ -62,16 +74,10 @@ def set_trainable(model: torch.nn.Module, model_args: ModelArguments, training_a
         model.requires_grad_(False)
     inner.mm_projector.requires_grad_(not training_args.freeze_mm_mlp_adapter)
     tower = model.get_vision_tower()
-    tower.requires_grad_(training_args.tune_vision_tower == "all")
-    if training_args.tune_vision_tower == "predictor":
-        predictors = getattr(tower.vision_tower, "predictors", None)
-        if predictors is None or len(predictors) == 0:
-            raise ValueError("--tune_vision_tower predictor needs a DRIP tower with pooling (--vision_tower drip:...)")
-        predictors.requires_grad_(True)
-    if training_args.tune_vision_tower != "none" and hasattr(tower.vision_tower, "cfg"):
+    tower.set_trainable(training_args.tune_vision_tower)
+    if training_args.tune_vision_tower != "none" and tower.prior_loss_weight is not None:
         # The prior loss joins the LM loss (llava_llama adds it while it has a gradient), with this weight.
-        drip_tower = tower.vision_tower
-        drip_tower.cfg = drip_tower.cfg.replace(prior_loss_weight=training_args.drip_prior_loss_weight)
+        tower.set_prior_loss_weight(training_args.drip_prior_loss_weight)
 
 
 def apply_lora(model: torch.nn.Module, training_args: TrainingArguments) -> torch.nn.Module:
@@ -104,13 +110,15 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, to
         attn_implementation=model_args.attn_implementation,
     )
     model.config.use_cache = False
-    if model_args.vision_tower is None:
-        raise ValueError("--vision_tower is required (an HF CLIP dir/name, or drip:<preset|checkpoint dir>)")
     model.get_model().initialize_vision_modules(model_args=model_args)
     model.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)  # records mm_use_im_* (adds tokens if asked)
-    model.config.tokenizer_padding_side = tokenizer.padding_side
-    model.config.tokenizer_model_max_length = tokenizer.model_max_length
-    model.config.mm_projector_lr = training_args.mm_projector_lr
+    model.mm_config.replace(
+        tokenizer_padding_side=tokenizer.padding_side,
+        tokenizer_model_max_length=tokenizer.model_max_length,
+        tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter,
+        freeze_mm_mlp_adapter=training_args.freeze_mm_mlp_adapter,
+        projector_lr=training_args.mm_projector_lr,
+    ).write_to(model.config)
     layers = parse_int_list(model_args.pdrop_layer_list)
     ratios = parse_float_list(model_args.pdrop_image_token_ratio_list)
     if layers or ratios:
@@ -172,12 +180,11 @@ def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVA
 
         deepspeed.init_distributed(dist_backend="gloo")
     transformers.set_seed(training_args.seed)
+    check_inputs(model_args, data_args)
     tokenizer = load_tokenizer(model_args, training_args)
     model = build_model(model_args, training_args, tokenizer)
+    model.mm_config.replace(image_aspect_ratio=data_args.image_aspect_ratio).write_to(model.config)
     tower = model.get_vision_tower()
-    if data_args.data_path is None:
-        raise ValueError("--data_path is required")
-    model.config.image_aspect_ratio = data_args.image_aspect_ratio
     opts = DatasetOptions(
         version=model_args.version,
         image_folder=data_args.image_folder,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,29 @@ def test_multimodal_config_reads_llava_keys_and_writes_them_back(tiny):
         PDropConfig((1, 2), (0.25, 0.5))
     with pytest.raises(ValueError, match="mm_patch_merge_type 'spatial_unpad' is not supported"):
         MultimodalConfig.from_config(tiny.config("clip", mm_patch_merge_type="spatial_unpad"))
+
+
+def test_training_keys_round_trip_under_llavas_names(tiny):
+    config = tiny.config("clip")
+    mm = MultimodalConfig.from_config(config).replace(tune_mm_mlp_adapter=True, projector_lr=2e-5)
+    mm.write_to(config)
+    assert (config.tune_mm_mlp_adapter, config.freeze_mm_mlp_adapter, config.mm_projector_lr) == (True, False, 2e-5)
+    assert config.use_mm_proj is True and MultimodalConfig.from_config(config) == mm
+
+
+def test_flat_mm_keys_are_written_by_multimodal_config_only():
+    # One writer (MultimodalConfig.write_to): no other module of llava assigns a flat multimodal key.
+    keys = r"(mm_\w+|use_mm_proj|image_aspect_ratio|tokenizer_padding_side|tokenizer_model_max_length|pdrop_\w+)"
+    pattern = re.compile(r"\bconfig\." + keys + r"\s*=[^=]")
+    root = Path(__file__).resolve().parents[2] / "llava"
+    writers = [
+        f"{path.relative_to(root)}:{n}"
+        for path in root.rglob("*.py")
+        if path.name != "config.py" or path.parent.name != "model"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert writers == []
 
 
 def test_drip_tower_keeps_its_own_init_inside_the_model(tiny):

@@ -109,6 +109,19 @@ def test_process_images_plain_hands_images_over_unchanged():
         process_images(images, processor, _Cfg("anyres"))
 
 
+def test_process_images_takes_the_aspect_ratio_explicitly():
+    images = [Image.new("RGB", (6, 2), (10, 20, 30))]
+    padded = process_images(images, _StubProcessor(), aspect_ratio="pad")
+    torch.testing.assert_close(padded, process_images(images, _StubProcessor(), _Cfg("pad")))  # LLaVA's call
+    plain = _StubProcessor()
+    process_images(images, plain, aspect_ratio="square")
+    assert plain.calls == [images]
+    with pytest.raises(ValueError, match=r"image_aspect_ratio must be one of \('pad', 'square'\), got 'banana'"):
+        process_images(images, _StubProcessor(), aspect_ratio="banana")
+    with pytest.raises(TypeError, match="not both"):
+        process_images(images, _StubProcessor(), _Cfg("pad"), aspect_ratio="pad")
+
+
 def test_expand2square_centres_the_image():
     tall = expand2square(Image.new("RGB", (2, 4), (255, 0, 0)), (0, 0, 0))
     assert tall.size == (4, 4) and tall.getpixel((0, 0)) == (0, 0, 0) and tall.getpixel((1, 0)) == (255, 0, 0)

@@ -7,14 +7,15 @@ via Pooling) each image gives its own number, known only after encoding, so the 
 
 Towers never freeze themselves and never run under ``torch.no_grad`` in ``forward`` (LLaVA's CLIP tower does both,
 which would silently cut the gradient of a trainable DRIP boundary predictor): the caller decides, see
-``llava.model.llava_arch.LlavaMetaForCausalLM.encode_images``.
+``llava.model.llava_arch.LlavaMetaForCausalLM.encode_images``. What may learn is set through the one interface
+every tower answers, ``set_trainable("none" | "predictor" | "all")``, so training code never reaches inside a tower.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -25,19 +26,42 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-@dataclass
+TrainMode = Literal["none", "predictor", "all"]  # --tune_vision_tower: frozen, boundary predictor only, everything
+TRAIN_MODES: tuple[str, ...] = get_args(TrainMode)
+
+
+def check_train_mode(mode: Any) -> TrainMode:
+    """``mode`` if it is one of TRAIN_MODES, else a ValueError naming the flag and the allowed values."""
+    if mode not in TRAIN_MODES:
+        raise ValueError(f"--tune_vision_tower must be one of {', '.join(TRAIN_MODES)}, got {mode!r}")
+    return mode
+
+
+@dataclass(frozen=True)
+class DripExtras:
+    """What only a DRIP tower reports beside its tokens (its boundary predictor's side of the output)."""
+
+    boundary_loss: Tensor  # scalar weighted prior loss summed over pooling stages (joins the LM loss while training)
+    boundary_rate: Tensor  # scalar mean boundary rate of the first pooling stage (detached)
+    stage_counts: Tensor  # [B, stages] long, tokens per image after each pooling stage (FLOP counts)
+
+
+@dataclass(frozen=True)
 class VisionFeatures:
-    """A tower's output for B images."""
+    """A tower's output for B images (or, after the projector, the LLM-sized tokens of those images)."""
 
     features: list[Tensor]  # B tensors [N_i, D] (padding already stripped)
     token_counts: Tensor  # [B] long, N_i
-    boundary_loss: Tensor | None = None  # scalar DRIP prior loss (None for towers without a boundary predictor)
-    boundary_rate: Tensor | None = None  # scalar mean boundary rate of DRIP's first pooling stage (detached)
-    stage_counts: Tensor | None = None  # [B, stages] DRIP tokens per image after each pooling stage (FLOP counts)
+    drip: DripExtras | None = None  # DRIP towers only
 
     def __post_init__(self) -> None:
         if len(self.features) != self.token_counts.shape[0]:
             raise ValueError(f"{len(self.features)} feature tensors but {self.token_counts.shape[0]} token counts")
+
+    @property
+    def boundary_loss(self) -> Tensor | None:
+        """The prior loss to add to the LM loss, or None for a tower without a boundary predictor."""
+        return None if self.drip is None else self.drip.boundary_loss
 
 
 def clip_image_processor(image_size: int) -> CLIPImageProcessor:
@@ -71,6 +95,23 @@ class VisionTower(nn.Module, ABC):
     @abstractmethod
     def forward(self, images: Tensor) -> VisionFeatures:
         """images: [B, C, H, W] preprocessed pixels -> one [N_i, D] tensor per image."""
+
+    @abstractmethod
+    def set_trainable(self, mode: TrainMode) -> None:
+        """Which tower parameters learn (``--tune_vision_tower``): none, the boundary predictor only, or all.
+
+        Raises:
+            ValueError: an unknown mode, or ``predictor`` for a tower without a boundary predictor.
+        """
+
+    @property
+    def prior_loss_weight(self) -> float | None:
+        """Weight of the boundary predictor's prior loss; None for towers without one (CLIP)."""
+        return None
+
+    def set_prior_loss_weight(self, weight: float) -> None:
+        """Set the prior-loss weight (``--drip_prior_loss_weight``); towers without a predictor refuse it."""
+        raise ValueError(f"vision tower {self.vision_tower_name!r} has no boundary predictor, so no prior loss weight")
 
     @property
     @abstractmethod

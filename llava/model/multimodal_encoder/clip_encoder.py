@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
+from llava.model.multimodal_encoder.base import TrainMode, VisionFeatures, VisionTower, check_train_mode
 
 
 class CLIPVisionTower(VisionTower):
@@ -71,6 +71,16 @@ class CLIPVisionTower(VisionTower):
             feats = feats[:, 1:]  # [B, N, D]
         counts = torch.full((feats.shape[0],), feats.shape[1], dtype=torch.long, device=feats.device)
         return VisionFeatures(features=list(feats.unbind(0)), token_counts=counts)
+
+    def set_trainable(self, mode: TrainMode) -> None:
+        """``none`` freezes the CLIP, ``all`` trains it; a CLIP has no boundary predictor, so ``predictor`` fails."""
+        check_train_mode(mode)
+        if mode == "predictor":
+            raise ValueError(
+                f"--tune_vision_tower predictor needs a DRIP tower with a boundary predictor (--vision_tower "
+                f"drip:<preset|dir>); the CLIP tower {self.vision_tower_name!r} has none (use none or all)"
+            )
+        self.requires_grad_(mode == "all")
 
     def analytic_gflops(self, features: VisionFeatures) -> list[float]:
         """GMACs per image of the whole ViT (every layer runs): patch embedding, qkv/out projections, the two

@@ -25,7 +25,7 @@ from drip import DripConfig, DripVisionTransformer, get_preset, list_presets
 from drip.checkpoint import load_drip
 from drip.flops import tower_gmacs
 from llava.model.config import DRIP_PREFIX
-from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
+from llava.model.multimodal_encoder.base import DripExtras, TrainMode, VisionFeatures, VisionTower, check_train_mode
 
 
 class DripVisionTower(VisionTower):
@@ -52,6 +52,11 @@ class DripVisionTower(VisionTower):
             raise ValueError(f"mm_vision_select_feature must be 'patch' or 'cls_patch', got {select_feature!r}")
         self.select_feature = select_feature
         self._threshold = threshold
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise ValueError(
+                f"--drip_boundary_threshold must lie in (0, 1) (a boundary where sigmoid(logit) > threshold), got "
+                f"{threshold}"
+            )
         if drip_config is not None:
             self._install(DripVisionTransformer(DripConfig.from_dict(dict(drip_config))))
         else:
@@ -99,17 +104,37 @@ class DripVisionTower(VisionTower):
             hidden, mask = hidden[:, 1:], mask[:, 1:]  # [B, L, D], [B, L]
         features = [h[m] for h, m in zip(hidden, mask, strict=True)]  # B x [N_i, D]
         stage_counts = [b.detach().sum(-1).round().long() for b in out.stage_boundaries]  # stages x [B]
-        return VisionFeatures(
-            features=features,
-            token_counts=mask.sum(-1),
+        extras = DripExtras(
             boundary_loss=out.boundary_loss,
             boundary_rate=out.boundary_rate,
             stage_counts=torch.stack(stage_counts, -1) if stage_counts else mask.new_zeros(len(features), 0).long(),
         )
+        return VisionFeatures(features=features, token_counts=mask.sum(-1), drip=extras)
+
+    def set_trainable(self, mode: TrainMode) -> None:
+        """none / the boundary predictor(s) only / every parameter (``DripVisionTransformer.set_trainable``)."""
+        check_train_mode(mode)
+        try:
+            self.vision_tower.set_trainable(mode)
+        except ValueError as err:
+            raise ValueError(f"--tune_vision_tower {mode} with {self.vision_tower_name!r}: {err}") from err
+
+    @property
+    def prior_loss_weight(self) -> float:
+        return self.config.prior_loss_weight
+
+    def set_prior_loss_weight(self, weight: float) -> None:
+        """The weight DRIP applies to its prior loss (``DripConfig.prior_loss_weight``; the config is immutable, so
+        the tower gets a new one)."""
+        if weight < 0:
+            raise ValueError(f"--drip_prior_loss_weight must be >= 0, got {weight}")
+        self.vision_tower.cfg = self.config.replace(prior_loss_weight=float(weight))
 
     def analytic_gflops(self, features: VisionFeatures) -> list[float]:
         """GMACs per image of the whole tower (every block runs), from each image's own token counts."""
-        return tower_gmacs(self.config, features.stage_counts.cpu())
+        if features.drip is None:
+            raise ValueError("DRIP GMACs need the DRIP extras (stage counts) of the tower's own output")
+        return tower_gmacs(self.config, features.drip.stage_counts.cpu())
 
     @property
     def config(self) -> DripConfig:
