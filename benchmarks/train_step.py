@@ -9,7 +9,7 @@ What one step is: the demo-size LLaVA (the demo's base LLM when ``checkpoints/de
 Llama of the same shape: hidden 128, 4 layers, 4 heads, MLP 384) with an ``mlp2x_gelu`` projector, fully fine-tuned
 (LLM + projector, tower frozen, as in stage 2): forward + loss, backward, gradient clipping at 1.0, AdamW step. The
 batch is the same for every tower: 16 image conversations of a small freshly generated demo world
-(``playground.demo_world``), preprocessed with LLaVA's v1 template (``LazySupervisedDataset`` + the collator).
+(``llava_drip_demo.demo_world``), preprocessed with LLaVA's v1 template (``LazySupervisedDataset`` + the collator).
 
 Towers: ``drip:ViT-tiny`` (64 patch tokens), ``drip:DRIP-2x-tiny`` (prior 0.5), ``drip:DRIP-tiny`` (prior 0.25),
 the latter also with PyramidDrop in the LLM (layers 1/2/3 of 4 keep 1/2, 1/4, 1/8 of each image's tokens; scaled to
@@ -52,9 +52,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `playground` importable from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import torch
 import transformers
 from torch import Tensor, nn
@@ -64,12 +61,12 @@ from drip import DripVisionTransformer, get_preset
 from drip.calibrate import calibrated_threshold, load_images
 from drip.checkpoint import load_drip, save_drip
 from drip.flops import batch_macs
-from llava.demo.base_llm import demo_texts, train_tokenizer
 from llava.model import LlavaLlamaForCausalLM, PDropConfig
 from llava.model.flops import decoder_layer_macs, rank_macs
 from llava.train.args import ModelArguments
 from llava.train.data import DataCollatorForSupervisedDataset, DatasetOptions, LazySupervisedDataset
-from playground.demo_world import WorldConfig, generate
+from llava_drip_demo.base_llm import demo_texts, train_tokenizer
+from llava_drip_demo.demo_world import WorldConfig, generate
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_LLM = REPO / "checkpoints" / "demo" / "base-llm"

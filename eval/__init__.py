@@ -3,7 +3,8 @@
 ``llava.eval`` (``python -m llava.eval.model_vqa_science`` / ``model_vqa``) runs a model and writes the answer files;
 this package only reads them, so scoring runs anywhere, without the model or a GPU.
 
-Entry points, each run as ``python -m eval.<name>`` from the repository root:
+Entry points, installed with the project: ``python -m eval.<name>``, or by path as LLaVA's scripts call them
+(``python path/to/eval/<name>.py``), from any directory:
 
 * ``convert_sqa_to_llava``  ScienceQA ``problems.json`` -> LLaVA-1.5 test prompts (``llava_test_CQM-A.json``)
 * ``eval_science_qa``       ScienceQA answer file -> accuracy, IMG-accuracy, per-category breakdown

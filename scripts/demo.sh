@@ -23,7 +23,7 @@ mkdir -p "$R"
 step() { echo; echo "=== [demo $(date +%H:%M:%S)] $*"; }
 
 step "1. demo data -> $D"
-$PYTHON playground/demo_world.py --out "$D" --clip-absolute-paths --seed "$SEED" "${DATA[@]}"
+$PYTHON -m llava_drip_demo.demo_world --out "$D" --clip-absolute-paths --seed "$SEED" "${DATA[@]}"
 
 for tower in DRIP-tiny ViT-tiny; do
   step "2. contrastive pre-training of the $tower CLIP (python -m drip.train, open_clip_train's loop)"
@@ -42,7 +42,7 @@ for tower in DRIP-tiny ViT-tiny; do
 done
 
 step "3. base LLM: tokenizer + tiny Llama pre-trained on the demo text"
-$PYTHON -m llava.demo.base_llm --data "$D" --out "$C/base-llm" --steps $LLM_STEPS --seed "$SEED"
+$PYTHON -m llava_drip_demo.base_llm --data "$D" --out "$C/base-llm" --steps $LLM_STEPS --seed "$SEED"
 
 for run in drip clip; do
   tower=$([[ $run == drip ]] && echo DRIP-tiny || echo ViT-tiny)

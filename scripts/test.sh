@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 py=python; [[ -n "${VIRTUAL_ENV:-${CONDA_PREFIX:-}}" ]] && python -c "import drip" 2>/dev/null || py=.venv/bin/python
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions} DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
-$py -m ruff check drip llava eval tests benchmarks
+$py -m ruff check drip llava eval llava_drip_demo tests benchmarks
 $py -m pytest "$@"

@@ -119,7 +119,7 @@ def save_tiny_base_llm():
     tokenizer trained on that demo world's text, like any HF base-LLM checkpoint (used by the training tests)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llava.demo.base_llm import demo_texts, train_tokenizer
+    from llava_drip_demo.base_llm import demo_texts, train_tokenizer
 
     def save(world, out):
         tok = train_tokenizer(demo_texts(world, "v1"), vocab_size=400)

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from llava.conversation import conv_templates
-from llava.demo.base_llm import train_tokenizer
 from llava.model.builder import load_pretrained_model
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 from llava.serve import cli
+from llava_drip_demo.base_llm import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 

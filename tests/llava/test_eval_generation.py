@@ -16,7 +16,6 @@ from PIL import Image
 from eval.results_table import load_run
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates
-from llava.demo.base_llm import train_tokenizer
 from llava.eval import model_vqa, model_vqa_science
 from llava.eval.generation import (
     AnswerGenerator,
@@ -34,6 +33,7 @@ from llava.eval.model_vqa_science import SINGLE_PRED_PROMPT, load_science_questi
 from llava.model.builder import load_pretrained_model
 from llava.model.flops import llama_prefill_macs, prefill_macs
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+from llava_drip_demo.base_llm import train_tokenizer
 
 LINE_KEYS = ["question_id", "prompt", "text", "answer_id", "model_id", "metadata"]
 # (id, question, image or None): text-only items in between, prompts of different lengths (batches regroup them)

@@ -96,7 +96,7 @@ def world(tmp_path_factory) -> Path:
     """A small demo world plus ``instruct_images.json``: its conversations that have an image. Text-only batches
     leave the projector without a gradient, and there the optimizers differ by design: torch's AdamW (DDP) skips a
     parameter whose grad is None, ZeRO's flat buffers hand it a zero gradient and momentum still moves it."""
-    from playground.demo_world import WorldConfig, generate
+    from llava_drip_demo.demo_world import WorldConfig, generate
 
     out = tmp_path_factory.mktemp("world")
     generate(out, WorldConfig(n_pretrain=8, n_instruct=24, n_sqa=4, n_bench=3, n_clip=4, n_zeroshot_per_class=1))

@@ -15,11 +15,11 @@ from transformers import PreTrainedTokenizerFast
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates
-from llava.demo.base_llm import train_tokenizer
 from llava.eval.generation import AnswerGenerator, GenerationSettings, Question
 from llava.prompting import Decoding, PromptStyle, cut_at_stop, image_placeholder, pad_token_id, with_image
 from llava.serve.cli import ImageChat
 from llava.train.preprocess import preprocess
+from llava_drip_demo.base_llm import train_tokenizer
 
 TURNS = ["What is in the image?", "A red circle.", "And the colour?", "It is red."]
 TEMPLATES = sorted(conv_templates)

@@ -16,7 +16,7 @@ from llava.train.args import ModelArguments
 from llava.train.data import DataCollatorForSupervisedDataset, DatasetOptions, LazySupervisedDataset
 from llava.train.preprocess import MalformedSample
 from llava.train.train import train
-from playground.demo_world import WorldConfig, generate
+from llava_drip_demo.demo_world import WorldConfig, generate
 
 SMALL_WORLD = WorldConfig(n_pretrain=24, n_instruct=24, n_sqa=4, n_bench=3, n_clip=4, n_zeroshot_per_class=1)
 

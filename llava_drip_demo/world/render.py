@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from playground.world.scene import BACKGROUNDS, COLORS, Scene, Shape
+from llava_drip_demo.world.scene import BACKGROUNDS, COLORS, Scene, Shape
 
 EXTENT = {"large": 0.80, "small": 0.50}  # shape width as a fraction of the cell width
 JITTER = 0.5  # fraction of the free space around a shape that jitter may use, so neighbours never touch

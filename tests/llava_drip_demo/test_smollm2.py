@@ -1,4 +1,4 @@
-"""llava.demo.smollm2: converting the pip-shipped SmolLM2 GGUF into an HF directory (the conversion itself is slow)."""
+"""llava_drip_demo.smollm2: the pip-shipped SmolLM2 GGUF as an HF directory (the conversion itself is slow)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llava.demo import smollm2
+from llava_drip_demo import smollm2
 
 
 def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:

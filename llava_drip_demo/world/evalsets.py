@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from playground.world.choice import LETTERS, TEMPLATE_NAMES, Balancer, Choice, format_options, make_choice
-from playground.world.datasets import IMAGE_TOKEN, Part
-from playground.world.questions import complex_qa, qa_detail, random_qas
-from playground.world.scene import (
+from llava_drip_demo.world.choice import LETTERS, TEMPLATE_NAMES, Balancer, Choice, format_options, make_choice
+from llava_drip_demo.world.datasets import IMAGE_TOKEN, Part
+from llava_drip_demo.world.questions import complex_qa, qa_detail, random_qas
+from llava_drip_demo.world.scene import (
     CELLS,
     COLOR_NAMES,
     KINDS,

@@ -1,11 +1,11 @@
 """Generate the synthetic demo world: a small, deterministic visual dataset for the embedded CPU demo.
 
-Scenes are 1-4 coloured circles, squares and triangles on a 3x3 grid (`playground.world.scene`), rendered with
+Scenes are 1-4 coloured circles, squares and triangles on a 3x3 grid (`llava_drip_demo.world.scene`), rendered with
 Pillow. From one seed this writes, in the layout of LLaVA's `playground/data` (see playground/README.md):
 stage-1 captions (`pretrain.json`), stage-2 conversations (`instruct.json`), an open_clip CSV and a zero-shot
 ImageFolder for tiny CLIP towers, and held-out ScienceQA and LLaVA-Bench-in-the-Wild test sets. No downloads.
 
-    python playground/demo_world.py --out playground/data/demo [--image-size 64] [--seed 0] ...
+    python -m llava_drip_demo.demo_world --out playground/data/demo [--image-size 64] [--seed 0] ...
 """
 
 from __future__ import annotations
@@ -14,19 +14,15 @@ import argparse
 import dataclasses
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make `playground` importable from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from playground.world.choice import blind_baseline_accuracy, chance_accuracy  # noqa: E402
-from playground.world.datasets import Part, build_clip, build_instruct, build_pretrain  # noqa: E402
-from playground.world.evalsets import (  # noqa: E402
+from llava_drip_demo.world.choice import blind_baseline_accuracy, chance_accuracy
+from llava_drip_demo.world.datasets import Part, build_clip, build_instruct, build_pretrain
+from llava_drip_demo.world.evalsets import (
     BENCH_DIR,
     SQA_DIR,
     ZEROSHOT_DIR,
@@ -37,8 +33,8 @@ from playground.world.evalsets import (  # noqa: E402
     reserve_zeroshot,
     zeroshot_classes,
 )
-from playground.world.render import save_png  # noqa: E402
-from playground.world.scene import Scene  # noqa: E402
+from llava_drip_demo.world.render import save_png
+from llava_drip_demo.world.scene import Scene
 
 __all__ = ["WorldConfig", "generate", "blind_baseline_accuracy", "chance_accuracy", "main"]
 
@@ -201,7 +197,7 @@ def generate(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict[str, P
         "scenes": _dump_json(out / "scenes.json", {rel: s.to_dict() for rel, s in scenes.items()}),
     }
     manifest = {
-        "generator": "playground/demo_world.py",
+        "generator": "python -m llava_drip_demo.demo_world",
         "config": dataclasses.asdict(cfg),
         "counts": _counts(parts, sqa, bench, train, test),
         "clip_paths": "absolute" if cfg.clip_absolute_paths else "relative to the CSV's folder",

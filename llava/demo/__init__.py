@@ -1,1 +1,0 @@
-"""The embedded CPU demo: base models made locally (no downloads) for the demo scripts."""
