@@ -6,7 +6,7 @@ with ``--pretrain_mm_mlp_adapter``) instruction-tunes projector + LLM (or LoRA).
 loss with weight ``--drip_prior_loss_weight``). Freezing is decided here, never inside the tower.
 
 Without CUDA the run goes on the CPU with ``use_cpu=True`` (without it HF Trainer + DeepSpeed on CPU miscount the
-world size, and plain DDP ranks silently train alone; see ../shared/ENVIRONMENT.md).
+world size, and plain DDP ranks silently train alone; see README, "LLaVA with DRIP").
 """
 
 from __future__ import annotations
