@@ -7,19 +7,28 @@ ships only its prompt file ``llava_<split>_CQM-A.json``. Either works as the gol
 * ``problems.json`` present: gold index, choice count, image flag, subject, grade and hint come from it, so the
   ScienceQA breakdown (NAT/SOC/LAN, TXT/IMG/NO, G1-6/G7-12) can be computed.
 * otherwise ``llava_<split>_CQM-A.json``: the gold letter is the answer (``gpt``) turn, the image flag is the
-  item's ``image`` key, and the choice count is the run of ``A. ...``, ``B. ...`` lines that ends the prompt.
-  Subject, grade and hint are unknown (``None``), so there is no breakdown.
+  item's ``image`` key, and the choice count is the number of options that end the prompt. Subject, grade and
+  hint are unknown (``None``), so there is no breakdown.
+
+The prompt file LLaVA-1.5 ships (``playground/data/eval/scienceqa/llava_test_CQM-A.json``, 4,241 test items, 2,017
+with an image) writes each human turn as ``[<image>\n][Context: <hint>\n]<question>\nA. <choice>\nB. <choice>...``
+and the answer turn as the bare letter. Questions and hints span lines of their own (a quoted text, a list of
+supplies), and so do some choices (a letter's closing ``"See you soon,\nRose"``, a stanza of a poem): an option is
+every line from its letter's line to the next letter's. The file written by LLaVA's ``scripts/convert_sqa_to_llava.py``
+(``Context: ..\nQuestion: ..\nOptions: (A) .. (B) ..[\n<image>]``, answer ``The answer is B.``) is read too.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from eval.io_utils import EvalInputError, read_json
 
 OPTIONS: tuple[str, ...] = ("A", "B", "C", "D", "E")  # ScienceQA has at most five choices
+_GOLD_SENTENCE = re.compile(r"The answer is ([A-E])\.")
 
 
 @dataclass(frozen=True)
@@ -90,33 +99,74 @@ def _from_llava_prompts(path: str, pids: list[str]) -> dict[str, SqaProblem]:
 
 def _problem_from_item(path: str, pid: str, item: dict[str, Any]) -> SqaProblem:
     turns = item.get("conversations")
-    if not isinstance(turns, list) or len(turns) < 2:
+    if not isinstance(turns, list) or len(turns) < 2 or not all(isinstance(t, dict) for t in turns[:2]):
         raise EvalInputError(f"{path}: item {pid}: needs a human and a gpt turn in 'conversations'")
-    letter = str(turns[1].get("value", "")).strip()
-    if letter not in OPTIONS:
-        raise EvalInputError(f"{path}: item {pid}: gold answer {letter!r} is not one of {', '.join(OPTIONS)}")
-    num_choices = count_option_lines(str(turns[0].get("value", "")))
+    letter = gold_letter(str(turns[1].get("value", "")))
+    if letter is None:
+        raise EvalInputError(
+            f"{path}: item {pid}: gold answer {turns[1].get('value')!r} is neither one of "
+            f"{', '.join(OPTIONS)} nor 'The answer is X.'"
+        )
+    num_choices = len(parse_options(str(turns[0].get("value", ""))))
     if num_choices == 0:
-        raise EvalInputError(f"{path}: item {pid}: no 'A. ...' option lines in the prompt")
+        raise EvalInputError(f"{path}: item {pid}: no options in the prompt (lines 'A. ..', or 'Options: (A) ..')")
     if OPTIONS.index(letter) >= num_choices:
         raise EvalInputError(f"{path}: item {pid}: gold answer {letter} beyond its {num_choices} options")
     return SqaProblem(pid=pid, answer=OPTIONS.index(letter), num_choices=num_choices, has_image="image" in item)
 
 
-def count_option_lines(prompt: str) -> int:
-    """Number of choices in a LLaVA ScienceQA prompt: the last run of lines ``A. ..``, ``B. ..``, ... in order.
+def gold_letter(answer: str) -> str | None:
+    """The gold letter of a prompt file's answer turn: ``"B"`` (LLaVA-1.5) or ``"The answer is B."`` (the
+    ``CQM-A`` file of LLaVA's ``scripts/convert_sqa_to_llava.py``); None for anything else."""
+    answer = answer.strip()
+    match = _GOLD_SENTENCE.fullmatch(answer)
+    if match:
+        return match.group(1)
+    return answer if answer in OPTIONS else None
 
-    The last run is taken because a context passage may itself contain a line starting with ``A. ``.
-    Returns 0 when there is no such run.
+
+def parse_options(prompt: str) -> list[str]:
+    """The option texts of a ScienceQA prompt, in letter order; ``[]`` when the prompt holds none.
+
+    Two layouts are read (module docstring):
+
+    * LLaVA-1.5's: the options end the prompt, each starting a line with ``A. ``, ``B. ``, ... in order. An option
+      may span several lines (a letter closing, a poem), so a line that does not start the next letter continues
+      the option before it. The block starts at the prompt's last ``A. `` line, since a context passage or the
+      question above it may hold lettered lines of its own.
+    * the original LLaVA / ScienceQA one: ``Options: (A) .. (B) ..`` after the last ``Options: `` (a trailing
+      ``\n<image>`` is not part of the last option).
     """
     lines = prompt.split("\n")
-    for start in range(len(lines) - 1, -1, -1):
-        if not lines[start].startswith("A. "):
-            continue
-        count = 0
-        while start + count < len(lines) and count < len(OPTIONS):
-            if not lines[start + count].startswith(f"{OPTIONS[count]}. "):
-                break
-            count += 1
-        return count
-    return 0
+    starts = [i for i, line in enumerate(lines) if line.startswith("A. ")]
+    if starts:
+        return _option_lines(lines[starts[-1] :])
+    return _inline_options(prompt)
+
+
+def _option_lines(lines: list[str]) -> list[str]:
+    """Options from lines that start with ``A. ``: each next letter's line opens a new option."""
+    options = [lines[0][3:]]
+    for line in lines[1:]:
+        nxt = OPTIONS[len(options)] if len(options) < len(OPTIONS) else None
+        if nxt is not None and line.startswith(f"{nxt}. "):
+            options.append(line[3:])
+        else:
+            options[-1] += "\n" + line
+    return options
+
+
+def _inline_options(prompt: str) -> list[str]:
+    """Options from ``Options: (A) x (B) y ...`` (the last such line), or ``[]``."""
+    head = prompt.rfind("Options: (A) ")
+    if head < 0:
+        return []
+    text = prompt[head + len("Options: (A) ") :].removesuffix("\n<image>")
+    options = []
+    for letter in OPTIONS[1:]:
+        cut = text.find(f" ({letter}) ")
+        if cut < 0:
+            break
+        options.append(text[:cut])
+        text = text[cut + len(f" ({letter}) ") :]
+    return [*options, text]
