@@ -2,7 +2,8 @@
 
 ScienceQA (Lu et al., "Learn to Explain: Multimodal Reasoning via Thought Chains for Science Question Answering",
 NeurIPS 2022) ships ``problems.json`` (every field) and ``pid_splits.json`` (problem ids per split). LLaVA-1.5
-ships only its prompt file ``llava_<split>_CQM-A.json``. Either works as the gold source:
+ships only its prompt file ``llava_<split>_CQM-A.json``. Either works as the gold source (and without
+``pid_splits.json`` the prompt file's items, in its order, are the split):
 
 * ``problems.json`` present: gold index, choice count, image flag, subject, grade and hint come from it, so the
   ScienceQA breakdown (NAT/SOC/LAN, TXT/IMG/NO, G1-6/G7-12) can be computed.
@@ -43,23 +44,44 @@ class SqaProblem:
 
 
 def load_split_problems(base_dir: str, split: str) -> tuple[dict[str, SqaProblem], str]:
-    """Gold problems of ``split``, in ``pid_splits.json`` order.
+    """Gold problems of ``split``, in ``pid_splits.json`` order (without that file: in the order of the items of
+    ``llava_<split>_CQM-A.json``, which LLaVA writes in split order).
 
     Returns ``(problems by pid, name of the gold source file)``. Raises EvalInputError when ``pid_splits.json``
     lacks the split, when neither gold source exists, or when a split id is missing from the source.
     """
-    splits = read_json(os.path.join(base_dir, "pid_splits.json"))
-    if not isinstance(splits, dict) or split not in splits:
-        known = ", ".join(sorted(splits)) if isinstance(splits, dict) else "none"
-        raise EvalInputError(f"{os.path.join(base_dir, 'pid_splits.json')}: no split {split!r} (has: {known})")
-    pids = [str(pid) for pid in splits[split]]
     problems_path = os.path.join(base_dir, "problems.json")
+    prompts_path = os.path.join(base_dir, f"llava_{split}_CQM-A.json")
+    pids = _split_ids(base_dir, split, prompts_path)
     if os.path.isfile(problems_path):
         return _from_problems_json(problems_path, pids), "problems.json"
-    prompts_path = os.path.join(base_dir, f"llava_{split}_CQM-A.json")
     if os.path.isfile(prompts_path):
         return _from_llava_prompts(prompts_path, pids), os.path.basename(prompts_path)
     raise EvalInputError(f"{base_dir}: holds neither problems.json nor llava_{split}_CQM-A.json")
+
+
+def _split_ids(base_dir: str, split: str, prompts_path: str) -> list[str]:
+    """The split's problem ids: from ``pid_splits.json``, else from the prompt file; in order, each once."""
+    splits_path = os.path.join(base_dir, "pid_splits.json")
+    if os.path.isfile(splits_path):
+        splits = read_json(splits_path)
+        if not isinstance(splits, dict) or split not in splits:
+            known = ", ".join(sorted(splits)) if isinstance(splits, dict) else "none"
+            raise EvalInputError(f"{splits_path}: no split {split!r} (has: {known})")
+        pids, source = [str(pid) for pid in splits[split]], splits_path
+    elif os.path.isfile(prompts_path):
+        items = read_json(prompts_path)
+        if not isinstance(items, list) or not all(isinstance(item, dict) and "id" in item for item in items):
+            raise EvalInputError(f"{prompts_path}: expected a JSON list of items with an 'id'")
+        pids, source = [str(item["id"]) for item in items], prompts_path
+    else:
+        raise EvalInputError(f"{base_dir}: holds neither pid_splits.json nor llava_{split}_CQM-A.json")
+    seen: set[str] = set()
+    for pid in pids:
+        if pid in seen:
+            raise EvalInputError(f"{source}: problem id {pid} appears twice in split {split!r}")
+        seen.add(pid)
+    return pids
 
 
 def _from_problems_json(path: str, pids: list[str]) -> dict[str, SqaProblem]:

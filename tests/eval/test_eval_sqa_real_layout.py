@@ -126,3 +126,20 @@ def test_prompt_file_gold_in_the_original_layout(tmp_path: Path) -> None:
     (tmp_path / "llava_test_CQM-A.json").write_text(json.dumps(items))
     with pytest.raises(EvalInputError, match="item 7: gold answer 'It is C' is neither one of A, B, C, D, E"):
         load_split_problems(str(tmp_path), "test")
+
+
+def test_prompt_file_alone_is_the_split(tmp_path: Path) -> None:
+    """LLaVA's eval archive may hold only llava_test_CQM-A.json: its items, in order, are the split."""
+    base = tmp_path / "scienceqa"
+    _write_base(base, with_problems=False)
+    (base / "pid_splits.json").unlink()
+    problems, source = load_split_problems(str(base), "test")
+    assert source == "llava_test_CQM-A.json" and list(problems) == list(PROBLEMS)
+    assert [problems[pid].num_choices for pid in PROBLEMS] == [2, 2, 3, 2, 5, 2]
+    items = json.loads((base / "llava_test_CQM-A.json").read_text())
+    (base / "llava_test_CQM-A.json").write_text(json.dumps([*items, items[0]]))
+    with pytest.raises(EvalInputError, match="problem id 101 appears twice in split 'test'"):
+        load_split_problems(str(base), "test")
+    (base / "llava_test_CQM-A.json").unlink()
+    with pytest.raises(EvalInputError, match="holds neither pid_splits.json nor llava_test_CQM-A.json"):
+        load_split_problems(str(base), "test")
