@@ -5,7 +5,7 @@ Usage::
     OPENAI_API_KEY=... python -m eval.eval_gpt_review_bench --question questions.jsonl --context context.jsonl \\
         --rule eval/rule.json --answer-list answers_gpt4.jsonl answers_ours.jsonl --output reviews/ours.jsonl \\
         --model gpt-4-0314 [--system TEXT | --system-file FILE] [--base-url URL] [--timeout 120] \\
-        [--max-retries 5] [--retry-backoff 1.0] [--retry-budget 600] [--on-api-error {stop,skip}]
+        [--max-retries 5] [--retry-backoff 1.0] [--retry-budget 300] [--on-api-error {stop,skip}]
 
 The protocol is LLaVA's (Liu et al., "Visual Instruction Tuning", NeurIPS 2023; its
 ``llava/eval/eval_gpt_review_bench.py``): the text-only judge sees the image's caption (``context.jsonl``:
@@ -199,7 +199,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=_count(0, float, strict=True), default=120.0, help="seconds per request, all in")
     p.add_argument("--max-retries", type=_count(0, int), default=5, help="retries per question on transient errors")
     p.add_argument("--retry-backoff", type=_count(0, float), default=1.0, help="first retry wait (s); doubles")
-    p.add_argument("--retry-budget", type=_count(0, float), default=600.0, help="seconds the run may spend retrying")
+    p.add_argument("--retry-budget", type=_count(0, float), default=300.0, help="seconds the run may spend retrying")
     p.add_argument("--on-api-error", choices=["stop", "skip"], default="stop")
     args = p.parse_args(argv)
     if args.api_key is not None:
