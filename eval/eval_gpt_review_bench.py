@@ -2,28 +2,41 @@
 
 Usage::
 
-    python -m eval.eval_gpt_review_bench --question questions.jsonl --context context.jsonl \\
+    OPENAI_API_KEY=... python -m eval.eval_gpt_review_bench --question questions.jsonl --context context.jsonl \\
         --rule eval/rule.json --answer-list answers_gpt4.jsonl answers_ours.jsonl --output reviews/ours.jsonl \\
-        [--base-url URL] [--model NAME] [--api-key KEY] [--max-retries 5] [--retry-backoff 1.0] \\
-        [--on-api-error {stop,skip}]
+        --model gpt-4-0314 [--system TEXT | --system-file FILE] [--base-url URL] [--timeout 120] \\
+        [--max-retries 5] [--retry-backoff 1.0] [--retry-budget 300] [--on-api-error {stop,skip}]
 
-The protocol is LLaVA's (Liu et al., "Visual Instruction Tuning", NeurIPS 2023): the text-only judge sees the
-image's caption (``context.jsonl``: ``{"image", "caption"}``, caption a string or a list of lines), the question,
-answer 1 (reference) and answer 2 (candidate), and the rule for the question's category (``--rule``: a JSON object
-``{"llava_bench_<category>": {"role", "prompt"}}``; LLaVA's own ``rule.json`` works, ours is ``eval/rule.json``).
-The judge's first line must hold the two scores. Reviews are written as LLaVA's JSONL (see ``eval.reviews``),
-one flushed line per question, so an interrupted run loses nothing.
+The protocol is LLaVA's (Liu et al., "Visual Instruction Tuning", NeurIPS 2023; its
+``llava/eval/eval_gpt_review_bench.py``): the text-only judge sees the image's caption (``context.jsonl``:
+``{"image", "caption"}``, caption a string or a list of lines joined by newlines), the question, answer 1
+(reference) and answer 2 (candidate), and the rule for the question's category (``--rule``: a JSON object
+``{"llava_bench_<category>": {"role", "prompt"}}``). The user message is laid out exactly as LLaVA's::
 
-Endpoint: any OpenAI-compatible ``/chat/completions``; ``--base-url`` / ``--api-key`` / ``--model`` fall back to
-``OPENAI_BASE_URL`` (default ``https://api.openai.com/v1``), ``OPENAI_API_KEY`` and ``LLAVA_JUDGE_MODEL``.
+    [Context]\\n<caption>\\n\\n[Question]\\n<question>\\n\\n
+    [<role> 1]\\n<answer 1>\\n\\n[End of <role> 1]\\n\\n[<role> 2]\\n<answer 2>\\n\\n[End of <role> 2]\\n\\n
+    [System]\\n<rule prompt>\\n\\n
+
+(one string; the line breaks above are only for reading), after a system message, with temperature 0.2 and
+``--max-tokens`` 1024, as LLaVA sends them. The scores are read from the reply's first line by LLaVA's rule
+(``eval.reviews.parse_score_pair``). The rule and system texts are this project's own by default (``eval/rule.json``,
+``DEFAULT_SYSTEM``); pass LLaVA's ``rule.json`` with ``--rule`` and its system sentence with ``--system`` /
+``--system-file`` (one trailing newline of the file is dropped) to send LLaVA's requests byte for byte.
+
+The judge model is never guessed: ``--model`` or ``$LLAVA_JUDGE_MODEL`` (LLaVA-1.5 reported ``gpt-4-0314``), and
+every review line records it as ``judge_model``; resuming a file written by another judge model is refused. The API
+key is read from ``$OPENAI_API_KEY`` only (a key on the command line lands in shell history and ``ps``); the endpoint
+is any OpenAI-compatible ``/chat/completions`` at ``--base-url`` (default ``$OPENAI_BASE_URL``, else OpenAI's).
 
 Robustness:
-* resumable: question_ids already in ``--output`` are skipped; a rerun completes a partial file;
-* a reply without two scores on its first line is recorded with tuple ``[-1, -1]`` (summaries exclude and count
-  it); these are kept on a rerun, delete their lines to ask again;
-* API errors are retried with exponential backoff (``eval.judge_client``); when retries run out, ``stop`` (default)
-  ends the run with exit code 1, ``skip`` leaves that question unrecorded (a rerun retries it), goes on, and
-  exits with code 1 listing the skipped question_ids.
+* resumable: question_ids already in ``--output`` are skipped; a last line cut short by a kill is dropped (and that
+  question asked again); a reply without two scores on its first line is recorded with tuple ``[-1, -1]`` (summaries
+  exclude and count it) and kept on a rerun: delete its line to ask again;
+* time: ``--timeout`` bounds each request as a whole (also against a server that trickles bytes), ``--retry-budget``
+  the seconds the whole run may spend on retries (``eval.judge_client``);
+* API errors are retried with exponential backoff; when retries or the budget run out, ``stop`` (default) ends the
+  run with exit code 1, ``skip`` leaves that question unrecorded (a rerun retries it), goes on, and exits with
+  code 1 listing the skipped question_ids.
 """
 
 from __future__ import annotations
@@ -36,12 +49,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from eval.io_utils import EvalInputError, read_json, read_jsonl
-from eval.judge_client import JudgeAPIError, JudgeConfig, chat_completion
-from eval.reviews import ReviewItem, existing_question_ids, load_review_items, parse_score_pair, review_record
+from eval.judge_client import JudgeAPIError, JudgeConfig, RetryBudget, chat_completion
+from eval.reviews import ReviewItem, load_review_items, parse_score_pair, resume_reviews, review_record
 
 DEFAULT_RULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rule.json")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-SYSTEM_PROMPT = (
+DEFAULT_SYSTEM = (
     "You review answers written by AI assistants. Score them fairly and strictly, "
     "and follow the requested output format exactly."
 )
@@ -69,15 +82,29 @@ def load_rules(path: str) -> dict[str, dict[str, str]]:
     return rules
 
 
+def load_system(text: str | None, path: str | None) -> str:
+    """The system message: ``text``, else the file at ``path`` without one trailing newline, else DEFAULT_SYSTEM."""
+    if text is not None:
+        return text
+    if path is None:
+        return DEFAULT_SYSTEM
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as f:
+            content = f.read()
+    except OSError as e:
+        raise EvalInputError(f"{path}: cannot read the system message ({e.strerror})") from e
+    return content.removesuffix("\n")
+
+
 def judge_prompt(item: ReviewItem, caption: str, rule: dict[str, str]) -> str:
-    """The user message: caption, question, both answers (each fenced by its role's markers), then the rule."""
+    """The user message, laid out as LLaVA's review script lays it out (module docstring), blank lines included."""
     role = rule["role"]
     return (
-        f"## Image description\n{caption}\n\n"
-        f"## Question\n{item.question['text']}\n\n"
-        f"## {role} 1\n{item.reference['text']}\n## End of {role} 1\n\n"
-        f"## {role} 2\n{item.candidate['text']}\n## End of {role} 2\n\n"
-        f"## Your task\n{rule['prompt']}\n"
+        f"[Context]\n{caption}\n\n"
+        f"[Question]\n{item.question['text']}\n\n"
+        f"[{role} 1]\n{item.reference['text']}\n\n[End of {role} 1]\n\n"
+        f"[{role} 2]\n{item.candidate['text']}\n\n[End of {role} 2]\n\n"
+        f"[System]\n{rule['prompt']}\n\n"
     )
 
 
@@ -92,12 +119,27 @@ def _prepare(
             raise EvalInputError(f"{paths.rule}: no rule for category {item.category!r}")
 
 
+def _done_question_ids(output: str, judge_model: str) -> set[str]:
+    """question_ids reviewed in an earlier run of ``output``; refuses a file another judge model wrote."""
+    earlier, cut = resume_reviews(output)
+    if cut:
+        print(f"{output}: dropped a partial last line ({cut} bytes) left by an interrupted run", file=sys.stderr)
+    others = sorted({str(r["judge_model"]) for r in earlier if r.get("judge_model", judge_model) != judge_model})
+    if others:
+        raise EvalInputError(
+            f"{output}: reviewed by judge model(s) {', '.join(others)}, not {judge_model}; "
+            "pass the same --model to resume it, or write to a new --output"
+        )
+    return {str(r["question_id"]) for r in earlier}
+
+
 def run_reviews(args: argparse.Namespace, ask: Ask) -> dict[str, Any]:
     """Review every question not yet in ``args.output``; returns counts and the question_ids that failed."""
     items = load_review_items(args.question, args.answer_list[0], args.answer_list[1])
     captions, rules = load_captions(args.context), load_rules(args.rule)
+    system = load_system(args.system, args.system_file)
     _prepare(items, captions, rules, args)
-    done = existing_question_ids(args.output)
+    done = _done_question_ids(args.output, args.model)
     stats: dict[str, Any] = {"reviewed": 0, "skipped": 0, "malformed": 0, "api_failed": []}
     if os.path.dirname(args.output):
         os.makedirs(os.path.dirname(args.output), exist_ok=True)
@@ -108,7 +150,7 @@ def run_reviews(args: argparse.Namespace, ask: Ask) -> dict[str, Any]:
                 continue
             prompt = judge_prompt(item, captions[item.question["image"]], rules[item.category])
             try:
-                content, _ = ask(SYSTEM_PROMPT, prompt)
+                content, _ = ask(system, prompt)
             except JudgeAPIError as e:
                 print(f"question_id {item.question['question_id']}: {e}", file=sys.stderr)
                 stats["api_failed"].append(item.question["question_id"])
@@ -118,9 +160,24 @@ def run_reviews(args: argparse.Namespace, ask: Ask) -> dict[str, Any]:
             scores = parse_score_pair(content)
             stats["malformed"] += scores[0] < 0
             stats["reviewed"] += 1
-            out.write(json.dumps(review_record(item, content, scores)) + "\n")
+            out.write(json.dumps(review_record(item, content, scores, judge_model=args.model)) + "\n")
             out.flush()
     return stats
+
+
+def _count(minimum: float, kind: type[int] | type[float], strict: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` that is >= ``minimum`` (> when ``strict``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < minimum or strict and value == minimum:
+            raise argparse.ArgumentTypeError(f"expected a number {'>' if strict else '>='} {minimum}, got {text}")
+        return value
+
+    return parse
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -131,18 +188,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("-a", "--answer-list", nargs=2, required=True, metavar=("REF", "OURS"))
     p.add_argument("-r", "--rule", default=DEFAULT_RULE, help="rule JSON (default: eval/rule.json)")
     p.add_argument("-o", "--output", required=True, help="review JSONL (appended to; resumable)")
-    p.add_argument("--max-tokens", type=int, default=1024)
-    p.add_argument("--temperature", type=float, default=0.2)
+    system = p.add_mutually_exclusive_group()
+    system.add_argument("--system", default=None, help="the judge's system message (default: the project's)")
+    system.add_argument("--system-file", default=None, help="read the system message from this file")
+    p.add_argument("--max-tokens", type=_count(1, int), default=1024)
+    p.add_argument("--temperature", type=_count(0, float), default=0.2)
     p.add_argument("--base-url", default=env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
-    p.add_argument("--model", default=env.get("LLAVA_JUDGE_MODEL"), help="default: $LLAVA_JUDGE_MODEL")
-    p.add_argument("--api-key", default=env.get("OPENAI_API_KEY"), help="default: $OPENAI_API_KEY")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    p.add_argument("--max-retries", type=int, default=5, help="retries per question on transient API errors")
-    p.add_argument("--retry-backoff", type=float, default=1.0, help="first retry wait (s); doubles each retry")
+    p.add_argument("--model", default=env.get("LLAVA_JUDGE_MODEL"), help="judge model (default: $LLAVA_JUDGE_MODEL)")
+    p.add_argument("--api-key", default=None, help=argparse.SUPPRESS)  # refused below
+    p.add_argument("--timeout", type=_count(0, float, strict=True), default=120.0, help="seconds per request, all in")
+    p.add_argument("--max-retries", type=_count(0, int), default=5, help="retries per question on transient errors")
+    p.add_argument("--retry-backoff", type=_count(0, float), default=1.0, help="first retry wait (s); doubles")
+    p.add_argument("--retry-budget", type=_count(0, float), default=300.0, help="seconds the run may spend retrying")
     p.add_argument("--on-api-error", choices=["stop", "skip"], default="stop")
     args = p.parse_args(argv)
+    if args.api_key is not None:
+        p.error("--api-key is not accepted (a key on the command line lands in shell history); set OPENAI_API_KEY")
     if not args.model:
-        p.error("no judge model: pass --model or set LLAVA_JUDGE_MODEL")
+        p.error("no judge model: pass --model or set LLAVA_JUDGE_MODEL (LLaVA-1.5 reported gpt-4-0314)")
     return args
 
 
@@ -151,21 +214,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = JudgeConfig(
         base_url=args.base_url,
         model=args.model,
-        api_key=args.api_key,
+        api_key=os.environ.get("OPENAI_API_KEY") or None,
         temperature=args.temperature,
         max_tokens=args.max_tokens,
         timeout_s=args.timeout,
         max_retries=args.max_retries,
         backoff_s=args.retry_backoff,
     )
+    budget = RetryBudget(args.retry_budget)
     try:
-        stats = run_reviews(args, lambda system, user: chat_completion(config, system, user))
+        stats = run_reviews(args, lambda system, user: chat_completion(config, system, user, budget))
     except EvalInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     failed = stats["api_failed"]
     print(
-        f"reviewed: {stats['reviewed']}, skipped (already in output): {stats['skipped']}, "
+        f"judge model: {args.model}; reviewed: {stats['reviewed']}, skipped (already in output): {stats['skipped']}, "
         f"malformed judge output: {stats['malformed']} (tuple [-1, -1]), API failures: {len(failed)}"
     )
     if failed:

@@ -1,15 +1,27 @@
 """A minimal client for any OpenAI-compatible ``POST {base_url}/chat/completions`` endpoint (stdlib only).
 
 Used by the LLaVA-Bench judge. No ``openai`` package is needed: one JSON request, one JSON reply. Transient
-failures (HTTP 429 / 5xx, connection errors, timeouts, a reply that is not the expected JSON) are retried up to
-``max_retries`` times with exponential backoff (``backoff_s``, ``2 * backoff_s``, ... capped at ``backoff_max_s``);
-other HTTP errors (400, 401, 404, ...) are not, since repeating the request cannot fix them.
+failures (HTTP 408 / 409 / 429 / 5xx, connection errors, timeouts, a reply that is not the expected JSON) are
+retried up to ``max_retries`` times with exponential backoff (``backoff_s``, ``2 * backoff_s``, ... capped at
+``backoff_max_s``); other HTTP errors (400, 401, 404, ...) are not, since repeating the request cannot fix them.
+
+Time is bounded twice:
+
+* each request as a whole: ``timeout_s`` covers connecting, sending, waiting and reading the reply. A socket
+  timeout alone bounds each read, so a server sending one byte every few seconds would hold a request forever; a
+  watchdog shuts the request's socket down at its deadline instead.
+* each run's retries together: a ``RetryBudget`` (one per run, shared by all its questions) holds the seconds left
+  for backoff waits and retried requests. A retry whose wait does not fit in what is left is not made, and a retried
+  request gets at most what is left, so a run spends at most ``timeout_s`` per question plus the budget once.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import socket
+import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,13 +40,85 @@ class JudgeAPIError(RuntimeError):
 class JudgeConfig:
     base_url: str  # e.g. "https://api.openai.com/v1" or "http://127.0.0.1:8000/v1"
     model: str  # model name sent in the request
-    api_key: str | None = None  # sent as "Authorization: Bearer <key>" when set
+    api_key: str | None = None  # sent as "Authorization: Bearer <key>" when set (from the environment)
     temperature: float = 0.2  # LLaVA's judge temperature
-    max_tokens: int = 1024
-    timeout_s: float = 120.0  # per request
+    max_tokens: int = 1024  # LLaVA's default
+    timeout_s: float = 120.0  # whole request: connect, send, wait, read
     max_retries: int = 5  # retries after the first attempt, for transient errors only
     backoff_s: float = 1.0  # wait before the first retry; doubles each retry
     backoff_max_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("judge model: empty; name the model explicitly")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout: {self.timeout_s} s; expected a positive number of seconds")
+        if self.max_retries < 0:
+            raise ValueError(f"max retries: {self.max_retries}; expected 0 or more")
+        if self.backoff_s < 0 or self.backoff_max_s < 0:
+            raise ValueError(f"retry backoff: {self.backoff_s} s (cap {self.backoff_max_s} s); expected >= 0")
+
+
+@dataclass
+class RetryBudget:
+    """Seconds a run may still spend retrying (backoff waits and retried requests), shared by its questions."""
+
+    remaining_s: float
+
+
+class _Watch:
+    """The socket of one request, so that a watchdog can shut it down when the request's deadline passes."""
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.expired = threading.Event()
+        self._lock = threading.Lock()
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            self.sock = sock
+        if self.expired.is_set():  # the deadline passed while connecting
+            self.expire()
+
+    def expire(self) -> None:
+        self.expired.set()
+        with self._lock:
+            sock = self.sock
+        if sock is not None:
+            try:  # the plain socket's shutdown, also under TLS: it wakes a read blocked in another thread
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _watched(base: type[http.client.HTTPConnection], watch: _Watch) -> type[http.client.HTTPConnection]:
+    """A connection class of ``base`` whose socket, once connected (through a proxy tunnel too), is ``watch``'s."""
+
+    class WatchedConnection(base):  # type: ignore[misc, valid-type]
+        def connect(self) -> None:
+            super().connect()
+            watch.attach(self.sock)
+
+    return WatchedConnection
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watch: _Watch) -> None:
+        super().__init__()
+        self._watch = watch
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_watched(http.client.HTTPConnection, self._watch), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watch: _Watch) -> None:
+        self._tls = ssl.create_default_context()
+        super().__init__(context=self._tls)
+        self._watch = watch
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_watched(http.client.HTTPSConnection, self._watch), req, context=self._tls)
 
 
 def _request(config: JudgeConfig, messages: list[dict[str, str]]) -> urllib.request.Request:
@@ -51,6 +135,29 @@ def _request(config: JudgeConfig, messages: list[dict[str, str]]) -> urllib.requ
     return urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
 
 
+def post_within(request: urllib.request.Request, timeout_s: float) -> bytes:
+    """Send ``request`` and read the whole reply body within ``timeout_s`` seconds in all (proxies from the
+    environment are honoured, as by ``urlopen``). Raises TimeoutError past the deadline, ``urllib.error.HTTPError``
+    for an HTTP error status, other OSError / HTTPException for connection failures."""
+    watch = _Watch()
+    opener = urllib.request.build_opener(_HTTPHandler(watch), _HTTPSHandler(watch))
+    watchdog = threading.Timer(timeout_s, watch.expire)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        with opener.open(request, timeout=timeout_s) as response:
+            data = response.read()
+    except (OSError, http.client.HTTPException) as e:
+        if watch.expired.is_set() and not isinstance(e, urllib.error.HTTPError):
+            raise TimeoutError(f"no complete reply within {timeout_s:g} s") from e
+        raise
+    finally:
+        watchdog.cancel()
+    if watch.expired.is_set():  # the body may have been cut at the deadline
+        raise TimeoutError(f"no complete reply within {timeout_s:g} s")
+    return data
+
+
 def _reply_text(raw: bytes) -> str:
     try:
         reply: Any = json.loads(raw.decode("utf-8"))
@@ -62,32 +169,49 @@ def _reply_text(raw: bytes) -> str:
     return content
 
 
-def _attempt(config: JudgeConfig, messages: list[dict[str, str]]) -> str:
+def _attempt(config: JudgeConfig, messages: list[dict[str, str]], timeout_s: float) -> str:
     """One request. Returns the reply text; raises JudgeAPIError (permanent) or ValueError/OSError (transient)."""
     try:
-        with urllib.request.urlopen(_request(config, messages), timeout=config.timeout_s) as response:
-            return _reply_text(response.read())
+        return _reply_text(post_within(_request(config, messages), timeout_s))
     except urllib.error.HTTPError as e:
         detail = e.read()[:200].decode("utf-8", "replace")
         if e.code in _RETRYABLE_STATUS or e.code >= 500:
             raise OSError(f"HTTP {e.code}: {detail}") from e
-        raise JudgeAPIError(f"HTTP {e.code} from {config.base_url}: {detail}") from e
+        hint = f" (does the endpoint serve model {config.model!r}?)" if e.code == 404 else ""
+        raise JudgeAPIError(f"HTTP {e.code} from {config.base_url}{hint}: {detail}") from e
 
 
 def chat_completion(
-    config: JudgeConfig, system: str, user: str, sleep: Callable[[float], None] = time.sleep
+    config: JudgeConfig,
+    system: str,
+    user: str,
+    budget: RetryBudget,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> tuple[str, int]:
-    """Ask the endpoint once (plus retries). Returns ``(reply text, attempts made)``.
+    """Ask the endpoint once (plus retries paid from ``budget``). Returns ``(reply text, attempts made)``.
 
-    Raises JudgeAPIError after a permanent error or when every attempt failed; its message holds the last error.
+    Raises JudgeAPIError after a permanent error, when every attempt failed, or when the run's retry budget is
+    spent; its message holds the last error.
     """
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-    last_error = ""
-    for attempt in range(config.max_retries + 1):
-        if attempt:
-            sleep(min(config.backoff_s * 2 ** (attempt - 1), config.backoff_max_s))
+    try:
+        return _attempt(config, messages, config.timeout_s), 1
+    except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, timeouts, resets are OSErrors
+        last_error = str(e)
+    for attempt in range(1, config.max_retries + 1):
+        wait = min(config.backoff_s * 2 ** (attempt - 1), config.backoff_max_s)
+        if wait >= budget.remaining_s:
+            raise JudgeAPIError(
+                f"{config.base_url}: gave up after {attempt} attempt(s), the run's retry time budget is spent "
+                f"({budget.remaining_s:.1f} s left); last error: {last_error}"
+            )
+        start = clock()
+        sleep(wait)
         try:
-            return _attempt(config, messages), attempt + 1
-        except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, timeouts, resets are OSErrors
+            return _attempt(config, messages, min(config.timeout_s, budget.remaining_s - wait)), attempt + 1
+        except (OSError, ValueError, http.client.HTTPException) as e:
             last_error = str(e)
+        finally:
+            budget.remaining_s -= clock() - start
     raise JudgeAPIError(f"{config.base_url}: gave up after {config.max_retries + 1} attempts; last error: {last_error}")

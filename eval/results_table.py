@@ -11,7 +11,8 @@ Input schema: each ``DIR`` holds any of these files (at least one):
   ``img_accuracy`` (percent);
 * ``llavabench_rule_summary.json``: the same summary of ``eval.rule_score``'s reviews (offline proxy);
 * ``llavabench_summary.json``: what ``eval.summarize_gpt_review --json`` writes; read
-  ``categories.all.relative`` (percent);
+  ``categories.all.relative`` (percent) and ``judge_models`` (runs judged by different models are named in a
+  warning: their scores are not comparable);
 * ``efficiency.json``: written by the benchmark scripts, every key optional::
 
       {"visual_tokens_mean": float,   # visual tokens per image reaching the LLM
@@ -45,6 +46,7 @@ class RunMetrics:
     sqa_img_acc: float | None = None  # ScienceQA accuracy on image problems, %
     llavabench: float | None = None  # LLaVA-Bench relative score (all), %, from the LLM judge
     llavabench_rule: float | None = None  # the same from eval.rule_score (offline lexical proxy), %
+    llavabench_judges: tuple[str, ...] = ()  # judge models the LLaVA-Bench reviews record (summary "judge_models")
     visual_tokens: float | None = None  # mean visual tokens per image
     tower_gflops: float | None = None  # vision tower GFLOPs per image
     prefill_tflops: float | None = None  # LLM prefill TFLOPs per sample
@@ -102,8 +104,10 @@ def load_run(name: str, directory: str) -> RunMetrics:
     for attr, file in (("llavabench", "llavabench_summary.json"), ("llavabench_rule", "llavabench_rule_summary.json")):
         path = os.path.join(directory, file)
         if os.path.isfile(path):
-            found = True
-            setattr(run, attr, _number(path, read_json(path), "categories", "all", "relative"))
+            found, summary = True, read_json(path)
+            setattr(run, attr, _number(path, summary, "categories", "all", "relative"))
+            if attr == "llavabench" and isinstance(summary, dict):
+                run.llavabench_judges = tuple(str(m) for m in summary.get("judge_models") or ())
     path = os.path.join(directory, "efficiency.json")
     if os.path.isfile(path):
         found, eff = True, read_json(path)
@@ -117,6 +121,15 @@ def load_run(name: str, directory: str) -> RunMetrics:
     if not found:
         raise EvalInputError(f"{directory}: none of sqa_result.json, llavabench_summary.json, efficiency.json")
     return run
+
+
+def judge_mismatch(runs: Sequence[RunMetrics]) -> str | None:
+    """A warning naming each run's judge when the runs' LLaVA-Bench scores come from different judge models."""
+    judged = [r for r in runs if r.llavabench is not None and r.llavabench_judges]
+    if len({r.llavabench_judges for r in judged}) < 2:
+        return None
+    names = "; ".join(f"{r.name}: {', '.join(r.llavabench_judges)}" for r in judged)
+    return f"LLaVA-Bench scores by different judge models are not comparable ({names})"
 
 
 def markdown_table(runs: Sequence[RunMetrics]) -> str:
@@ -194,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [load_run(name, directory) for name, directory in args.run]
         table = markdown_table(runs)
         print(table, end="")
+        mismatch = judge_mismatch(runs)
+        if mismatch:
+            print(f"warning: {mismatch}", file=sys.stderr)
         if args.output_md:
             os.makedirs(os.path.dirname(os.path.abspath(args.output_md)), exist_ok=True)
             with open(args.output_md, "w", encoding="utf-8") as f:

@@ -6,7 +6,8 @@ A review line (LLaVA's ``eval_gpt_review_bench`` format, also written by ``eval.
      "category": "llava_bench_<conv|detail|complex>", "content": "<judge text>", "tuple": [score1, score2]}
 
 Answer 1 is the reference (LLaVA's GPT-4 answers), answer 2 the candidate. ``tuple`` is ``[-1, -1]`` when the
-judge's first line does not hold two scores; summaries exclude such reviews and count them.
+judge's first line does not hold two scores; summaries exclude such reviews and count them. The LLM judge adds
+``"judge_model"`` (the model that wrote ``content``) at the end of each line; LLaVA's tools ignore the extra key.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from eval.io_utils import EvalInputError, read_jsonl
+from eval.io_utils import EvalInputError, drop_partial_last_line, read_jsonl
 
 INVALID_SCORES: list[float] = [-1, -1]
 CATEGORY_PREFIX = "llava_bench_"
@@ -55,9 +56,11 @@ def load_review_items(question_path: str, reference_path: str, candidate_path: s
     return items
 
 
-def review_record(item: ReviewItem, content: str, scores: list[float]) -> dict[str, Any]:
-    """One review line (format in the module docstring)."""
-    return {
+def review_record(
+    item: ReviewItem, content: str, scores: list[float], judge_model: str | None = None
+) -> dict[str, Any]:
+    """One review line (format in the module docstring); ``judge_model`` (the LLM judge's) is appended when given."""
+    record = {
         "id": item.position,
         "question_id": item.question["question_id"],
         "answer1_id": item.reference.get("answer_id", item.reference["question_id"]),
@@ -66,19 +69,24 @@ def review_record(item: ReviewItem, content: str, scores: list[float]) -> dict[s
         "content": content,
         "tuple": scores,
     }
+    if judge_model is not None:
+        record["judge_model"] = judge_model
+    return record
 
 
 def parse_score_pair(review: str) -> list[float]:
-    """The two scores on the judge's first line (``"8 7"`` or ``"8, 7"``), or ``[-1, -1]`` when that line holds
-    anything else, a non-finite number, or a score outside 0..10."""
-    first_line = review.split("\n", 1)[0].replace(",", " ").split()
-    if len(first_line) != 2:
+    """The two scores on the judge's first line, read as LLaVA's ``parse_score`` reads them: commas become spaces,
+    the line is split at single spaces and must give exactly two numbers (``"8 7"``, ``"8,7"``, ``"9 6.5"``; not
+    ``"8, 7"`` or ``"8 7 "``, which split into three parts). ``[-1, -1]`` otherwise. One deliberate difference: a
+    non-finite or negative number also gives ``[-1, -1]`` (LLaVA would average a ``nan`` into every mean)."""
+    parts = review.split("\n", 1)[0].replace(",", " ").split(" ")
+    if len(parts) != 2:
         return list(INVALID_SCORES)
     try:
-        scores = [float(x) for x in first_line]
+        scores = [float(x) for x in parts]
     except ValueError:
         return list(INVALID_SCORES)
-    if not all(math.isfinite(s) and 0 <= s <= 10 for s in scores):
+    if not all(math.isfinite(s) and s >= 0 for s in scores):
         return list(INVALID_SCORES)
     return scores
 
@@ -92,8 +100,14 @@ def is_valid_scores(scores: Any) -> bool:
     )
 
 
-def existing_question_ids(output_path: str) -> set[str]:
-    """question_ids already reviewed in ``output_path`` (empty when it does not exist): what a resumed run skips."""
+def resume_reviews(output_path: str) -> tuple[list[dict[str, Any]], int]:
+    """The complete review lines already in ``output_path`` (none when it does not exist): what a resumed run skips.
+
+    A last line without its newline (a run killed mid-write) is cut from the file, as ``llava.eval``'s answer files
+    are on resume, so the rerun asks for that question again. Returns ``(records, bytes cut)``; a malformed complete
+    line raises EvalInputError naming the file and line.
+    """
     if not os.path.isfile(os.path.expanduser(output_path)):
-        return set()
-    return {str(r["question_id"]) for r in read_jsonl(output_path, required=("question_id",))}
+        return [], 0
+    cut = drop_partial_last_line(output_path)
+    return read_jsonl(output_path, required=("question_id",)), cut

@@ -2,11 +2,13 @@
 
 Usage::
 
-    python -m eval.summarize_gpt_review [-d DIR] [-f FILE ...] [-s WORD ...] [-i QID ...] [--json OUT]
+    python -m eval.summarize_gpt_review [-d DIR] [-f FILE ...] [-s WORD ...] [-v {0314,0613}] [-i QID ...] \\
+        [--json OUT]
 
 For each review file (``-f``, or the ``*.jsonl`` files in ``-d`` whose name starts with ``gpt4_text``,
 ``reviews_`` or ``review_``, or every ``*.jsonl`` there when the folder's path contains ``review``, as LLaVA
-picks them) whose name contains every ``-s`` word, it prints the file's name (``.jsonl`` and a ``gpt4_text_``
+picks them) whose name contains every ``-s`` word (and, with ``-v``, whose judge version matches: LLaVA's rule,
+``0613`` when the name contains it, else ``0314``), it prints the file's name (``.jsonl`` and a ``gpt4_text_``
 prefix dropped), then one line per category and ``all``, sorted::
 
     <category> <relative> <reference x 10> <candidate x 10>
@@ -19,8 +21,11 @@ judge's ``[-1, -1]``) are excluded from every mean and their count is reported o
 
 ``--json OUT`` (ours, one file only) writes the numbers for ``eval.results_table``::
 
-    {"config": str, "excluded": int,
+    {"config": str, "excluded": int, "judge_models": [str, ...],
      "categories": {"all": {"relative", "reference", "candidate", "count"}, "llava_bench_conv": {...}, ...}}
+
+``judge_models`` lists the ``judge_model`` values the review lines record (``eval.eval_gpt_review_bench`` writes
+one per line; empty for LLaVA's own review files and for ``eval.rule_score``'s).
 """
 
 from __future__ import annotations
@@ -58,13 +63,21 @@ def config_name(path: str) -> str:
     return os.path.basename(path).replace("gpt4_text_", "").replace(".jsonl", "")
 
 
+def judge_version(config: str) -> str:
+    """LLaVA's judge version of a review file, from its name: ``0613`` when the name contains it, else ``0314``."""
+    return "0613" if "0613" in config else "0314"
+
+
 def summarize_file(path: str, ignore: set[str]) -> dict[str, Any]:
     """Per-category means of one review file (schema in the module docstring, without ``config``)."""
     scores: dict[str, list[list[float]]] = defaultdict(list)
     excluded = 0
+    judges: set[str] = set()
     for review in read_jsonl(path, required=("question_id",)):
         if str(review["question_id"]) in ignore:
             continue
+        if "judge_model" in review:
+            judges.add(str(review["judge_model"]))
         pair = review.get("tuple", review.get("score"))
         if not is_valid_scores(pair):
             excluded += 1
@@ -72,7 +85,8 @@ def summarize_file(path: str, ignore: set[str]) -> dict[str, Any]:
         if "category" in review:
             scores[review["category"]].append(pair)
         scores["all"].append(pair)
-    return {"excluded": excluded, "categories": {k: category_stats(v) for k, v in sorted(scores.items())}}
+    categories = {k: category_stats(v) for k, v in sorted(scores.items())}
+    return {"excluded": excluded, "judge_models": sorted(judges), "categories": categories}
 
 
 def category_stats(pairs: list[list[float]]) -> dict[str, Any]:
@@ -102,6 +116,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("-d", "--dir", default=None)
     parser.add_argument("-f", "--files", nargs="*", default=[])
     parser.add_argument("-s", "--select", nargs="*", default=None, help="keep files whose name has every word")
+    parser.add_argument("-v", "--version", choices=["0314", "0613"], default=None, help="keep this judge version")
     parser.add_argument("-i", "--ignore", nargs="*", default=[], help="question_ids to leave out")
     parser.add_argument("--json", default=None, help="write the summary of the (single) selected file here")
     return parser.parse_args(argv)
@@ -114,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = review_files(args.dir, args.files)
         if args.select:
             paths = [p for p in paths if all(word in config_name(p) for word in args.select)]
+        if args.version:
+            paths = [p for p in paths if judge_version(config_name(p)) == args.version]
         if args.json and len(paths) != 1:
             raise EvalInputError(f"--json needs exactly one selected review file, got {len(paths)}")
         summaries = [(config_name(p), summarize_file(p, ignore)) for p in paths]

@@ -69,3 +69,16 @@ def test_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "nothing to plot" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         results_table.main(["--run", "no-equals-sign"])
+
+
+def test_runs_judged_by_different_models_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def summary(judges: list[str]) -> dict:
+        return {"llavabench_summary.json": {"categories": {"all": {"relative": 60.0}}, "judge_models": judges}}
+
+    a = _run_dir(tmp_path, "a", summary(["gpt-4-0314"]))
+    b = _run_dir(tmp_path, "b", summary(["gpt-4-0314"]))
+    c = _run_dir(tmp_path, "c", summary(["local-judge"]))
+    assert results_table.main(["--run", a, "--run", b]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert results_table.main(["--run", a, "--run", c]) == 0
+    assert "not comparable (a: gpt-4-0314; c: local-judge)" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 
 from eval import convert_sqa_to_llava, eval_science_qa
 from eval.eval_science_qa import FAILED, answer_index, parse_answer
-from eval.sqa_data import count_option_lines
+from eval.sqa_data import parse_options
 
 
 @pytest.mark.parametrize(
@@ -44,11 +44,11 @@ def test_answer_index_beyond_options() -> None:
     assert answer_index(FAILED, 5) == -1
 
 
-def test_count_option_lines_takes_the_last_run() -> None:
+def test_parse_options_takes_the_last_block() -> None:
     prompt = "Context: A. list\nA. is not an option here\nWhich?\nA. one\nB. two\nC. three"
-    assert count_option_lines(prompt) == 3
-    assert count_option_lines("<image>\nWhich?\nA. x\nB. y\nAnswer with the option's letter.") == 2
-    assert count_option_lines("no options") == 0
+    assert parse_options(prompt) == ["one", "two", "three"]
+    assert len(parse_options("<image>\nWhich?\nA. x\nB. y\nAnswer with the option's letter.")) == 2
+    assert parse_options("no options") == []
 
 
 def _problem(subject: str, grade: str, hint: str, image: bool, answer: int, n: int) -> dict:

@@ -67,3 +67,18 @@ def test_bad_review_line_is_reported(tmp_path: Path, capsys: pytest.CaptureFixtu
     path.write_text(path.read_text() + "{broken\n")
     assert summarize_gpt_review.main(["-f", str(path)]) == 2
     assert f"{path}:7: not valid JSON" in capsys.readouterr().err
+
+
+def test_version_selection_and_judge_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """LLaVA's -v: a name with 0613 is that judge version, any other 0314; the JSON lists the recorded judges."""
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    _write(folder / "ours-0613.jsonl")
+    path = _write(folder / "ours-0314.jsonl")
+    rows = [{**json.loads(line), "judge_model": "gpt-4-0314"} for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert summarize_gpt_review.main(["-d", str(folder), "-v", "0613"]) == 0
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("ours")] == ["ours-0613"]
+    assert summarize_gpt_review.main(["-d", str(folder), "-v", "0314", "--json", str(tmp_path / "s.json")]) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["config"] == "ours-0314" and summary["judge_models"] == ["gpt-4-0314"]

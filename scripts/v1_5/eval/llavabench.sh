@@ -13,8 +13,11 @@
 #   BATCH_SIZE   questions per generate call             (default: 8)
 #   PYTHON       interpreter                             (default: .venv/bin/python when present, else python)
 #   EXTRA_ARGS   more model_vqa flags, e.g. "--device cpu --max-new-tokens 64 --overwrite"
-#   OPENAI_API_KEY / OPENAI_BASE_URL / LLAVA_JUDGE_MODEL   the judge's endpoint and model (see eval.eval_gpt_review_bench);
-#                the judge runs when the key or the base URL is set, and writes llavabench_summary.json
+#   OPENAI_API_KEY / OPENAI_BASE_URL   the judge's key and OpenAI-compatible endpoint (see eval.eval_gpt_review_bench);
+#                the judge runs when either is set, and writes llavabench_summary.json
+#   LLAVA_JUDGE_MODEL   the judge model (default: gpt-4-0314, the judge LLaVA-1.5 reported; an endpoint that no
+#                longer serves it answers 404: name another, whose scores are then not LLaVA-1.5's)
+#   JUDGE_ARGS   more judge flags, e.g. "--rule llava/eval/table/rule.json --system-file system.txt"
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 MODEL_PATH=${MODEL_PATH:-checkpoints/demo/llava-drip}
@@ -36,6 +39,7 @@ $PYTHON -m eval.summarize_gpt_review -f "$OUT_DIR/reviews/rule_$CKPT.jsonl" --js
 
 if [[ -n "${OPENAI_API_KEY:-}${OPENAI_BASE_URL:-}" ]]; then
   $PYTHON -m eval.eval_gpt_review_bench --question "$BENCH/questions.jsonl" --context "$BENCH/context.jsonl" \
-    --answer-list "$BENCH/answers_gpt4.jsonl" "$OUT_DIR/llavabench.jsonl" --output "$OUT_DIR/reviews/judge_$CKPT.jsonl"
+    --answer-list "$BENCH/answers_gpt4.jsonl" "$OUT_DIR/llavabench.jsonl" --output "$OUT_DIR/reviews/judge_$CKPT.jsonl" \
+    --model "${LLAVA_JUDGE_MODEL:-gpt-4-0314}" ${JUDGE_ARGS:-}
   $PYTHON -m eval.summarize_gpt_review -f "$OUT_DIR/reviews/judge_$CKPT.jsonl" --json "$OUT_DIR/llavabench_summary.json"
 fi
