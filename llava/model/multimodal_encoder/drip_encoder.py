@@ -84,7 +84,7 @@ class DripVisionTower(VisionTower):
 
     def _install(self, tower: DripVisionTransformer) -> None:
         if self._threshold is not None:
-            tower.cfg = tower.cfg.replace(threshold=float(self._threshold))
+            tower.set_eval_thresholds(float(self._threshold))
         self.vision_tower = tower
         self.is_loaded = True
 
