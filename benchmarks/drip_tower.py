@@ -40,8 +40,9 @@ def calibrate_predictors(tower: DripVisionTransformer, images: torch.Tensor) -> 
 
     Stages are calibrated in order: stage k's inputs depend on the (already calibrated) earlier stages.
     """
-    threshold_logit = math.log(tower.cfg.threshold / (1 - tower.cfg.threshold))
     for k, prior in enumerate(tower.cfg.prior):
+        t = float(tower.eval_thresholds[k])
+        threshold_logit = math.log(t / (1 - t))
         seen: list[torch.Tensor] = []
         hook = tower.predictors[k].register_forward_hook(lambda _m, _i, out, sink=seen: sink.append(out.detach()))
         try:

@@ -14,7 +14,8 @@ batch is the same for every tower: 16 image conversations of a small freshly gen
 Towers: ``drip:ViT-tiny`` (64 patch tokens), ``drip:DRIP-2x-tiny`` (prior 0.5), ``drip:DRIP-tiny`` (prior 0.25),
 the latter also with PyramidDrop in the LLM (layers 1/2/3 of 4 keep 1/2, 1/4, 1/8 of each image's tokens; scaled to
 other depths). A frozen tower runs in eval mode, where a random boundary predictor fires rarely, so random DRIP
-towers get the calibrated eval threshold of ``drip.calibrate`` on the world's images (token counts near N * prior).
+towers get the calibrated eval threshold of ``drip.tools.calibrate`` on the world's images (token counts near
+N * prior).
 ``--towers-from DIR`` uses trained towers ``DIR/<preset>`` (the demo writes ViT-tiny and DRIP-tiny, already
 calibrated); a missing DRIP-2x-tiny is then the trained DRIP-tiny recalibrated to prior 0.5.
 
@@ -58,8 +59,9 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from drip import DripVisionTransformer, get_preset
-from drip.calibrate import calibrated_threshold, load_images
+from drip.calibration import calibrated_threshold
 from drip.checkpoint import load_drip, save_drip
+from drip.files import load_images
 from drip.flops import batch_macs
 from llava.model import LlavaLlamaForCausalLM, PDropConfig
 from llava.model.flops import decoder_layer_macs, rank_macs
@@ -111,12 +113,12 @@ def prepare_llm(work: Path, world: Path, model: str) -> tuple[str, str]:
 
 
 def calibrate(tower: DripVisionTransformer, images: Tensor, prior: float) -> DripVisionTransformer:
-    """Set the eval threshold so the first stage fires at ``prior`` on ``images`` (drip.calibrate's rule)."""
+    """Set the eval threshold so the first stage fires at ``prior`` on ``images`` (drip.tools.calibrate's rule)."""
     tower = tower.eval()
     tower.cfg = tower.cfg.replace(prior=(prior, *tower.cfg.prior[1:]))
     with torch.no_grad():
         probs = tower.boundary_probabilities(images)  # [B, N]
-    tower.cfg = tower.cfg.replace(threshold=calibrated_threshold(probs, prior))
+    tower.set_eval_thresholds([calibrated_threshold(probs, prior), *tower.eval_thresholds.tolist()[1:]])
     return tower
 
 
@@ -140,7 +142,7 @@ def prepare_towers(work: Path, world: Path, towers_from: str | None) -> dict[str
             tower, note = DripVisionTransformer(cfg), f"{preset}: random weights"
         if cfg.pool_at:
             tower = calibrate(tower, images, cfg.prior[0])
-            note += f", eval threshold {tower.cfg.threshold:.4f} calibrated on {len(images)} world images"
+            note += f", eval threshold {float(tower.eval_thresholds[0]):.4f} calibrated on {len(images)} world images"
         save_drip(tower, work / "towers" / preset)
         out[preset] = (str(work / "towers" / preset), note)
     return out

@@ -3,7 +3,9 @@
 A boundary at position n means "patch n is the last patch of its segment" (DTP / DRIP convention).
 Training samples boundaries from a relaxed Bernoulli (Gumbel-sigmoid) at temperature tau and makes them hard with a
 straight-through estimator, so the forward pass sees 0/1 boundaries and the backward pass the soft sample's
-gradient. Evaluation thresholds ``sigmoid(logit)``. Logits and sampling always run in fp32, also under autocast.
+gradient. tau scales the logistic noise, so a boundary fires with probability sigmoid(logit / tau) and low tau
+approaches the deterministic rule (see ``gumbel_sigmoid``). Evaluation thresholds ``sigmoid(logit)`` per stage.
+Logits and sampling always run in fp32, also under autocast.
 
 The prior loss keeps the boundary rate near the target ``prior``: the binomial negative log-likelihood of the
 boundary count k among n positions (written with lgamma so that a straight-through, non-integer-typed k never trips
@@ -42,21 +44,42 @@ class BoundaryPredictor(nn.Module):
 
 
 def gumbel_sigmoid(logits: Tensor, temperature: float, generator: torch.Generator | None = None) -> Tensor:
-    """Relaxed-Bernoulli sample sigmoid((logits + logistic noise) / tau), fp32. Shape preserved."""
+    """Relaxed-Bernoulli sample sigmoid((logits + tau * L) / tau), L ~ Logistic(0, 1), fp32. Shape preserved.
+
+    The temperature scales the exploration noise as well as the slope: the sample exceeds 1/2 exactly where
+    logit + tau * L > 0, i.e. with probability sigmoid(logit / tau). At tau = 1 this is DRIP's Gumbel-sigmoid;
+    as tau -> 0 it becomes the deterministic rule logit > 0 (sigmoid(logit) > 0.5), so annealing tau moves the
+    training samples towards the eval rule. (With the noise left unscaled, sigmoid((logit + L) / tau) > 1/2 would be
+    the same event at every tau: annealing would change the surrogate gradient only.)
+    """
     u = torch.rand(logits.shape, device=logits.device, dtype=torch.float32, generator=generator)
     u = u.clamp(1e-6, 1 - 1e-6)
-    return torch.sigmoid((logits.float() + torch.log(u) - torch.log1p(-u)) / temperature)
+    noise = torch.log(u) - torch.log1p(-u)  # Logistic(0, 1)
+    return torch.sigmoid(logits.float() / temperature + noise)
 
 
 def sample_boundaries(
-    logits: Tensor, *, temperature: float, threshold: float, stochastic: bool, generator: torch.Generator | None = None
+    logits: Tensor,
+    *,
+    temperature: float,
+    threshold: float | Tensor,
+    stochastic: bool,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Hard 0/1 boundaries [B, N] (fp32). Stochastic: straight-through Gumbel-sigmoid; else sigmoid > threshold."""
+    """Hard 0/1 boundaries [B, N] (fp32). Stochastic: straight-through Gumbel-sigmoid; else sigmoid > threshold.
+
+    threshold: the eval threshold (a float or a 0-dim tensor, e.g. the tower's ``eval_thresholds[k]``).
+    """
     if not stochastic:
         return (torch.sigmoid(logits.float()) > threshold).float()
     soft = gumbel_sigmoid(logits, temperature, generator)
     hard = (soft > 0.5).float()
     return hard - soft.detach() + soft  # forward: hard; backward: d soft
+
+
+def training_rate(logits: Tensor, temperature: float) -> Tensor:
+    """Probability that training-mode sampling marks each position a boundary: sigmoid(logit / tau). Same shape."""
+    return torch.sigmoid(logits.float() / temperature)
 
 
 def binomial_prior_loss(boundaries: Tensor, valid: Tensor, prior: float) -> Tensor:

@@ -9,6 +9,7 @@ the checkpoint lacks and the keys the model does not know, instead of PyTorch's 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,11 @@ from drip.model import DripVisionTransformer
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "drip_config.json"
 _SHOW = 8  # how many offending keys an error message lists per kind
+# Buffers a checkpoint written before they existed may lack; the model then keeps their initial value (for
+# ``eval_thresholds``: the config's ``threshold`` for every stage).
+OPTIONAL_KEYS = ("eval_thresholds",)
+
+logger = logging.getLogger(__name__)
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -72,6 +78,10 @@ def check_state_dict(
         if k in expected and tuple(v.shape) != tuple(expected[k].shape)
     ]
     missing = [k for k in expected if k not in state_dict and not k.startswith(prefixes)]
+    optional = [k for k in missing if k.rsplit(".", 1)[-1] in OPTIONAL_KEYS]
+    if optional:
+        logger.warning("checkpoint%s has no %s: keeping the initial values", f" {what}" if what else "", optional)
+        missing = [k for k in missing if k not in optional]
     unexpected = [k for k in state_dict if k not in expected]
     if not (shape_errs or missing or unexpected):
         return

@@ -41,7 +41,7 @@ class DripConfig:
     predictor_hidden: int = 192  # boundary MLP hidden size (the published code used 3072; width/4 costs ~16x less)
     temperature: float = 1.0  # Gumbel-sigmoid temperature at the start of training
     temperature_final: float | None = None  # anneal to this value over training (None: constant)
-    threshold: float = 0.5  # eval: boundary where sigmoid(logit) > threshold
+    threshold: float | tuple[float, ...] = 0.5  # eval: boundary where sigmoid(logit) > threshold (one, or per stage)
     stochastic_eval: bool = False  # keep Gumbel sampling in eval mode
     prior_loss: PriorLoss = "binomial"  # binomial NLL of the boundary count, or S-DRIP's band (hinge) loss
     prior_loss_weight: float = 1.0
@@ -54,6 +54,8 @@ class DripConfig:
     def __post_init__(self) -> None:
         self.pool_at = tuple(int(p) for p in self.pool_at)
         self.prior = tuple(float(p) for p in self.prior)
+        if isinstance(self.threshold, (list, tuple)):
+            self.threshold = tuple(float(t) for t in self.threshold)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.heads:
@@ -75,6 +77,13 @@ class DripConfig:
         return self.pool_at[0] if self.pool_at else self.layers
 
     @property
+    def stage_thresholds(self) -> tuple[float, ...]:
+        """The eval threshold of every pooling stage (``threshold`` broadcast when it is one number)."""
+        if isinstance(self.threshold, tuple):
+            return self.threshold
+        return (float(self.threshold),) * len(self.pool_at)
+
+    @property
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
 
@@ -85,6 +94,8 @@ class DripConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["pool_at"], d["prior"] = list(self.pool_at), list(self.prior)
+        if isinstance(self.threshold, tuple):
+            d["threshold"] = list(self.threshold)
         return d
 
     @classmethod

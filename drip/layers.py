@@ -15,14 +15,48 @@ Both give the same result (tested); ``DripConfig.post_layout`` picks one.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
+logger = logging.getLogger(__name__)
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype matmuls on ``x`` run in: autocast's dtype when autocast is on for x's device, else x.dtype.
+
+    (CUDA autocast keeps LayerNorm outputs in fp32, so x.dtype alone would read fp32 under ``amp_bf16``.)
+    """
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+def use_flash(device_type: str, dtype: torch.dtype) -> bool:
+    """flash-attn's varlen kernel applies: CUDA, fp16 / bf16 compute, flash_attn installed."""
+    return device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _flash_installed()
+
+
+def _flash_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+@functools.cache  # import once per process, so a broken install warns once instead of at every block
+def flash_varlen() -> Callable | None:
+    """flash-attn's ``flash_attn_varlen_func``, or None (one warning) when the installed package fails to import."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except Exception as e:  # a wheel built for another torch / CUDA raises ImportError, OSError or RuntimeError
+        logger.warning("flash-attn is installed but does not import (%s: %s); DRIP attention uses SDPA", type(e), e)
+        return None
+    return flash_attn_varlen_func
 
 
 class QuickGELU(nn.Module):
@@ -38,47 +72,57 @@ def make_activation(name: str) -> nn.Module:
 
 @dataclass
 class PackedLayout:
-    """How a padded batch maps to packed rows. Built once per pooling stage and shared by its blocks."""
+    """How a padded batch maps to packed rows. Built once per pooling stage (from lengths already on the host, so
+    building and using it reads nothing back from the device) and shared by the stage's blocks."""
 
     order: Tensor  # [B] image indices sorted by length (stable)
-    lengths: Tensor  # [B] real length of each image (original order)
     groups: list[tuple[int, int]]  # (length l, number of images n) per run of equal lengths, in packed order
     cu_seqlens: Tensor  # [B + 1] int32 cumulative lengths in packed order (flash-attn varlen)
-    max_len: int
+    max_len: int  # L, the padded length
+    max_seqlen: int  # the longest real length
     pad_index: Tensor  # [B, L] row of each (sorted image, position) in the packed tensor (0 on padding)
     pad_valid: Tensor  # [B, L] bool, True on real positions, images in packed (sorted) order
+    unpad_index: Tensor  # [T] flat index (sorted image * L + position) of each packed row in a sorted [B * L] view
+    pack_index: Tensor  # [T] flat index (original image * L + position) of each packed row in an [B * L] view
 
     @classmethod
-    def from_mask(cls, mask: Tensor) -> PackedLayout:
-        """mask: [B, L] bool (True = real, real tokens first in each row)."""
-        lengths = mask.sum(-1)
-        order = torch.argsort(lengths, stable=True)
-        sorted_len = lengths[order].tolist()
+    def from_lengths(cls, lengths: list[int], max_len: int, device: torch.device) -> PackedLayout:
+        """lengths: real tokens per image (host ints, real tokens first in each row); max_len: padded length L."""
+        order_host = sorted(range(len(lengths)), key=lambda i: lengths[i])  # stable sort by length
+        sorted_len = [lengths[i] for i in order_host]
         groups: list[tuple[int, int]] = []
         for length in sorted_len:
             if groups and groups[-1][0] == length:
                 groups[-1] = (length, groups[-1][1] + 1)
             else:
                 groups.append((length, 1))
-        cu = torch.zeros(len(sorted_len) + 1, dtype=torch.int32, device=mask.device)
-        cu[1:] = torch.cumsum(lengths[order], 0)
-        max_len = int(mask.shape[1])
-        pos = torch.arange(max_len, device=mask.device)[None, :]  # [1, L]
-        pad_valid = pos < lengths[order][:, None]  # [B, L]
+        total = sum(sorted_len)
+        order = torch.tensor(order_host, dtype=torch.long, device=device)  # [B]
+        len_t = torch.tensor(sorted_len, dtype=torch.long, device=device)  # [B] sorted lengths
+        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=device)
+        cu[1:] = torch.cumsum(len_t, 0)
+        pos = torch.arange(max_len, device=device)[None, :]  # [1, L]
+        pad_valid = pos < len_t[:, None]  # [B, L]
         pad_index = torch.where(pad_valid, cu[:-1, None].long() + pos, torch.zeros_like(pos))  # [B, L]
-        return cls(order, lengths, groups, cu, max_len, pad_index, pad_valid)
+        image = torch.repeat_interleave(torch.arange(len(lengths), device=device), len_t, output_size=total)  # [T]
+        position = torch.arange(total, device=device) - cu[:-1].long()[image]  # [T]
+        unpad = image * max_len + position
+        pack = order[image] * max_len + position
+        return cls(order, groups, cu, max_len, max(sorted_len), pad_index, pad_valid, unpad, pack)
 
-    def pack(self, x: Tensor, mask: Tensor) -> Tensor:
+    @classmethod
+    def from_mask(cls, mask: Tensor) -> PackedLayout:
+        """mask: [B, L] bool (True = real, real tokens first in each row). Reads the lengths back once."""
+        return cls.from_lengths(mask.sum(-1).tolist(), int(mask.shape[1]), mask.device)
+
+    def pack(self, x: Tensor) -> Tensor:
         """[B, L, D] padded -> [T, D] real tokens, images in packed (sorted) order."""
-        return x[self.order][mask[self.order]]
+        return x.reshape(-1, x.shape[-1])[self.pack_index]
 
-    def unpack(self, packed: Tensor, mask: Tensor) -> Tensor:
+    def unpack(self, packed: Tensor, batch: int) -> Tensor:
         """[T, D] -> [B, L, D] (zeros on padding), original image order."""
-        out = packed.new_zeros(mask.shape[0], mask.shape[1], packed.shape[-1])
-        sorted_out = out[self.order]
-        sorted_out[mask[self.order]] = packed
-        out[self.order] = sorted_out
-        return out
+        out = packed.new_zeros(batch * self.max_len, packed.shape[-1])
+        return out.index_copy(0, self.pack_index, packed).view(batch, self.max_len, -1)
 
 
 def key_padding_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -107,12 +151,11 @@ class Attention(nn.Module):
         """x: [T, D] packed real tokens -> [T, D]. No padding enters any matmul."""
         t, d = x.shape
         qkv = self.qkv(x).view(t, 3, self.heads, self.head_dim)  # [T, 3, H, hd]
-        if _HAS_FLASH_ATTN and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
-            from flash_attn import flash_attn_varlen_func
-
-            cu = layout.cu_seqlens
-            m = int(layout.lengths.max())
-            out = flash_attn_varlen_func(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, m, m)  # [T, H, hd]
+        flash = flash_varlen() if use_flash(x.device.type, compute_dtype(x)) else None
+        if flash is not None:
+            q, k, v = (qkv[:, i].to(compute_dtype(x)) for i in range(3))  # autocast does not reach a custom kernel
+            cu, m = layout.cu_seqlens, layout.max_seqlen
+            out = flash(q, k, v, cu, cu, m, m)  # [T, H, hd]
             return self.proj(out.reshape(t, d))
         if len(layout.groups) > 2:
             g = qkv.view(t, 3 * d)[layout.pad_index]  # [B, L, 3D], images padded to the longest
@@ -120,7 +163,7 @@ class Attention(nn.Module):
             g = g.view(b, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, L, hd]
             bias = key_padding_bias(layout.pad_valid, x.dtype)
             out = F.scaled_dot_product_attention(g[0], g[1], g[2], attn_mask=bias)  # [B, H, L, hd]
-            return self.proj(out.transpose(1, 2).reshape(b, length, d)[layout.pad_valid])  # [T, D]
+            return self.proj(out.transpose(1, 2).reshape(b * length, d)[layout.unpad_index])  # [T, D]
         outs, offset = [], 0
         for length, n in layout.groups:  # each group: n images of the same length, contiguous in packed order
             g = qkv[offset : offset + n * length].view(n, length, 3, self.heads, self.head_dim)

@@ -11,8 +11,10 @@ positional_embedding, ln_pre, ln_post, proj), so upcycling is a rename (see ``dr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +24,11 @@ from drip.boundary import BoundaryPredictor, band_prior_loss, binomial_prior_los
 from drip.config import DripConfig
 from drip.layers import Block, PackedLayout, key_padding_bias
 from drip.pooling import pool_segments
+
+logger = logging.getLogger(__name__)
+
+Trainable = Literal["none", "predictor", "all"]
+TRAINABLE_MODES = ("none", "predictor", "all")
 
 
 @dataclass
@@ -36,16 +43,25 @@ class DripOutput:
     boundary_rate: Tensor  # scalar: mean boundary rate of the first stage (detached)
     hidden_states: tuple[Tensor, ...] | None = None  # layers + 1 entries [B, 1 + L_k, D] (CLS at 0; zeros on pads)
     hidden_masks: tuple[Tensor, ...] | None = None  # matching [B, 1 + L_k] bool masks
+    stage_logits: tuple[Tensor | None, ...] = ()  # per stage: predictor logits [B, N_k] fp32 (None when forced)
+    stage_valid: tuple[Tensor, ...] = ()  # per stage: [B, N_k] bool, the positions that held a real token
 
 
 @dataclass
-class _State:
-    """Running state of one forward pass: tokens, their mask, and what the caller asked to record."""
+class DripFeatures:
+    """What ``forward_features`` returns and ``forward_head`` reads: the token sequence after the last block
+    (before ``ln_post``) and the per-stage bookkeeping of the pooling stages that produced it."""
 
     x: Tensor  # [B, L, D], CLS at index 0
     mask: Tensor | None  # [B, L] bool, None while every position is real
-    hidden: list[Tensor] | None
+    hidden: list[Tensor] | None  # hidden states, when asked for
     hidden_masks: list[Tensor] | None
+    boundaries: list[Tensor] = field(default_factory=list)  # per stage [B, N_k]
+    logits: list[Tensor | None] = field(default_factory=list)  # per stage [B, N_k] fp32, None when forced
+    valid: list[Tensor] = field(default_factory=list)  # per stage [B, N_k] bool
+    losses: list[Tensor] = field(default_factory=list)  # per stage scalar, weighted prior loss
+    rates: list[Tensor] = field(default_factory=list)  # per stage scalar, detached boundary rate
+    layout: PackedLayout | None = None  # the packed layout of the current stage (post_layout="packed")
 
     def record(self, x: Tensor) -> None:
         if self.hidden is not None:
@@ -54,7 +70,24 @@ class _State:
             self.hidden_masks.append(full)
 
 
+def _threshold_config_follows_buffer(tower: nn.Module, incompatible_keys) -> None:
+    """After load_state_dict: cfg.threshold takes the loaded eval_thresholds (unless the checkpoint lacked them)."""
+    values = tower.eval_thresholds.tolist()
+    if any(abs(a - b) > 1e-6 for a, b in zip(tower.cfg.stage_thresholds, values, strict=True)):
+        tower.cfg = tower.cfg.replace(threshold=tuple(values))
+
+
 class DripVisionTransformer(nn.Module):
+    """DRIP image tower. Besides ``forward`` (= ``forward_head(forward_features(...))``) it answers the calls a
+    training loop needs, so no caller reaches into its modules or config: ``set_trainable``, ``set_temperature``,
+    ``set_prior_loss_weight``, ``set_eval_thresholds`` / ``calibrate_eval_thresholds`` and the timm-style
+    ``set_grad_checkpointing`` / ``no_weight_decay``.
+
+    The eval decision rule belongs to the tower: stage k marks a boundary where sigmoid(logit) exceeds
+    ``eval_thresholds[k]``, a buffer saved with the weights; ``cfg.threshold`` holds the same values (set only through
+    ``set_eval_thresholds``, the calibration, or loading a state dict).
+    """
+
     def __init__(self, cfg: DripConfig):
         super().__init__()
         self.cfg = cfg
@@ -69,27 +102,56 @@ class DripVisionTransformer(nn.Module):
         )
         self.ln_post = nn.LayerNorm(d, eps=cfg.ln_eps)
         self.proj = nn.Parameter(scale * torch.randn(d, cfg.embed_dim)) if cfg.embed_dim else None
+        # [stages] fp32: eval boundary where sigmoid(logit) > eval_thresholds[k]; saved with the weights, and
+        # mirrored in cfg.threshold (so drip_config.json and LLaVA's vision_tower_config carry it too).
+        self.register_buffer("eval_thresholds", torch.tensor(cfg.stage_thresholds, dtype=torch.float32))
+        self.register_load_state_dict_post_hook(_threshold_config_follows_buffer)
         self.temperature = cfg.temperature  # set by the training loop (see drip.boundary.temperature_at)
+        self.prior_loss_weight = cfg.prior_loss_weight  # set_prior_loss_weight; cfg keeps the preset's value
         self.grad_checkpointing = False
 
-    # --- timm-style helpers -------------------------------------------------------------------------------------
+    # --- what a training loop sets --------------------------------------------------------------------------------
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
     def set_temperature(self, temperature: float) -> None:
+        """Gumbel temperature of training-mode sampling (scales the exploration noise; see drip.boundary)."""
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
-    def set_trainable(self, mode: str) -> None:
-        """Which parameters learn: "none", "predictor" (the boundary predictor(s) only) or "all"."""
-        if mode not in ("none", "predictor", "all"):
-            raise ValueError(f"mode must be 'none', 'predictor' or 'all', got {mode!r}")
-        if mode == "predictor" and len(self.predictors) == 0:
-            raise ValueError(f"DRIP ({self.cfg.name}) has no pooling stage, so no boundary predictor to train")
-        self.requires_grad_(mode == "all")
-        if mode == "predictor":
-            self.predictors.requires_grad_(True)
+    def set_prior_loss_weight(self, weight: float) -> None:
+        """Weight of the prior loss in ``DripOutput.boundary_loss`` from now on (the config is left as it is)."""
+        if not weight >= 0:
+            raise ValueError(f"prior loss weight must be >= 0, got {weight}")
+        self.prior_loss_weight = float(weight)
+
+    def set_trainable(self, mode: Trainable) -> None:
+        """requires_grad on nothing ("none"), only the boundary predictor(s) ("predictor") or everything ("all")."""
+        if mode not in TRAINABLE_MODES:
+            raise ValueError(f"set_trainable: mode must be one of {TRAINABLE_MODES}, got {mode!r}")
+        if mode == "predictor" and not self.cfg.pool_at:
+            logger.warning("set_trainable('predictor'): %s has no boundary predictor; nothing trains", self.cfg.name)
+        for name, p in self.named_parameters():
+            p.requires_grad_(mode == "all" or (mode == "predictor" and name.startswith("predictors.")))
+
+    def set_eval_thresholds(self, thresholds: float | Sequence[float]) -> None:
+        """Eval thresholds: one value for every stage, or one per pooling stage, each in [0, 1]."""
+        stages = len(self.cfg.pool_at)
+        values = [float(thresholds)] * stages if isinstance(thresholds, (int, float)) else list(thresholds)
+        if len(values) != stages or not all(0.0 <= v <= 1.0 for v in values):
+            raise ValueError(f"eval thresholds: expected {stages} value(s) in [0, 1], got {values}")
+        self.eval_thresholds.copy_(torch.tensor(values, dtype=torch.float32))
+        scalar = isinstance(thresholds, (int, float))
+        self.cfg = self.cfg.replace(threshold=float(thresholds) if scalar else tuple(values))
+
+    @torch.no_grad()
+    def calibrate_eval_thresholds(self, images: Tensor, temperature: float | None = None) -> list[float]:
+        """Set every stage's eval threshold so eval keeps the training boundary rate on ``images``; see
+        ``drip.calibration.calibrate_eval_thresholds``. Returns the thresholds."""
+        from drip.calibration import calibrate_eval_thresholds
+
+        return calibrate_eval_thresholds(self, images, temperature)
 
     def no_weight_decay(self) -> set[str]:
         return {"class_embedding", "positional_embedding"}
@@ -103,20 +165,48 @@ class DripVisionTransformer(nn.Module):
         self, images: Tensor, boundaries: Tensor | Sequence[Tensor] | None = None, output_hidden_states: bool = False
     ) -> DripOutput:
         """images: [B, C, H, W]; boundaries: forced hard boundaries, [B, N] (or one [B, N_k] per H-DRIP stage)."""
+        return self.forward_head(self.forward_features(images, boundaries, output_hidden_states))
+
+    def forward_features(
+        self, images: Tensor, boundaries: Tensor | Sequence[Tensor] | None = None, output_hidden_states: bool = False
+    ) -> DripFeatures:
+        """Embedding, every block and pooling stage: [B, C, H, W] -> DripFeatures (tokens before ``ln_post``)."""
         self._check_images(images)
         forced = self._check_forced(boundaries, images.shape[0])
-        st = _State(
-            self._embed(images), None, [] if output_hidden_states else None, [] if output_hidden_states else None
-        )
+        record = [] if output_hidden_states else None
+        st = DripFeatures(self._embed(images), None, record, [] if output_hidden_states else None)
         st.record(st.x)
-        stage_b, losses, rates = [], [], []
         edges = [0, *self.cfg.pool_at, self.cfg.layers]
         for k in range(len(edges) - 1):
             if k > 0:
-                b, loss, rate = self._pool_stage(k - 1, st, None if forced is None else forced[k - 1])
-                stage_b.append(b), losses.append(loss), rates.append(rate)
+                self._pool_stage(k - 1, st, None if forced is None else forced[k - 1])
             self._run_blocks(edges[k], edges[k + 1], st)
-        return self._heads(images, st, stage_b, losses, rates)
+        return st
+
+    def forward_head(self, features: DripFeatures) -> DripOutput:
+        """ln_post, CLS @ proj and the padded token output: DripFeatures -> DripOutput."""
+        st = features
+        b_size, n = st.x.shape[0], self.cfg.num_patches
+        x = self.ln_post(st.x)  # [B, L, D]
+        embeds = x[:, 0] @ self.proj if self.proj is not None else x[:, 0]
+        mask = st.mask[:, 1:] if st.mask is not None else torch.ones(b_size, n, dtype=torch.bool, device=x.device)
+        tokens = x[:, 1:] * mask[..., None].to(x.dtype)
+        zero = x.new_zeros((), dtype=torch.float32)
+        first = st.boundaries[0] if st.boundaries else torch.ones(b_size, n, device=x.device)
+        return DripOutput(
+            image_embeds=embeds,
+            tokens=tokens,
+            token_mask=mask,
+            token_counts=mask.sum(-1),
+            boundaries=first,
+            stage_boundaries=tuple(st.boundaries),
+            boundary_loss=torch.stack(st.losses).sum() if st.losses else zero,
+            boundary_rate=st.rates[0] if st.rates else zero + 1.0,
+            hidden_states=None if st.hidden is None else tuple(st.hidden),
+            hidden_masks=None if st.hidden_masks is None else tuple(st.hidden_masks),
+            stage_logits=tuple(st.logits),
+            stage_valid=tuple(st.valid),
+        )
 
     def encode_image(self, images: Tensor) -> Tensor:
         """open_clip-style: [B, C, H, W] -> [B, E]."""
@@ -126,13 +216,13 @@ class DripVisionTransformer(nn.Module):
         """sigmoid(logit) of the first pooling stage's predictor, before sampling: [B, C, H, W] -> [B, N] fp32.
 
         The same embedding and pre-pooling blocks as ``forward``; evaluation (``stochastic_eval=False``) marks a
-        boundary where this exceeds ``cfg.threshold`` (``forward`` then also sets each row's last position).
+        boundary where this exceeds ``eval_thresholds[0]`` (``forward`` then also sets each row's last position).
         Raises ValueError for a tower without pooling (``pool_at=()``).
         """
         self._check_images(images)
         if not self.cfg.pool_at:
             raise ValueError(f"DRIP ({self.cfg.name}) has no pooling stage, so no boundary probabilities")
-        st = _State(self._embed(images), None, None, None)
+        st = DripFeatures(self._embed(images), None, None, None)
         self._run_blocks(0, self.cfg.pool_at[0], st)
         return torch.sigmoid(self.predictors[0](st.x[:, 1:]))  # CLS excluded, as in _pool_stage
 
@@ -149,63 +239,48 @@ class DripVisionTransformer(nn.Module):
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
-    def _run_blocks(self, start: int, end: int, st: _State) -> None:
+    def _run_blocks(self, start: int, end: int, st: DripFeatures) -> None:
         if st.mask is None or self.cfg.post_layout == "padded":
             bias = None if st.mask is None else key_padding_bias(st.mask, st.x.dtype)
             for i in range(start, end):
                 st.x = self._block(i, st.x, bias)
                 st.record(st.x)
             return
-        layout = PackedLayout.from_mask(st.mask)
-        xp = layout.pack(st.x, st.mask)  # [T, D]
+        layout = st.layout
+        xp = layout.pack(st.x)  # [T, D]
         for i in range(start, end):
             xp = self._block(i, xp, layout)
             if st.hidden is not None:
-                st.record(layout.unpack(xp, st.mask))
-        st.x = layout.unpack(xp, st.mask)
+                st.record(layout.unpack(xp, st.x.shape[0]))
+        st.x = layout.unpack(xp, st.x.shape[0])
 
-    def _pool_stage(self, k: int, st: _State, forced: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _pool_stage(self, k: int, st: DripFeatures, forced: Tensor | None) -> None:
         cfg = self.cfg
         patches = st.x[:, 1:]  # [B, N_k, D] (CLS stays out of pooling)
-        valid = None if st.mask is None else st.mask[:, 1:]
+        valid = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device) if st.mask is None else None
+        valid = st.mask[:, 1:] if valid is None else valid  # [B, N_k]
+        logits = None
         if forced is None:
             logits = self.predictors[k](patches)  # [B, N_k] fp32
             stochastic = self.training or cfg.stochastic_eval
-            b = sample_boundaries(logits, temperature=self.temperature, threshold=cfg.threshold, stochastic=stochastic)
+            b = sample_boundaries(
+                logits, temperature=self.temperature, threshold=self.eval_thresholds[k], stochastic=stochastic
+            )
         else:
             b = forced.to(device=patches.device, dtype=torch.float32)
-        pooled = pool_segments(patches, b, valid)
-        valid_b = torch.ones_like(pooled.boundaries, dtype=torch.bool) if valid is None else valid
+        pooled = pool_segments(patches, b, valid)  # reads the segment counts back: the stage's one host sync
         if cfg.prior_loss == "binomial":
-            loss = binomial_prior_loss(pooled.boundaries, valid_b, cfg.prior[k])
+            loss = binomial_prior_loss(pooled.boundaries, valid, cfg.prior[k])
         else:
-            loss = band_prior_loss(pooled.boundaries, valid_b, cfg.prior[k], cfg.band_width)
-        rate = (pooled.boundaries.detach() * valid_b).sum() / valid_b.sum()
+            loss = band_prior_loss(pooled.boundaries, valid, cfg.prior[k], cfg.band_width)
+        rate = (pooled.boundaries.detach() * valid).sum() / valid.sum()
         ones = torch.ones(pooled.mask.shape[0], 1, dtype=torch.bool, device=pooled.mask.device)
         st.x = torch.cat([st.x[:, :1], pooled.tokens], dim=1)  # [B, 1 + S_max, D]
         st.mask = torch.cat([ones, pooled.mask], dim=1)
-        return pooled.boundaries, loss * cfg.prior_loss_weight, rate
-
-    def _heads(self, images: Tensor, st: _State, stage_b: list, losses: list, rates: list) -> DripOutput:
-        b_size, n = images.shape[0], self.cfg.num_patches
-        x = self.ln_post(st.x)  # [B, L, D]
-        embeds = x[:, 0] @ self.proj if self.proj is not None else x[:, 0]
-        mask = st.mask[:, 1:] if st.mask is not None else torch.ones(b_size, n, dtype=torch.bool, device=x.device)
-        tokens = x[:, 1:] * mask[..., None].to(x.dtype)
-        zero = x.new_zeros((), dtype=torch.float32)
-        first = stage_b[0] if stage_b else torch.ones(b_size, n, device=x.device)
-        return DripOutput(
-            image_embeds=embeds,
-            tokens=tokens,
-            token_mask=mask,
-            token_counts=mask.sum(-1),
-            boundaries=first,
-            stage_boundaries=tuple(stage_b),
-            boundary_loss=torch.stack(losses).sum() if losses else zero,
-            boundary_rate=rates[0] if rates else zero + 1.0,
-            hidden_states=None if st.hidden is None else tuple(st.hidden),
-            hidden_masks=None if st.hidden_masks is None else tuple(st.hidden_masks),
-        )
+        if cfg.post_layout == "packed":  # built from host counts: no further sync in this stage's blocks
+            st.layout = PackedLayout.from_lengths([c + 1 for c in pooled.counts_host], st.x.shape[1], st.x.device)
+        st.boundaries.append(pooled.boundaries), st.logits.append(logits), st.valid.append(valid)
+        st.losses.append(loss * self.prior_loss_weight), st.rates.append(rate)
 
     # --- input checks -------------------------------------------------------------------------------------------
     def _check_images(self, images: Tensor) -> None:

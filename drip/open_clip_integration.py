@@ -43,8 +43,10 @@ __all__ = [
     "DripLoss",
     "DripTrunk",
     "StepRecord",
+    "create_clip",
     "drip_tower",
     "drip_trunk",
+    "load_weights",
     "register_open_clip",
     "timm_name",
     "upcycle_clip",
@@ -200,6 +202,27 @@ def register_open_clip() -> list[str]:
     if not set(names) <= set(open_clip.list_models()):
         open_clip.add_model_config(CONFIG_DIR)
     return names
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint into ``model``: a state dict, open_clip_train's ``{"state_dict": ...}`` or a .safetensors file.
+
+    ``module.`` prefixes (DDP) are stripped; keys and shapes are checked first, so a mismatch is a ValueError that
+    names the offending keys (``drip.checkpoint``).
+    """
+    load_drip_state_dict(model, read_state_dict(path), what=str(path))
+
+
+def create_clip(name: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"):
+    """open_clip model (after ``register_open_clip()``), train / val transforms and tokenizer, optionally loaded
+    from ``checkpoint`` (see ``load_weights``). Returns (model, preprocess_train, preprocess_val, tokenizer)."""
+    import open_clip
+
+    register_open_clip()  # DRIP-* and ViT-tiny model names (idempotent)
+    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(name, device=device)
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
+    return model.to(device), preprocess_train, preprocess_val, open_clip.get_tokenizer(name)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

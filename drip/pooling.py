@@ -23,15 +23,26 @@ class Pooled:
     tokens: Tensor  # [B, S_max, D] segment means (zeros on padding)
     mask: Tensor  # [B, S_max] bool, True = real segment
     counts: Tensor  # [B] long, segments per image (>= 1)
+    counts_host: list[int]  # the same counts on the host (read back once per pooling stage; sizes the next stage)
     boundaries: Tensor  # [B, N] the boundaries used (last valid position forced to 1; 0 on invalid positions)
 
 
 def force_last_boundary(boundaries: Tensor, valid: Tensor) -> Tensor:
-    """Set the last valid position of each row to 1 and invalid positions to 0. [B, N] -> [B, N]."""
-    lengths = valid.sum(-1)  # [B]
-    if bool((lengths == 0).any()):
+    """Set the last valid position of each row to 1 and invalid positions to 0. [B, N] -> [B, N].
+
+    Raises ValueError for a row without valid positions (this check reads one value back from the device;
+    ``pool_segments`` checks the segment counts it reads anyway instead).
+    """
+    if bool((valid.sum(-1) == 0).any()):
         raise ValueError("every row needs at least one valid position to pool")
-    last = torch.nn.functional.one_hot(lengths - 1, boundaries.shape[-1]).to(boundaries.dtype)  # [B, N]
+    return _close_last_segment(boundaries, valid)
+
+
+def _close_last_segment(boundaries: Tensor, valid: Tensor) -> Tensor:
+    """force_last_boundary without the check (no device->host sync; an empty row keeps no boundary)."""
+    lengths = valid.sum(-1)  # [B]
+    pos = torch.arange(boundaries.shape[-1], device=boundaries.device)  # [N]
+    last = (pos[None, :] == (lengths - 1)[:, None]).to(boundaries.dtype)  # [B, N] one-hot of the last valid position
     return (boundaries * (1 - last) + last) * valid.to(boundaries.dtype)
 
 
@@ -67,14 +78,18 @@ def pool_segments(x: Tensor, boundaries: Tensor, valid: Tensor | None = None) ->
     """
     if valid is None:
         valid = torch.ones(boundaries.shape, dtype=torch.bool, device=boundaries.device)
-    b = force_last_boundary(boundaries.float(), valid)
+    b = _close_last_segment(boundaries.float(), valid)
     counts = b.detach().sum(-1).round().long()  # [B]
-    s_max = int(counts.max())
-    a = assignment_matrix(b, valid, s_max)  # [B, S, N]
-    sizes = a.sum(-1, keepdim=True)  # [B, S, 1] patches per segment (0 on padding)
-    pooled = torch.bmm(a.to(x.dtype), x) / sizes.clamp(min=1).to(x.dtype)  # [B, S, D]
+    counts_host = counts.tolist()  # the pooling stage's one device->host sync: S_max and the packed layout need it
+    if min(counts_host) == 0:
+        raise ValueError("every row needs at least one valid position to pool")
+    s_max = max(counts_host)
+    a = assignment_matrix(b, valid, s_max)  # [B, S, N] fp32
+    # Normalise in fp32 before the matmul: summing first overflows fp16 on large segments (576 x 150 > 65504).
+    weights = a / a.sum(-1, keepdim=True).clamp(min=1)  # [B, S, N], each real row sums to 1
+    pooled = torch.bmm(weights.to(x.dtype), x)  # [B, S, D]
     mask = torch.arange(s_max, device=x.device)[None, :] < counts[:, None]  # [B, S]
-    return Pooled(tokens=pooled, mask=mask, counts=counts, boundaries=b)
+    return Pooled(tokens=pooled, mask=mask, counts=counts, counts_host=counts_host, boundaries=b)
 
 
 def mask_from_counts(counts: Tensor, max_len: int | None = None) -> Tensor:

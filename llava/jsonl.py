@@ -4,7 +4,7 @@ The one JSONL reader of ``llava`` and of the torch-free scorers in ``eval/``: qu
 user-supplied, so a bad one must stop the run with ``answers.jsonl:17: not valid JSON (...)`` rather than a bare
 traceback from inside ``json``. It lives at the bottom of ``llava`` (beside ``constants``) because ``llava`` may not
 import ``eval``, and ``llava/__init__`` imports nothing, so ``eval`` can use it without pulling torch. ``drip``, which
-imports neither, keeps its own small reader in ``drip.report``.
+imports neither, keeps its own small reader in ``drip.tools.report``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # README's main command: the embedded CPU demo, end to end, with nothing downloaded.
-#   demo data -> tiny DRIP + ViT CLIP towers (python -m drip.train, zero-shot) -> base LLM (made locally)
+#   demo data -> tiny DRIP + ViT CLIP towers (python -m drip.tools.train, zero-shot) -> base LLM (made locally)
 #   -> per tower: drip_pretrain.sh (stage 1) -> drip_finetune.sh (stage 2) -> eval/sqa.sh -> eval/llavabench.sh
 #   -> a blind (image-less) ScienceQA run -> results table + accuracy-vs-FLOPs plot in runs/demo/.
 # DEMO_SIZE=full (default; ~18 min on 2 CPU cores) | ci (the small variant the test suite runs, ~3 min).
@@ -26,19 +26,19 @@ step "1. demo data -> $D"
 $PYTHON -m llava_drip_demo.demo_world --out "$D" --clip-absolute-paths --seed "$SEED" "${DATA[@]}"
 
 for tower in DRIP-tiny ViT-tiny; do
-  step "2. contrastive pre-training of the $tower CLIP (python -m drip.train, open_clip_train's loop)"
+  step "2. contrastive pre-training of the $tower CLIP (python -m drip.tools.train, open_clip_train's loop)"
   rm -rf "$C/clip/$tower"
-  $PYTHON -m drip.train --model "$tower" --train-data "$D/clip_captions.csv" --dataset-type csv \
+  $PYTHON -m drip.tools.train --model "$tower" --train-data "$D/clip_captions.csv" --dataset-type csv \
     --csv-img-key filepath --csv-caption-key title --csv-separator $'\t' --batch-size 64 --epochs $CLIP_EPOCHS \
     --lr 2e-3 --wd 0.1 --warmup 20 --workers 0 --seed "$SEED" --logs "$C/clip" --name "$tower" \
     --precision fp32 --drip-temperature-final 0.3 --save-frequency $CLIP_EPOCHS --log-every-n-steps 100
-  $PYTHON -m drip.calibrate --tower "$C/clip/$tower/checkpoints/drip_tower" --images "$D/images" \
-    --out "$C/towers/$tower"
-  threshold=$($PYTHON -c "import json, sys; print(json.load(open(sys.argv[1]))['threshold'])" \
-    "$C/towers/$tower/drip_config.json")
-  $PYTHON -m drip.zero_shot --model "$tower" --checkpoint "$C/clip/$tower/checkpoints/epoch_$CLIP_EPOCHS.pt" \
+  $PYTHON -m drip.tools.calibrate --tower "$C/clip/$tower/checkpoints/drip_tower" --images "$D/images" \
+    --temperature 0.3 --out "$C/towers/$tower"
+  read -ra threshold <<< "$($PYTHON -c "import drip, sys; print(*drip.load_drip(sys.argv[1]).eval_thresholds.tolist())" \
+    "$C/towers/$tower")"
+  $PYTHON -m drip.tools.zero_shot --model "$tower" --checkpoint "$C/clip/$tower/checkpoints/epoch_$CLIP_EPOCHS.pt" \
     --data "$D/zeroshot" --classnames "$D/zeroshot/classnames.txt" --templates "$D/zeroshot/templates.txt" \
-    --drip-threshold "$threshold" --json "$C/clip/$tower/zero_shot.json"
+    --drip-threshold "${threshold[@]}" --json "$C/clip/$tower/zero_shot.json"
 done
 
 step "3. base LLM: tokenizer + tiny Llama pre-trained on the demo text"
@@ -65,7 +65,7 @@ MODEL_PATH=$C/llava-drip DATA_ROOT=$D/eval OUT_DIR=$R/llava-drip-blind EXTRA_ARG
   bash scripts/v1_5/eval/sqa.sh
 
 step "8. results"
-$PYTHON -m drip.report --runs DRIP-tiny="$C/clip/DRIP-tiny" ViT-tiny="$C/clip/ViT-tiny" --out "$R/towers.md"
+$PYTHON -m drip.tools.report --runs DRIP-tiny="$C/clip/DRIP-tiny" ViT-tiny="$C/clip/ViT-tiny" --out "$R/towers.md"
 $PYTHON -m eval.results_table --run "LLaVA + DRIP-tiny (4x)=$R/llava-drip" --run "LLaVA + ViT-tiny=$R/llava-clip" \
   --run "DRIP, blind=$R/llava-drip-blind" --output-md "$R/results.md" --output-png "$R/accuracy_vs_flops.png"
 echo; cat "$R/towers.md"; echo; cat "$R/results.md"

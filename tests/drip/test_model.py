@@ -171,7 +171,7 @@ def test_boundary_probabilities_are_what_forward_thresholds(name):
         out = model(x, output_hidden_states=True)
         pre_pool = out.hidden_states[model.cfg.pool_at[0]]  # [B, 1 + N, D] as the first stage sees it
         torch.testing.assert_close(probs, torch.sigmoid(model.predictors[0](pre_pool[:, 1:])))
-    expected = (probs > model.cfg.threshold).float()
+    expected = (probs > model.eval_thresholds[0]).float()
     expected[:, -1] = 1.0  # pooling closes each row's last segment
     assert out.boundaries.equal(expected) and 0 < float(expected[:, :-1].mean()) < 1
     with pytest.raises(ValueError, match="no pooling stage"):

@@ -25,6 +25,32 @@ def _registered():
     register_open_clip()
 
 
+def _run_python(code: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_import_drip_imports_torch_only_and_registers_nothing():
+    code = (
+        "import sys, torch; before = set(sys.modules); import drip; "
+        "new = sorted({m.split('.')[0] for m in set(sys.modules) - before} - {'drip'}); "
+        "import open_clip; print(new, 'DRIP-4x-B-16' in open_clip.list_models())"
+    )
+    assert _run_python(code) == "[] False"
+
+
+def test_explicit_register_open_clip_makes_create_model_work():
+    code = (
+        "import drip, open_clip; drip.register_open_clip(); "
+        "m = open_clip.create_model('DRIP-tiny'); print(type(m.visual.trunk.tower).__name__)"
+    )
+    assert _run_python(code) == "DripVisionTransformer"
+
+
 def test_registration_is_idempotent_and_shadows_no_open_clip_name():
     from pathlib import Path
 

@@ -89,7 +89,7 @@ class DripVisionTower(VisionTower):
 
     def _install(self, tower: DripVisionTransformer) -> None:
         if self._threshold is not None:
-            tower.cfg = tower.cfg.replace(threshold=float(self._threshold))
+            tower.set_eval_thresholds(float(self._threshold))
         self.vision_tower = tower
         self.is_loaded = True
 
@@ -114,21 +114,20 @@ class DripVisionTower(VisionTower):
     def set_trainable(self, mode: TrainMode) -> None:
         """none / the boundary predictor(s) only / every parameter (``DripVisionTransformer.set_trainable``)."""
         check_train_mode(mode)
-        try:
-            self.vision_tower.set_trainable(mode)
-        except ValueError as err:
-            raise ValueError(f"--tune_vision_tower {mode} with {self.vision_tower_name!r}: {err}") from err
+        if mode == "predictor" and not self.config.pool_at:
+            raise ValueError(f"--tune_vision_tower predictor with {self.vision_tower_name!r}: it pools nowhere, so it "
+                             "has no boundary predictor to train")
+        self.vision_tower.set_trainable(mode)
 
     @property
     def prior_loss_weight(self) -> float:
-        return self.config.prior_loss_weight
+        return self.vision_tower.prior_loss_weight
 
     def set_prior_loss_weight(self, weight: float) -> None:
-        """The weight DRIP applies to its prior loss (``DripConfig.prior_loss_weight``; the config is immutable, so
-        the tower gets a new one)."""
-        if weight < 0:
+        """The weight DRIP applies to its prior loss from now on (``DripVisionTransformer.set_prior_loss_weight``)."""
+        if not weight >= 0:
             raise ValueError(f"--drip_prior_loss_weight must be >= 0, got {weight}")
-        self.vision_tower.cfg = self.config.replace(prior_loss_weight=float(weight))
+        self.vision_tower.set_prior_loss_weight(weight)
 
     def analytic_gflops(self, features: VisionFeatures) -> list[float]:
         """GMACs per image of the whole tower (every block runs), from each image's own token counts."""

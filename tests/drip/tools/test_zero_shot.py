@@ -1,4 +1,5 @@
-"""drip.zero_shot: exact top-1/top-5 on a controlled model, prompt files, checkpoints, DRIP token statistics, CLI."""
+"""drip.tools.zero_shot: exact top-1/top-5 on a controlled model, prompt files, checkpoints, DRIP token
+statistics, CLI."""
 
 import json
 import math
@@ -12,16 +13,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from drip import DripVisionTransformer, get_preset
-from drip.zero_shot import (
-    DripTokenStats,
-    check_classes,
-    evaluate_zero_shot,
-    image_folder,
-    load_templates,
-    load_weights,
-    resolve_prompts,
-    topk_correct,
-)
+from drip.files import image_folder
+from drip.open_clip_integration import load_weights
+from drip.stats import DripTokenStats
+from drip.tools.zero_shot import check_classes, evaluate_zero_shot, load_templates, resolve_prompts, topk_correct
 
 
 @pytest.fixture(autouse=True)
@@ -189,7 +184,8 @@ def test_drip_token_stats(tmp_path, bias, tokens):
 
 
 def test_cli_loads_checkpoint_and_writes_json(tmp_path):
-    from drip.zero_shot import create_clip, main
+    from drip.open_clip_integration import create_clip
+    from drip.tools.zero_shot import main
 
     root = grey_folder(tmp_path / "zs", {0: [0.1, 0.3], 1: [0.1], 2: [0.2]})
     (tmp_path / "names.txt").write_text("red\ngreen\nblue\n")

@@ -1,4 +1,5 @@
-"""drip.classify: linear probe reaches high accuracy on a separable folder; finetune trains the tower (+ DRIP loss)."""
+"""drip.tools.classify: linear probe reaches high accuracy on a separable folder; finetune trains the tower
+(+ DRIP loss)."""
 
 import argparse
 import json
@@ -13,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from drip import DripVisionTransformer, get_preset
-from drip.classify import (
+from drip.files import image_folder
+from drip.tools.classify import (
     TowerClassifier,
     check_same_classes,
     encode_images,
@@ -21,7 +23,6 @@ from drip.classify import (
     run,
     train_linear_probe,
 )
-from drip.zero_shot import image_folder
 
 
 @pytest.fixture(autouse=True)
@@ -141,7 +142,7 @@ def test_class_mismatch_is_reported():
 
 
 def test_cli_linear_writes_json(tmp_path):
-    from drip.classify import main
+    from drip.tools.classify import main
 
     colour_folder(tmp_path / "train", 4, seed=0)
     colour_folder(tmp_path / "val", 2, seed=1)

@@ -1,4 +1,4 @@
-"""drip.report: rows join zero-shot, classify, training metrics and FLOPs per run; missing sources stay empty."""
+"""drip.tools.report: rows join zero-shot, classify, training metrics and FLOPs per run; missing sources stay empty."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from drip.flops import flops_table
-from drip.report import collect_run, main, markdown_table, summarise_metrics
+from drip.tools.report import collect_run, main, markdown_table, summarise_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +42,7 @@ def test_metrics_average_per_epoch_then_over_epochs():
 def test_report_joins_rows(tmp_path, capsys):
     steps = [{"epoch": e, "step_time_s": t, "peak_mem_mb": mem} for e, t, mem in [(1, 0.5, 900), (2, 0.7, 950)]]
     write_run(tmp_path / "vit", "ViT-tiny", 0.40, 0.80, metrics=steps)
-    # drip.train's per-epoch log: CPU memory is RSS (marked in the table)
+    # drip.tools.train's per-epoch log: CPU memory is RSS (marked in the table)
     drip_metrics = [
         {"epoch": e, "step_time_s": 0.2, "cpu_max_rss_mb": m, "tokens_per_image": 17.0} for e, m in [(1, 400), (2, 410)]
     ]

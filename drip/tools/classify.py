@@ -11,7 +11,7 @@ The DRIP paper evaluates its towers beyond zero-shot by training a classifier on
 Any open_clip-style model works: the features are ``model.encode_image(images)``; the trained tower is
 ``model.visual`` when it exists. Top-1 on the val folder is printed and written to ``--json``.
 
-    python -m drip.classify --model DRIP-tiny --train-data train --val-data val --mode linear --epochs 50
+    python -m drip.tools.classify --model DRIP-tiny --train-data train --val-data val --mode linear --epochs 50
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from drip.boundary import temperature_at
-from drip.zero_shot import DripTokenStats, create_clip, find_drip_towers, image_folder, write_json
+from drip.files import image_folder, write_json
+from drip.open_clip_integration import create_clip
+from drip.stats import DripTokenStats, find_drip_towers
 
 DEFAULT_LR = {"linear": 1e-2, "finetune": 1e-4}
 
@@ -198,7 +200,7 @@ def embed_dim_of(model: nn.Module, sample: Tensor) -> int:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m drip.classify", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m drip.tools.classify", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="open_clip model name, e.g. DRIP-4x-B-16, DRIP-tiny")
     p.add_argument("--checkpoint", help="state dict / open_clip_train checkpoint (default: random init)")
     p.add_argument("--train-data", required=True, help="ImageFolder root for training")

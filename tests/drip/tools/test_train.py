@@ -1,5 +1,5 @@
-"""drip.train: open_clip_train's own train_one_epoch driven with DRIP's loss, schedule and optimizer groups, and a
-real ``python -m drip.train`` run on a generated CSV data set (needs open_clip_train's data extras)."""
+"""drip.tools.train: open_clip_train's own train_one_epoch driven with DRIP's loss, schedule and optimizer groups, and a
+real ``python -m drip.tools.train`` run on a generated CSV data set (needs open_clip_train's data extras)."""
 
 import importlib.util
 import json
@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from drip.checkpoint import load_drip
 from drip.open_clip_integration import DripLoss, drip_tower, register_open_clip
-from drip.train import DripSchedule, epoch_metrics, make_optimizer, parse_drip_args
+from drip.tools.train import DripSchedule, epoch_metrics, make_optimizer, parse_drip_args
 
 HAS_DATA_EXTRAS = all(importlib.util.find_spec(m) for m in ("pandas", "webdataset", "braceexpand"))
 needs_extras = pytest.mark.skipif(
@@ -111,7 +111,7 @@ def _write_csv(tmp_path, n: int = 16) -> str:
     return str(tmp_path / "train.csv")
 
 
-def _run_drip_train(tmp_path, *extra: str, launcher=(sys.executable, "-m", "drip.train")) -> None:
+def _run_drip_train(tmp_path, *extra: str, launcher=(sys.executable, "-m", "drip.tools.train")) -> None:
     csv = tmp_path / "train.csv" if (tmp_path / "train.csv").exists() else _write_csv(tmp_path)
     cmd = [*launcher, "--model", "DRIP-tiny", "--train-data", str(csv), "--csv-img-key", "filepath"]
     cmd += ["--csv-caption-key", "title", "--batch-size", "8", "--lr", "1e-3", "--warmup", "1", "--workers", "0"]
@@ -161,6 +161,6 @@ def test_drip_train_upcycles_freezes_resumes_and_runs_under_torchrun(tmp_path):
     ddp = tmp_path / "ddp"
     ddp.mkdir()
     # "--": torchrun's own parser would otherwise take --logs for an abbreviation of its --logs-specs
-    torchrun = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "drip.train", "--")
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "drip.tools.train", "--")
     _run_drip_train(ddp, "--epochs", "1", launcher=torchrun)
     assert len(_metrics(ddp)) == 1

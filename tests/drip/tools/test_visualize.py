@@ -1,4 +1,4 @@
-"""drip.visualize: segment drawing on a real photo (scikit-image's bundled astronaut), composition of H-DRIP
+"""drip.tools.visualize: segment drawing on a real photo (scikit-image's bundled astronaut), composition of H-DRIP
 stage boundaries, preprocessing, checkpoint loading and the CLI."""
 
 import numpy as np
@@ -8,7 +8,7 @@ from PIL import Image
 
 from drip import DripVisionTransformer, get_preset
 from drip.checkpoint import save_drip
-from drip.visualize import (
+from drip.tools.visualize import (
     CLIP_MEAN,
     draw_segments,
     load_image,

@@ -5,8 +5,8 @@ raster order (it may wrap from the end of one patch row to the start of the next
 function of the image, the patch-level boundaries and the grid; ``render`` runs a tower on an image first. For
 H-DRIP the stage boundaries are composed into patch-level boundaries (``patch_boundaries``).
 
-    python -m drip.visualize --skimage astronaut --preset DRIP-tiny --stochastic --out seg.png
-    python -m drip.visualize --image photo.jpg --checkpoint drip.pt --out seg.png
+    python -m drip.tools.visualize --skimage astronaut --preset DRIP-tiny --stochastic --out seg.png
+    python -m drip.tools.visualize --image photo.jpg --checkpoint drip.pt --out seg.png
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""``python -m drip.train``: contrastive training of a DRIP CLIP with open_clip_train's own loop.
+"""``python -m drip.tools.train``: contrastive training of a DRIP CLIP with open_clip_train's own loop.
 
-Usage: ``python -m drip.train <open_clip_train args> [--drip-boundary-loss-weight W] [--drip-temperature-final T]
+Usage: ``python -m drip.tools.train <open_clip_train args> [--drip-boundary-loss-weight W] [--drip-temperature-final T]
 [--upcycle-from PATH] [--freeze-except-predictor-epochs K]``. Under torchrun put ``--`` before the arguments:
-``torchrun --nproc_per_node 2 -m drip.train -- --model DRIP-4x-B-16 ...`` (torchrun's own parser would take
+``torchrun --nproc_per_node 2 -m drip.tools.train -- --model DRIP-4x-B-16 ...`` (torchrun's own parser would take
 ``--logs`` for an abbreviation of its ``--logs-specs``; the same holds for open_clip_train.main).
 
 Why not ``open_clip_train.main.main``: it is one function that builds its loss with ``open_clip.create_loss`` and
@@ -59,7 +59,7 @@ _UNSUPPORTED = (
 
 def parse_drip_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Split our options from open_clip_train's (which are returned untouched, plus ViT optimizer defaults)."""
-    p = argparse.ArgumentParser(prog="python -m drip.train", add_help=False)
+    p = argparse.ArgumentParser(prog="python -m drip.tools.train", add_help=False)
     p.add_argument("--drip-boundary-loss-weight", type=float, default=1.0, help="weight of the boundary prior loss")
     p.add_argument("--drip-temperature-final", type=float, default=None, help="anneal the Gumbel temperature to T")
     p.add_argument("--upcycle-from", default=None, help="open_clip CLIP checkpoint file or HF CLIP directory")
@@ -79,7 +79,7 @@ def _check_supported(args: argparse.Namespace) -> None:
     if "wandb" in args.report_to or "all" in args.report_to:
         used.append("report_to=wandb")
     if used:
-        raise SystemExit(f"drip.train does not support open_clip_train option(s): {', '.join(used)}")
+        raise SystemExit(f"drip.tools.train does not support open_clip_train option(s): {', '.join(used)}")
 
 
 def _random_seed(seed: int, rank: int) -> None:
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = get_tokenizer(args.model, cache_dir=args.cache_dir, context_length=args.force_context_length)
     data = _get_data(args, (pre_train, pre_val), start_epoch, tokenizer)
     if "train" not in data:
-        raise SystemExit("drip.train needs --train-data or --dataset-type synthetic")
+        raise SystemExit("drip.tools.train needs --train-data or --dataset-type synthetic")
     args.save_logs = bool(args.logs) and args.logs.lower() != "none" and is_master(args)
     steps_per_epoch = data["train"].dataloader.num_batches // args.accum_freq
     total = steps_per_epoch * args.epochs

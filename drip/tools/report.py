@@ -2,24 +2,25 @@
 
 Each run is a directory written by the project's entry points; the table joins, per run:
 
-* ``zero_shot.json`` (``python -m drip.zero_shot --json``): top-1 / top-5, tokens per image, boundary rate;
-* ``classify_*.json`` (``python -m drip.classify --json``): linear-probe / finetune top-1, keyed by their ``mode``;
-* ``drip_metrics.jsonl`` (``python -m drip.train``'s per-epoch log in ``<logs>/<name>/``; else a
+* ``zero_shot.json`` (``python -m drip.tools.zero_shot --json``): top-1 / top-5, tokens per image, boundary rate;
+* ``classify_*.json`` (``python -m drip.tools.classify --json``): linear-probe / finetune top-1, keyed by
+  their ``mode``;
+* ``drip_metrics.jsonl`` (``python -m drip.tools.train``'s per-epoch log in ``<logs>/<name>/``; else a
   ``metrics.jsonl``, per step or per epoch) with keys ``epoch``, ``step_time_s``, peak memory (``peak_mem_mb``,
-  or drip.train's ``cuda_max_allocated_mb`` / ``cpu_max_rss_mb``), ``boundary_rate``, ``tokens_per_image`` (any may
-  be missing): the average step time of each epoch, averaged over epochs, and the peak memory over the run (a CPU
-  figure is process RSS, marked "RSS", not comparable with CUDA's allocator peak);
+  or drip.tools.train's ``cuda_max_allocated_mb`` / ``cpu_max_rss_mb``), ``boundary_rate``, ``tokens_per_image``
+  (any may be missing): the average step time of each epoch, averaged over epochs, and the peak memory over the run
+  (a CPU figure is process RSS, marked "RSS", not comparable with CUDA's allocator peak);
 * GFLOPs per image from ``drip.flops.flops_table`` for the run's model (seed-comparable = stock fvcore on
   open_clip, complete = with attention), when the model name is a DRIP preset or a ViT of a preset's shape.
 
 The model name comes from the files (``model`` key), open_clip_train's ``params.txt``, or else the run name.
 A missing source leaves its cells empty. DRIP: arXiv 2025 ("Dynamic token Reduction vIsion transformer via Pooling").
 
-    python -m drip.train --model DRIP-4x-B-16 --logs logs --name drip4x ...
-    python -m drip.zero_shot --model DRIP-4x-B-16 --checkpoint logs/drip4x/checkpoints/epoch_10.pt \
+    python -m drip.tools.train --model DRIP-4x-B-16 --logs logs --name drip4x ...
+    python -m drip.tools.zero_shot --model DRIP-4x-B-16 --checkpoint logs/drip4x/checkpoints/epoch_10.pt \
         --data imagenet/val --json logs/drip4x/zero_shot.json
-    python -m drip.classify ... --mode linear --json logs/drip4x/classify_linear.json
-    python -m drip.report --runs ViT-B-16=logs/vit DRIP-4x-B-16=logs/drip4x --out results.md
+    python -m drip.tools.classify ... --mode linear --json logs/drip4x/classify_linear.json
+    python -m drip.tools.report --runs ViT-B-16=logs/vit DRIP-4x-B-16=logs/drip4x --out results.md
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 ZERO_SHOT_FILE = "zero_shot.json"
-METRICS_FILES = ("drip_metrics.jsonl", "metrics.jsonl")  # drip.train's log first
+METRICS_FILES = ("drip_metrics.jsonl", "metrics.jsonl")  # drip.tools.train's log first
 MEMORY_KEYS = {"peak_mem_mb": "", "cuda_max_allocated_mb": "", "cpu_max_rss_mb": " (RSS)"}  # key -> cell suffix
 # (key, header, formatter) in table order; percentages for accuracies.
 COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
@@ -170,7 +171,7 @@ def add_flops(rows: list[dict[str, Any]]) -> None:
             try:
                 cache[model] = flops_table([model])[0]
             except KeyError:  # not a DRIP preset / ViT shape that drip.flops can build: leave the cells empty
-                print(f"drip.report: no FLOP count for model {model!r}", file=sys.stderr)
+                print(f"drip.tools.report: no FLOP count for model {model!r}", file=sys.stderr)
                 cache[model] = None
         if cache[model] is not None:
             row |= {"gflops_seed": cache[model]["seed_gflops"], "gflops_complete": cache[model]["complete_gflops"]}
@@ -197,7 +198,7 @@ def parse_run(spec: str) -> tuple[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    p = argparse.ArgumentParser(prog="python -m drip.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m drip.tools.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", nargs="+", type=parse_run, required=True, metavar="NAME=DIR")
     p.add_argument("--out", help="write the markdown table here (it is always printed)")
     p.add_argument("--json", help="also write the rows as JSON")
