@@ -5,15 +5,19 @@ the same flags, the same question files, and answer lines ``{question_id, prompt
 metadata}`` whose ``prompt`` is LLaVA's ``cur_prompt`` (the question text, with ``<image>\\n`` in front exactly when the
 question has an image; ScienceQA's IMG-accuracy is computed from that). What is ours:
 
-* Batching. Questions are generated a few batches at a time; inside that window they are grouped by prompt length
-  (image questions apart from text-only ones) and left-padded, so a batch wastes little padding. With a DRIP tower
-  (Dynamic token Reduction vIsion transformer via Pooling) each image yields its own number of visual tokens; the
-  splice pads the batch again after inserting them. In fp32 greedy answers do not depend on the batch size (tested
-  on CPU); in fp16 on a GPU, padding changes the kernels' rounding, so rare near-ties may decode differently.
+* Batching. Questions are cut into fixed windows of a few batches in their original order; inside a window they are
+  grouped by prompt length (image questions apart from text-only ones) and left-padded, so a batch wastes little
+  padding. The windows never depend on where an earlier run stopped, so every question meets the same batch. With a
+  DRIP tower (Dynamic token Reduction vIsion transformer via Pooling) each image yields its own number of visual
+  tokens; the splice pads the batch again after inserting them. In fp32 greedy answers do not depend on the batch
+  size (tested on CPU); in fp16 on a GPU, padding changes the kernels' rounding, so rare near-ties may decode
+  differently.
 * Resume. Lines are written in question order, one ``write`` + ``flush`` each, as soon as every earlier question of
   the window is answered. A rerun keeps the complete lines already in the file, drops a trailing partial line (a
-  kill mid-write), and answers only the questions left, so it ends with the file an uninterrupted run writes.
-  ``answer_id`` is a hash of (model, question, answer) instead of LLaVA's random ``shortuuid``, so reruns agree.
+  kill mid-write), and answers only the questions left (a batch that still misses an answer is generated whole), so
+  it ends with the file an uninterrupted run writes, batched or not. ``answer_id`` is a hash of (model, question,
+  answer) instead of LLaVA's random ``shortuuid``, so reruns agree. The file must have been written by the same
+  model and settings, and one run at a time writes it (``llava.eval.answers``: identity sidecar and lock).
 * Efficiency. Each answer's ``metadata`` records its visual and text token counts and analytic costs; the sidecar
   ``<answers>.efficiency.json`` aggregates them over the whole file (resumed parts included) and adds the
   seconds per answer and peak memory (``llava.eval.efficiency``).
@@ -21,15 +25,12 @@ question has an image; ScienceQA's IMG-accuracy is computed from that). What is 
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import math
 import os
-import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import IO, Any, TypeVar
 
 import torch
@@ -37,19 +38,23 @@ from torch import Tensor
 from tqdm import tqdm
 
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.conversation import conv_templates
+from llava.eval.answers import (
+    InputFileError,
+    answer_id,
+    answers_lock,
+    check_answers_path,
+    claim_answers_file,
+    prompts_sha1,
+    resume_answers,
+)
 from llava.eval.efficiency import RunClock, VisionProbe, efficiency_path, reset_peak_memory, write_sidecar
-from llava.mm_utils import get_model_name_from_path, load_image, process_images
+from llava.mm_utils import load_image, process_images
 from llava.model.config import MultimodalConfig
 from llava.model.flops import prefill_macs
 from llava.prompting import Decoding, PromptStyle, cut_at_stop, pad_token_id, with_image
 
 T = TypeVar("T")
 WINDOW_BATCHES = 4  # batches grouped by length at a time: bigger groups pad less, a kill loses more unwritten work
-
-
-class InputFileError(ValueError):
-    """A question or answers file is missing or malformed; the message names the file (and line or item)."""
 
 
 # --- questions and prompts ---------------------------------------------------------------------------------------
@@ -100,51 +105,7 @@ def get_chunk(items: Sequence[T], num_chunks: int, chunk_idx: int) -> Sequence[T
     return chunks[chunk_idx] if chunk_idx < len(chunks) else items[:0]
 
 
-def answer_id(model_id: str, question_id: Any, text: str) -> str:
-    """A 22-character id (LLaVA's shortuuid length), the same for the same model, question and answer."""
-    return hashlib.sha1(f"{model_id}\n{question_id}\n{text}".encode()).hexdigest()[:22]
-
-
 # --- answers file ------------------------------------------------------------------------------------------------
-def resume_answers(path: str, question_ids: Sequence[Any], overwrite: bool = False) -> dict[str, dict[str, Any]]:
-    """Prepare ``path`` for appending and return the answers it already holds, by ``str(question_id)``.
-
-    Complete lines (ending in a newline) are kept; whatever follows the last newline is a line cut short by a kill
-    and is removed from the file. ``overwrite`` empties the file instead (LLaVA's behaviour).
-
-    Raises:
-        InputFileError: a complete line is not a JSON object with a ``question_id`` of this run's questions, or an id
-            appears twice (the file then belongs to another question file or chunk; the message names the line).
-    """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if overwrite or not os.path.exists(path):
-        open(path, "w", encoding="utf-8").close()
-        return {}
-    with open(path, "rb") as f:
-        data = f.read()
-    keep = data.rfind(b"\n") + 1  # bytes up to the end of the last complete line
-    wanted = {str(q) for q in question_ids}
-    done: dict[str, dict[str, Any]] = {}
-    for lineno, line in enumerate(data[:keep].decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputFileError(
-                f"{path}:{lineno}: not valid JSON ({e.msg}); remove the file or pass --overwrite"
-            ) from e
-        qid = str(record.get("question_id")) if isinstance(record, dict) else None
-        if qid not in wanted or qid in done:
-            problem = "repeats question_id" if qid in done else "holds no question_id of this question file/chunk"
-            raise InputFileError(f"{path}:{lineno}: {problem} ({qid}); remove the file or pass --overwrite")
-        done[qid] = record
-    if keep < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-    return done
-
-
 def answer_record(question: Question, text: str, model_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
     """One answer line, keys in LLaVA's order."""
     return {
@@ -273,6 +234,24 @@ def plan_batches(keys: Sequence[Any], batch_size: int) -> list[list[int]]:
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
+def run_identity(
+    questions: Sequence[Question], generator: AnswerGenerator, model_id: str, source: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What an answers file records about the run that writes it (``llava.eval.answers``): the model (``source``:
+    path, base, fingerprint, seed; default the model's ``name_or_path``), template, exact prompts and decoding."""
+    use = generator.style.use_im_start_end
+    prompts = [(q.question_id, q.query(use), q.image_file, q.prompt) for q in questions]
+    return {
+        "model_id": model_id,
+        **(source if source is not None else {"model_path": getattr(generator.model, "name_or_path", None)}),
+        "conv_mode": generator.settings.conv_mode,
+        "use_im_start_end": use,
+        "questions": len(questions),
+        "prompts_sha1": prompts_sha1(prompts),
+        "decoding": asdict(generator.settings.decoding),
+    }
+
+
 def generate_answers(
     questions: Sequence[Question],
     generator: AnswerGenerator,
@@ -282,32 +261,42 @@ def generate_answers(
     overwrite: bool = False,
     efficiency_file: str | None = None,
     progress: bool = True,
+    source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Answer every question not yet in ``answers_file`` and write the efficiency sidecar; returns the sidecar dict.
 
-    Lines go out in question order (see the module docstring for resume). ``batch_size`` questions share a
-    ``generate`` call, grouped by ``generator.batch_key`` within windows of ``WINDOW_BATCHES`` batches. The sidecar
-    goes to ``efficiency_file`` (default ``<answers_file>.efficiency.json``) and is rewritten after every window.
+    Lines go out in question order (see the module docstring for resume). The questions are cut into fixed windows
+    of ``batch_size * WINDOW_BATCHES`` in their original order, and each window into ``batch_size`` batches grouped
+    by ``generator.batch_key``; a batch with any answer missing is generated whole, so every question is answered in
+    the same batch however often the run was stopped. The file is locked while it is written and must have been
+    written by the same run (``run_identity`` with ``source``) unless ``overwrite``. The sidecar goes to
+    ``efficiency_file`` (default ``<answers_file>.efficiency.json``) and is rewritten after every window.
     """
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    done = resume_answers(answers_file, [q.question_id for q in questions], overwrite)
-    pending = [q for q in questions if str(q.question_id) not in done]
-    sidecar = efficiency_file or efficiency_path(answers_file)
-    clock = RunClock.from_sidecar(sidecar) if done else RunClock()  # a resumed file keeps its earlier timing
-    extra = {"model_id": model_id, "batch_size": batch_size, "conv_mode": generator.settings.conv_mode}
-    reset_peak_memory(generator.model.device)
-    window = batch_size * WINDOW_BATCHES
-    bar = tqdm(total=len(questions), initial=len(done), disable=not progress, desc="answers")
-    with open(answers_file, "a", encoding="utf-8") as f, bar:
-        for start in range(0, len(pending), window):
-            _answer_window(pending[start : start + window], generator, batch_size, model_id, f, clock, bar)
-            write_sidecar(sidecar, answers_file, generator.model, clock, extra)
-    return write_sidecar(sidecar, answers_file, generator.model, clock, extra)
+    check_answers_path(answers_file)
+    with answers_lock(answers_file):
+        claim_answers_file(answers_file, run_identity(questions, generator, model_id, source), overwrite)
+        done = resume_answers(answers_file, [q.question_id for q in questions], overwrite)
+        sidecar = efficiency_file or efficiency_path(answers_file)
+        clock = RunClock.from_sidecar(sidecar) if done else RunClock()  # a resumed file keeps its earlier timing
+        extra = {"model_id": model_id, "batch_size": batch_size, "conv_mode": generator.settings.conv_mode}
+        reset_peak_memory(generator.model.device)
+        window = batch_size * WINDOW_BATCHES
+        bar = tqdm(total=len(questions), initial=len(done), disable=not progress, desc="answers")
+        with open(answers_file, "a", encoding="utf-8") as f, bar:
+            for start in range(0, len(questions), window):
+                part = questions[start : start + window]
+                missing = [str(q.question_id) not in done for q in part]
+                if any(missing):
+                    _answer_window(part, missing, generator, batch_size, model_id, f, clock, bar)
+                    write_sidecar(sidecar, answers_file, generator.model, clock, extra)
+        return write_sidecar(sidecar, answers_file, generator.model, clock, extra)
 
 
 def _answer_window(
     part: Sequence[Question],
+    missing: Sequence[bool],
     generator: AnswerGenerator,
     batch_size: int,
     model_id: str,
@@ -315,99 +304,23 @@ def _answer_window(
     clock: RunClock,
     bar: tqdm,
 ) -> None:
-    """Answer ``part`` in length-grouped batches, writing each line once every earlier one of ``part`` is out."""
+    """Answer the ``missing`` questions of ``part`` in length-grouped batches planned over all of ``part``, writing
+    each line once every earlier missing one of ``part`` is out."""
     results: dict[int, dict[str, Any]] = {}
     written = 0
     for idx in plan_batches([generator.batch_key(q) for q in part], batch_size):
+        if not any(missing[i] for i in idx):
+            continue  # answered by an earlier run, in this same batch
         t0 = time.perf_counter()
         answers = generator.generate([part[i] for i in idx])
         clock.seconds += time.perf_counter() - t0
         clock.answers += len(idx)
         for i, a in zip(idx, answers, strict=True):
-            results[i] = answer_record(part[i], a.text, model_id, a.metadata())
-        while written in results:  # the next line in question order is ready: one write, then flush
-            out.write(json.dumps(results.pop(written)) + "\n")
-            out.flush()
+            if missing[i]:
+                results[i] = answer_record(part[i], a.text, model_id, a.metadata())
+        while written < len(part) and (not missing[written] or written in results):
+            if missing[written]:  # the next line in question order is ready: one write, then flush
+                out.write(json.dumps(results.pop(written)) + "\n")
+                out.flush()
+                bar.update(1)
             written += 1
-        bar.update(len(idx))
-
-
-# --- shared command line -------------------------------------------------------------------------------------------
-def add_generation_args(parser: argparse.ArgumentParser, conv_mode: str, temperature: float) -> None:
-    """LLaVA's flags for both entry points (defaults as LLaVA's script has them), plus ours."""
-    parser.add_argument("--model-path", required=True, help="checkpoint directory")
-    parser.add_argument("--model-base", default=None, help="base LLM for projector-only / LoRA checkpoints")
-    parser.add_argument("--image-folder", default="", help="folder the question file's image paths are relative to")
-    parser.add_argument("--question-file", required=True)
-    parser.add_argument("--answers-file", required=True, help="JSONL; an existing file is resumed (see --overwrite)")
-    parser.add_argument("--conv-mode", default=conv_mode, help="conversation template")
-    parser.add_argument("--num-chunks", type=int, default=1, help="split the questions into this many chunks ...")
-    parser.add_argument("--chunk-idx", type=int, default=0, help="... and answer this one (0-based)")
-    parser.add_argument("--temperature", type=float, default=temperature, help="0: greedy decoding")
-    parser.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None)
-    parser.add_argument("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=1, help="questions per generate call (grouped by length)")
-    parser.add_argument("--overwrite", action="store_true", help="start the answers file afresh instead of resuming")
-    parser.add_argument("--efficiency-file", default=None, help="default: <answers-file>.efficiency.json")
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--seed", type=int, default=0, help="torch seed (matters only for sampling)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def check_generation_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Reject bad flag values with argparse's usage error (the message names the flag)."""
-    if args.conv_mode not in conv_templates:
-        parser.error(f"--conv-mode {args.conv_mode!r} is unknown; known: {', '.join(sorted(conv_templates))}")
-    if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
-        parser.error(
-            f"need --num-chunks >= 1 and 0 <= --chunk-idx < --num-chunks, got {args.num_chunks}, {args.chunk_idx}"
-        )
-    for flag in ("batch_size", "max_new_tokens", "num_beams"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    if args.temperature < 0:
-        parser.error(f"--temperature must be >= 0, got {args.temperature}")
-
-
-def load_model(model_path: str, model_base: str | None, device: str | None) -> tuple[Any, Any, Any, str]:
-    """The entry points' model loading: (tokenizer, model, image_processor, model_name); ``~`` expanded, device
-    None = cuda when available, else cpu (the loader's default)."""
-    from llava.model.builder import load_pretrained_model
-
-    model_path = os.path.expanduser(model_path)
-    model_name = get_model_name_from_path(model_path)
-    base = os.path.expanduser(model_base) if model_base else None
-    tokenizer, model, image_processor, _ = load_pretrained_model(model_path, base, model_name, device=device)
-    return tokenizer, model, image_processor, model_name
-
-
-def run_eval(args: argparse.Namespace, questions: Sequence[Question]) -> dict[str, Any]:
-    """Take this chunk of the questions, check it, load the model, answer; returns the efficiency summary."""
-    chunk = get_chunk(questions, args.num_chunks, args.chunk_idx)
-    check_questions(chunk, args.question_file, args.image_folder)
-    torch.manual_seed(args.seed)
-    tokenizer, model, image_processor, model_name = load_model(args.model_path, args.model_base, args.device)
-    settings = GenerationSettings(args.conv_mode, args.temperature, args.top_p, args.num_beams, args.max_new_tokens)
-    generator = AnswerGenerator(model, tokenizer, image_processor, settings, args.image_folder)
-    return generate_answers(
-        chunk,
-        generator,
-        os.path.expanduser(args.answers_file),
-        model_name,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        efficiency_file=args.efficiency_file,
-        progress=not args.no_progress,
-    )
-
-
-def run_cli(args: argparse.Namespace, load_questions: Callable[[], Sequence[Question]]) -> int:
-    """The entry points' main: load the questions, answer them; bad input -> a one-line error and exit code 2."""
-    try:
-        summary = run_eval(args, load_questions())
-    except (InputFileError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"answers: {summary['answers']} -> {args.answers_file}", file=sys.stderr)
-    return 0

@@ -25,14 +25,9 @@ from typing import Any
 
 import torch
 
-from llava.eval.generation import (
-    AnswerGenerator,
-    GenerationSettings,
-    InputFileError,
-    Question,
-    check_questions,
-    load_model,
-)
+from llava.eval.answers import InputFileError
+from llava.eval.command import load_model
+from llava.eval.generation import AnswerGenerator, GenerationSettings, Question, check_questions
 from llava.eval.model_vqa_science import load_science_questions
 
 

@@ -21,13 +21,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from llava.eval.generation import (
-    InputFileError,
-    Question,
-    add_generation_args,
-    check_generation_args,
-    run_cli,
-)
+from llava.eval.answers import InputFileError
+from llava.eval.command import add_generation_args, check_generation_args, run_cli
+from llava.eval.generation import Question
 from llava.jsonl import iter_jsonl
 
 

@@ -25,7 +25,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.eval.generation import InputFileError, Question, add_generation_args, check_generation_args, run_cli
+from llava.eval.answers import InputFileError
+from llava.eval.command import add_generation_args, check_generation_args, run_cli
+from llava.eval.generation import Question
 
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
 

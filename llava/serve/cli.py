@@ -142,9 +142,13 @@ def main(argv: Sequence[str] | None = None, read: Callable[[str], str] = input, 
         print(f"error: {e}", file=sys.stderr)
         return 2
     model_name = get_model_name_from_path(args.model_path)
-    tokenizer, model, image_processor, _ = load_pretrained_model(
-        args.model_path, args.model_base, model_name, args.load_8bit, args.load_4bit, device=args.device
-    )
+    try:
+        tokenizer, model, image_processor, _ = load_pretrained_model(
+            args.model_path, args.model_base, model_name, args.load_8bit, args.load_4bit, device=args.device
+        )
+    except FileNotFoundError as e:  # a missing or empty checkpoint folder: the message names it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     chat = ImageChat(model, tokenizer, image_processor, image, args.conv_mode, out)
     chat_loop(chat, args.temperature, args.max_new_tokens, read, args.debug)
     return 0

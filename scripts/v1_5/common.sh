@@ -3,7 +3,8 @@
 #   NUM_GPUS   processes to launch (default: the number of CUDA GPUs, else 1 CPU process)
 #   LAUNCHER   deepspeed (default) | python   (python: one process, no DeepSpeed)
 #   PRESET     demo (default: the embedded tiny CPU demo) | llava (LLaVA-1.5's published hyper-parameters)
-# Also defines MM_ARGS and TRAINER_ARGS (the flags every training stage passes) and eval_data_root (eval scripts).
+# Also defines MM_ARGS and TRAINER_ARGS (the flags every training stage passes), eval_data_root and eval_run_name
+# (eval scripts).
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python && -z "${VIRTUAL_ENV:-${CONDA_PREFIX:-}}" ]]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
@@ -35,4 +36,13 @@ eval_data_root() {
     DATA_ROOT=./playground/data/eval
     [[ -f $DATA_ROOT/$1 ]] || DATA_ROOT=./playground/data/demo/eval
   fi
+}
+# Default run name of scripts/v1_5/eval: LLaVA's model name (run_checkpoint-N for .../run/checkpoint-N) and 8 hex digits
+# of the checkpoint's absolute path, so two checkpoints never share an output folder (e.g. two .../checkpoint-564).
+eval_run_name() {
+  local path name
+  path=$(realpath -m "$1")
+  name=$(basename "$path")
+  [[ $name == checkpoint-* ]] && name="$(basename "$(dirname "$path")")_$name"
+  echo "$name-$(printf %s "$path" | sha1sum | cut -c1-8)"
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +18,15 @@ from eval.results_table import load_run
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates
 from llava.eval import model_vqa, model_vqa_science
+from llava.eval.answers import AnswersFileBusy, InputFileError, answer_id, answers_lock, identity_path, resume_answers
 from llava.eval.generation import (
     AnswerGenerator,
+    Generated,
     GenerationSettings,
-    InputFileError,
     Question,
-    answer_id,
     check_questions,
     generate_answers,
     get_chunk,
-    resume_answers,
     split_list,
 )
 from llava.eval.model_vqa_science import SINGLE_PRED_PROMPT, load_science_questions
@@ -35,6 +35,7 @@ from llava.model.flops import llama_prefill_macs, prefill_macs
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 from llava_drip_demo.base_llm import train_tokenizer
 
+REPO = Path(__file__).resolve().parents[2]
 LINE_KEYS = ["question_id", "prompt", "text", "answer_id", "model_id", "metadata"]
 # (id, question, image or None): text-only items in between, prompts of different lengths (batches regroup them)
 SQA = [
@@ -181,13 +182,14 @@ def test_resume_after_kill_equals_uninterrupted_run(loaded, data, tmp_path):
 
     killed = tmp_path / "killed.jsonl"
     killed.write_bytes(b"".join(lines[:3]) + lines[3][: len(lines[3]) // 2])  # killed in the middle of line 4
+    Path(identity_path(str(killed))).write_bytes(Path(identity_path(str(full))).read_bytes())  # the run's record
     tokenizer, model, processor = loaded
     gen = CountingGenerator(
         model, tokenizer, processor, GenerationSettings("vicuna_v1", 0.0, max_new_tokens=4), str(data["root"])
     )
     summary = generate_answers(questions, gen, str(killed), "m", batch_size=2, progress=False)
     assert killed.read_bytes() == expected  # no duplicate, no lost line, same order
-    assert gen.asked == len(questions) - 3
+    assert len(questions) - 3 <= gen.asked <= len(questions)  # a batch still missing an answer is asked whole
     assert summary["answers"] == len(questions)
 
     gen.asked = 0
@@ -316,3 +318,117 @@ def test_image_reliance_compares_own_and_shifted_images(ckpt, loaded, data, tmp_
     written = json.loads(out.read_text())
     assert written["questions"] == 3 and len(written["per_question"]) == 3
     assert main([*args, "--limit", "1"]) == 2  # one image question cannot be compared with another
+
+
+class Killed(Exception):
+    pass
+
+
+class CompositionGenerator(AnswerGenerator):
+    """Answers with the ids of the batch each question was asked in: a file that records batch composition (as
+    fp16 rounding can make real answers depend on it). ``kill_after``: raise on that generate call (a kill)."""
+
+    def __init__(self, *args, kill_after: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls, self.kill_after = 0, kill_after
+
+    def generate(self, batch):
+        self.calls += 1
+        if self.calls == self.kill_after:
+            raise Killed
+        members = ",".join(str(q.question_id) for q in batch)
+        return [Generated(f"asked with {members}", 0, 1, None, 0.0) for _ in batch]
+
+
+def many_questions(data, n: int = 23) -> list[Question]:
+    """``n`` questions of varied lengths, image and text-only mixed (the SQA items repeated under new ids)."""
+    base = sqa_questions(data)
+    return [Question(f"q{i}", base[i % len(base)].text + " x" * (i % 5), base[i % len(base)].image_file)
+            for i in range(n)]  # fmt: skip
+
+
+@pytest.mark.parametrize("kill_after", [5, 6, 7, 8])
+def test_batched_resume_after_kill_is_byte_identical(loaded, data, tmp_path, kill_after):
+    """Issue 14.12: batches re-formed from the first missing question gave a resumed file other batches."""
+    tokenizer, model, processor = loaded
+    settings = GenerationSettings("vicuna_v1", 0.0, max_new_tokens=4)
+    make = lambda **kw: CompositionGenerator(model, tokenizer, processor, settings, str(data["root"]), **kw)  # noqa: E731
+    questions = many_questions(data)
+    full = tmp_path / "full.jsonl"
+    generate_answers(questions, make(), str(full), "m", batch_size=3, progress=False)
+    killed = tmp_path / "killed.jsonl"
+    with pytest.raises(Killed):
+        generate_answers(questions, make(kill_after=kill_after), str(killed), "m", batch_size=3, progress=False)
+    written = len(read_lines(killed))
+    assert 12 <= written < len(questions)  # the first window (4 batches of 3) and maybe part of the second
+    generate_answers(questions, make(), str(killed), "m", batch_size=3, progress=False)
+    assert killed.read_bytes() == full.read_bytes()
+
+
+def test_resume_with_another_model_or_settings_fails_unless_overwrite(loaded, data, tmp_path):
+    """Issue 15.4: the file records what produced it; a resume by anything else is refused with what differs."""
+    tokenizer, model, processor = loaded
+    questions = sqa_questions(data)
+    path = tmp_path / "a.jsonl"
+
+    def run(conv_mode="vicuna_v1", temperature=0.0, model_path="/ckpt/a/checkpoint-564", qs=questions, **kw):
+        gen = AnswerGenerator(model, tokenizer, processor, GenerationSettings(conv_mode, temperature, max_new_tokens=2),
+                              str(data["root"]))  # fmt: skip
+        source = {"model_path": model_path, "model_base": None, "model_fingerprint": None, "seed": 0}
+        return generate_answers(qs, gen, str(path), "checkpoint-564", source=source, progress=False, **kw)
+
+    run()
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:3]))  # as if killed after 3 answers
+    first = path.read_bytes()
+    for change, field in [({"model_path": "/ckpt/b/checkpoint-564"}, "model_path"), ({"conv_mode": "llava_v0"},
+                          "conv_mode"), ({"temperature": 0.5}, "decoding")]:  # fmt: skip
+        with pytest.raises(InputFileError, match=rf"written by another run.*{field}: file .*--overwrite"):
+            run(**change)
+        assert path.read_bytes() == first  # nothing appended
+    blind = [Question(q.question_id, q.text, None, q.prompt) for q in questions]
+    with pytest.raises(InputFileError, match="prompts_sha1"):
+        run(qs=blind)
+    run()  # the same run resumes
+    assert len(read_lines(path)) == len(questions)
+    run(model_path="/ckpt/b/checkpoint-564", overwrite=True)
+    assert json.loads(Path(identity_path(str(path))).read_text())["model_path"] == "/ckpt/b/checkpoint-564"
+    Path(identity_path(str(path))).unlink()
+    with pytest.raises(InputFileError, match="holds answers but no a.jsonl.run.json"):
+        run()
+
+
+def test_a_second_writer_is_refused(loaded, data, tmp_path):
+    """Issue 15.4: two runs on one file at once wrote duplicate lines; now the second fails at once."""
+    path = tmp_path / "a.jsonl"
+    with answers_lock(str(path)):
+        with pytest.raises(AnswersFileBusy, match=rf"a\.jsonl is being written by another run \(pid {os.getpid()}"):
+            generate_answers(sqa_questions(data), generator(loaded, data), str(path), "m", progress=False)
+    generate_answers(sqa_questions(data), generator(loaded, data), str(path), "m", progress=False)  # released
+    assert len(read_lines(path)) == len(SQA)
+
+
+def test_directory_answers_path_and_empty_model_base_fail_clearly(ckpt, data, tmp_path, capsys):
+    """Issue 15.11: both gave raw tracebacks."""
+    assert model_vqa.main(cli_args(ckpt, data, data["bench"], tmp_path)) == 2
+    assert f"--answers-file {tmp_path} is a directory" in capsys.readouterr().err
+    projector_only = tmp_path / "projector-only"
+    projector_only.mkdir()
+    (projector_only / "config.json").write_bytes((ckpt / "config.json").read_bytes())
+    torch.save({}, projector_only / "mm_projector.bin")
+    empty = tmp_path / "empty-base"
+    empty.mkdir()
+    argv = cli_args(projector_only, data, data["bench"], tmp_path / "out.jsonl", "--model-base", str(empty))
+    assert model_vqa.main(argv) == 2
+    assert f"model_base {empty}: no config.json" in capsys.readouterr().err
+
+
+def test_eval_scripts_default_run_names_are_unique_per_checkpoint(tmp_path):
+    """Issue 15.4: the scripts' default output folder was the checkpoint's base name (two checkpoint-564 shared)."""
+    script = REPO / "scripts" / "v1_5" / "common.sh"
+    names = subprocess.run(
+        ["bash", "-c", f"source {script} >/dev/null && for p in a/x/checkpoint-564 b/x/checkpoint-564 c/llava; do "
+         "eval_run_name $p; done"], capture_output=True, text=True, check=True, env={**os.environ, "PYTHON": "true"},
+    ).stdout.split()  # fmt: skip
+    assert len(set(names)) == 3 and names[0].startswith("x_checkpoint-564-") and names[2].startswith("llava-")
+    for name in ("sqa.sh", "llavabench.sh"):
+        assert 'CKPT=${CKPT:-$(eval_run_name "$MODEL_PATH")}' in (script.parent / "eval" / name).read_text()

@@ -203,3 +203,10 @@ def test_split_and_pad_features_round_trip():
         split_padded_features(padded, [3, 18, 1])
     with pytest.raises(ValueError, match="sum N_i"):
         split_packed_features(torch.cat(feats), [3, 17])
+
+
+def test_former_module_name_is_an_alias():
+    from llava.model import multimodal_inputs, splice
+
+    assert multimodal_inputs.splice_image_features is splice.splice_image_features
+    assert multimodal_inputs.ImageTokenLayout is splice.ImageTokenLayout

@@ -5,7 +5,7 @@
 # Environment:
 #   MODEL_PATH   checkpoint directory                    (default: checkpoints/demo/llava-drip, the CPU demo's)
 #   MODEL_BASE   base LLM of a projector-only / LoRA checkpoint   (default: none)
-#   CKPT         run name                                (default: the last component of MODEL_PATH)
+#   CKPT         run name                   (default: MODEL_PATH's name + a hash of its path, unique per checkpoint)
 #   CONV_MODE    conversation template                   (default: vicuna_v1, LLaVA-1.5's)
 #   DATA_ROOT    LLaVA's eval tree holding llava-bench-in-the-wild/{questions,context,answers_gpt4}.jsonl + images/
 #                (default: ./playground/data/eval; ./playground/data/demo/eval when LLaVA's questions are missing)
@@ -21,7 +21,7 @@
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 MODEL_PATH=${MODEL_PATH:-checkpoints/demo/llava-drip}
-CKPT=${CKPT:-$(basename "$MODEL_PATH")}
+CKPT=${CKPT:-$(eval_run_name "$MODEL_PATH")}
 CONV_MODE=${CONV_MODE:-vicuna_v1}
 eval_data_root llava-bench-in-the-wild/questions.jsonl
 BENCH=$DATA_ROOT/llava-bench-in-the-wild

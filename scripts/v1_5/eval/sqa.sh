@@ -4,7 +4,7 @@
 # Environment:
 #   MODEL_PATH   checkpoint directory                    (default: checkpoints/demo/llava-drip, the CPU demo's)
 #   MODEL_BASE   base LLM of a projector-only / LoRA checkpoint   (default: none)
-#   CKPT         run name                                (default: the last component of MODEL_PATH)
+#   CKPT         run name                   (default: MODEL_PATH's name + a hash of its path, unique per checkpoint)
 #   CONV_MODE    conversation template                   (default: vicuna_v1, LLaVA-1.5's)
 #   DATA_ROOT    LLaVA's eval tree holding scienceqa/{llava_test_CQM-A.json,pid_splits.json,problems.json,images/test}
 #                (default: ./playground/data/eval; ./playground/data/demo/eval when LLaVA's question file is missing)
@@ -15,7 +15,7 @@
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 MODEL_PATH=${MODEL_PATH:-checkpoints/demo/llava-drip}
-CKPT=${CKPT:-$(basename "$MODEL_PATH")}
+CKPT=${CKPT:-$(eval_run_name "$MODEL_PATH")}
 CONV_MODE=${CONV_MODE:-vicuna_v1}
 eval_data_root scienceqa/llava_test_CQM-A.json
 SQA=$DATA_ROOT/scienceqa

@@ -1,0 +1,185 @@
+"""The answers file: resuming it, knowing what wrote it, and one writer at a time.
+
+The file itself stays LLaVA-1.5's JSONL (Liu et al., "Improved Baselines with Visual Instruction Tuning", 2023), one
+answer per line, so LLaVA's scorers and ``eval`` read it unchanged. What produced it goes into a sidecar beside it,
+``<answers>.run.json``: the model (path, base, name, a fingerprint of its config and weight files), the template and
+prompt settings (``use_im_start_end`` and a hash of every question's exact prompt text and image, which covers
+``--single-pred-prompt`` and ``--blind``), and the decoding settings (temperature, top-p, beams, max new tokens, seed).
+
+* A rerun resumes the file only when the sidecar says the same run wrote it; anything else fails with a message that
+  names what differs (or ``--overwrite`` starts afresh). A non-empty answers file without a sidecar is refused too:
+  nothing says who wrote it.
+* ``<answers>.lock`` holds an advisory ``flock`` for as long as a run writes the file: a second run on the same file
+  fails at once instead of interleaving duplicate lines. The OS drops the lock when a run dies, so a killed run is
+  resumed simply by rerunning it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+IDENTITY_FORMAT = "llava-drip answers identity 1"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
+
+
+class InputFileError(ValueError):
+    """A question or answers file is missing or malformed; the message names the file (and line or item)."""
+
+
+class AnswersFileBusy(InputFileError):
+    """Another run is writing the same answers file."""
+
+
+def identity_path(answers_file: str) -> str:
+    return answers_file + ".run.json"
+
+
+def answer_id(model_id: str, question_id: Any, text: str) -> str:
+    """A 22-character id (LLaVA's shortuuid length), the same for the same model, question and answer."""
+    return hashlib.sha1(f"{model_id}\n{question_id}\n{text}".encode()).hexdigest()[:22]
+
+
+def check_answers_path(path: str) -> None:
+    """Refuse an answers path that cannot be a file (a directory), naming the flag."""
+    if os.path.isdir(path):
+        raise InputFileError(
+            f"--answers-file {path} is a directory; give a file path, e.g. {os.path.join(path, 'answers.jsonl')}"
+        )
+
+
+def model_fingerprint(model_path: str) -> str | None:
+    """A short hash of a checkpoint folder's ``config.json`` bytes and its weight files' names and sizes (None when
+    ``model_path`` is not a folder): a checkpoint retrained in place gets a new one, a copied folder keeps it."""
+    if not os.path.isdir(model_path):
+        return None
+    h = hashlib.sha1()
+    config = os.path.join(model_path, "config.json")
+    if os.path.isfile(config):
+        with open(config, "rb") as f:
+            h.update(f.read())
+    for name in sorted(os.listdir(model_path)):
+        full = os.path.join(model_path, name)
+        if name.endswith(WEIGHT_SUFFIXES) and os.path.isfile(full):
+            h.update(f"\n{name}\t{os.path.getsize(full)}".encode())
+    return h.hexdigest()[:16]
+
+
+def prompts_sha1(prompts: Sequence[Sequence[Any]]) -> str:
+    """Hash of one tuple per question, in order (e.g. question id, exact user turn, image file, answer prompt)."""
+    h = hashlib.sha1()
+    for fields in prompts:
+        h.update(json.dumps([str(x) if x is not None else None for x in fields]).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = sorted((set(old) | set(new)) - {"format"})
+    return [f"{k}: file {old.get(k)!r}, this run {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def claim_answers_file(path: str, identity: dict[str, Any], overwrite: bool) -> None:
+    """Check that ``path`` (if it holds answers) was written by the run ``identity`` describes, then record it.
+
+    Raises:
+        InputFileError: the file holds answers and its sidecar is missing, unreadable or describes another run.
+    """
+    sidecar = identity_path(path)
+    record = {"format": IDENTITY_FORMAT, **identity}
+    has_answers = os.path.isfile(path) and os.path.getsize(path) > 0
+    if has_answers and not overwrite:
+        try:
+            with open(sidecar, encoding="utf-8") as f:
+                old = json.load(f)
+        except FileNotFoundError:
+            raise InputFileError(
+                f"{path} holds answers but no {os.path.basename(sidecar)} says which model and settings wrote them; "
+                "pass --overwrite to start afresh or choose another --answers-file"
+            ) from None
+        except (OSError, ValueError) as e:
+            raise InputFileError(f"{sidecar}: unreadable ({e}); pass --overwrite to start afresh") from e
+        diff = _differences(old if isinstance(old, dict) else {}, record)
+        if diff:
+            raise InputFileError(
+                f"{path} was written by another run, so it cannot be resumed by this one ("
+                + "; ".join(diff)
+                + "). Pass --overwrite to start afresh, or choose another --answers-file"
+            )
+    os.makedirs(os.path.dirname(os.path.abspath(sidecar)), exist_ok=True)
+    with open(sidecar + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+    os.replace(sidecar + ".tmp", sidecar)
+
+
+@contextlib.contextmanager
+def answers_lock(path: str) -> Iterator[None]:
+    """Hold ``<path>.lock`` exclusively while the body runs; raises AnswersFileBusy if another run holds it."""
+    import fcntl  # POSIX only: imported where used
+
+    lock_path = path + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+    f = open(lock_path, "a+", encoding="utf-8")  # closed in the finally below
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise AnswersFileBusy(
+                f"{path} is being written by another run ({holder}); wait for it to finish or choose another "
+                "--answers-file"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        f.close()
+
+
+def resume_answers(path: str, question_ids: Sequence[Any], overwrite: bool = False) -> dict[str, dict[str, Any]]:
+    """Prepare ``path`` for appending and return the answers it already holds, by ``str(question_id)``.
+
+    Complete lines (ending in a newline) are kept; whatever follows the last newline is a line cut short by a kill
+    and is removed from the file. ``overwrite`` empties the file instead (LLaVA's behaviour).
+
+    Raises:
+        InputFileError: a complete line is not a JSON object with a ``question_id`` of this run's questions, or an id
+            appears twice (the file then belongs to another question file or chunk; the message names the line).
+    """
+    check_answers_path(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if overwrite or not os.path.exists(path):
+        open(path, "w", encoding="utf-8").close()
+        return {}
+    with open(path, "rb") as f:
+        data = f.read()
+    keep = data.rfind(b"\n") + 1  # bytes up to the end of the last complete line
+    wanted = {str(q) for q in question_ids}
+    done: dict[str, dict[str, Any]] = {}
+    for lineno, line in enumerate(data[:keep].decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            problem = f"not valid JSON ({e.msg})"
+            raise InputFileError(f"{path}:{lineno}: {problem}; remove the file or pass --overwrite") from e
+        qid = str(record.get("question_id")) if isinstance(record, dict) else None
+        if qid not in wanted or qid in done:
+            problem = "repeats question_id" if qid in done else "holds no question_id of this question file/chunk"
+            raise InputFileError(f"{path}:{lineno}: {problem} ({qid}); remove the file or pass --overwrite")
+        done[qid] = record
+    if keep < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+    return done
