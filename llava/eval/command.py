@@ -103,7 +103,7 @@ def run_eval(args: argparse.Namespace, questions: Sequence[Question]) -> dict[st
     )
 
 
-def run_cli(args: argparse.Namespace, load_questions: Callable[[], Sequence[Question]]) -> int:
+def main(args: argparse.Namespace, load_questions: Callable[[], Sequence[Question]]) -> int:
     """The entry points' main: load the questions, answer them; bad input -> a one-line error and exit code 2."""
     try:
         summary = run_eval(args, load_questions())

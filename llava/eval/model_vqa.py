@@ -21,8 +21,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from llava.eval import command
 from llava.eval.answers import InputFileError
-from llava.eval.command import add_generation_args, check_generation_args, run_cli
 from llava.eval.generation import Question
 from llava.jsonl import iter_jsonl
 
@@ -44,15 +44,15 @@ def load_vqa_questions(path: str) -> list[Question]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Answer open-ended image questions with a LLaVA-DRIP model.")
-    add_generation_args(parser, conv_mode="llava_v1", temperature=0.2)
+    command.add_generation_args(parser, conv_mode="llava_v1", temperature=0.2)
     args = parser.parse_args(argv)
-    check_generation_args(parser, args)
+    command.check_generation_args(parser, args)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_cli(args, lambda: load_vqa_questions(args.question_file))
+    return command.main(args, lambda: load_vqa_questions(args.question_file))
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.eval import command
 from llava.eval.answers import InputFileError
-from llava.eval.command import add_generation_args, check_generation_args, run_cli
 from llava.eval.generation import Question
 
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
@@ -73,12 +73,12 @@ def _science_question(path: str, index: int, item: Any, single_pred_prompt: bool
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Answer ScienceQA questions with a LLaVA-DRIP model.")
-    add_generation_args(parser, conv_mode="llava_v0", temperature=0.2)
+    command.add_generation_args(parser, conv_mode="llava_v0", temperature=0.2)
     parser.add_argument("--single-pred-prompt", action="store_true", help="ask for the option's letter only")
     parser.add_argument("--blind", action="store_true", help="control run: answer without the images")
     parser.add_argument("--answer-prompter", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    check_generation_args(parser, args)
+    command.check_generation_args(parser, args)
     if args.answer_prompter:
         parser.error("--answer-prompter (LLaVA's two-step reasoning prompt) is not supported")
     return args
@@ -86,7 +86,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_cli(args, lambda: load_science_questions(args.question_file, args.single_pred_prompt, args.blind))
+    return command.main(args, lambda: load_science_questions(args.question_file, args.single_pred_prompt, args.blind))
 
 
 if __name__ == "__main__":
