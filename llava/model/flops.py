@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llava.model.config import MultimodalConfig, PDropConfig
-from llava.model.pdrop_ranking import keep_counts
+from llava.model.pdrop_schedule import keep_counts
 
 __all__ = ["decoder_layer_macs", "llama_prefill_macs", "prefill_macs", "rank_macs", "staged_prefill_macs"]
 

@@ -1,9 +1,9 @@
-"""PyramidDrop's pure ranking rules: which tokens are image tokens, which are ranking queries, how many stay, and
-the attention score each token gets (Xing et al., "PyramidDrop: Accelerating Your Large Vision-Language Models via
+"""PyramidDrop's pure ranking rules: which tokens are image tokens, which are ranking queries, and the attention
+score each token gets (Xing et al., "PyramidDrop: Accelerating Your Large Vision-Language Models via
 Pyramid Visual Redundancy Reduction", 2024).
 
-These functions hold no state and run no decoder layer; ``llava.model.pdrop`` calls them when it drops tokens and
-``llava.model.flops`` uses ``keep_counts`` to count what each stage costs. The rules (checked against the public
+These functions hold no state and run no decoder layer; ``llava.model.pdrop`` calls them when it drops tokens (how
+many stay is ``llava.model.pdrop_schedule.keep_counts``). The rules (checked against the public
 code, Cooperx521/PyramidDrop) are described in ``llava.model.pdrop``'s docstring.
 """
 
@@ -16,15 +16,9 @@ from torch import Tensor, nn
 from transformers.models.llama.modeling_llama import rotate_half
 
 from llava.constants import IGNORE_INDEX
-from llava.model.config import PDropConfig
 from llava.model.splice import ImageTokenLayout
 
-__all__ = ["image_mask", "keep_counts", "query_mask", "query_slots", "rank_positions_from_labels", "rank_scores"]
-
-
-def keep_counts(cfg: PDropConfig, num_image_tokens: int) -> list[int]:
-    """Image tokens kept in each stage after the first: int(N * r_k), against the original N (PyramidDrop)."""
-    return [int(num_image_tokens * r) for r in cfg.image_token_ratio_list]
+__all__ = ["image_mask", "query_mask", "query_slots", "rank_positions_from_labels", "rank_scores"]
 
 
 @torch.no_grad()
