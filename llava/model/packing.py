@@ -199,7 +199,7 @@ def pack_for_model(
     """Pack a padded batch for ``config``'s attention backend; returns the pack and the extra forward kwargs."""
     backend = getattr(config, "_attn_implementation", None)
     if not supports_packing(backend):
-        raise ValueError(f"attention backend {backend!r} cannot run packed batches; use one of {sorted(PACKING_BACKENDS)}")
+        raise ValueError(f"attention backend {backend!r} cannot run packed batches: one of {sorted(PACKING_BACKENDS)}")
     flash = backend in FLASH_BACKENDS
     lengths = [max(int(n), 1) for n in attention_mask.bool().sum(1).tolist()]
     slot, pair = decoder_costs(config)
