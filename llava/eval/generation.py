@@ -47,6 +47,7 @@ from llava.mm_utils import (
     tokenizer_image_token,
 )
 from llava.model.config import MultimodalConfig
+from llava.model.packing import padding_per_sample
 
 T = TypeVar("T")
 WINDOW_BATCHES = 4  # batches grouped by length at a time: bigger groups pad less, a kill loses more unwritten work
@@ -356,6 +357,9 @@ def _answer_window(
         answers = generator.generate([part[i] for i in idx])
         clock.seconds += time.perf_counter() - t0
         clock.answers += len(idx)
+        lengths = [a.text_tokens + a.visual_tokens for a in answers]  # the spliced prompts, left-padded together
+        clock.prompt_tokens += sum(lengths)
+        clock.padding_tokens += sum(padding_per_sample(lengths))
         for i, a in zip(idx, answers, strict=True):
             results[i] = answer_record(part[i], a.text, model_id, a.metadata())
         while written in results:  # the next line in question order is ready: one write, then flush

@@ -226,3 +226,16 @@ def gather_packed(x: Tensor, packed: PackedBatch, fill: float | int = 0) -> Tens
     out = x.reshape(b * t, *x.shape[2:])[packed.source_index.clamp(min=0)]  # [R, C, ...]
     keep = real.view(*real.shape, *([1] * (x.dim() - 2)))
     return torch.where(keep, out, torch.as_tensor(fill, dtype=x.dtype, device=x.device))
+
+
+def padding_per_sample(lengths: Sequence[int]) -> list[int]:
+    """Padding positions each sample gets when its batch is padded to the longest: [B] lengths -> [B] ints."""
+    longest = max(lengths, default=0)
+    return [longest - int(n) for n in lengths]
+
+
+def padding_share_of(real: Sequence[int], padding: Sequence[int]) -> float | None:
+    """Share of positions that are padding over samples with ``real`` tokens and ``padding`` slots each (None if
+    empty): the number the efficiency sidecar reports for batched answer generation."""
+    total = sum(real) + sum(padding)
+    return sum(padding) / total if total else None
