@@ -30,7 +30,7 @@ from llava.constants import IGNORE_INDEX
 # Attention backends whose transformers implementation honours restarting position ids with a 2-D mask of None.
 PACKING_BACKENDS = frozenset({"sdpa", "eager", "flash_attention_2", "flash_attention_3"})
 FLASH_BACKENDS = frozenset({"flash_attention_2", "flash_attention_3"})
-CAPACITY_STEPS = 9  # plan_rows tries capacities longest * (1 + k/8), k < CAPACITY_STEPS, and one row for all
+ROW_COUNTS = 12  # plan_rows tries this many row counts between total / (2 * longest) and total / longest
 
 
 @dataclass(frozen=True)
@@ -71,14 +71,18 @@ def plan_rows(
 ) -> list[list[int]]:
     """Assign samples to rows: one row for all (``single_row``, flash varlen) or bins of a chosen capacity.
 
+    For up to ``ROW_COUNTS`` row counts R (from total / (2 * longest) to total / longest) the narrowest capacity
+    C >= max(longest, total / R) at which first-fit decreasing needs at most R rows is found (binary search); the plan
+    of least estimated cost R * C * (slot_cost + C * pair_cost) wins (a row computes C x C attention scores), or
+    one row per sample when nothing beats it.
+
     Args:
         lengths: real tokens per sample, [B] ints >= 1.
-        slot_cost, pair_cost: estimated cost of one slot (linear layers) and one attended slot pair of a row
-            (the row's C x C scores); a row of capacity C costs C * (slot_cost + C * pair_cost).
+        slot_cost, pair_cost: estimated cost of one slot (linear layers) and one attended slot pair of a row.
         single_row: put every sample into one row, in order.
 
     Returns:
-        rows: lists of sample indices; every sample appears exactly once. First-fit decreasing per capacity.
+        rows: lists of sample indices; every sample appears exactly once.
     """
     if not lengths:
         raise ValueError("plan_rows needs at least one sample")
@@ -87,15 +91,29 @@ def plan_rows(
     if single_row or len(lengths) == 1:
         return [list(range(len(lengths)))]
     longest, total = max(lengths), sum(lengths)
-    capacities = {math.ceil(longest * (1 + k / 8)) for k in range(CAPACITY_STEPS)} | {total}
-    best, best_cost = None, math.inf
-    for capacity in sorted(capacities):
-        rows = _first_fit_decreasing(lengths, capacity)
+    best, best_cost = [[i] for i in range(len(lengths))], len(lengths) * longest * (slot_cost + longest * pair_cost)
+    fewest, most = max(1, math.ceil(total / (2 * longest))), min(len(lengths), math.ceil(total / longest))
+    for r in sorted({round(fewest + k * (most - fewest) / (ROW_COUNTS - 1)) for k in range(ROW_COUNTS)}):
+        rows = _narrowest_fit(lengths, r, max(longest, math.ceil(total / r)), 2 * longest)
         width = max(sum(lengths[i] for i in row) for row in rows)
         cost = len(rows) * width * (slot_cost + width * pair_cost)
         if cost < best_cost:
             best, best_cost = rows, cost
     return best
+
+
+def _narrowest_fit(lengths: Sequence[int], num_rows: int, low: int, high: int) -> list[list[int]]:
+    """First-fit decreasing at the narrowest capacity in [low, high] (binary search) that needs <= num_rows rows;
+    the plan at ``high`` if none does."""
+    rows = _first_fit_decreasing(lengths, high)
+    while low < high:
+        mid = (low + high) // 2
+        trial = _first_fit_decreasing(lengths, mid)
+        if len(trial) <= num_rows:
+            rows, high = trial, mid
+        else:
+            low = mid + 1
+    return rows
 
 
 def _first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -194,16 +212,19 @@ def decoder_costs(config) -> tuple[float, float]:
 
 
 def pack_for_model(
-    config, inputs_embeds: Tensor, attention_mask: Tensor, labels: Tensor | None
+    config, inputs_embeds: Tensor, attention_mask: Tensor, labels: Tensor | None, single_row: bool | None = None
 ) -> tuple[PackedBatch, dict[str, Tensor | int]]:
-    """Pack a padded batch for ``config``'s attention backend; returns the pack and the extra forward kwargs."""
+    """Pack a padded batch for ``config``'s attention backend; returns the pack and the extra forward kwargs.
+
+    ``single_row``: None lets the backend decide (one row for flash varlen, cost-planned rows for SDPA / eager);
+    True forces one row (with SDPA: one block-diagonal C x C call), False planned rows."""
     backend = getattr(config, "_attn_implementation", None)
     if not supports_packing(backend):
         raise ValueError(f"attention backend {backend!r} cannot run packed batches: one of {sorted(PACKING_BACKENDS)}")
     flash = backend in FLASH_BACKENDS
     lengths = [max(int(n), 1) for n in attention_mask.bool().sum(1).tolist()]
     slot, pair = decoder_costs(config)
-    rows = plan_rows(lengths, slot, pair, single_row=flash)
+    rows = plan_rows(lengths, slot, pair, single_row=flash or bool(single_row))
     packed = pack_batch(inputs_embeds, attention_mask, labels, rows)
     return packed, (flash_kwargs(packed) if flash else {})
 

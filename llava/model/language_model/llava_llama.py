@@ -76,6 +76,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.pdrop: PDropConfig | None = MultimodalConfig.from_config(config).pdrop
         self.packing = True  # padding-free training forward where the attention backend allows (set_packing)
+        self.packing_single_row: bool | None = None  # None: the backend decides (see llava.model.packing)
         self.post_init()
 
     def get_model(self) -> LlavaLlamaModel:
@@ -86,9 +87,10 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         MultimodalConfig.from_config(self.config).replace(pdrop=pdrop).write_to(self.config)
         self.pdrop = pdrop
 
-    def set_packing(self, enabled: bool) -> None:
-        """Padding-free (packed) LLM batches for forwards with labels (training), or today's padded batches."""
-        self.packing = bool(enabled)
+    def set_packing(self, enabled: bool, single_row: bool | None = None) -> None:
+        """Padding-free (packed) LLM batches for forwards with labels (training), or today's padded batches;
+        ``single_row`` forces one row (True) or planned rows (False) instead of the backend's choice (None)."""
+        self.packing, self.packing_single_row = bool(enabled), single_row
 
     def _packs(self, labels: Tensor | None, attention_mask: Tensor | None, cache: Cache | None) -> bool:
         """Pack this forward: packing on, a loss to compute (no decoding cache), a backend that keeps samples apart."""
@@ -146,7 +148,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         if pack_llm and self.pdrop is None:  # PyramidDrop packs each of its stages itself
             if inputs_embeds is None:
                 inputs_embeds, input_ids = self.model.embed_tokens(input_ids), None
-            packed, extra = pack_for_model(self.config, inputs_embeds, attention_mask, labels)
+            packed, extra = pack_for_model(self.config, inputs_embeds, attention_mask, labels, self.packing_single_row)
             inputs_embeds, position_ids, labels = packed.inputs_embeds, packed.position_ids, packed.labels
             attention_mask, use_cache, kwargs = None, False, {**kwargs, **extra}  # restarting positions: block mask
         outputs, labels = self._run_llm(
