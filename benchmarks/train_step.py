@@ -411,7 +411,9 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
     print(f"[train_step] {llm_note}; device {device}, {torch.get_num_threads()} thread(s), {precision}")
     for _, note in towers.values():
         print(f"[train_step] tower {note}")
-    runs = [build_run(name, plan, device, layout) for name in CONFIGS for layout in layouts]
+    # PyramidDrop plans its stages' rows itself (packed-1row would repeat its packed run)
+    pairs = [(n, lay) for n in CONFIGS for lay in layouts if not (n.endswith("+PDrop") and lay == "packed-1row")]
+    runs = [build_run(name, plan, device, layout) for name, layout in pairs]
     print(f"[train_step] DRIP-4x+PDrop: {runs[-1].model.pdrop}")
     batch = load_batch(plan, runs[0], device)
     rows: dict[str, dict] = {}
