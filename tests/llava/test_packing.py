@@ -187,3 +187,15 @@ def test_drip_boundary_loss_term_with_packing(tiny):
     padded, packed = assert_same(model, batch(tiny, "drip"))
     assert packed.boundary_loss.requires_grad
     torch.testing.assert_close(packed.loss, packed.lm_loss + packed.boundary_loss)
+
+
+def test_unsupported_backend_runs_padded_and_says_so(tiny, caplog):
+    model = tiny.model("clip")
+    inputs = batch(tiny, "clip")
+    model.config._attn_implementation = "flex_attention"  # not run here: only the decision is checked
+    with caplog.at_level("INFO", logger="llava.model.language_model.llava_llama"):
+        assert not model._packs(inputs["labels"], inputs["attention_mask"], None)
+    assert "runs padded batches" in caplog.text and "flex_attention" in caplog.text
+    model.config._attn_implementation = "sdpa"
+    assert model._packs(inputs["labels"], inputs["attention_mask"], None)
+    assert not model._packs(None, inputs["attention_mask"], None)  # no loss (generation): padded
