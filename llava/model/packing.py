@@ -59,13 +59,6 @@ def supports_packing(attn_implementation: str | None) -> bool:
     return attn_implementation in PACKING_BACKENDS
 
 
-def padding_share(attention_mask: Tensor) -> float:
-    """Share of a padded batch's positions that are padding: attention_mask [B, T] (bool / 0-1) -> float in [0, 1)."""
-    if attention_mask.numel() == 0:
-        return 0.0
-    return 1.0 - float(attention_mask.bool().sum()) / attention_mask.numel()
-
-
 def plan_rows(
     lengths: Sequence[int], slot_cost: float = 1.0, pair_cost: float = 0.0, single_row: bool = False
 ) -> list[list[int]]:

@@ -15,7 +15,8 @@ from llava.model.packing import (
     gather_packed,
     pack_batch,
     pack_for_model,
-    padding_share,
+    padding_per_sample,
+    padding_share_of,
     plan_rows,
     supports_packing,
     unpack,
@@ -88,7 +89,9 @@ def test_pack_unpack_positions_labels_and_mask():
     allowed = block_causal_mask(packed, torch.float32)[:, 0] == 0  # [R, C, C]
     assert allowed[0, 4].tolist() == [False, False, False, True, True, False, False]  # sample 2 sees only itself
     assert allowed[1, 6].tolist() == [False] * 6 + [True]  # the filler sees only itself
-    assert padding_share(mask) == pytest.approx(5 / 18)
+    lengths = mask.sum(1).tolist()
+    assert padding_per_sample(lengths) == [3, 0, 2] and padding_share_of(lengths, [3, 0, 2]) == pytest.approx(5 / 18)
+    assert padding_share_of([], []) is None
     with pytest.raises(ValueError, match="exactly once"):
         pack_batch(embeds, mask, labels, [[0, 1]])
 
