@@ -1,9 +1,11 @@
-"""Benchmark: one LLaVA stage-2 training step with a plain ViT, DRIP-2x, DRIP-4x and DRIP-4x + PyramidDrop towers.
+"""Benchmark: one LLaVA stage-2 training step with a plain ViT, DRIP-2x, DRIP-4x and DRIP-4x + PyramidDrop towers,
+each with padded and packed (padding-free, ``llava.model.packing``) LLM batches side by side.
 
 Run (from the repository root):
 
     python benchmarks/train_step.py [--towers-from checkpoints/demo/towers] [--model checkpoints/demo/base-llm]
                                     [--rounds 10] [--warmup 2] [--batch 16] [--threads 1] [--no-memory]
+                                    [--layouts padded,packed[,packed-1row]] [--no-analytic]
 
 What one step is: the demo-size LLaVA (the demo's base LLM when ``checkpoints/demo/base-llm`` exists, else a random
 Llama of the same shape: hidden 128, 4 layers, 4 heads, MLP 384) with an ``mlp2x_gelu`` projector, fully fine-tuned
@@ -19,6 +21,11 @@ N * prior).
 ``--towers-from DIR`` uses trained towers ``DIR/<preset>`` (the demo writes ViT-tiny and DRIP-tiny, already
 calibrated); a missing DRIP-2x-tiny is then the trained DRIP-tiny recalibrated to prior 0.5.
 
+Layouts: ``padded`` (every sample padded to the batch's longest), ``packed`` (the default: samples end to end in
+rows planned by ``llava.model.packing.plan_rows``, attention confined to each sample by the block-diagonal mask SDPA
+gets from the restarting position ids), ``packed-1row`` (all samples in one SDPA row: the layout flash varlen uses on
+CUDA, where the kernel skips the masked pairs; on CPU SDPA computes the whole row's scores).
+
 Figures per configuration:
 * visual tokens per image (mean, min-max) and the LLM's padded sequence length entering its first / last layer;
 * step time: median over ``--rounds`` interleaved rounds after ``--warmup`` rounds (every round runs every
@@ -28,13 +35,17 @@ Figures per configuration:
   (forward + input and weight gradients; its first layer needs no input gradient: 2x); the LLM 3x its forward
   (``llama_prefill``'s per-layer count at the lengths each decoder layer really ran, padding included, plus the LM
   head on every position) and PyramidDrop's ranking forward only (no gradient). The optimizer is not counted.
-  "pad" is the share of those LLM positions that are padding;
-* time ratio and MAC ratio vs the ViT tower, and time ratio / MAC ratio; target: DRIP step-time ratio <= MAC ratio
-  x 1.1;
+  "pad" is the share of those LLM positions that are padding (packed: filler at row ends);
+* "real GMACs": the same step counted on real tokens only (each sample's own attention, LM head on real tokens),
+  what the step costs without padding; the targets compare step-time ratios with its ratio;
+* time ratio and real-MAC ratio vs the ViT tower in the same layout, and their quotient; target: DRIP step-time
+  ratio <= real-MAC ratio x 1.1; "vs pad": step time over the same tower's padded step;
 * step memory, each configuration in a fresh subprocess after 2 warm-up steps (AdamW state then resident): on CUDA
   ``max_memory_allocated`` minus the allocation before the step; on CPU the growth of the process's resident-set
   high-water mark over one step (VmHWM reset through ``/proc/self/clear_refs``, glibc's mmap threshold fixed at
   64 KiB so freed tensors leave the resident set). Both are activations + gradients + temporaries of one step.
+
+At the end, the analytic LLaVA-1.5-7B section of ``benchmarks/llava15_step.py`` (``--no-analytic`` skips it).
 
 PyramidDrop: Xing et al., 2024. DRIP: arXiv 2025.
 """
@@ -55,6 +66,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from llava15_step import print_llava15_section  # a sibling script of this benchmark
 from torch import Tensor, nn
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -75,7 +87,11 @@ DEMO_LLM = REPO / "checkpoints" / "demo" / "base-llm"
 MAX_LEN = 256  # the demo's --model_max_length
 CONFIGS = {"ViT": "ViT-tiny", "DRIP-2x": "DRIP-2x-tiny", "DRIP-4x": "DRIP-tiny", "DRIP-4x+PDrop": "DRIP-tiny"}
 PDROP_RATIOS = (0.5, 0.25, 0.125)
-TARGET_SLACK = 1.1  # DRIP step-time ratio <= MAC ratio x 1.1
+LAYOUTS = ("padded", "packed", "packed-1row")
+TARGET_SLACK = 1.1  # DRIP step-time ratio <= real-token MAC ratio x 1.1
+TARGET_PAD = 0.05  # packed: LLM padding share <= 5 % for every tower
+TARGET_DRIP4X = 0.75  # packed DRIP-4x real-token MAC ratio vs ViT
+TARGET_PDROP = 0.60  # packed DRIP-4x + PDrop step-time ratio vs ViT
 MMAP_THRESHOLD = "65536"  # bytes: larger blocks are mmapped and unmapped on free (CPU memory probe)
 
 
@@ -152,6 +168,7 @@ def prepare_towers(work: Path, world: Path, towers_from: str | None) -> dict[str
 @dataclass
 class Run:
     name: str
+    layout: str
     model: LlavaLlamaForCausalLM
     params: list[nn.Parameter] = field(default_factory=list)
     opt: torch.optim.Optimizer | None = None
@@ -163,7 +180,7 @@ def pdrop_schedule(num_layers: int) -> PDropConfig:
     return PDropConfig(tuple(layers), PDROP_RATIOS[: len(layers)])
 
 
-def build_run(name: str, plan: dict, device: torch.device) -> Run:
+def build_run(name: str, plan: dict, device: torch.device, layout: str = "padded") -> Run:
     """Stage-2 model of one configuration: LLM + projector trainable, tower frozen; same projector init for all."""
     model = LlavaLlamaForCausalLM.from_pretrained(plan["llm"], dtype=torch.float32, attn_implementation="sdpa")
     model.config.use_cache = False
@@ -174,11 +191,12 @@ def build_run(name: str, plan: dict, device: torch.device) -> Run:
     model.config.tokenizer_padding_side, model.config.tokenizer_model_max_length = "right", MAX_LEN
     if name.endswith("+PDrop"):
         model.set_pdrop(pdrop_schedule(model.config.num_hidden_layers))
+    model.set_packing(layout != "padded", single_row=True if layout == "packed-1row" else None)
     model.requires_grad_(True)
     model.get_vision_tower().requires_grad_(False)
     model = model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    return Run(name, model, params, torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0))
+    return Run(name, layout, model, params, torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0))
 
 
 def load_batch(plan: dict, run: Run, device: torch.device) -> dict[str, Tensor]:
@@ -210,8 +228,16 @@ def train_step(run: Run, batch: dict[str, Tensor], bf16: bool) -> None:
 class Trace:
     counts: Tensor  # [B] visual tokens per image
     stage_counts: Tensor  # [B, stages] tokens after each DRIP pooling stage
-    shapes: list[tuple[int, int]]  # (batch, padded length) entering every decoder layer
-    real: int  # real (unpadded) positions summed over decoder layers
+    shapes: list[tuple[int, int]]  # (rows, row length) entering every decoder layer: [B, T] padded, [R, C] packed
+    layer_lens: list[list[int]]  # real tokens of every sample entering every decoder layer, [layers][B]
+
+    @property
+    def real(self) -> int:
+        return sum(sum(lens) for lens in self.layer_lens)
+
+    @property
+    def pad(self) -> float:
+        return 1 - self.real / sum(b * t for b, t in self.shapes)
 
 
 @torch.no_grad()
@@ -231,27 +257,38 @@ def trace(run: Run, batch: dict[str, Tensor]) -> Trace:
             h.remove()
     drops = model.pdrop.layer_list if model.pdrop else ()
     ratios = (1.0, *(model.pdrop.image_token_ratio_list if model.pdrop else ()))
-    real = 0
+    layer_lens = []
     for layer in range(len(shapes)):
         r = ratios[sum(d <= layer for d in drops)]  # PyramidDrop keeps int(N_i * r) of the original N_i
         kept = counts if r == 1.0 else (counts * r).long()
-        real += int((lengths - counts + kept).sum())
-    return Trace(counts, vision.drip.stage_counts.cpu(), shapes, real)
+        layer_lens.append((lengths - counts + kept).tolist())
+    return Trace(counts, vision.drip.stage_counts.cpu(), shapes, layer_lens)
 
 
 def step_macs(run: Run, tr: Trace) -> dict[str, float]:
-    """Multiply-adds of one training step, by part (see the module docstring)."""
+    """Multiply-adds of one training step, by part (see the module docstring); "llm_real" on real tokens only."""
     cfg, tower_cfg = run.model.config, run.model.get_vision_tower().config
     tower = batch_macs(tower_cfg, tr.stage_counts)  # frozen: forward only
     linears = [m for m in run.model.get_model().mm_projector.modules() if isinstance(m, nn.Linear)]
     tokens = int(tr.counts.sum())
     projector = sum((2 if i == 0 else 3) * tokens * m.in_features * m.out_features for i, m in enumerate(linears))
-    llm = sum(b * decoder_layer_macs(cfg, t) for b, t in tr.shapes)
+    head = cfg.hidden_size * cfg.vocab_size
     b, t = tr.shapes[-1]
-    llm += b * t * cfg.hidden_size * cfg.vocab_size  # LM head on every position (training)
-    drops = run.model.pdrop.layer_list if run.model.pdrop else ()
-    ranks = sum(tr.shapes[d - 1][0] * rank_macs(cfg, tr.shapes[d - 1][1]) for d in drops)  # no gradient: 1x
-    return {"tower": tower, "projector": float(projector), "llm": 3.0 * llm + ranks}
+    llm = sum(rows * decoder_layer_macs(cfg, width) for rows, width in tr.shapes) + b * t * head
+    real = sum(decoder_layer_macs(cfg, n) for lens in tr.layer_lens for n in lens) + sum(tr.layer_lens[-1]) * head
+    drops = run.model.pdrop.layer_list if run.model.pdrop else ()  # ranking runs on the padded stage, no gradient
+    ranks = sum(len(tr.layer_lens[d - 1]) * rank_macs(cfg, max(tr.layer_lens[d - 1])) for d in drops)
+    real_ranks = sum(rank_macs(cfg, n) for d in drops for n in tr.layer_lens[d - 1])
+    llm_real = 3.0 * real + real_ranks
+    return {"tower": tower, "projector": float(projector), "llm": 3.0 * llm + ranks, "llm_real": llm_real}
+
+
+def executed(macs: dict[str, float]) -> float:
+    return macs["tower"] + macs["projector"] + macs["llm"]
+
+
+def real_total(macs: dict[str, float]) -> float:
+    return macs["tower"] + macs["projector"] + macs["llm_real"]
 
 
 # --- memory probe (fresh subprocess per configuration) ---------------------------------------------------------------
@@ -259,9 +296,10 @@ def _status_kib(key: str) -> int:
     return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
 
 
-def probe_memory(plan: dict, name: str, device: torch.device, bf16: bool) -> dict[str, float]:
+def probe_memory(plan: dict, key: str, device: torch.device, bf16: bool) -> dict[str, float]:
     """Peak memory of one training step above what is allocated before it, MiB (see the module docstring)."""
-    run = build_run(name, plan, device)
+    name, layout = key.split("@")
+    run = build_run(name, plan, device, layout)
     batch = load_batch(plan, run, device)
     for _ in range(2):
         train_step(run, batch, bf16)  # AdamW state and allocator caches now in place
@@ -276,68 +314,92 @@ def probe_memory(plan: dict, name: str, device: torch.device, bf16: bool) -> dic
     return {"step_peak_mib": (_status_kib("VmHWM") - before) / 1024}
 
 
-def measure_memory(plan_path: Path, args: argparse.Namespace) -> dict[str, float]:
+def measure_memory(plan_path: Path, args: argparse.Namespace, keys: list[str]) -> dict[str, float]:
     out = {}
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
-    for name in CONFIGS:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", name, "--plan", str(plan_path),
+    for key in keys:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", key, "--plan", str(plan_path),
                "--device", args.device, "--threads", str(args.threads), *(["--bf16"] if args.bf16 else [])]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
         if done.returncode != 0:
-            raise RuntimeError(f"memory probe {name} failed:\n{done.stderr[-3000:]}")
-        out[name] = json.loads(done.stdout.strip().splitlines()[-1])["step_peak_mib"]
+            raise RuntimeError(f"memory probe {key} failed:\n{done.stderr[-3000:]}")
+        out[key] = json.loads(done.stdout.strip().splitlines()[-1])["step_peak_mib"]
     return out
 
 
 # --- timing and table ------------------------------------------------------------------------------------------------
+def key_of(run: Run) -> str:
+    return f"{run.name}@{run.layout}"
+
+
 def time_rounds(runs: list[Run], batch: dict[str, Tensor], rounds: int, warmup: int, bf16: bool) -> dict[str, float]:
     """Median step seconds per configuration; configurations interleaved, starting at a rotating one each round."""
-    times: dict[str, list[float]] = {r.name: [] for r in runs}
+    times: dict[str, list[float]] = {key_of(r): [] for r in runs}
     for k in range(warmup + rounds):
         for run in runs[k % len(runs) :] + runs[: k % len(runs)]:
             start = time.perf_counter()
             train_step(run, batch, bf16)
             if k >= warmup:
-                times[run.name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+                times[key_of(run)].append(time.perf_counter() - start)
+    return {key: statistics.median(t) for key, t in times.items()}
 
 
-def print_table(rows: dict[str, dict], rounds: int) -> None:
-    base_time, base_macs = rows["ViT"]["time"], sum(rows["ViT"]["macs"].values())
+def print_table(rows: dict[str, dict], rounds: int, layouts: list[str]) -> None:
+    batch = len(next(iter(rows.values()))["trace"].counts)
     print(
-        f"\nLLaVA stage-2 training step, batch {len(rows['ViT']['trace'].counts)}, median of {rounds} interleaved "
-        "rounds; GMACs: analytic multiply-adds of the step (tower forward + 3x projector and LLM); ratios vs ViT"
+        f"\nLLaVA stage-2 training step, batch {batch}, median of {rounds} interleaved rounds; GMACs: analytic "
+        "multiply-adds of the step as executed (tower forward + 3x projector and LLM), real: on real tokens only; "
+        "ratios vs ViT in the same layout"
     )
     head = (
-        f"{'config':<14}{'img tok':>8}{'min-max':>9}{'LLM len':>9}{'pad':>6}{'tower':>7}{'proj':>7}{'LLM':>7}"
-        f"{'GMACs':>7}{'ms/step':>9}{'peak MiB':>9}{'time r':>8}{'MAC r':>7}{'t/MAC':>7}"
+        f"{'config':<14}{'layout':<12}{'img tok':>8}{'min-max':>8}{'LLM rows x len':>16}{'pad':>6}{'GMACs':>7}"
+        f"{'real':>7}{'ms/step':>9}{'peak MiB':>9}{'time r':>8}{'real r':>7}{'t/real':>7}{'vs pad':>7}"
     )
     print(head + "\n" + "-" * len(head))
-    for name, r in rows.items():
-        tr, g = r["trace"], {k: v / 1e9 for k, v in r["macs"].items()}
-        first, last = tr.shapes[0][1], tr.shapes[-1][1]
-        span = f"{int(tr.counts.min())}-{int(tr.counts.max())}"
-        length = f"{first}>{last}" if first != last else str(first)
-        pad = 1 - tr.real / sum(b * t for b, t in tr.shapes)
+    for key, r in rows.items():
+        name, layout = key.split("@")
+        base = rows[f"ViT@{layout}"]
+        tr, macs = r["trace"], r["macs"]
+        (b0, t0), (b1, t1) = tr.shapes[0], tr.shapes[-1]
+        shape = f"{b0}x{t0}" if (b0, t0) == (b1, t1) else f"{b0}x{t0}>{b1}x{t1}"
         mem = f"{r['mem']:.1f}" if r.get("mem") is not None else "-"
-        time_r, mac_r = r["time"] / base_time, sum(r["macs"].values()) / base_macs
+        time_r, real_r = r["time"] / base["time"], real_total(macs) / real_total(base["macs"])
+        vs_pad = r["time"] / rows[f"{name}@padded"]["time"] if f"{name}@padded" in rows else float("nan")
         print(
-            f"{name:<14}{tr.counts.float().mean():>8.1f}{span:>9}{length:>9}{pad:>6.2f}{g['tower']:>7.3f}"
-            f"{g['projector']:>7.3f}{g['llm']:>7.2f}{sum(g.values()):>7.2f}{1e3 * r['time']:>9.1f}{mem:>9}"
-            f"{time_r:>8.3f}{mac_r:>7.3f}{time_r / mac_r:>7.3f}"
+            f"{name:<14}{layout:<12}{tr.counts.float().mean():>8.1f}{f'{int(tr.counts.min())}-{int(tr.counts.max())}':>8}"
+            f"{shape:>16}{tr.pad:>6.2f}{executed(macs) / 1e9:>7.2f}{real_total(macs) / 1e9:>7.2f}"
+            f"{1e3 * r['time']:>9.1f}{mem:>9}{time_r:>8.3f}{real_r:>7.3f}{time_r / real_r:>7.3f}{vs_pad:>7.3f}"
         )
-    for name, r in rows.items():
-        if name != "ViT":
-            time_r, mac_r = r["time"] / base_time, sum(r["macs"].values()) / base_macs
-            verdict = "met" if time_r <= TARGET_SLACK * mac_r else "MISSED"
-            print(
-                f"  {name}: step-time ratio {time_r:.3f} <= MAC ratio {mac_r:.3f} x {TARGET_SLACK} "
-                f"= {TARGET_SLACK * mac_r:.3f}: {verdict}"
-            )
+    for layout in layouts:
+        print_targets(rows, layout)
+
+
+def print_targets(rows: dict[str, dict], layout: str) -> None:
+    """The issue's targets for one layout (they are stated for the packed default)."""
+    base = rows[f"ViT@{layout}"]
+    verdict = lambda ok: "met" if ok else "MISSED"
+    pads = {k.split("@")[0]: r["trace"].pad for k, r in rows.items() if k.endswith(f"@{layout}")}
+    print(f"  [{layout}] LLM padding share <= {TARGET_PAD}: {verdict(max(pads.values()) <= TARGET_PAD)} "
+          f"(max {max(pads.values()):.3f})")  # fmt: skip
+    for name in ("DRIP-2x", "DRIP-4x", "DRIP-4x+PDrop"):
+        r = rows.get(f"{name}@{layout}")
+        if r is None:
+            continue
+        time_r, real_r = r["time"] / base["time"], real_total(r["macs"]) / real_total(base["macs"])
+        line = f"  [{layout}] {name}: time ratio {time_r:.3f} <= real-MAC ratio {real_r:.3f} x {TARGET_SLACK}"
+        line += f" = {TARGET_SLACK * real_r:.3f}: {verdict(time_r <= TARGET_SLACK * real_r)}"
+        if name == "DRIP-4x":
+            line += f"; real-MAC ratio <= {TARGET_DRIP4X}: {verdict(real_r <= TARGET_DRIP4X)}"
+        if name == "DRIP-4x+PDrop":
+            line += f"; time ratio <= {TARGET_PDROP}: {verdict(time_r <= TARGET_PDROP)}"
+        print(line)
 
 
 def benchmark(args: argparse.Namespace, work: Path) -> None:
     device = torch.device(args.device)
+    layouts = [x for x in args.layouts.split(",") if x]
+    if not layouts or set(layouts) - set(LAYOUTS) or "padded" not in layouts:
+        raise ValueError(f"--layouts must list 'padded' and any of {LAYOUTS}, got {args.layouts!r}")
     world = prepare_world(work, args.batch)
     llm, llm_note = prepare_llm(work, world, args.model)
     towers = prepare_towers(work, world, args.towers_from)
@@ -348,20 +410,24 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
     print(f"[train_step] {llm_note}; device {device}, {torch.get_num_threads()} thread(s), {precision}")
     for _, note in towers.values():
         print(f"[train_step] tower {note}")
-    runs = [build_run(name, plan, device) for name in CONFIGS]
+    # PyramidDrop plans its stages' rows itself (packed-1row would repeat its packed run)
+    pairs = [(n, lay) for n in CONFIGS for lay in layouts if not (n.endswith("+PDrop") and lay == "packed-1row")]
+    runs = [build_run(name, plan, device, layout) for name, layout in pairs]
     print(f"[train_step] DRIP-4x+PDrop: {runs[-1].model.pdrop}")
     batch = load_batch(plan, runs[0], device)
     rows: dict[str, dict] = {}
     for run in runs:
         tr = trace(run, batch)
-        rows[run.name] = {"trace": tr, "macs": step_macs(run, tr)}
-    for name, seconds in time_rounds(runs, batch, args.rounds, args.warmup, args.bf16).items():
-        rows[name]["time"] = seconds
+        rows[key_of(run)] = {"trace": tr, "macs": step_macs(run, tr)}
+    for key, seconds in time_rounds(runs, batch, args.rounds, args.warmup, args.bf16).items():
+        rows[key]["time"] = seconds
     del runs
     if not args.no_memory:
-        for name, mib in measure_memory(work / "plan.json", args).items():
-            rows[name]["mem"] = mib
-    print_table(rows, args.rounds)
+        for key, mib in measure_memory(work / "plan.json", args, list(rows)).items():
+            rows[key]["mem"] = mib
+    print_table(rows, args.rounds, layouts)
+    if not args.no_analytic:
+        print_llava15_section(rows["DRIP-4x@padded"]["trace"].counts.tolist())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -376,8 +442,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights)")
+    ap.add_argument("--layouts", default="padded,packed", help=f"comma-separated, from {LAYOUTS}")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory subprocesses")
-    ap.add_argument("--probe", choices=list(CONFIGS), help=argparse.SUPPRESS)  # internal: one memory probe
+    ap.add_argument("--no-analytic", action="store_true", help="skip the analytic LLaVA-1.5-7B section")
+    ap.add_argument("--probe", help=argparse.SUPPRESS)  # internal: one memory probe, "<config>@<layout>"
     ap.add_argument("--plan", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from llava.jsonl import read_jsonl
+from llava.model.packing import padding_share_of
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class RunClock:
     seconds: float = 0.0
     answers: int = 0
     peak_memory_mb: float | None = None
+    prompt_tokens: int = 0  # real (spliced) prompt positions of the batched generate calls
+    padding_tokens: int = 0  # their left-padding positions (llava.model.packing.padding_per_sample)
 
     @classmethod
     def from_sidecar(cls, path: str) -> RunClock:
@@ -83,6 +86,8 @@ class RunClock:
                 float(prev.get("generation_seconds") or 0.0),
                 int(prev.get("timed_answers") or 0),
                 None if peak is None else float(peak),
+                int(prev.get("prompt_tokens") or 0),
+                int(prev.get("prompt_padding_tokens") or 0),
             )
         except (OSError, ValueError, TypeError, AttributeError):
             logger.warning("ignoring unreadable efficiency sidecar %s", path)
@@ -141,7 +146,8 @@ def write_sidecar(
     """Summarise ``answers_file`` into ``path`` (written atomically, so a kill never leaves half a file).
 
     Returns the summary: ``efficiency_summary`` of every line, ``seconds_per_answer`` (generation time over the
-    answers timed, excluding model loading), ``peak_memory_mb`` and its source, device, dtype, plus ``extra``.
+    answers timed, excluding model loading), ``peak_memory_mb`` and its source, device, dtype, the batched prompts'
+    padding (``prompt_padding_share``: left-padding positions over all prompt positions), plus ``extra``.
     """
     records = read_jsonl(answers_file)
     peak, source = peak_memory_mb(model.device)
@@ -155,6 +161,9 @@ def write_sidecar(
         "generation_seconds": clock.seconds,
         "peak_memory_mb": peak,
         "peak_memory_source": source,
+        "prompt_tokens": clock.prompt_tokens,
+        "prompt_padding_tokens": clock.padding_tokens,
+        "prompt_padding_share": padding_share_of([clock.prompt_tokens], [clock.padding_tokens]),
         "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."),
         **(extra or {}),

@@ -51,6 +51,7 @@ from llava.eval.efficiency import RunClock, VisionProbe, efficiency_path, reset_
 from llava.mm_utils import load_image, process_images
 from llava.model.config import MultimodalConfig
 from llava.model.flops import prefill_macs
+from llava.model.packing import padding_per_sample
 from llava.prompting import Decoding, PromptStyle, cut_at_stop, pad_token_id, with_image
 
 T = TypeVar("T")
@@ -315,6 +316,9 @@ def _answer_window(
         answers = generator.generate([part[i] for i in idx])
         clock.seconds += time.perf_counter() - t0
         clock.answers += len(idx)
+        lengths = [a.text_tokens + a.visual_tokens for a in answers]  # the spliced prompts, left-padded together
+        clock.prompt_tokens += sum(lengths)
+        clock.padding_tokens += sum(padding_per_sample(lengths))
         for i, a in zip(idx, answers, strict=True):
             if missing[i]:
                 results[i] = answer_record(part[i], a.text, model_id, a.metadata())

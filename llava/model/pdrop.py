@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 
 from llava.constants import IGNORE_INDEX
+from llava.model import packing
 from llava.model.config import PDropConfig
 from llava.model.pdrop_ranking import image_mask, query_mask, rank_scores
 from llava.model.pdrop_schedule import keep_counts
@@ -134,6 +135,7 @@ def pdrop_forward(
     use_cache: bool = False,
     rank_positions: Sequence[Sequence[int]] | None = None,
     position_mode: PositionMode = "original",
+    packed: bool = False,
 ) -> PDropOutput:
     """Run ``llama_model``'s decoder layers with PyramidDrop (see the module docstring for the algorithm).
 
@@ -153,6 +155,9 @@ def pdrop_forward(
         past_key_values: None, an empty ``Cache`` (replaced by a new ``PDropCache``: use the returned one), or the
             ``PDropCache`` a previous call returned. use_cache: create a cache when none is given.
         rank_positions: per sample, input positions of the ranking queries (the token before each answer span).
+        packed: run each stage's layers padding-free (``llava.model.packing``: rows of samples end to end with a
+            block-diagonal causal mask); ranking and dropping stay per sample in the padded stage layout. Only
+            without a cache (training); the outputs are the padded layout's.
 
     Returns:
         PDropOutput (hidden states, masks, positions and labels in the last stage's layout; the cache; counts).
@@ -182,30 +187,38 @@ def pdrop_forward(
     queries = query_mask(rank_positions, labels, mask, is_image)
     source = torch.arange(t, device=mask.device).expand(b, t).masked_fill(~mask, -1)
     st = _Stage(inputs_embeds, mask, position_ids, source, is_image, queries, labels)
-    return _prefill(llama_model, st, cfg, cache, position_mode)
+    return _prefill(llama_model, st, cfg, cache, position_mode, packed and cache is None)
 
 
-def _prefill(model: nn.Module, st: _Stage, cfg: PDropConfig, cache: PDropCache | None, mode: str) -> PDropOutput:
+def _prefill(
+    model: nn.Module, st: _Stage, cfg: PDropConfig, cache: PDropCache | None, mode: str, packed: bool = False
+) -> PDropOutput:
     """All decoder layers on the full prompt; rank-and-drop before every layer of ``cfg.layer_list``."""
     n_image = st.is_image.sum(1)  # [B]
     per_sample = [keep_counts(cfg, int(n)) for n in n_image]  # [B][drops]
     keep = [[counts[k] for counts in per_sample] for k in range(len(cfg.layer_list))]  # [drops][B]
     side = "right" if bool((~st.mask[:, -1]).any()) else "left"
     next_positions = st.positions.masked_fill(~st.mask, -1).amax(1) + 1  # [B], original coordinates
-    kept, lens = [], []
+    kept, lens, pack, hidden = [], [], None, st.hidden
     layers = model.layers[: model.config.num_hidden_layers]
     for idx, layer in enumerate(layers):
         if idx == 0 or idx in cfg.layer_list:
             if idx in cfg.layer_list:
+                st.hidden = hidden if pack is None else packing.unpack(hidden, pack)  # [B, L, H] again
                 st = _drop(layer, model.rotary_emb, st, keep[cfg.layer_list.index(idx)], side, mode == "compact")
-            mask4d = _prefill_mask(st.mask, st.hidden.dtype)  # [B, 1, L, L]
-            rope = model.rotary_emb(st.hidden, st.positions)
+            hidden, positions, mask4d = st.hidden, st.positions, _prefill_mask(st.mask, st.hidden.dtype)
+            if packed:  # this stage's layers on [R, C] rows instead of [B, L]
+                pack, _ = packing.pack_for_model(model.config, st.hidden, st.mask, None)
+                hidden, positions = pack.inputs_embeds, packing.gather_packed(st.positions, pack)
+                mask4d = packing.block_causal_mask(pack, hidden.dtype)  # [R, 1, C, C]
+            rope = model.rotary_emb(hidden, positions)
             if cache is not None:
                 cache.stage_key_masks.append(st.mask)
                 cache.stage_shifts.append(n_image - (st.is_image & st.mask).sum(1))
         kept.append((st.is_image & st.mask).sum(1))
         lens.append(st.mask.sum(1))
-        st.hidden = _run_layer(layer, st.hidden, mask4d, st.positions, rope, cache)
+        hidden = _run_layer(layer, hidden, mask4d, positions, rope, cache)
+    st.hidden = hidden if pack is None else packing.unpack(hidden, pack)
     if cache is not None:
         cache.next_positions = next_positions
     return PDropOutput(

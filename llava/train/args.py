@@ -3,7 +3,8 @@
 LLaVA users keep their scripts: every LLaVA flag below keeps its name and default. New flags:
 ``--tune_vision_tower none|predictor|all`` (LLaVA always freezes the tower; a DRIP boundary predictor can train),
 ``--drip_boundary_threshold``, ``--drip_prior_loss_weight``, ``--pdrop_layer_list 8,16,24``,
-``--pdrop_image_token_ratio_list 0.5,0.25,0.125`` and ``--attn_implementation``.
+``--pdrop_image_token_ratio_list 0.5,0.25,0.125``, ``--attn_implementation``, ``--packing`` (default True:
+padding-free LLM batches) and ``--max_tokens_per_batch``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_bias: str = "none"
     mm_projector_lr: float | None = None
     group_by_modality_length: bool = field(default=False)
+    # --- padding-free batches and token budgets (llava.model.packing, llava.train.data.TokenBudgetBatchSampler) ---
+    packing: bool = field(default=True, metadata={"help": "padding-free LLM batches where the backend allows"})
+    max_tokens_per_batch: int | None = field(
+        default=None, metadata={"help": "cut batches by this many expected tokens instead of the batch size"}
+    )
     # --- DRIP tower training ---
     tune_vision_tower: str = field(default="none", metadata={"help": "none | predictor | all"})
     drip_prior_loss_weight: float = field(default=1.0, metadata={"help": "weight of the boundary prior loss"})

@@ -1,14 +1,21 @@
-"""LLaVA's training data: JSON records -> tokenised samples with images, the collator, and the modality sampler.
+"""LLaVA's training data: JSON records -> tokenised samples with images, the collator, and the length-aware samplers.
 
 A record is LLaVA's ``{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value"}...]}``. The file is
 validated when the dataset is built (malformed records and missing image files fail at once, naming the record);
 samples are tokenised lazily. A sample whose trained tokens would all be cut by ``model_max_length`` (text plus the
 image-token budget) is skipped, counted in ``LazySupervisedDataset.skipped`` and logged, never trained as a
 zero-loss sample.
+
+Length-aware batching knows DRIP: a sample's expected LLM length is its text tokens plus the tower's expected visual
+tokens per image (N * prior for a DRIP tower, whose count varies per image; the fixed count for CLIP), not a fixed
+image length. ``ModalityLengthGroupedSampler`` (LLaVA's ``--group_by_modality_length``) groups samples of similar
+expected length; ``TokenBudgetBatchSampler`` (``--max_tokens_per_batch``) cuts batches by a token budget instead of a
+sample count, so that with packed (padding-free) batches a device gets a similar number of real tokens each step.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -37,6 +44,19 @@ class DatasetOptions:
     model_max_length: int
     image_token_budget: int  # most visual tokens one image can take (DRIP: its patch count; CLIP: 576)
     mm_use_im_start_end: bool = False
+    expected_image_tokens: float | None = None  # visual tokens an image gives on average (None: the budget)
+
+
+TURN_TOKENS = 4  # template tokens per turn (role name, separators) added to the text's own tokens by the estimate
+
+
+def expected_visual_tokens(tower: Any) -> float:
+    """Visual tokens per image the LLM sees on average: N * prod(prior) for a DRIP tower (the rate its boundary
+    prior trains for, per pooling stage), the tower's fixed ``num_patches`` otherwise."""
+    cfg = getattr(tower, "config", None)
+    priors = tuple(getattr(cfg, "prior", ()) or ()) if getattr(cfg, "pool_at", ()) else ()
+    extra = tower.num_patches - cfg.num_patches if priors else 0  # a kept CLS token
+    return tower.num_patches if not priors else cfg.num_patches * math.prod(priors) + extra
 
 
 def load_records(data_path: str) -> list[dict[str, Any]]:
@@ -73,13 +93,18 @@ class LazySupervisedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    @property
+    @functools.cached_property
     def modality_lengths(self) -> list[int]:
-        """Estimated tokens per sample (words + image budget); negative for text-only samples (LLaVA's convention)."""
+        """Expected LLM tokens per sample: text tokens (the tokenizer on the turns, plus ``TURN_TOKENS`` per turn)
+        plus ``expected_image_tokens`` per image; negative for text-only samples (LLaVA's convention)."""
+        texts = [" ".join(t["value"] for t in rec["conversations"]) for rec in self.records]
+        counts = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        per_image = self.opts.expected_image_tokens
+        per_image = self.opts.image_token_budget if per_image is None else per_image
         out = []
-        for rec in self.records:
-            words = sum(len(t["value"].split()) for t in rec["conversations"])
-            out.append(words + self.opts.image_token_budget if "image" in rec else -max(words, 1))
+        for rec, ids in zip(self.records, counts, strict=True):
+            n_text = len(ids) + TURN_TOKENS * len(rec["conversations"])
+            out.append(round(n_text + per_image) if "image" in rec else -max(n_text, 1))  # one image per record
         return out
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -170,3 +195,80 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         partial = [m for m in megabatches if len(m) != self.group]
         rng.shuffle(full)
         return iter([i for m in full + partial for i in m])
+
+
+class TokenBudgetBatchSampler(Sampler[list[int]]):
+    """Batches cut by a token budget (``--max_tokens_per_batch``) instead of a sample count.
+
+    Per epoch (seeded by ``seed + epoch``): the samples are shuffled (image and text-only samples apart when
+    ``by_modality``, as LLaVA groups them), split into megabatches of ``megabatch`` samples, each sorted longest first
+    and cut greedily into batches of at most ``max_tokens``: the sum of the lengths for packed batches, the batch size
+    times its longest sample for padded ones. A sample longer than the budget forms a batch alone. Runs of
+    ``world_size`` consecutive batches (similar lengths: one step of all ranks) are then shuffled; accelerate hands
+    batch k to rank k % world_size. Every sample appears exactly once per epoch. Each pass advances the epoch
+    (``set_epoch`` sets it: the Trainer does on one process; accelerate's multi-process shards do not forward it).
+
+    lengths: ``LazySupervisedDataset.modality_lengths`` (positive = with image, negative = text-only).
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        max_tokens: int,
+        world_size: int = 1,
+        seed: int = 0,
+        padded: bool = False,
+        by_modality: bool = True,
+        megabatch: int = 512,
+    ):
+        if max_tokens < 1:
+            raise ValueError(f"--max_tokens_per_batch must be positive, got {max_tokens}")
+        self.lengths, self.max_tokens, self.world_size = list(lengths), int(max_tokens), max(int(world_size), 1)
+        self.seed, self.padded, self.by_modality, self.megabatch = seed, padded, by_modality, max(int(megabatch), 1)
+        self.epoch = 0
+        self._cached: tuple[int, list[list[int]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def cost(self, batch: Sequence[int]) -> int:
+        """Tokens a batch occupies: real tokens (packed) or batch size x longest sample (padded)."""
+        sizes = [abs(self.lengths[i]) for i in batch]
+        return len(sizes) * max(sizes, default=0) if self.padded else sum(sizes)
+
+    def batches(self) -> list[list[int]]:
+        """This epoch's batches (computed once per epoch)."""
+        if self._cached is None or self._cached[0] != self.epoch:
+            self._cached = (self.epoch, self._plan(random.Random(self.seed + self.epoch)))
+        return self._cached[1]
+
+    def _plan(self, rng: random.Random) -> list[list[int]]:
+        pools = [list(range(len(self.lengths)))]
+        if self.by_modality:
+            pools = [[i for i in pools[0] if (self.lengths[i] > 0) == image] for image in (True, False)]
+        batches: list[list[int]] = []
+        for pool in pools:
+            rng.shuffle(pool)
+            for start in range(0, len(pool), self.megabatch):
+                chunk = sorted(pool[start : start + self.megabatch], key=lambda i: -abs(self.lengths[i]))
+                batches.extend(self._cut(chunk))
+        steps = [batches[k : k + self.world_size] for k in range(0, len(batches), self.world_size)]
+        rng.shuffle(steps)
+        return [b for step in steps for b in step]
+
+    def _cut(self, chunk: list[int]) -> list[list[int]]:
+        out: list[list[int]] = []
+        for i in chunk:
+            if out and self.cost([*out[-1], i]) <= self.max_tokens:
+                out[-1].append(i)
+            else:
+                out.append([i])
+        return out
+
+    def __len__(self) -> int:
+        return len(self.batches())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = [list(b) for b in self.batches()]
+        self.epoch += 1  # the next pass is the next epoch unless set_epoch says otherwise (accelerate's shards don't)
+        return iter(batches)

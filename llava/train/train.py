@@ -24,7 +24,12 @@ from transformers import AutoTokenizer, HfArgumentParser
 from llava.model import LlavaLlamaForCausalLM, PDropConfig
 from llava.train.args import DataArguments, ModelArguments, TrainingArguments, parse_float_list, parse_int_list
 from llava.train.checkpointing import save_lora, save_mm_projector
-from llava.train.data import DataCollatorForSupervisedDataset, DatasetOptions, LazySupervisedDataset
+from llava.train.data import (
+    DataCollatorForSupervisedDataset,
+    DatasetOptions,
+    LazySupervisedDataset,
+    expected_visual_tokens,
+)
 from llava.train.trainer import LLaVATrainer
 
 logger = logging.getLogger(__name__)
@@ -123,6 +128,7 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, to
     ratios = parse_float_list(model_args.pdrop_image_token_ratio_list)
     if layers or ratios:
         model.set_pdrop(PDropConfig(layers, ratios))
+    model.set_packing(training_args.packing)
     if training_args.gradient_checkpointing:
         model.enable_input_require_grads()
     set_trainable(model, model_args, training_args)
@@ -192,6 +198,7 @@ def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVA
         model_max_length=training_args.model_max_length,
         image_token_budget=tower.num_patches,
         mm_use_im_start_end=model_args.mm_use_im_start_end,
+        expected_image_tokens=expected_visual_tokens(tower),
     )
     dataset = LazySupervisedDataset(data_args.data_path, tokenizer, tower.image_processor, opts)
     trainer = LLaVATrainer(

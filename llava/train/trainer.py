@@ -1,14 +1,16 @@
-"""LLaVATrainer: HF Trainer with LLaVA's projector learning rate, modality-grouped batches and stage-1 saving."""
+"""LLaVATrainer: HF Trainer with LLaVA's projector learning rate, modality-grouped or token-budget batches and
+stage-1 saving."""
 
 from __future__ import annotations
 
 import os
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from llava.train.checkpointing import save_mm_projector
-from llava.train.data import ModalityLengthGroupedSampler
+from llava.train.data import ModalityLengthGroupedSampler, TokenBudgetBatchSampler
 
 
 class LLaVATrainer(Trainer):
@@ -22,6 +24,32 @@ class LLaVATrainer(Trainer):
             batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
             return ModalityLengthGroupedSampler(dataset.modality_lengths, batch, self.args.world_size, self.args.seed)
         return super()._get_train_sampler(train_dataset)
+
+    def get_train_dataloader(self) -> DataLoader:
+        """With ``--max_tokens_per_batch``: batches cut by a token budget (``TokenBudgetBatchSampler``), counted as
+        real tokens with packing and as padded tokens without; accelerate shards the batches over the ranks."""
+        budget = self.args.max_tokens_per_batch
+        if budget is None:
+            return super().get_train_dataloader()
+        dataset = self.train_dataset
+        if not hasattr(dataset, "modality_lengths"):
+            raise ValueError("--max_tokens_per_batch needs a dataset with modality_lengths (LazySupervisedDataset)")
+        sampler = TokenBudgetBatchSampler(
+            dataset.modality_lengths,
+            budget,
+            world_size=self.args.world_size,
+            seed=self.args.seed,
+            padded=not self.args.packing,
+            by_modality=self.args.group_by_modality_length,
+        )
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """Four groups: (projector | rest) x (decay | no decay); the projector uses --mm_projector_lr when set."""

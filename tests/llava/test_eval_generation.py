@@ -246,6 +246,9 @@ def test_sidecar_keys_values_and_results_table(loaded, data, tmp_path):
     mean_prefill = sum(r["metadata"]["prefill_gflops"] for r in lines) / len(lines) * 1e9
     assert summary["prefill_flops"] == pytest.approx(mean_prefill)
     assert summary["llm_prefill_tflops"] == pytest.approx(summary["prefill_flops"] / 1e12)
+    real = sum(m["text_tokens"] + m["visual_tokens"] for m in (r["metadata"] for r in lines))
+    pads, share = summary["prompt_padding_tokens"], summary["prompt_padding_share"]
+    assert summary["prompt_tokens"] == real and pads > 0 and share == pytest.approx(pads / (pads + real))
     has_count = hasattr(model.get_vision_tower(), "analytic_gflops")
     assert (
         (summary["tower_gflops"] is not None and summary["tower_gflops"] > 0)

@@ -1,7 +1,9 @@
 """Multi-process LLaVA training on CPU (slow, kept out of CI): 2 processes under ``torchrun`` (plain DDP) and under
 DeepSpeed's launcher (ZeRO-2, ZeRO-3, CPU accelerator with gloo) both finish, both ranks end with identical
 weights, and DDP and ZeRO reach the same losses and weights on the same tiny run (stage 2: LLM + projector, DRIP-tiny
-tower frozen). ZeRO-3 on CPU needs deepspeed.comm started before ``from_pretrained`` (``llava.train.train`` does it).
+tower frozen). Packed LLM batches (the default) and ``--packing False`` reach the same losses and weights under
+ZeRO-2/3, and token-budget batches (``--max_tokens_per_batch``) run on two ZeRO-3 ranks. ZeRO-3 on CPU needs
+deepspeed.comm started before ``from_pretrained`` (``llava.train.train`` does it).
 
 This file is also the entry point the launchers start (``python tests/llava/test_multiprocess.py <train flags>``): it
 runs ``llava.train.train.train`` with a callback that, at the end of training, writes each rank's world size, loss
@@ -116,8 +118,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+VARIANTS = {"padded": ["--packing", "False"], "budget": ["--max_tokens_per_batch", "300"]}  # "<backend>+<variant>"
+
+
 def launcher(backend: str) -> list[str]:
     """2 CPU processes: torchrun (plain DDP) or DeepSpeed's launcher with a ZeRO config (no optimizer block)."""
+    backend = backend.split("+")[0]
     if backend == "ddp":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                 "--master_port", str(free_port()), __file__]  # fmt: skip
@@ -157,8 +163,9 @@ def launch(world, base_llm, tmp_path_factory):
 
     def run(backend: str) -> tuple[list[dict], dict[str, torch.Tensor]]:
         if backend not in done:
-            out = tmp_path_factory.mktemp(backend)
-            cmd = [*launcher(backend), *train_flags(world, base_llm, out / "model")]
+            out = tmp_path_factory.mktemp(backend.replace("+", "_"))
+            variant = VARIANTS[backend.split("+")[1]] if "+" in backend else []
+            cmd = [*launcher(backend), *train_flags(world, base_llm, out / "model"), *variant]
             start = time.time()
             proc = subprocess.run(cmd, cwd=REPO, env=launch_env(out), capture_output=True, text=True, timeout=600)
             log = f"{backend}: exit {proc.returncode} after {time.time() - start:.0f} s\n"
@@ -197,6 +204,23 @@ def test_ddp_and_zero_reach_the_same_loss_and_weights(launch, zero):
     for name, p in ddp_params.items():
         # Adam amplifies reduction-order noise where gradients are tiny; a skipped or wrong step moves ~lr (1e-3)
         torch.testing.assert_close(ds_params[name], p, rtol=1e-4, atol=5e-5, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_packed_zero_run_equals_padded_zero_run(launch, zero):
+    (packed, packed_params), (padded, padded_params) = launch(zero), launch(f"{zero}+padded")  # packing is the default
+    a, b = packed[0]["losses"], padded[0]["losses"]
+    assert a == pytest.approx(b, rel=1e-4), (a, b)
+    for name, p in padded_params.items():
+        torch.testing.assert_close(packed_params[name], p, rtol=1e-4, atol=5e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_token_budget_batches_on_two_zero3_ranks(launch):
+    reports, _ = launch("zero3+budget")
+    assert [r["world_size"] for r in reports] == [2, 2] and all(r["global_step"] == STEPS for r in reports)
+    assert reports[0]["sha256"] == reports[1]["sha256"] and reports[0]["losses"] == reports[1]["losses"]
 
 
 if __name__ == "__main__":

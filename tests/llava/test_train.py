@@ -166,3 +166,21 @@ def test_lora_run_saves_what_the_loader_merges(tmp_path, world, base_llm):
     trained = trainer.model.base_model.model.get_model().mm_projector[0].weight.detach()
     torch.testing.assert_close(model.get_model().mm_projector[0].weight, trained)
     assert model.config.vocab_size == trainer.model.base_model.model.config.vocab_size  # same <im_patch> growth
+
+
+@pytest.mark.slow  # three short training runs (~40 s on the shared 2 cores)
+def test_packed_run_matches_padded_run_and_token_budget_runs(tmp_path, world, base_llm):
+    packed = train(run_args(world, base_llm, tmp_path / "packed", "--max_steps", "3", "--save_strategy", "no"))
+    padded = train(run_args(world, base_llm, tmp_path / "padded", "--max_steps", "3", "--save_strategy", "no",
+                            "--packing", "False"))  # fmt: skip
+    assert packed.model.packing and not padded.model.packing
+    for step, loss in losses(padded).items():
+        assert losses(packed)[step] == pytest.approx(loss, rel=1e-4), step
+    budget = train(run_args(world, base_llm, tmp_path / "budget", "--max_steps", "2", "--save_strategy", "no",
+                            "--max_tokens_per_batch", "400"))  # fmt: skip
+    loader = budget.get_train_dataloader()
+    lengths = budget.train_dataset.modality_lengths
+    sizes = [len(b) for b in loader.batch_sampler]
+    assert len(set(sizes)) > 1 or sizes[0] != 4  # the budget, not --per_device_train_batch_size, sets the size
+    assert all(sum(abs(lengths[i]) for i in b) <= 400 or len(b) == 1 for b in loader.batch_sampler)
+    assert len(losses(budget)) == 2

@@ -12,6 +12,7 @@ LLaVA-1.5 checkpoints load through ``AutoConfig`` / ``AutoModelForCausalLM`` onc
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from llava.model.config import MultimodalConfig, PDropConfig
 from llava.model.llava_arch import Images, LlavaMetaForCausalLM, LlavaMetaModel, MultimodalInputs
+from llava.model.packing import PackedBatch, pack_for_model, supports_packing
 from llava.model.splice import ImageTokenLayout
+
+logger = logging.getLogger(__name__)
 
 
 class LlavaLlamaConfig(LlamaConfig):
@@ -45,11 +49,13 @@ LlavaConfig = LlavaLlamaConfig  # LLaVA's name for it
 @dataclass
 class LlavaCausalLMOutputWithPast(CausalLMOutputWithPast):
     """``loss`` is ``lm_loss`` plus DRIP's ``boundary_loss`` when the boundary predictor trains (the loss needs a
-    gradient); ``image_layouts`` says where each sample's image tokens sat in the LLM's input."""
+    gradient); ``image_layouts`` says where each sample's image tokens sat in the LLM's input. ``packed`` is set when
+    the LLM ran padding-free: ``logits`` then follow its [R, C] layout (``llava.model.packing.unpack`` -> [B, T])."""
 
     lm_loss: Tensor | None = None
     boundary_loss: Tensor | None = None
     image_layouts: list[ImageTokenLayout] | None = None
+    packed: PackedBatch | None = None
 
 
 class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
@@ -69,6 +75,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.pdrop: PDropConfig | None = MultimodalConfig.from_config(config).pdrop
+        self.packing = True  # padding-free training forward where the attention backend allows (set_packing)
+        self.packing_single_row: bool | None = None  # None: the backend decides (see llava.model.packing)
         self.post_init()
 
     def get_model(self) -> LlavaLlamaModel:
@@ -78,6 +86,25 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         """Turn PyramidDrop on (or off with None); recorded in the config so checkpoints keep it."""
         MultimodalConfig.from_config(self.config).replace(pdrop=pdrop).write_to(self.config)
         self.pdrop = pdrop
+
+    def set_packing(self, enabled: bool, single_row: bool | None = None) -> None:
+        """Padding-free (packed) LLM batches for forwards with labels (training), or today's padded batches;
+        ``single_row`` forces one row (True) or planned rows (False) instead of the backend's choice (None)."""
+        self.packing, self.packing_single_row = bool(enabled), single_row
+
+    def _packs(self, labels: Tensor | None, attention_mask: Tensor | None, cache: Cache | None) -> bool:
+        """Pack this forward: packing on, a loss to compute (no decoding cache), a backend that keeps samples apart."""
+        if not self.packing or labels is None or attention_mask is None or attention_mask.dim() != 2:
+            return False
+        if cache is not None and cache.get_seq_length() > 0:
+            return False
+        backend = self.config._attn_implementation
+        if not supports_packing(backend) or (self.pdrop is not None and backend not in ("sdpa", "eager")):
+            if not getattr(self, "_told_padded", False):
+                logger.info("packing is on but attention backend %r runs padded batches here", backend)
+                self._told_padded = True
+            return False
+        return True
 
     @property
     def context_length(self) -> int:
@@ -117,8 +144,16 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             input_ids, inputs_embeds, image_layouts = None, mm.inputs_embeds, mm.layouts
             attention_mask, position_ids, labels = mm.attention_mask, mm.position_ids, mm.labels
             boundary_loss = mm.boundary_loss
+        packed, pack_llm = None, self._packs(labels, attention_mask, cache)
+        if pack_llm and self.pdrop is None:  # PyramidDrop packs each of its stages itself
+            if inputs_embeds is None:
+                inputs_embeds, input_ids = self.model.embed_tokens(input_ids), None
+            packed, extra = pack_for_model(self.config, inputs_embeds, attention_mask, labels, self.packing_single_row)
+            inputs_embeds, position_ids, labels = packed.inputs_embeds, packed.position_ids, packed.labels
+            attention_mask, use_cache, kwargs = None, False, {**kwargs, **extra}  # restarting positions: block mask
         outputs, labels = self._run_llm(
-            input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, image_layouts, labels, kwargs
+            input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, image_layouts, labels, kwargs,
+            packed=pack_llm,
         )
         hidden = outputs.last_hidden_state  # [B, T, H]
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
@@ -138,6 +173,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             lm_loss=lm_loss,
             boundary_loss=boundary_loss,
             image_layouts=image_layouts,
+            packed=packed,
         )
 
     def _prefill_inputs(
@@ -168,6 +204,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         image_layouts: list[ImageTokenLayout] | None,
         labels: Tensor | None,
         kwargs: dict[str, Any],
+        packed: bool = False,
     ) -> tuple[BaseModelOutputWithPast, Tensor | None]:
         """The decoder stack: plain, or PyramidDrop's (which may shorten the sequence, and the labels with it)."""
         if self.pdrop is None:
@@ -194,7 +231,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             self.pdrop,
             labels=labels,
             past_key_values=cache,
-            use_cache=bool(use_cache),
+            use_cache=bool(use_cache) and not packed,
+            packed=packed,
         )
         return BaseModelOutputWithPast(last_hidden_state=out.last_hidden_state, cache=out.past_key_values), out.labels
 
