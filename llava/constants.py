@@ -5,6 +5,10 @@ files and checkpoints written for LLaVA-1.5 mean the same thing here. Only model
 web-serving constants (controller heartbeats, log directory) belong to no module of this project.
 """
 
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
 IGNORE_INDEX = -100
 """Label value that the cross-entropy loss skips (PyTorch's default ``ignore_index``)."""
 
@@ -20,3 +24,15 @@ DEFAULT_IM_START_TOKEN = "<im_start>"
 DEFAULT_IM_END_TOKEN = "<im_end>"
 IMAGE_PLACEHOLDER = "<image-placeholder>"
 """Placeholder a user may write inside a query to say where the image goes (LLaVA's ``run_llava``)."""
+
+AspectRatio = Literal["pad", "square"]  # image_aspect_ratio: pad to a square first (LLaVA-1.5), or as is
+IMAGE_ASPECT_RATIOS: tuple[str, ...] = get_args(AspectRatio)
+
+
+def check_aspect_ratio(value: Any, name: str = "image_aspect_ratio") -> AspectRatio:
+    """``value`` if it is a supported aspect-ratio mode, else a ValueError naming ``name`` and the allowed values."""
+    if value == "anyres":
+        raise ValueError(f"{name}='anyres' (LLaVA-NeXT tiling) is not supported; use one of {IMAGE_ASPECT_RATIOS}")
+    if value not in IMAGE_ASPECT_RATIOS:
+        raise ValueError(f"{name} must be one of {IMAGE_ASPECT_RATIOS}, got {value!r}")
+    return value

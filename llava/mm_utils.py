@@ -11,25 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase, StoppingCriteria
 
-from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-
-AspectRatio = Literal["pad", "square"]  # image_aspect_ratio: pad to a square first (LLaVA-1.5), or as is
-IMAGE_ASPECT_RATIOS: tuple[str, ...] = get_args(AspectRatio)
-
-
-def check_aspect_ratio(value: Any, name: str = "image_aspect_ratio") -> AspectRatio:
-    """``value`` if it is a supported aspect-ratio mode, else a ValueError naming ``name`` and the allowed values."""
-    if value == "anyres":
-        raise ValueError(f"{name}='anyres' (LLaVA-NeXT tiling) is not supported; use one of {IMAGE_ASPECT_RATIOS}")
-    if value not in IMAGE_ASPECT_RATIOS:
-        raise ValueError(f"{name} must be one of {IMAGE_ASPECT_RATIOS}, got {value!r}")
-    return value
+from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX, AspectRatio, check_aspect_ratio
 
 
 class ImageProcessor(Protocol):

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from llava.mm_utils import AspectRatio, check_aspect_ratio
+from llava.constants import AspectRatio, check_aspect_ratio
 
 SelectFeature = Literal["patch", "cls_patch"]
 PaddingSide = Literal["left", "right"]

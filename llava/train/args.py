@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import transformers
 
-from llava.mm_utils import check_aspect_ratio
+from llava.constants import check_aspect_ratio
 from llava.model.multimodal_encoder.base import check_train_mode
 
 
