@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerState
 
 from llava.train.resume import UntrustedCheckpoint, checkpoint_pickles, verify_checkpoint
 from llava.train.train import train
@@ -36,7 +37,9 @@ def crafted_checkpoint(out: Path, marker: Path, step: int = 3) -> Path:
     states = ckpt / f"global_step{step}"
     states.mkdir(parents=True)
     (ckpt / "latest").write_text(f"global_step{step}")
-    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+    TrainerState(global_step=step, train_batch_size=4, logging_steps=1, save_steps=step).save_to_json(
+        str(ckpt / "trainer_state.json")
+    )  # a real state, so that the Trainer goes on to hand the folder to DeepSpeed
     torch.save({"step": step, "weight": torch.zeros(2)}, ckpt / "rng_state.pth")
     torch.save({"module": {"w": torch.ones(2)}, "client_state": Payload(marker)}, states / "mp_rank_00_model_states.pt")
     return ckpt
