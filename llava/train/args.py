@@ -51,6 +51,9 @@ class DataArguments:
     is_multimodal: bool = False
     image_folder: str | None = field(default=None)
     image_aspect_ratio: str = field(default="square", metadata={"help": "pad (LLaVA-1.5) | square"})
+    skip_bad_images: bool = field(
+        default=False, metadata={"help": "leave out (log, count) records whose image is missing or unreadable"}
+    )
 
     def __post_init__(self) -> None:
         check_aspect_ratio(self.image_aspect_ratio, "--image_aspect_ratio")
@@ -83,6 +86,13 @@ class TrainingArguments(transformers.TrainingArguments):
     # --- DRIP tower training ---
     tune_vision_tower: str = field(default="none", metadata={"help": "none | predictor | all"})
     drip_prior_loss_weight: float = field(default=1.0, metadata={"help": "weight of the boundary prior loss"})
+    # --- resuming (llava.train.resume): a rerun resumes from the latest checkpoint-* in output_dir ---
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "start afresh: don't resume; earlier checkpoints may be replaced"}
+    )
+    trust_checkpoint: bool = field(
+        default=False, metadata={"help": "resume from a checkpoint whose pickles are not weights only (runs its code)"}
+    )
 
     warmup_ratio: float | None = field(
         default=None, metadata={"help": "LLaVA's flag; transformers 5 folds it into warmup_steps (a float < 1)"}

@@ -63,3 +63,12 @@ def save_lora(model: nn.Module, output_dir: str) -> None:
     lora = {n: _gather(p) for n, p in model.named_parameters() if "lora_" in n}
     model.save_pretrained(output_dir, state_dict=lora)
     torch.save(non_lora_trainables(model), os.path.join(output_dir, "non_lora_trainables.bin"))
+
+
+def refuse_untrained_save(global_step: int, output_dir: str) -> None:
+    """A run that trained 0 steps saves nothing: its model would replace a trained one in ``output_dir``."""
+    if global_step == 0:
+        raise RuntimeError(
+            f"training ran 0 steps, so nothing is saved to {output_dir} (a model already there is kept); "
+            "check the data, --max_steps and --num_train_epochs"
+        )

@@ -1,8 +1,12 @@
 """LLaVA's training data: JSON records -> tokenised samples with images, the collator, and the length-aware samplers.
 
 A record is LLaVA's ``{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value"}...]}``. The file is
-validated when the dataset is built (malformed records and missing image files fail at once, naming the record);
-samples are tokenised lazily. A sample whose trained tokens would all be cut by ``model_max_length`` (text plus the
+validated when the dataset is built, before anything is trained or written: an empty file, malformed records, an
+``image`` that is not one file name, and missing or unreadable image files fail at once, naming the record and the
+file. The image check is cheap (header, and the end-of-image marker of JPEG and PNG files, so truncated downloads are
+caught; a progress bar on large sets); with ``skip_bad_images`` such records are logged, counted in
+``LazySupervisedDataset.bad_images`` and left out instead, also when an image only fails to decode during training.
+Samples are tokenised lazily. A sample whose trained tokens would all be cut by ``model_max_length`` (text plus the
 image-token budget) is skipped, counted in ``LazySupervisedDataset.skipped`` and logged, never trained as a
 zero-loss sample.
 
@@ -26,7 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -45,6 +51,7 @@ class DatasetOptions:
     image_token_budget: int  # most visual tokens one image can take (DRIP: its patch count; CLIP: 576)
     mm_use_im_start_end: bool = False
     expected_image_tokens: float | None = None  # visual tokens an image gives on average (None: the budget)
+    skip_bad_images: bool = False  # leave out (log, count) records whose image is missing or unreadable
 
 
 TURN_TOKENS = 4  # template tokens per turn (role name, separators) added to the text's own tokens by the estimate
@@ -69,7 +76,45 @@ def load_records(data_path: str) -> list[dict[str, Any]]:
         raise ValueError(f"--data_path {data_path}: not valid JSON ({e})") from None
     if not isinstance(records, list):
         raise ValueError(f"--data_path {data_path}: expected a JSON list of records, got {type(records).__name__}")
+    if not records:
+        raise ValueError(f"--data_path {data_path}: the list of records is empty; there is nothing to train on")
     return records
+
+
+TAIL_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}  # end-of-image markers: a file cut short lacks them
+TAIL_BYTES = 4096  # looked at for the marker (writers may append a little after it)
+PROGRESS_FROM = 2000  # records; smaller sets are checked without a progress bar
+
+
+def image_problem(path: str) -> str | None:
+    """Why the image file at ``path`` cannot be trained on, or None. Cheap: the file exists, its header parses, and
+    a JPEG or PNG ends with its end-of-image marker; decoding errors beyond that surface when the sample is loaded."""
+    if not os.path.isfile(path):
+        return "does not exist (check --image_folder)"
+    try:
+        with Image.open(path) as image:
+            fmt = image.format
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError: OSError
+        return f"is not a readable image ({err})"
+    marker = TAIL_MARKERS.get(fmt or "")
+    if marker is not None:
+        with open(path, "rb") as f:
+            f.seek(max(os.path.getsize(path) - TAIL_BYTES, 0))
+            if marker not in f.read():
+                return f"is a truncated {fmt} file (no end-of-image marker)"
+    return None
+
+
+def check_image_field(rec: dict[str, Any], where: str) -> None:
+    """``image`` (when present) must be one file name; LLaVA-1.5 records hold at most one image."""
+    image = rec["image"]
+    if isinstance(image, str) and image:
+        return
+    got = "null" if image is None else f"a list of {len(image)}" if isinstance(image, list) else repr(image)
+    raise MalformedSample(
+        f"{where}: 'image' must be one image file name (a string relative to --image_folder), got {got}; "
+        "leave 'image' out for a text-only record"
+    )
 
 
 class LazySupervisedDataset(Dataset):
@@ -77,15 +122,35 @@ class LazySupervisedDataset(Dataset):
         self.records = load_records(data_path)
         self.tokenizer, self.image_processor, self.opts = tokenizer, image_processor, opts
         self.skipped: dict[int, str] = {}
-        for i, rec in enumerate(self.records):
+        self.bad_images: dict[int, str] = {}  # with opts.skip_bad_images: record index -> what is wrong
+        records = tqdm(self.records, desc=f"checking {data_path}", disable=len(self.records) < PROGRESS_FROM)
+        for i, rec in enumerate(records):
             where = f"{data_path} record {i} (id={rec.get('id', '?') if isinstance(rec, dict) else '?'})"
             if not isinstance(rec, dict):
                 raise MalformedSample(f"{where}: expected an object, got {type(rec).__name__}")
             validate_conversations(rec, where)
             if "image" in rec:
+                check_image_field(rec, where)
                 path = self._image_path(rec)
-                if not os.path.isfile(path):
-                    raise FileNotFoundError(f"{where}: image file {path} does not exist (check --image_folder)")
+                problem = image_problem(path)
+                if problem is not None:
+                    error = self._bad_image(i, f"{where}: image file {path} {problem}", os.path.isfile(path))
+                    if error is not None:
+                        raise error
+        if len(self.bad_images) == len(self.records):
+            raise ValueError(f"--data_path {data_path}: every record's image is unusable, e.g. {self.bad_images[0]}")
+        if self.bad_images:
+            logger.warning("left out %d record(s) with unusable images (--skip_bad_images)", len(self.bad_images))
+
+    def _bad_image(self, i: int, message: str, exists: bool) -> Exception | None:
+        """Record ``i``'s image is unusable: the error to raise, or None once it is logged and counted (with
+        skip_bad_images)."""
+        if not self.opts.skip_bad_images:
+            error = ValueError if exists else FileNotFoundError
+            return error(message + "; --skip_bad_images True leaves such records out")
+        self.bad_images[i] = message
+        logger.warning("skipping %s (%d bad image(s) so far)", message, len(self.bad_images))
+        return None
 
     def _image_path(self, rec: dict[str, Any]) -> str:
         return os.path.join(self.opts.image_folder or "", rec["image"])
@@ -110,12 +175,13 @@ class LazySupervisedDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         for offset in range(len(self.records)):
             j = (i + offset) % len(self.records)
-            if j in self.skipped:
+            if j in self.skipped or j in self.bad_images:
                 continue
             sample = self._build(j)
             if sample is not None:
                 return sample
-        raise RuntimeError(f"every sample was skipped as too long: {list(self.skipped.values())[:3]} ...")
+        reasons = [*self.skipped.values(), *self.bad_images.values()][:3]
+        raise RuntimeError(f"every sample was skipped (too long or a bad image): {reasons} ...")
 
     def _build(self, j: int) -> dict[str, Any] | None:
         rec, opts = self.records[j], self.opts
@@ -137,7 +203,14 @@ class LazySupervisedDataset(Dataset):
             return None
         sample: dict[str, Any] = {"input_ids": ids, "labels": labels}
         if has_image:
-            image = load_image(self._image_path(rec))
+            path = self._image_path(rec)
+            try:
+                image = load_image(path)
+            except (OSError, ValueError) as err:
+                error = self._bad_image(j, f"record {j} (id={rec.get('id', '?')}): {err}", os.path.isfile(path))
+                if error is not None:
+                    raise error from err
+                return None
             sample["image"] = process_images([image], self.image_processor, aspect_ratio=opts.image_aspect_ratio)[0]
         return sample
 

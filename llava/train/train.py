@@ -23,13 +23,14 @@ from transformers import AutoTokenizer, HfArgumentParser
 
 from llava.model import LlavaLlamaForCausalLM, PDropConfig
 from llava.train.args import DataArguments, ModelArguments, TrainingArguments, parse_float_list, parse_int_list
-from llava.train.checkpointing import save_lora, save_mm_projector
+from llava.train.checkpointing import refuse_untrained_save, save_lora, save_mm_projector
 from llava.train.data import (
     DataCollatorForSupervisedDataset,
     DatasetOptions,
     LazySupervisedDataset,
     expected_visual_tokens,
 )
+from llava.train.resume import resume_point, verify_checkpoint
 from llava.train.trainer import LLaVATrainer
 
 logger = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def loss_summary(log_history: list[dict]) -> dict:
 
 def save_outputs(trainer: LLaVATrainer, model, model_args: ModelArguments, training_args: TrainingArguments) -> None:
     out = training_args.output_dir
+    refuse_untrained_save(trainer.state.global_step, out)
     if model_args.tune_mm_mlp_adapter:
         if trainer.args.should_save:
             save_mm_projector(model, out)
@@ -179,6 +181,10 @@ def save_outputs(trainer: LLaVATrainer, model, model_args: ModelArguments, train
 def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVATrainer:
     """Parse ``argv`` (default: sys.argv), build model and data, train, save; returns the trainer."""
     model_args, data_args, training_args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = training_args  # a rerun resumes from the latest checkpoint (LLaVA); llava.train.resume has the rules
+    resume = resume_point(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+    if resume is not None:
+        verify_checkpoint(resume, trust=training_args.trust_checkpoint)  # before DeepSpeed unpickles it
     if training_args.deepspeed and not torch.cuda.is_available():
         # accelerate's CPU path starts torch.distributed but not deepspeed.comm; ZeRO-3's zero.Init inside
         # from_pretrained would then see a world size of 1 and reject the batch-size arithmetic.
@@ -199,6 +205,7 @@ def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVA
         image_token_budget=tower.num_patches,
         mm_use_im_start_end=model_args.mm_use_im_start_end,
         expected_image_tokens=expected_visual_tokens(tower),
+        skip_bad_images=data_args.skip_bad_images,
     )
     dataset = LazySupervisedDataset(data_args.data_path, tokenizer, tower.image_processor, opts)
     trainer = LLaVATrainer(
@@ -210,8 +217,7 @@ def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVA
         tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter,
         callbacks=callbacks,
     )
-    resume = training_args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=resume if resume not in (None, "", "False") else None)
+    trainer.train(resume_from_checkpoint=resume)
     model.config.use_cache = True
     save_outputs(trainer, model, model_args, training_args)
     if dataset.skipped:

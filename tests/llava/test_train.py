@@ -63,9 +63,8 @@ def test_missing_image_file_names_record_and_path(tmp_path, world, base_llm):
 def test_unreadable_image_names_the_file(tmp_path, world, base_llm):
     bad = world / "images" / "broken.png"
     bad.write_bytes(b"not a png at all")
-    ds = dataset(write(tmp_path, [dict(good_record(world), image="broken.png")]), world, base_llm)
-    with pytest.raises(ValueError, match="broken.png"):
-        ds[0]
+    with pytest.raises(ValueError, match=r"record 0 .*broken\.png is not a readable image"):  # found up front
+        dataset(write(tmp_path, [dict(good_record(world), image="broken.png")]), world, base_llm)
 
 
 @pytest.mark.parametrize(
