@@ -18,6 +18,7 @@ runs in the model's own mode with gradients.
 from __future__ import annotations
 
 import contextlib
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_inputs import ImageTokenLayout, splice_image_features
 from llava.model.multimodal_projector.builder import build_vision_projector
+
+logger = logging.getLogger(__name__)
 
 Images = Tensor | Sequence[Tensor]  # [B, C, H, W], or one [C, H, W] (or [k, C, H, W]) tensor per image
 
@@ -256,7 +259,8 @@ class LlavaMetaForCausalLM(ABC):
         """Add LLaVA's optional image tokens to ``tokenizer`` and grow the embeddings (new rows: mean of the old).
 
         ``mm_use_im_patch_token`` adds ``<im_patch>``; ``mm_use_im_start_end`` adds ``<im_start>``/``<im_end>``. With
-        ``tune_mm_mlp_adapter`` the new input rows train and the output rows stay frozen, as in LLaVA.
+        start/end tokens and ``pretrain_mm_mlp_adapter``, their rows come from that stage-1 file (LLaVA saves
+        ``model.embed_tokens.weight`` beside the projector). Which rows train is decided by the training entry point.
         """
         new_tokens = [DEFAULT_IMAGE_PATCH_TOKEN] if getattr(model_args, "mm_use_im_patch_token", False) else []
         if getattr(model_args, "mm_use_im_start_end", False):
@@ -267,10 +271,26 @@ class LlavaMetaForCausalLM(ABC):
             with torch.no_grad():
                 for emb in (self.get_input_embeddings().weight, self.get_output_embeddings().weight):
                     emb[-added:] = emb[:-added].mean(dim=0, keepdim=True)
-        if getattr(model_args, "tune_mm_mlp_adapter", False) and added:
-            self.get_input_embeddings().requires_grad_(True)
-            self.get_output_embeddings().requires_grad_(False)
+        adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
+        if added and adapter and getattr(model_args, "mm_use_im_start_end", False):
+            self._load_new_token_rows(adapter, added)
         self.mm_config.replace(
             use_im_patch_token=bool(getattr(model_args, "mm_use_im_patch_token", False)),
             use_im_start_end=bool(getattr(model_args, "mm_use_im_start_end", False)),
         ).write_to(self.config)
+
+    def _load_new_token_rows(self, path: str, added: int) -> None:
+        """Copy the last ``added`` input-embedding rows from a stage-1 ``mm_projector.bin`` (LLaVA's rule: the file
+        holds the whole matrix, or just the new rows)."""
+        stored = torch.load(path, map_location="cpu", weights_only=True).get("model.embed_tokens.weight")
+        weight = self.get_input_embeddings().weight
+        if stored is None:
+            logger.warning("%s holds no model.embed_tokens.weight: <im_start>/<im_end> start from the mean", path)
+            return
+        if stored.shape[1] != weight.shape[1] or stored.shape[0] not in (added, weight.shape[0]):
+            raise ValueError(
+                f"{path}: model.embed_tokens.weight is {list(stored.shape)}; expected [{weight.shape[0]} or {added}, "
+                f"{weight.shape[1]}] (the stage-1 run must use the same base LLM and image tokens)"
+            )
+        with torch.no_grad():
+            weight[-added:] = stored[-added:].to(weight.dtype)

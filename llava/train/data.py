@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
-from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import load_image, process_images
 from llava.train.preprocess import MalformedSample, preprocess, validate_conversations
 
@@ -52,6 +52,20 @@ def load_records(data_path: str) -> list[dict[str, Any]]:
     return records
 
 
+def check_image_field(record: dict[str, Any], where: str) -> None:
+    """A record's ``image`` is one file path, and its text holds at most one ``<image>`` (none: one is prepended)."""
+    placeholders = sum(t["value"].count(DEFAULT_IMAGE_TOKEN) for t in record["conversations"])
+    if "image" not in record:
+        return  # a text-only record with placeholders is refused by preprocess, naming it
+    if not isinstance(record["image"], str) or not record["image"]:
+        raise MalformedSample(f"{where}: 'image' must be one image file path (a string), got {record['image']!r}")
+    if placeholders > 1:
+        raise MalformedSample(
+            f"{where}: the record has one image but {placeholders} '<image>' placeholders across its turns; "
+            "expected at most one (LLaVA-1.5 records carry one image)"
+        )
+
+
 class LazySupervisedDataset(Dataset):
     def __init__(self, data_path: str, tokenizer: PreTrainedTokenizerBase, image_processor: Any, opts: DatasetOptions):
         self.records = load_records(data_path)
@@ -62,6 +76,7 @@ class LazySupervisedDataset(Dataset):
             if not isinstance(rec, dict):
                 raise MalformedSample(f"{where}: expected an object, got {type(rec).__name__}")
             validate_conversations(rec, where)
+            check_image_field(rec, where)
             if "image" in rec:
                 path = self._image_path(rec)
                 if not os.path.isfile(path):
