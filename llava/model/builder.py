@@ -24,7 +24,7 @@ from torch import Tensor
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
-from llava.model.language_model.llava_llama import LlavaLlamaConfig, LlavaLlamaForCausalLM
+from llava.model.language_model.llava_llama import LlavaLlamaConfig, LlavaLlamaForCausalLM, register_auto_classes
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +128,7 @@ def _finish_vision(model: LlavaLlamaForCausalLM, missing_keys: list[str]) -> Non
         raise ValueError(f"the checkpoint lacks weights for {others[:5]}{' ...' if len(others) > 5 else ''}")
     if tower is not None and (not tower.is_loaded or tower_missing):
         logger.info("loading vision tower weights from %s", tower.vision_tower_name)
-        tower.load_model()
-        p = next(model.get_model().embed_tokens.parameters())
-        tower.to(device=p.device, dtype=p.dtype)
+        model.get_model().load_vision_tower()
 
 
 def _from_pretrained(path: str, config: LlavaLlamaConfig | None, kwargs: dict[str, Any]) -> tuple[Any, list[str]]:
@@ -205,6 +203,7 @@ def load_pretrained_model(
         (tokenizer, model in eval mode, the tower's image processor, context length in tokens).
     """
     del model_name
+    register_auto_classes()  # so that the loaded model also round-trips through AutoModelForCausalLM
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     kind = checkpoint_kind(model_path)
     kwargs = _load_kwargs(load_8bit, load_4bit, device_map, device, torch_dtype, attn_implementation)

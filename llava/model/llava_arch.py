@@ -68,6 +68,13 @@ class LlavaMetaModel:
         tower = getattr(self, "vision_tower", None)
         return tower[0] if isinstance(tower, list) else tower  # LLaVA hides the tower in a list under FSDP
 
+    def load_vision_tower(self) -> None:
+        """(Re)load the tower's weights from its source (``mm_vision_tower``), in the LLM's dtype and device."""
+        tower = self.get_vision_tower()
+        tower.load_model()
+        p = next(self.embed_tokens.parameters())
+        tower.to(device=p.device, dtype=p.dtype)
+
     def _init_weights(self, module: nn.Module) -> None:
         # The tower initialises itself when built (DRIP: boundary bias = logit(prior)); HF's generic init would
         # overwrite that, and its tower weights come from a checkpoint or load_model() anyway.
