@@ -145,6 +145,8 @@ def _load_model(kind: CheckpointKind, model_path: str, model_base: str | None, k
         return model
     if model_base is None:
         raise ValueError(f"{model_path} holds a {kind} checkpoint: pass model_base (the LLM it was trained on)")
+    if os.path.isdir(model_base) and not os.path.isfile(os.path.join(model_base, "config.json")):
+        raise FileNotFoundError(f"model_base {model_base}: a directory without config.json (not an HF LLM checkpoint)")
     config = LlavaLlamaConfig.from_pretrained(model_path)
     vocab = config.vocab_size  # may exceed the base's when training added LLaVA's image tokens
     config.vocab_size = AutoConfig.from_pretrained(model_base).vocab_size

@@ -41,6 +41,9 @@ def check_inputs(model_args: ModelArguments, data_args: DataArguments) -> None:
     """Fail on missing inputs before anything heavy is loaded (a typo should cost seconds, not a model load)."""
     if model_args.vision_tower is None:
         raise ValueError("--vision_tower is required (an HF CLIP dir/name, or drip:<preset|checkpoint dir>)")
+    base = model_args.model_name_or_path
+    if base is not None and os.path.isdir(base) and not os.path.isfile(os.path.join(base, "config.json")):
+        raise FileNotFoundError(f"--model_name_or_path {base}: a directory without config.json (not an HF checkpoint)")
     if data_args.data_path is None:
         raise ValueError("--data_path is required (LLaVA's JSON list of conversation records)")
     if not os.path.isfile(data_args.data_path):

@@ -374,6 +374,15 @@ def test_released_lora_layout_loads(tiny, tmp_path):
     torch.testing.assert_close(_logits(loaded, tiny), reference, atol=1e-5, rtol=1e-5)
 
 
+def test_empty_model_base_folder_is_named(tiny, tmp_path):
+    ckpt = tmp_path / "stage1"
+    tiny.config("clip").save_pretrained(ckpt)
+    torch.save({}, ckpt / "mm_projector.bin")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="model_base .*empty: a directory without config.json"):
+        load_pretrained_model(str(ckpt), model_base=str(tmp_path / "empty"))
+
+
 def test_checkpoint_kind_reads_files_not_names(tmp_path):
     ckpt = tmp_path / "llava-lora-projector"  # words in the name mean nothing
     ckpt.mkdir()

@@ -248,3 +248,9 @@ def test_data_path_is_checked_before_any_model_loads(tmp_path, world):
     args = run_args(world, tmp_path / "no-model-here", tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="--data_path .*missing.json: no such file"):
         train(with_flag(args, "--data_path", str(tmp_path / "missing.json")))
+
+
+def test_empty_folder_as_model_is_named(tmp_path, world):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="--model_name_or_path .*empty: a directory without config.json"):
+        train(run_args(world, tmp_path / "empty", tmp_path / "out"))
