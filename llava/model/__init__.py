@@ -1,9 +1,9 @@
 """The LLaVA-DRIP model: vision tower, projector, the splice of visual tokens into the LLM's inputs, the LLM.
 
 Importing this package stays light (a submodule such as ``llava.model.splice`` pulls in no transformers
-model code). LLaVA's names resolve on first use: ``from llava.model import LlavaLlamaForCausalLM`` imports
-``llava.model.language_model.llava_llama``, which also registers ``model_type="llava_llama"`` with
-``AutoConfig`` / ``AutoModelForCausalLM``.
+model code) and registers nothing. LLaVA's names resolve on first use: ``from llava.model import
+LlavaLlamaForCausalLM`` imports ``llava.model.language_model.llava_llama``; ``register_auto_classes()`` maps
+``model_type="llava_llama"`` in ``AutoConfig`` / ``AutoModelForCausalLM`` (``load_pretrained_model`` calls it).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ _LAZY = {
     "MultimodalConfig": "llava.model.config",
     "PDropConfig": "llava.model.config",
     "load_pretrained_model": "llava.model.builder",
+    "register_auto_classes": "llava.model.language_model.llava_llama",
 }
 
 __all__ = sorted(_LAZY)

@@ -24,7 +24,7 @@ from torch import Tensor
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
-from llava.model.language_model.llava_llama import LlavaLlamaConfig, LlavaLlamaForCausalLM
+from llava.model.language_model.llava_llama import LlavaLlamaConfig, LlavaLlamaForCausalLM, register_auto_classes
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +128,7 @@ def _finish_vision(model: LlavaLlamaForCausalLM, missing_keys: list[str]) -> Non
         raise ValueError(f"the checkpoint lacks weights for {others[:5]}{' ...' if len(others) > 5 else ''}")
     if tower is not None and (not tower.is_loaded or tower_missing):
         logger.info("loading vision tower weights from %s", tower.vision_tower_name)
-        tower.load_model()
-        p = next(model.get_model().embed_tokens.parameters())
-        tower.to(device=p.device, dtype=p.dtype)
+        model.get_model().load_vision_tower()
 
 
 def _from_pretrained(path: str, config: LlavaLlamaConfig | None, kwargs: dict[str, Any]) -> tuple[Any, list[str]]:
@@ -148,7 +146,7 @@ def _load_model(kind: CheckpointKind, model_path: str, model_base: str | None, k
     if model_base is None:
         raise ValueError(f"{model_path} holds a {kind} checkpoint: pass model_base (the LLM it was trained on)")
     if os.path.isdir(model_base) and not os.path.isfile(os.path.join(model_base, "config.json")):
-        raise FileNotFoundError(f"model_base {model_base}: no config.json (expected the base LLM's HF folder)")
+        raise FileNotFoundError(f"model_base {model_base}: a directory without config.json (not an HF LLM checkpoint)")
     config = LlavaLlamaConfig.from_pretrained(model_path)
     vocab = config.vocab_size  # may exceed the base's when training added LLaVA's image tokens
     config.vocab_size = AutoConfig.from_pretrained(model_base).vocab_size
@@ -207,6 +205,7 @@ def load_pretrained_model(
         (tokenizer, model in eval mode, the tower's image processor, context length in tokens).
     """
     del model_name
+    register_auto_classes()  # so that the loaded model also round-trips through AutoModelForCausalLM
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     kind = checkpoint_kind(model_path)
     kwargs = _load_kwargs(load_8bit, load_4bit, device_map, device, torch_dtype, attn_implementation)

@@ -18,6 +18,9 @@ runs in the model's own mode with gradients.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +35,8 @@ from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_projector.builder import build_vision_projector
 from llava.model.splice import ImageTokenLayout, splice_image_features
+
+logger = logging.getLogger(__name__)
 
 Images = Tensor | Sequence[Tensor]  # [B, C, H, W], or one [C, H, W] (or [k, C, H, W]) tensor per image
 
@@ -64,6 +69,13 @@ class LlavaMetaModel:
     def get_vision_tower(self) -> VisionTower | None:
         tower = getattr(self, "vision_tower", None)
         return tower[0] if isinstance(tower, list) else tower  # LLaVA hides the tower in a list under FSDP
+
+    def load_vision_tower(self) -> None:
+        """(Re)load the tower's weights from its source (``mm_vision_tower``), in the LLM's dtype and device."""
+        tower = self.get_vision_tower()
+        tower.load_model()
+        p = next(self.embed_tokens.parameters())
+        tower.to(device=p.device, dtype=p.dtype)
 
     def _init_weights(self, module: nn.Module) -> None:
         # The tower initialises itself when built (DRIP: boundary bias = logit(prior)); HF's generic init would
@@ -105,6 +117,7 @@ class LlavaMetaModel:
         adapter = arg("pretrain_mm_mlp_adapter")
         if adapter is not None:
             self.mm_projector.load_state_dict(projector_weights(adapter))
+            check_projector_tower(adapter, mm)
 
 
 def projector_weights(path: str) -> dict[str, Tensor]:
@@ -114,6 +127,38 @@ def projector_weights(path: str) -> dict[str, Tensor]:
     if not found:
         raise ValueError(f"{path}: no 'mm_projector.*' keys (found {sorted(weights)[:5]} ...)")
     return found
+
+
+# Tower settings that change no weight and no feature the projector was trained on (eval-time DRIP choices).
+_EVAL_ONLY_TOWER_KEYS = ("threshold", "stochastic_eval", "post_layout", "name")
+
+
+def check_projector_tower(path: str, mm: MultimodalConfig) -> None:
+    """Warn when ``path`` (a stage-1 ``mm_projector.bin``) was trained on another tower than ``mm``'s.
+
+    The tower a projector was trained with is recorded in the ``config.json`` every stage-1 run writes beside it
+    (``mm_vision_tower`` and ``mm_vision_tower_config``); shapes alone agree across towers of one width (a CLIP and
+    a DRIP upcycled from it), so they cannot tell. Without that file nothing is known and nothing is said.
+    """
+    config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    if not os.path.isfile(config_path):
+        logger.info("%s: no config.json beside it, so the tower it was trained with is unknown", path)
+        return
+    with open(config_path) as f:
+        trained = json.load(f)
+    strip = lambda d: {k: v for k, v in (d or {}).items() if k not in _EVAL_ONLY_TOWER_KEYS}
+    same_source = trained.get("mm_vision_tower") == mm.vision_tower
+    recorded = trained.get("mm_vision_tower_config")
+    same_arch = recorded is None or strip(recorded) == strip(mm.vision_tower_config)
+    if not (same_source and same_arch):
+        logger.warning(
+            "%s was trained with vision tower %r%s, but this model's tower is %r: the shapes agree, the features "
+            "need not (train a projector for this tower, or pass the matching --vision_tower)",
+            path,
+            trained.get("mm_vision_tower"),
+            "" if same_arch else " of another architecture",
+            mm.vision_tower,
+        )
 
 
 @contextlib.contextmanager
@@ -256,7 +301,8 @@ class LlavaMetaForCausalLM(ABC):
         """Add LLaVA's optional image tokens to ``tokenizer`` and grow the embeddings (new rows: mean of the old).
 
         ``mm_use_im_patch_token`` adds ``<im_patch>``; ``mm_use_im_start_end`` adds ``<im_start>``/``<im_end>``. With
-        ``tune_mm_mlp_adapter`` the new input rows train and the output rows stay frozen, as in LLaVA.
+        start/end tokens and ``pretrain_mm_mlp_adapter``, their rows come from that stage-1 file (LLaVA saves
+        ``model.embed_tokens.weight`` beside the projector). Which rows train is decided by the training entry point.
         """
         new_tokens = [DEFAULT_IMAGE_PATCH_TOKEN] if getattr(model_args, "mm_use_im_patch_token", False) else []
         if getattr(model_args, "mm_use_im_start_end", False):
@@ -267,10 +313,26 @@ class LlavaMetaForCausalLM(ABC):
             with torch.no_grad():
                 for emb in (self.get_input_embeddings().weight, self.get_output_embeddings().weight):
                     emb[-added:] = emb[:-added].mean(dim=0, keepdim=True)
-        if getattr(model_args, "tune_mm_mlp_adapter", False) and added:
-            self.get_input_embeddings().requires_grad_(True)
-            self.get_output_embeddings().requires_grad_(False)
+        adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
+        if added and adapter and getattr(model_args, "mm_use_im_start_end", False):
+            self._load_new_token_rows(adapter, added)
         self.mm_config.replace(
             use_im_patch_token=bool(getattr(model_args, "mm_use_im_patch_token", False)),
             use_im_start_end=bool(getattr(model_args, "mm_use_im_start_end", False)),
         ).write_to(self.config)
+
+    def _load_new_token_rows(self, path: str, added: int) -> None:
+        """Copy the last ``added`` input-embedding rows from a stage-1 ``mm_projector.bin`` (LLaVA's rule: the file
+        holds the whole matrix, or just the new rows)."""
+        stored = torch.load(path, map_location="cpu", weights_only=True).get("model.embed_tokens.weight")
+        weight = self.get_input_embeddings().weight
+        if stored is None:
+            logger.warning("%s holds no model.embed_tokens.weight: <im_start>/<im_end> start from the mean", path)
+            return
+        if stored.shape[1] != weight.shape[1] or stored.shape[0] not in (added, weight.shape[0]):
+            raise ValueError(
+                f"{path}: model.embed_tokens.weight is {list(stored.shape)}; expected [{weight.shape[0]} or {added}, "
+                f"{weight.shape[1]}] (the stage-1 run must use the same base LLM and image tokens)"
+            )
+        with torch.no_grad():
+            weight[-added:] = stored[-added:].to(weight.dtype)

@@ -40,8 +40,10 @@ def llava_key(name: str) -> str:
 
 
 def save_mm_projector(model: nn.Module, output_dir: str) -> str:
-    """Write ``mm_projector.bin`` (LLaVA's stage-1 output, also what ``--pretrain_mm_mlp_adapter`` reads)."""
-    state = {llava_key(n): t for n, t in state_matching(model.named_parameters(), ["mm_projector"]).items()}
+    """Write ``mm_projector.bin`` (LLaVA's stage-1 output, also what ``--pretrain_mm_mlp_adapter`` reads); with
+    ``mm_use_im_start_end`` it also holds the input embeddings those tokens were added to, as LLaVA's does."""
+    keys = ["mm_projector"] + (["embed_tokens"] if getattr(model.config, "mm_use_im_start_end", False) else [])
+    state = {llava_key(n): t for n, t in state_matching(model.named_parameters(), keys).items()}
     if not state:
         raise ValueError("model has no mm_projector parameters to save")
     os.makedirs(output_dir, exist_ok=True)

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import load_image, process_images
 from llava.train.preprocess import MalformedSample, preprocess, validate_conversations
 
@@ -105,16 +105,24 @@ def image_problem(path: str) -> str | None:
     return None
 
 
-def check_image_field(rec: dict[str, Any], where: str) -> None:
-    """``image`` (when present) must be one file name; LLaVA-1.5 records hold at most one image."""
-    image = rec["image"]
-    if isinstance(image, str) and image:
-        return
-    got = "null" if image is None else f"a list of {len(image)}" if isinstance(image, list) else repr(image)
-    raise MalformedSample(
-        f"{where}: 'image' must be one image file name (a string relative to --image_folder), got {got}; "
-        "leave 'image' out for a text-only record"
-    )
+def check_image_field(record: dict[str, Any], where: str) -> None:
+    """A record's ``image`` (when present) is one file name, and its text holds at most one ``<image>`` (none: one is
+    prepended). LLaVA-1.5 records carry at most one image."""
+    if "image" not in record:
+        return  # a text-only record with placeholders is refused by preprocess, naming it
+    image = record["image"]
+    if not isinstance(image, str) or not image:
+        got = "null" if image is None else f"a list of {len(image)}" if isinstance(image, list) else repr(image)
+        raise MalformedSample(
+            f"{where}: 'image' must be one image file name (a string relative to --image_folder), got {got}; "
+            "leave 'image' out for a text-only record"
+        )
+    placeholders = sum(t["value"].count(DEFAULT_IMAGE_TOKEN) for t in record["conversations"])
+    if placeholders > 1:
+        raise MalformedSample(
+            f"{where}: the record has one image but {placeholders} '<image>' placeholders across its turns; "
+            "expected at most one (LLaVA-1.5 records carry one image)"
+        )
 
 
 class LazySupervisedDataset(Dataset):
@@ -129,8 +137,8 @@ class LazySupervisedDataset(Dataset):
             if not isinstance(rec, dict):
                 raise MalformedSample(f"{where}: expected an object, got {type(rec).__name__}")
             validate_conversations(rec, where)
+            check_image_field(rec, where)
             if "image" in rec:
-                check_image_field(rec, where)
                 path = self._image_path(rec)
                 problem = image_problem(path)
                 if problem is not None:

@@ -47,6 +47,9 @@ def check_inputs(model_args: ModelArguments, data_args: DataArguments) -> None:
     """Fail on missing inputs before anything heavy is loaded (a typo should cost seconds, not a model load)."""
     if model_args.vision_tower is None:
         raise ValueError("--vision_tower is required (an HF CLIP dir/name, or drip:<preset|checkpoint dir>)")
+    base = model_args.model_name_or_path
+    if base is not None and os.path.isdir(base) and not os.path.isfile(os.path.join(base, "config.json")):
+        raise FileNotFoundError(f"--model_name_or_path {base}: a directory without config.json (not an HF checkpoint)")
     if data_args.data_path is None:
         raise ValueError("--data_path is required (LLaVA's JSON list of conversation records)")
     if not os.path.isfile(data_args.data_path):
@@ -79,6 +82,10 @@ def set_trainable(model: torch.nn.Module, model_args: ModelArguments, training_a
     if model_args.tune_mm_mlp_adapter:
         model.requires_grad_(False)
     inner.mm_projector.requires_grad_(not training_args.freeze_mm_mlp_adapter)
+    if model_args.tune_mm_mlp_adapter and model_args.mm_use_im_start_end:
+        # LLaVA: stage 1 also trains the input embeddings that <im_start>/<im_end> were added to (saved with the
+        # projector in mm_projector.bin); the output embeddings stay frozen.
+        model.get_input_embeddings().requires_grad_(True)
     tower = model.get_vision_tower()
     tower.set_trainable(training_args.tune_vision_tower)
     if training_args.tune_vision_tower != "none" and tower.prior_loss_weight is not None:
@@ -86,21 +93,25 @@ def set_trainable(model: torch.nn.Module, model_args: ModelArguments, training_a
         tower.set_prior_loss_weight(training_args.drip_prior_loss_weight)
 
 
+def lora_target_modules(model: torch.nn.Module) -> list[str]:
+    """Full names of the LLM's linear layers (never the tower's, the projector's or lm_head).
+
+    peft matches a bare name such as ``q_proj`` as a suffix, which would also catch a CLIP tower's attention
+    projections; full names leave the tower (trained or not, it is saved whole in ``non_lora_trainables.bin``) alone.
+    """
+    skip = ("mm_projector", "vision_tower", "lm_head")
+    return sorted(
+        n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not any(s in n for s in skip)
+    )
+
+
 def apply_lora(model: torch.nn.Module, training_args: TrainingArguments) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    skip = ("mm_projector", "vision_tower", "lm_head")
-    targets = sorted(
-        {
-            n.split(".")[-1]
-            for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and not any(s in n for s in skip)
-        }
-    )
     cfg = LoraConfig(
         r=training_args.lora_r,
         lora_alpha=training_args.lora_alpha,
-        target_modules=targets,
+        target_modules=lora_target_modules(model),
         lora_dropout=training_args.lora_dropout,
         bias=training_args.lora_bias,
         task_type="CAUSAL_LM",

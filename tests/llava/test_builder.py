@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionModel, Llam
 from drip.checkpoint import save_drip
 from llava.model.builder import checkpoint_kind, load_pretrained_model, resolve_attn_implementation
 from llava.model.config import MultimodalConfig, PDropConfig
+from llava.model.language_model.llava_llama import LlavaLlamaConfig, LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.model.multimodal_encoder.drip_encoder import DripVisionTower
@@ -212,11 +213,21 @@ def test_lora_round_trip_merges_adapter_and_non_lora_trainables(tiny, tmp_path):
 
 
 def _released_config(tiny, clip_dir: str) -> dict:
-    """config.json as LLaVA-1.5 writes it (transformers 4.31 era keys included)."""
+    """config.json as the released LLaVA-1.5 checkpoints have it (liuhaotian/llava-v1.5-7b's keys, tiny sizes):
+    written before LLaVA renamed its model type, with transformers 4.31 era keys."""
     return {
         **tiny.llama,
+        "_name_or_path": "./checkpoints/vicuna-7b-v1-5",
         "architectures": ["LlavaLlamaForCausalLM"],
-        "model_type": "llava_llama",
+        "model_type": "llava",
+        "hidden_act": "silu",
+        "image_grid_pinpoints": None,
+        "mm_resampler_type": None,
+        "tune_mm_vision_resampler": False,
+        "unfreeze_mm_vision_tower": False,
+        "pretraining_tp": 1,
+        "tie_word_embeddings": False,
+        "use_cache": True,
         "mm_vision_tower": clip_dir,
         "mm_hidden_size": 32,
         "mm_projector_type": "mlp2x_gelu",
@@ -280,6 +291,96 @@ def test_released_projector_only_layout_loads(tiny, tmp_path):
     torch.save({f"model.mm_projector.{k}": v.half() for k, v in sd.items()}, stage1 / "mm_projector.bin")
     _, loaded, _, _ = load_pretrained_model(str(stage1), model_base=str(tmp_path / "vicuna"))
     torch.testing.assert_close(_logits(loaded, tiny), _logits(model, tiny), atol=1e-3, rtol=1e-3)  # fp16 weights
+
+
+def _released_full(tiny, model, tmp_path: Path) -> Path:
+    """A full checkpoint in the released layout: legacy config, one .bin, CLIP keys with `vision_model.`."""
+    full = tmp_path / "llava-v1.5-tiny"
+    full.mkdir()
+    state = {
+        k.replace("vision_tower.vision_tower.", "vision_tower.vision_tower.vision_model."): v
+        for k, v in model.state_dict().items()
+    }
+    torch.save(state, full / "pytorch_model.bin")
+    (full / "config.json").write_text(json.dumps(_released_config(tiny, _clip_source(model, tmp_path / "clip"))))
+    _save_tokenizer(tiny, full)
+    return full
+
+
+def test_released_checkpoint_equals_one_saved_by_this_project(tiny, tmp_path, caplog):
+    model = tiny.model("clip")
+    released = _released_full(tiny, model, tmp_path)
+    ours = tmp_path / "ours"
+    model.save_pretrained(ours)
+    _save_tokenizer(tiny, ours)
+    with caplog.at_level(logging.WARNING):
+        _, from_released, _, _ = load_pretrained_model(str(released))
+    assert "You are using a model of type `llava`" not in caplog.text  # read as LLaVA's own layout, no guess
+    _, from_ours, _, _ = load_pretrained_model(str(ours))
+    assert from_released.config.model_type == "llava_llama"
+    assert MultimodalConfig.from_config(from_released.config) == MultimodalConfig.from_config(
+        LlavaLlamaConfig.from_pretrained(released)
+    )
+    assert torch.equal(_logits(from_released, tiny), _logits(from_ours, tiny))
+
+    # The Auto classes: AutoConfig maps "llava" to transformers' own LlavaConfig, which this model refuses loudly.
+    hf_config = AutoConfig.from_pretrained(released)
+    assert type(hf_config).__name__ == "LlavaConfig"
+    with pytest.raises(TypeError, match="needs a LlavaLlamaConfig"):
+        LlavaLlamaForCausalLM.from_pretrained(released, config=hf_config)
+    with pytest.raises(ValueError):
+        AutoModelForCausalLM.from_pretrained(released)  # never a silently defaulted model
+    config = LlavaLlamaConfig.from_pretrained(released)
+    auto = AutoModelForCausalLM.from_pretrained(released, config=config, dtype=torch.float32)  # config says fp16
+    assert type(auto) is LlavaLlamaForCausalLM
+    assert torch.equal(_logits(auto.eval(), tiny), _logits(from_ours, tiny))
+
+
+def test_transformers_own_llava_layout_is_refused(tiny, tmp_path):
+    ckpt = tmp_path / "llava-1.5-7b-hf"
+    ckpt.mkdir()
+    config = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
+              "text_config": {"model_type": "llama"}, "vision_config": {"model_type": "clip_vision_model"}}  # fmt: skip
+    (ckpt / "config.json").write_text(json.dumps(config))
+    (ckpt / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="transformers' own Llava layout.*LlavaForConditionalGeneration"):
+        load_pretrained_model(str(ckpt))
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "llava", "hidden_size": 64}))
+    with pytest.raises(ValueError, match="not a LLaVA-1.5 checkpoint"):
+        LlavaLlamaConfig.from_pretrained(ckpt)
+
+
+def test_released_lora_layout_loads(tiny, tmp_path):
+    peft = pytest.importorskip("peft")
+    model = tiny.model("clip")
+    clip_dir = _clip_source(model, tmp_path / "clip")
+    _save_base_llm(tiny, model, tmp_path / "vicuna")
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # LLaVA's suffixes
+    layers = [f"model.layers.{i}.{'self_attn' if t[0] in 'qkvo' else 'mlp'}.{t}" for i in range(2) for t in targets]
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=layers))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name or "mm_projector" in name:
+                p.add_(torch.randn_like(p) * 0.05)
+    reference = _logits(lora, tiny)
+    ckpt = tmp_path / "llava-v1.5-tiny-lora"
+    lora.save_pretrained(ckpt)
+    (ckpt / "config.json").write_text(json.dumps(_released_config(tiny, clip_dir)))
+    sd = model.get_model().mm_projector.state_dict()
+    projector = {f"base_model.model.model.mm_projector.{k}": v for k, v in sd.items()}
+    torch.save(projector, ckpt / "non_lora_trainables.bin")
+    _, loaded, _, _ = load_pretrained_model(str(ckpt), model_base=str(tmp_path / "vicuna"))
+    assert type(loaded) is LlavaLlamaForCausalLM and loaded.config.model_type == "llava_llama"
+    torch.testing.assert_close(_logits(loaded, tiny), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_empty_model_base_folder_is_named(tiny, tmp_path):
+    ckpt = tmp_path / "stage1"
+    tiny.config("clip").save_pretrained(ckpt)
+    torch.save({}, ckpt / "mm_projector.bin")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="model_base .*empty: a directory without config.json"):
+        load_pretrained_model(str(ckpt), model_base=str(tmp_path / "empty"))
 
 
 def test_checkpoint_kind_reads_files_not_names(tmp_path):

@@ -422,7 +422,7 @@ def test_directory_answers_path_and_empty_model_base_fail_clearly(ckpt, data, tm
     empty.mkdir()
     argv = cli_args(projector_only, data, data["bench"], tmp_path / "out.jsonl", "--model-base", str(empty))
     assert model_vqa.main(argv) == 2
-    assert f"model_base {empty}: no config.json" in capsys.readouterr().err
+    assert f"model_base {empty}: a directory without config.json" in capsys.readouterr().err
 
 
 def test_eval_scripts_default_run_names_are_unique_per_checkpoint(tmp_path):

@@ -183,3 +183,91 @@ def test_packed_run_matches_padded_run_and_token_budget_runs(tmp_path, world, ba
     assert len(set(sizes)) > 1 or sizes[0] != 4  # the budget, not --per_device_train_batch_size, sets the size
     assert all(sum(abs(lengths[i]) for i in b) <= 400 or len(b) == 1 for b in loader.batch_sampler)
     assert len(losses(budget)) == 2
+
+
+# --- issue 14: LoRA on a CLIP tower, stage 1 with start/end tokens, validation up front -------------------------
+@pytest.fixture(scope="module")
+def clip_dir(tiny, tmp_path_factory) -> Path:
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    out = tmp_path_factory.mktemp("clip")
+    torch.manual_seed(0)
+    CLIPVisionModel(CLIPVisionConfig(**tiny.clip)).save_pretrained(out)
+    return out
+
+
+def with_flag(args: list[str], flag: str, value: str) -> list[str]:
+    args = list(args)
+    args[args.index(flag) + 1] = value
+    return args
+
+
+def test_lora_with_a_trained_clip_tower_saves_what_a_fresh_model_loads(tmp_path, world, base_llm, clip_dir):
+    from llava.model.builder import load_pretrained_model
+
+    out = tmp_path / "lora-clip"
+    args = with_flag(run_args(world, base_llm, out), "--vision_tower", str(clip_dir))
+    trainer = train([*args, "--max_steps", "2", "--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8",
+                     "--tune_vision_tower", "all", "--mm_vision_select_layer", "-2"])  # fmt: skip
+    targets = json.loads((out / "adapter_config.json").read_text())["target_modules"]
+    assert targets and not any("vision_tower" in t for t in targets)  # full LLM names, the tower left alone
+    saved = torch.load(out / "non_lora_trainables.bin", weights_only=True)
+    assert any(".vision_tower." in k for k in saved) and not any("lora_" in k or "base_layer" in k for k in saved)
+    _, model, _, _ = load_pretrained_model(str(out), str(base_llm))
+    trained = trainer.model.base_model.model
+    for name, p in trained.get_model().vision_tower.named_parameters():
+        torch.testing.assert_close(dict(model.get_model().vision_tower.named_parameters())[name], p.detach())
+    pixels = torch.randn(1, 3, 32, 32)
+    ids = torch.tensor([[trainer.processing_class.bos_token_id, IMAGE_TOKEN_INDEX, 5, 6]])
+    with torch.no_grad():
+        expected = trainer.model.eval()(input_ids=ids, images=pixels).logits
+        torch.testing.assert_close(model(input_ids=ids, images=pixels).logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_stage1_with_start_end_tokens_trains_and_saves_their_embeddings(tmp_path, world, base_llm):
+    from llava.model.builder import load_pretrained_model
+
+    out = tmp_path / "stage1"
+    args = with_flag(with_flag(run_args(world, base_llm, out), "--version", "plain"), "--data_path",
+                     str(world / "pretrain.json"))  # fmt: skip
+    trainer = train([*args, "--max_steps", "2", "--tune_mm_mlp_adapter", "True", "--mm_use_im_start_end", "True"])
+    model = trainer.model
+    assert model.get_input_embeddings().weight.requires_grad  # LLaVA keeps them trainable in stage 1
+    assert not model.get_output_embeddings().weight.requires_grad
+    saved = torch.load(out / "mm_projector.bin", weights_only=True)
+    embed = model.get_input_embeddings().weight.detach()
+    assert "model.embed_tokens.weight" in saved and torch.equal(saved["model.embed_tokens.weight"], embed)
+    _, loaded, _, _ = load_pretrained_model(str(out), str(base_llm))
+    torch.testing.assert_close(loaded.get_input_embeddings().weight, embed)
+
+    # Stage 2 reads the new rows back from the stage-1 file (LLaVA's initialize_vision_tokenizer).
+    with torch.no_grad():
+        embed[-2:] += 1.0
+    torch.save({**saved, "model.embed_tokens.weight": embed}, tmp_path / "changed.bin")
+    adapter = str(tmp_path / "changed.bin")
+    stage2 = train([*run_args(world, base_llm, tmp_path / "stage2"), "--max_steps", "1", "--learning_rate", "0",
+                    "--mm_use_im_start_end", "True", "--pretrain_mm_mlp_adapter", adapter])  # fmt: skip
+    torch.testing.assert_close(stage2.model.get_input_embeddings().weight[-2:], embed[-2:])
+
+
+def test_one_image_with_two_placeholders_is_refused_at_load(tmp_path, world, base_llm):
+    rec = dict(good_record(world), id="twice")
+    rec["conversations"] = [dict(t) for t in rec["conversations"]]
+    assert sum(t["value"].count("<image>") for t in rec["conversations"]) == 1
+    rec["conversations"] += [{"from": "human", "value": "<image> again?"}, {"from": "gpt", "value": "yes"}]
+    with pytest.raises(MalformedSample, match=r"record 1 \(id=twice\): the record has one image but 2 '<image>'"):
+        dataset(write(tmp_path, [good_record(world), rec]), world, base_llm)
+    with pytest.raises(MalformedSample, match=r"record 0 \(id=x\): 'image' must be one image file name"):
+        dataset(write(tmp_path, [dict(good_record(world), id="x", image=None)]), world, base_llm)
+
+
+def test_data_path_is_checked_before_any_model_loads(tmp_path, world):
+    args = run_args(world, tmp_path / "no-model-here", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="--data_path .*missing.json: no such file"):
+        train(with_flag(args, "--data_path", str(tmp_path / "missing.json")))
+
+
+def test_empty_folder_as_model_is_named(tmp_path, world):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="--model_name_or_path .*empty: a directory without config.json"):
+        train(run_args(world, tmp_path / "empty", tmp_path / "out"))

@@ -101,3 +101,32 @@ def test_bad_aspect_ratio_and_tower_flags_are_refused(tiny, tmp_path):
         MultimodalConfig.from_config(tiny.config("clip", image_aspect_ratio="banana"))
     with pytest.raises(ValueError, match="--tune_vision_tower must be one of"):
         TrainingArguments(output_dir=str(tmp_path), tune_vision_tower="some", use_cpu=True)
+
+
+def _stage1_dir(tiny, tmp_path, tower: str):
+    """A stage-1 output: mm_projector.bin and the config.json that records the tower it was trained with."""
+    trained = tiny.model(tower)
+    out = tmp_path / "stage1"
+    trained.config.save_pretrained(out)
+    sd = trained.get_model().mm_projector.state_dict()
+    torch.save({f"model.mm_projector.{k}": v for k, v in sd.items()}, out / "mm_projector.bin")
+    return out / "mm_projector.bin"
+
+
+class _Args:
+    mm_vision_select_layer, mm_projector_type = -2, "mlp2x_gelu"
+
+    def __init__(self, vision_tower: str, adapter: str) -> None:
+        self.vision_tower, self.pretrain_mm_mlp_adapter = vision_tower, adapter
+
+
+@pytest.mark.parametrize("other", ["drip:ViT-tiny", "drip:DRIP-2x-tiny"])
+def test_projector_trained_with_another_tower_is_reported(tiny, tmp_path, caplog, other):
+    adapter = str(_stage1_dir(tiny, tmp_path, "drip"))  # trained on drip:DRIP-tiny (width 64, as the others)
+    with caplog.at_level("WARNING", logger="llava.model.llava_arch"):
+        tiny.model("none").get_model().initialize_vision_modules(_Args(other, adapter))
+    assert "trained with vision tower 'drip:DRIP-tiny'" in caplog.text and repr(other) in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llava.model.llava_arch"):
+        tiny.model("none").get_model().initialize_vision_modules(_Args("drip:DRIP-tiny", adapter))
+    assert "trained with vision tower" not in caplog.text

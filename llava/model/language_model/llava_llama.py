@@ -6,8 +6,12 @@ then runs the LLM, optionally through PyramidDrop (Xing et al., 2024: rank and d
 ``llava.model.pdrop``). ``generate`` builds the spliced embeddings once and hands them to HF's ``generate``, so the
 decoding steps that follow only see new tokens and the KV cache; it returns only the new tokens.
 
-The config's ``model_type`` is ``llava_llama`` (LLaVA's), distinct from transformers' own ``llava``, so released
-LLaVA-1.5 checkpoints load through ``AutoConfig`` / ``AutoModelForCausalLM`` once this module is imported.
+The config's ``model_type`` is ``llava_llama`` (LLaVA's today), distinct from transformers' own ``llava``. Released
+LLaVA-1.5 checkpoints predate LLaVA's rename and say ``"model_type": "llava"`` with
+``"architectures": ["LlavaLlamaForCausalLM"]`` and flat ``mm_*`` keys: ``LlavaLlamaConfig.from_pretrained`` reads that
+layout as its own and refuses transformers' nested Llava layout (``text_config`` / ``vision_config``), so neither is
+ever mistaken for the other. ``register_auto_classes()`` (an explicit call; ``load_pretrained_model`` makes it) maps
+``llava_llama`` to these classes for ``AutoConfig`` / ``AutoModelForCausalLM``.
 """
 
 from __future__ import annotations
@@ -36,11 +40,43 @@ from llava.model.splice import ImageTokenLayout
 
 logger = logging.getLogger(__name__)
 
+LEGACY_MODEL_TYPE = "llava"  # LLaVA's model_type before its rename: every released LLaVA-1.5 config.json says this
+
+
+def llava_config_dict(config_dict: dict[str, Any], source: Any) -> dict[str, Any]:
+    """A config.json dict in LLaVA's flat layout, with a released checkpoint's legacy ``model_type`` upgraded.
+
+    Raises:
+        ValueError: ``model_type`` "llava" in transformers' own nested layout (``LlavaForConditionalGeneration``), or
+            without any sign of LLaVA's (neither ``LlavaLlamaForCausalLM`` nor ``mm_vision_tower``).
+    """
+    if config_dict.get("model_type") != LEGACY_MODEL_TYPE:
+        return config_dict
+    architectures = config_dict.get("architectures") or []
+    nested = sorted({"text_config", "vision_config"} & set(config_dict))
+    if nested or "LlavaForConditionalGeneration" in architectures:
+        raise ValueError(
+            f"{source}: config.json is transformers' own Llava layout ({', '.join(nested) or architectures}), not "
+            "LLaVA's flat mm_* layout; load it with transformers.LlavaForConditionalGeneration"
+        )
+    if "LlavaLlamaForCausalLM" not in architectures and "mm_vision_tower" not in config_dict:
+        raise ValueError(
+            f"{source}: model_type 'llava' but neither architectures ['LlavaLlamaForCausalLM'] nor mm_vision_tower; "
+            "this is not a LLaVA-1.5 checkpoint"
+        )
+    return {**config_dict, "model_type": LlavaLlamaConfig.model_type}
+
 
 class LlavaLlamaConfig(LlamaConfig):
     """A ``LlamaConfig`` plus LLaVA's flat ``mm_*`` keys (read through ``llava.model.config.MultimodalConfig``)."""
 
     model_type = "llava_llama"
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> tuple[dict[str, Any], dict]:
+        """transformers' reader, plus released LLaVA-1.5 configs (``model_type`` "llava", see ``llava_config_dict``)."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        return llava_config_dict(config_dict, pretrained_model_name_or_path), kwargs
 
 
 LlavaConfig = LlavaLlamaConfig  # LLaVA's name for it
@@ -69,6 +105,12 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
     config_class = LlavaLlamaConfig
 
     def __init__(self, config: LlamaConfig) -> None:
+        if not isinstance(config, LlamaConfig):  # e.g. transformers' LlavaConfig, which AutoConfig gives "llava"
+            raise TypeError(
+                f"LlavaLlamaForCausalLM needs a LlavaLlamaConfig (LLaVA's flat mm_* layout), got "
+                f"{type(config).__module__}.{type(config).__name__}; read the config with "
+                "LlavaLlamaConfig.from_pretrained(path)"
+            )
         # LlamaForCausalLM.__init__ would build a plain LlamaModel first: set up the same parts around ours instead.
         LlamaPreTrainedModel.__init__(self, config)
         self.model = LlavaLlamaModel(config)
@@ -81,6 +123,17 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
 
     def get_model(self) -> LlavaLlamaModel:
         return self.model
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """HF's loader (also behind ``AutoModelForCausalLM``); then a tower that the checkpoint does not build
+        (released LLaVA-1.5: ``mm_vision_tower`` only names it) is loaded from that source, as LLaVA's builder does."""
+        out = super().from_pretrained(*args, **kwargs)
+        model = out[0] if isinstance(out, tuple) else out  # (model, loading info) with output_loading_info=True
+        tower = model.get_vision_tower()
+        if tower is not None and not tower.is_loaded:
+            model.get_model().load_vision_tower()
+        return out
 
     def set_pdrop(self, pdrop: PDropConfig | None) -> None:
         """Turn PyramidDrop on (or off with None); recorded in the config so checkpoints keep it."""
@@ -301,5 +354,12 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         return inputs
 
 
-AutoConfig.register("llava_llama", LlavaLlamaConfig, exist_ok=True)
-AutoModelForCausalLM.register(LlavaLlamaConfig, LlavaLlamaForCausalLM, exist_ok=True)
+def register_auto_classes() -> None:
+    """Map ``model_type`` "llava_llama" to these classes in ``AutoConfig`` / ``AutoModelForCausalLM`` (idempotent).
+
+    An explicit call, never made at import. Released checkpoints' legacy "llava" stays transformers' (its own Llava);
+    for those, pass ``config=LlavaLlamaConfig.from_pretrained(path)`` to the Auto class, or use
+    ``load_pretrained_model``.
+    """
+    AutoConfig.register(LlavaLlamaConfig.model_type, LlavaLlamaConfig, exist_ok=True)
+    AutoModelForCausalLM.register(LlavaLlamaConfig, LlavaLlamaForCausalLM, exist_ok=True)
