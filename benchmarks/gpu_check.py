@@ -116,9 +116,11 @@ def compile_speedup(drip_name: str, batch: int, device: torch.device, dtype, bac
         eager_t = _median_time(lambda: tower(images), device, repeats)
         compiled_t = _median_time(lambda: compiled(images), device, repeats)
     diff = (ref.image_embeds.float() - got.image_embeds.float()).abs().max().item()
+    same = bool(ref.token_counts.equal(got.token_counts))
     return (
         f"{eager_t / compiled_t:.2f}x ({backend}; eager {eager_t * 1e3:.1f} ms, "
-        f"compiled {compiled_t * 1e3:.1f} ms, first call {compile_s:.0f} s, max abs diff {diff:.3g}, counts equal {bool(ref.token_counts.equal(got.token_counts))})"
+        f"compiled {compiled_t * 1e3:.1f} ms, first call {compile_s:.0f} s, max abs diff {diff:.3g}, "
+        f"counts equal {same})"
     )
 
 
