@@ -99,8 +99,9 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(compiled.tokens, eager.tokens, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # ~30 s; CI checks compile == eager through tests/drip/test_gpu_check.py (aot_eager)
 def test_torch_compile_matches_eager_aot_eager_backend():
-    """The CI variant: dynamo tracing + AOT autograd, without the C++ compile of inductor."""
+    """dynamo tracing + AOT autograd, without the C++ compile of inductor."""
     torch.manual_seed(0)
     tower = DripVisionTransformer(get_preset("DRIP-tiny")).eval()
     x = torch.randn(3, 3, 64, 64)
