@@ -112,3 +112,14 @@ def test_torch_compile_matches_eager_aot_eager_backend():
         compiled = torch.compile(tower, backend="aot_eager")(x)
     assert compiled.token_counts.equal(eager.token_counts)
     torch.testing.assert_close(compiled.image_embeds, eager.image_embeds, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_non_finite_pixels_are_rejected_with_a_clear_message(train):
+    """Issue 15, item 6: NaN pixels (or an fp16 overflow) gave an obscure arange error or silently one token."""
+    tower = DripVisionTransformer(get_preset("DRIP-tiny")).train(train)
+    x = torch.randn(3, 3, 64, 64)
+    x[1, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"rows \[1\].*non-finite pixels"):
+        tower(x)
+    tower(torch.randn(3, 3, 64, 64))  # finite images still run
