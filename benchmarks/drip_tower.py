@@ -12,7 +12,8 @@ For ViT-B/32 and ViT-B/16 against DRIP-{2x,4x,10x} at the given batch sizes (eva
 Boundary modes: "fixed" forces proportion-based boundaries (every image keeps max(1, int(N*prior)) tokens);
 "realistic" (issue 7) sets each predictor's output bias so it fires at rate prior on a random calibration batch
 (the (1 - prior) quantile of its logits) and then lets the predictor decide in eval, so counts vary per image.
-DRIP: arXiv 2025. Run: ``python benchmarks/drip_tower.py [--batch 8 32] [--models B-32 B-16] [--quick]``.
+DRIP: arXiv 2025. Run: ``python benchmarks/drip_tower.py [--batch 8 32] [--models B-32 B-16] [--quick]``;
+``--graph-breaks [PRESET ...]`` reports only what ``torch._dynamo.explain`` finds (graphs, breaks, reasons).
 """
 
 from __future__ import annotations
@@ -194,6 +195,26 @@ def check_targets(rows: list[dict]) -> list[str]:
     return out
 
 
+def graph_breaks(names: list[str], batch: int = 4, seed: int = 0) -> list[dict]:
+    """torch._dynamo.explain of each preset's eval forward: graphs and graph breaks (what torch.compile splits)."""
+    import torch._dynamo
+
+    rows = []
+    for name in names:
+        torch.manual_seed(seed)
+        cfg = get_preset(name)
+        tower = DripVisionTransformer(cfg).eval()
+        with torch.no_grad():
+            for p in tower.predictors:  # varied counts per image, as a trained predictor gives
+                p.fc2.weight.normal_(std=1.0)
+            x = torch.randn(batch, cfg.in_chans, cfg.image_size, cfg.image_size)
+            ex = torch._dynamo.explain(tower)(x)
+        reasons = sorted({r.reason.splitlines()[0][:90] for r in ex.break_reasons})
+        rows.append({"model": name, "graphs": ex.graph_count, "breaks": ex.graph_break_count, "reasons": reasons})
+        torch._dynamo.reset()
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="DRIP vs ViT on CPU: FLOP and time ratios, tokens, padding waste.")
     ap.add_argument("--batch", type=int, nargs="+", default=[8, 32])
@@ -211,7 +232,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write every row to this JSON file")
     ap.add_argument("--quick", action="store_true", help="smoke run: batch 8, 4x only, 2 repeats")
+    ap.add_argument(
+        "--graph-breaks", nargs="*", metavar="PRESET", default=None,
+        help="only report torch.compile graphs / graph breaks of these presets (default DRIP-tiny H-DRIP-tiny)",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.graph_breaks is not None:
+        for row in graph_breaks(args.graph_breaks or ["DRIP-tiny", "H-DRIP-tiny"]):
+            print(f"{row['model']}: {row['graphs']} graphs, {row['breaks']} graph breaks; reasons: {row['reasons']}")
+        return
     if args.quick:
         args.batch, args.rates, args.repeats = [8], ["4x"], 2
     torch.set_num_threads(args.threads)

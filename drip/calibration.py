@@ -51,3 +51,14 @@ def calibrate_eval_thresholds(tower, images: torch.Tensor, temperature: float | 
     thresholds = tower.eval_thresholds.tolist()
     logger.info("eval thresholds %s calibrated on %d images (tau %.3g)", thresholds, len(images), tau)
     return tower.eval_thresholds.tolist()
+
+
+def synthetic_images(image_size: int, in_chans: int = 3, batch: int = 32, seed: int = 0) -> torch.Tensor:
+    """Stand-in calibration images when none are given: smooth random fields (Gaussian noise at 1/8 of the
+    resolution, bilinearly upsampled), roughly unit variance like CLIP-normalised pixels. [batch, C, S, S] fp32.
+
+    Real images calibrate better: a tower's probabilities shift with the image statistics.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    low = torch.randn(batch, in_chans, max(2, image_size // 8), max(2, image_size // 8), generator=gen)
+    return torch.nn.functional.interpolate(low, size=(image_size, image_size), mode="bilinear", align_corners=False)

@@ -15,7 +15,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 PriorLoss = Literal["binomial", "band"]
 Activation = Literal["gelu", "quick_gelu"]
@@ -56,20 +56,43 @@ class DripConfig:
         self.prior = tuple(float(p) for p in self.prior)
         if isinstance(self.threshold, (list, tuple)):
             self.threshold = tuple(float(t) for t in self.threshold)
+        self._check_shape()
+        self._check_drip()
+
+    def _check_shape(self) -> None:
+        for name in ("image_size", "patch_size", "in_chans", "width", "layers", "heads"):
+            _require(name, getattr(self, name), lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+        _require("embed_dim", self.embed_dim, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0: none)")
+        _require("mlp_ratio", self.mlp_ratio, lambda v: v > 0, "a number > 0")
+        _require("ln_eps", self.ln_eps, lambda v: v > 0, "a number > 0")
+        _require("predictor_hidden", self.predictor_hidden, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+        _choice("act", self.act, Activation)
+        _choice("post_layout", self.post_layout, PostLayout)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+
+    def _check_drip(self) -> None:
         if len(self.pool_at) != len(self.prior):
             raise ValueError(f"pool_at {self.pool_at} and prior {self.prior} must have one entry per pooling stage")
         if list(self.pool_at) != sorted(set(self.pool_at)) or not all(0 < p < self.layers for p in self.pool_at):
             raise ValueError(f"pool_at {self.pool_at} must be strictly increasing block indices in (0, {self.layers})")
         if not all(0.0 < p <= 1.0 for p in self.prior):
             raise ValueError(f"prior {self.prior} must lie in (0, 1]")
-        if self.act not in ("gelu", "quick_gelu"):
-            raise ValueError(f"act must be 'gelu' or 'quick_gelu', got {self.act!r}")
-        if self.post_layout not in ("padded", "packed"):
-            raise ValueError(f"post_layout must be 'padded' or 'packed', got {self.post_layout!r}")
+        _choice("prior_loss", self.prior_loss, PriorLoss)
+        _require("temperature", self.temperature, lambda v: v > 0, "a number > 0")
+        _require("temperature_final", self.temperature_final, lambda v: v is None or v > 0, "None or a number > 0")
+        _require("prior_loss_weight", self.prior_loss_weight, lambda v: v >= 0, "a number >= 0")
+        _require("band_width", self.band_width, lambda v: 0 <= v < 1, "a number in [0, 1)")
+        _require("stochastic_eval", self.stochastic_eval, lambda v: isinstance(v, bool), "True or False")
+        thresholds = self.threshold if isinstance(self.threshold, tuple) else (self.threshold,)
+        _require("threshold", self.threshold, lambda v: all(0.0 <= t <= 1.0 for t in thresholds), "in [0, 1]")
+        if isinstance(self.threshold, tuple) and len(self.threshold) != len(self.pool_at):
+            raise ValueError(
+                f"DripConfig.threshold {self.threshold}: expected one number or one per pooling stage "
+                f"({len(self.pool_at)})"
+            )
 
     @property
     def pre_layers(self) -> int:
@@ -108,6 +131,22 @@ class DripConfig:
 
     def replace(self, **changes: Any) -> DripConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _require(name: str, value: Any, ok: Any, allowed: str) -> None:
+    """Raise ValueError naming the field, its value and what is allowed unless ``ok(value)``."""
+    try:
+        good = bool(ok(value))
+    except TypeError:  # e.g. a string compared with a number
+        good = False
+    if not good:
+        raise ValueError(f"DripConfig.{name} = {value!r}: expected {allowed}")
+
+
+def _choice(name: str, value: Any, kind: Any) -> None:
+    allowed = get_args(kind)
+    if value not in allowed:
+        raise ValueError(f"DripConfig.{name} = {value!r}: expected one of {', '.join(map(repr, allowed))}")
 
 
 def list_presets() -> list[str]:

@@ -266,6 +266,7 @@ class DripVisionTransformer(nn.Module):
             b = sample_boundaries(
                 logits, temperature=self.temperature, threshold=self.eval_thresholds[k], stochastic=stochastic
             )
+            b = b.masked_fill(~torch.isfinite(logits), float("nan"))  # pool_segments' count read then rejects it
         else:
             b = forced.to(device=patches.device, dtype=torch.float32)
         pooled = pool_segments(patches, b, valid)  # reads the segment counts back: the stage's one host sync

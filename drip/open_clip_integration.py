@@ -262,11 +262,12 @@ def _open_clip_text_state(source: Any) -> dict[str, Tensor] | None:
 def upcycle_clip(model: nn.Module, source: Any) -> list[str]:
     """Load a pretrained CLIP into an open_clip DRIP model in place (DRIP's upcycling).
 
-    The ViT weights go into the DRIP tower (its boundary predictor keeps its initialisation); an open_clip CLIP
+    The ViT weights go into the DRIP tower (its boundary predictor keeps its initialisation, its eval thresholds are
+    calibrated on synthetic images: ``drip.weights.calibrate_upcycled``); an open_clip CLIP
     source (model or checkpoint file) also fills the text tower and logit scale. A HF source fills only the
     image tower. Shapes are checked first (ValueError naming fields / keys). Returns the parts loaded.
     """
-    from drip.weights import resolve_config, vit_weights
+    from drip.weights import calibrate_upcycled, resolve_config, vit_weights
 
     tower = drip_tower(model)
     if tower is None:
@@ -274,7 +275,8 @@ def upcycle_clip(model: nn.Module, source: Any) -> list[str]:
     sd, found = vit_weights(source)
     resolve_config(tower.cfg, found)  # raises when the source's shape is not the preset's
     what = f"from {source}" if isinstance(source, (str, Path)) else f"from a {type(source).__name__}"
-    load_drip_state_dict(tower, sd, allow_missing=("predictors.",), what=what)
+    load_drip_state_dict(tower, sd, allow_missing=("predictors.", "eval_thresholds"), what=what)
+    calibrate_upcycled(tower)
     text = _open_clip_text_state(source)
     if text is None:
         logger.warning("upcycle_clip: no open_clip text tower %s; the text tower keeps its weights", what)

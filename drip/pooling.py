@@ -81,8 +81,13 @@ def pool_segments(x: Tensor, boundaries: Tensor, valid: Tensor | None = None) ->
     b = _close_last_segment(boundaries.float(), valid)
     counts = b.detach().sum(-1).round().long()  # [B]
     counts_host = counts.tolist()  # the pooling stage's one device->host sync: S_max and the packed layout need it
-    if min(counts_host) == 0:
-        raise ValueError("every row needs at least one valid position to pool")
+    bad = [i for i, c in enumerate(counts_host) if not 1 <= c <= boundaries.shape[-1]]
+    if bad:  # NaN boundaries give garbage counts: say so here instead of failing obscurely further on
+        raise ValueError(
+            f"pooling: rows {bad[:8]} have segment counts {[counts_host[i] for i in bad[:8]]} outside 1..N: every row "
+            "needs at least one valid position, and finite boundaries (non-finite pixels, NaN / inf, or an fp16 "
+            "overflow upstream make them NaN)"
+        )
     s_max = max(counts_host)
     a = assignment_matrix(b, valid, s_max)  # [B, S, N] fp32
     # Normalise in fp32 before the matmul: summing first overflows fp16 on large segments (576 x 150 > 65504).

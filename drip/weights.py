@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from drip.calibration import synthetic_images
 from drip.checkpoint import load_drip_state_dict, read_state_dict
 from drip.config import DripConfig, get_preset
 from drip.model import DripVisionTransformer
@@ -53,12 +54,24 @@ _HF_RULES = [
     (_HF_LAYER + r"self_attn\.out_proj\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
     (_HF_LAYER + r"mlp\.(fc[12])\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
 ]
-# Keys of a full HF CLIPModel that belong to the text side (or are buffers) and are not part of the vision tower.
-_HF_IGNORED = re.compile(r"(text_model\..*|text_projection\..*|logit_scale|vision_model\.embeddings\.position_ids)")
+# Keys of a full HF CLIPModel that belong to the text side (or are buffers) and are not part of the vision tower, and
+# CLIPForImageClassification's classifier head.
+_HF_IGNORED = re.compile(
+    r"(text_model\..*|text_projection\..*|logit_scale|vision_model\.embeddings\.position_ids|classifier\..*)"
+)
+# transformers 5.x saves CLIPVisionModel's weights without the ``vision_model.`` prefix its siblings use.
+_HF_BARE = re.compile(r"(embeddings|encoder|pre_layrnorm|post_layernorm)\..*")
+_HF_EXPECTED = (
+    "expected HF CLIP vision keys such as vision_model.embeddings.patch_embedding.weight, "
+    "vision_model.encoder.layers.N.self_attn.q_proj.weight, vision_model.post_layernorm.weight, "
+    "visual_projection.weight (the vision_model. prefix may be absent)"
+)
 _HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
 
 
-def _rename(sd: dict[str, Tensor], rules: list[tuple[str, str]], source: str) -> dict[str, Tensor]:
+def _rename(
+    sd: dict[str, Tensor], rules: list[tuple[str, str]], source: str, expected: str = ""
+) -> dict[str, Tensor]:
     out, unknown = {}, []
     for key, value in sd.items():
         for pattern, repl in rules:
@@ -71,6 +84,7 @@ def _rename(sd: dict[str, Tensor], rules: list[tuple[str, str]], source: str) ->
         raise ValueError(
             f"{source}: keys DRIP cannot map (layer scale, attentional pooling, custom attention blocks and "
             f"non-ViT towers are not supported): {unknown[:8]}{' ...' if len(unknown) > 8 else ''}"
+            + (f"; {expected}" if expected else "")
         )
     return out
 
@@ -82,7 +96,8 @@ def open_clip_to_drip(visual_sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def hf_to_drip(hf_sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """HF CLIPVisionModel / CLIPVisionModelWithProjection / CLIPModel state dict -> DRIP names (vision side only)."""
-    sd = {k: v for k, v in hf_sd.items() if not _HF_IGNORED.fullmatch(k)}
+    sd = {("vision_model." + k if _HF_BARE.fullmatch(k) else k): v for k, v in hf_sd.items()}
+    sd = {k: v for k, v in sd.items() if not _HF_IGNORED.fullmatch(k)}
     out: dict[str, Tensor] = {}
     qkv = re.compile(_HF_LAYER + r"self_attn\.([qkv])_proj\.(weight|bias)")
     parts: dict[tuple[str, str], dict[str, Tensor]] = {}
@@ -96,7 +111,7 @@ def hf_to_drip(hf_sd: dict[str, Tensor]) -> dict[str, Tensor]:
             )
         out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([qkv_parts["q"], qkv_parts["k"], qkv_parts["v"]], 0)
     projection = sd.pop("visual_projection.weight", None)  # [E, D]
-    out.update(_rename(sd, _HF_RULES, "Hugging Face CLIP vision state dict"))
+    out.update(_rename(sd, _HF_RULES, "Hugging Face CLIP vision state dict", _HF_EXPECTED))
     if projection is not None:
         out["proj"] = projection.t().contiguous()  # DRIP computes x @ proj with proj [D, E]
     return out
@@ -175,7 +190,7 @@ def _read_hf_dir(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 
 def _from_file(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     sd = read_state_dict(path)
-    if "vision_model.embeddings.patch_embedding.weight" in sd:
+    if "vision_model.embeddings.patch_embedding.weight" in sd or "embeddings.patch_embedding.weight" in sd:
         return hf_to_drip(sd), {}
     if any(k.startswith("visual.") for k in sd):  # a whole open_clip CLIP
         sd = {k[len("visual.") :]: v for k, v in sd.items() if k.startswith("visual.")}
@@ -234,18 +249,38 @@ def resolve_config(
     return cfg
 
 
-def upcycle(source: Any, cfg_or_preset: DripConfig | str | None = None, **overrides: Any) -> DripVisionTransformer:
+def upcycle(
+    source: Any,
+    cfg_or_preset: DripConfig | str | None = None,
+    calibration_images: Tensor | None = None,
+    **overrides: Any,
+) -> DripVisionTransformer:
     """Build a DRIP tower holding a pretrained CLIP ViT's weights (a fresh boundary predictor is the only new part).
 
     source: an open_clip CLIP model or its ``.visual``; an open_clip checkpoint file (full CLIP or vision-only state
         dict, ``.pt``/``.bin`` read with ``weights_only=True``, or ``.safetensors``); a HF ``CLIPVisionModel``,
-        ``CLIPVisionModelWithProjection`` or ``CLIPModel`` object, or its saved directory.
+        ``CLIPVisionModelWithProjection``, ``CLIPModel`` or ``CLIPForImageClassification`` object, or its saved
+        directory.
     cfg_or_preset: the DRIP config / preset name; None takes the shape from the source and DRIP settings from
         ``DripConfig`` defaults. A config whose shape differs from the source's -> ValueError naming the fields.
+    calibration_images: [B, C, H, W] images on which the eval thresholds are calibrated (so eval keeps the training
+        rate; see ``drip.calibration``); None calibrates on ``synthetic_images`` (pass real images when you can).
     overrides: DripConfig fields, e.g. ``pool_at=(3,)``, ``prior=(0.5,)``, ``heads=4`` for a state-dict file.
     """
     sd, found = vit_weights(source)
     cfg = resolve_config(cfg_or_preset, found, overrides)
     tower = DripVisionTransformer(cfg)
-    load_drip_state_dict(tower, sd, allow_missing=("predictors.",), what=f"upcycled from {type(source).__name__}")
+    what = f"upcycled from {type(source).__name__}"
+    load_drip_state_dict(tower, sd, allow_missing=("predictors.", "eval_thresholds"), what=what)
+    calibrate_upcycled(tower, calibration_images)
     return tower
+
+
+def calibrate_upcycled(tower: DripVisionTransformer, images: Tensor | None = None) -> None:
+    """Calibrate a freshly upcycled tower's eval thresholds on ``images`` (None: synthetic images)."""
+    if not tower.cfg.pool_at:
+        return
+    if images is None:
+        images = synthetic_images(tower.cfg.image_size, tower.cfg.in_chans)
+        logger.info("upcycle: eval thresholds calibrated on synthetic images; pass calibration_images for real ones")
+    tower.calibrate_eval_thresholds(images)

@@ -15,6 +15,8 @@ logging, ``get_data``, LR schedules, checkpoint format, and the training loop it
 * the scheduler callable handed to ``train_one_epoch`` also anneals the Gumbel temperature
   (``drip.boundary.temperature_at``) and holds every non-predictor parameter group at lr 0 for the first K
   epochs (frozen without touching ``requires_grad``, so DDP and resuming are unaffected);
+* after each epoch the tower's eval thresholds are calibrated on a training batch at the current temperature
+  (``DripVisionTransformer.calibrate_eval_thresholds``), so every checkpoint evaluates at its training rate;
 * each epoch logs boundary rate, tokens per image, mean step time and peak memory, also to
   ``<logs>/<name>/drip_metrics.jsonl``; the final tower is exported with ``drip.checkpoint.save_drip`` (a plain
   ViT too, as a DRIP config without pooling) to ``<logs>/<name>/checkpoints/drip_tower``.
@@ -311,6 +313,16 @@ def _save(args: argparse.Namespace, model: nn.Module, optimizer, scaler, complet
         os.replace(tmp, os.path.join(args.checkpoint_path, "epoch_latest.pt"))
 
 
+def calibrate_on_training_batch(tower, dataloader, device: torch.device, max_images: int = 256) -> None:
+    """Set the DRIP tower's eval thresholds so eval keeps the rate training samples at the current temperature,
+    on (up to ``max_images`` of) the first training batch; saved with the epoch's checkpoint. No-op without DRIP."""
+    if tower is None or not tower.cfg.pool_at:
+        return
+    images = next(iter(dataloader))[0][:max_images].to(device=device, dtype=next(tower.parameters()).dtype)
+    thresholds = tower.calibrate_eval_thresholds(images)
+    logging.info("DRIP eval thresholds %s (calibrated on %d training images)", thresholds, len(images))
+
+
 def _train_epochs(args, model, data, loss, optimizer, scaler, schedule, start_epoch, tokenizer, device) -> None:
     from open_clip_train.distributed import is_master
     from open_clip_train.train import evaluate, train_one_epoch
@@ -326,6 +338,7 @@ def _train_epochs(args, model, data, loss, optimizer, scaler, schedule, start_ep
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         train_one_epoch(model, data, loss, epoch, optimizer, scaler, schedule, None, args, tb_writer=writer)
+        calibrate_on_training_batch(drip_tower(model), data["train"].dataloader, device)
         metrics = {"epoch": epoch + 1, "steps": steps, "temperature": schedule.temperature}
         metrics.update(epoch_metrics(loss, args, device, time.perf_counter() - start, steps))
         if any(k in data for k in ("val", "imagenet-val", "imagenet-v2")):

@@ -174,3 +174,14 @@ def test_our_counts_match_open_clip_model():
     report = count_flops(tower("ViT-B-32"), torch.randn(1, 3, 224, 224))
     assert report.seed_gflops == pytest.approx(seed, rel=1e-3)
     assert report.complete_gflops == pytest.approx(complete, rel=1e-3)
+
+
+def test_paper_convention_ratio_is_printed_beside_the_consistent_one(capsys):
+    """The DRIP paper divides its DRIP rows (complete counts) by stock-fvcore ViT rows (seed counts): 0.59 for
+    DRIP-4x-B-16, where the consistent ratio is 0.378. Both are reported, the convention named."""
+    row = flops_table(["DRIP-4x-B-16"])[0]
+    assert row["complete_ratio"] == pytest.approx(0.378, abs=2e-3)
+    assert row["paper_ratio"] == pytest.approx(0.589, abs=2e-3)  # 6.646 / 11.290 (stock fvcore ViT-B/16)
+    main(["--models", "DRIP-4x-B-16"])
+    out = capsys.readouterr().out
+    assert "paper ratio" in out and "0.589" in out and "0.378" in out and "complete / ViT seed" in out

@@ -76,3 +76,57 @@ def test_parity_is_sensitive_to_a_wrong_weight():
         x = torch.randn(2, 3, 32, 32)
         diff = (clip.encode_image(x) - tower(x, boundaries=torch.ones(2, 16)).image_embeds).abs().max().item()
     assert diff > 1e-3
+
+
+def _hf_vision_config(**kw):
+    from transformers import CLIPVisionConfig
+
+    base = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32)
+    return CLIPVisionConfig(**{**base, "patch_size": 8, "projection_dim": 24, "hidden_act": "quick_gelu", **kw})
+
+
+def _hf_model(kind: str):
+    import transformers
+    from transformers import CLIPConfig, CLIPTextConfig
+
+    torch.manual_seed(0)
+    vision = _hf_vision_config()
+    if kind in ("CLIPVisionModel", "CLIPVisionModelWithProjection"):
+        return getattr(transformers, kind)(vision).eval()
+    text = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    full = CLIPConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), projection_dim=24)
+    if kind == "CLIPForImageClassification":
+        full.num_labels = 3
+    return getattr(transformers, kind)(full).eval()
+
+
+@pytest.mark.parametrize("from_dir", [False, True], ids=["object", "saved_dir"])
+@pytest.mark.parametrize(
+    "kind", ["CLIPVisionModel", "CLIPVisionModelWithProjection", "CLIPModel", "CLIPForImageClassification"]
+)
+def test_every_hf_clip_vision_class_upcycles_with_hidden_state_parity(kind, from_dir, tmp_path):
+    """transformers 5.x saves CLIPVisionModel without the ``vision_model.`` prefix; every class still maps."""
+    hf = _hf_model(kind)
+    if from_dir:
+        hf.save_pretrained(tmp_path / kind)
+    tower = upcycle(tmp_path / kind if from_dir else hf, pool_at=(1,), prior=(0.25,)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        vision = hf if kind == "CLIPVisionModel" else hf.vision_model  # transformers 5.x: no .vision_model there
+        ref = vision(pixel_values=x, output_hidden_states=True)
+        ours = tower(x, boundaries=torch.ones(2, 16), output_hidden_states=True)
+    diffs = [(a - b).abs().max().item() for a, b in zip(ref.hidden_states, ours.hidden_states, strict=True)]
+    assert len(diffs) == 3 and max(diffs) < ATOL, diffs
+    pooled = ref.pooler_output  # ln_post(CLS); the projection, where the class has one, follows
+    if tower.proj is not None:
+        pooled = pooled @ tower.proj
+    assert (pooled - ours.image_embeds).abs().max().item() < ATOL
+
+
+def test_unmappable_hf_key_is_named_with_what_was_expected():
+    from drip.weights import hf_to_drip
+
+    sd = _hf_model("CLIPVisionModel").state_dict()
+    sd["encoder.layers.0.layer_scale.weight"] = torch.ones(64)
+    with pytest.raises(ValueError, match=r"vision_model\.encoder\.layers\.0\.layer_scale\.weight.*expected HF CLIP"):
+        hf_to_drip(sd)

@@ -132,7 +132,11 @@ def test_run_modes_report(tmp_path, mode):
     )  # fmt: skip
     res = run(args, tiny_clip(drip=True), PREPROCESS, PREPROCESS)
     assert (res["num_classes"], res["num_train"], res["num_val"]) == (3, 12, 6)
-    assert 0 <= res["top1"] <= 1 and len(res["history"]) == 2
+    assert len(res["history"]) == 2 and res["top1"] == res["history"][-1]["val_top1"]
+    correct = res["top1"] * res["num_val"]  # a share of the 6 val images, not e.g. a mean logit or a loss
+    assert correct == pytest.approx(round(correct)) and 0 <= round(correct) <= res["num_val"]
+    if mode == "linear":  # solid colours are linearly separable even in a random tower's embeddings
+        assert res["top1"] > 1 / 3
     assert res["tokens_per_image"] is not None and res["boundary_rate"] is not None
 
 
@@ -151,6 +155,7 @@ def test_cli_linear_writes_json(tmp_path):
     res = main(["--model", "DRIP-tiny", *flags, "--mode", "linear", "--batch-size", "6", "--json", str(out)])
     assert json.loads(out.read_text()) == res
     assert (res["mode"], res["epochs"], res["lr"], res["num_val"]) == ("linear", 3, 1e-2, 6)
-    assert 0 <= res["top1"] <= 1 and res["tokens_per_image"] >= 1 and len(res["history"]) == 3
+    assert res["top1"] == res["history"][-1]["val_top1"] and res["tokens_per_image"] >= 1 and len(res["history"]) == 3
+    assert res["top1"] * 6 == pytest.approx(round(res["top1"] * 6)) and res["top1"] > 1 / 3
     with pytest.raises(SystemExit):
         main(["--model", "DRIP-tiny", *flags, "--mode", "probe"])
