@@ -71,7 +71,13 @@ class DripFeatures:
 
 
 def _threshold_config_follows_buffer(tower: nn.Module, incompatible_keys) -> None:
-    """After load_state_dict: cfg.threshold takes the loaded eval_thresholds (unless the checkpoint lacked them)."""
+    """After load_state_dict: cfg.threshold takes the loaded eval_thresholds. When the state dict lacked them (a
+    partial load, e.g. LLaVA's projector file, or a checkpoint from before they were saved), the buffer is set from
+    the config instead: it may hold uninitialised memory (HF materialises a model's buffers empty)."""
+    if any(k == "eval_thresholds" or k.endswith(".eval_thresholds") for k in incompatible_keys.missing_keys):
+        with torch.no_grad():
+            tower.eval_thresholds.copy_(torch.tensor(tower.cfg.stage_thresholds, dtype=torch.float32))
+        return
     values = tower.eval_thresholds.tolist()
     if any(abs(a - b) > 1e-6 for a, b in zip(tower.cfg.stage_thresholds, values, strict=True)):
         tower.cfg = tower.cfg.replace(threshold=tuple(values))

@@ -100,3 +100,14 @@ def test_lowering_the_temperature_shrinks_the_train_eval_gap():
         gaps.append(abs(train_rate - eval_rate))
     print("train/eval gap at tau 2, 1, 0.5, 0.1:", [f"{g:.3f}" for g in gaps])
     assert gaps == sorted(gaps, reverse=True) and gaps[-1] < gaps[1] / 3
+
+
+def test_partial_load_without_thresholds_sets_the_buffer_from_the_config():
+    # HF materialises a model's buffers uninitialised; a partial load_state_dict (LLaVA's projector file) that lacks
+    # the thresholds must neither copy that memory into the config nor keep it as the eval rule.
+    tower = DripVisionTransformer(get_preset("DRIP-tiny").replace(threshold=0.3))
+    with torch.no_grad():
+        tower.eval_thresholds.fill_(float("nan"))
+    tower.load_state_dict({"ln_post.weight": tower.ln_post.weight.detach().clone()}, strict=False)
+    assert tower.cfg.stage_thresholds == (0.3,)
+    assert tower.eval_thresholds.tolist() == pytest.approx([0.3])
