@@ -113,6 +113,14 @@ def upcycle_text(source: Any, cfg: DripTextConfig | None = None, **overrides: An
     return tower
 
 
+def load_text_state(tower: DripTextTransformer, clip_sd: dict[str, Tensor], what: str = "") -> dict[str, Tensor]:
+    """Load the text weights of an open_clip CLIP state dict into ``tower``; returns the keys that are not text."""
+    text_keys = {f"text.{k}" for k in clip_text_state(clip_sd)} | set(clip_text_state(clip_sd)) | {"text.attn_mask"}
+    sd = open_clip_text_to_drip(clip_text_state(clip_sd))
+    load_drip_state_dict(tower, sd, allow_missing=("predictors.",), what=what)
+    return {k: v for k, v in clip_sd.items() if k not in text_keys and k != "attn_mask"}
+
+
 def drip_text_tower(model: nn.Module) -> DripTextTransformer | None:
     """The DripTextTransformer of an open_clip CustomTextCLIP (DDP-wrapped or not), or the tower itself; else None."""
     while hasattr(model, "module") and isinstance(model.module, nn.Module):

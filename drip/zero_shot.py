@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
+from drip import text_clip
 from drip.checkpoint import load_drip_state_dict, read_state_dict
 from drip.model import DripOutput, DripVisionTransformer
 from drip.open_clip_integration import register_open_clip
@@ -94,7 +95,7 @@ def create_clip(
 ) -> tuple[nn.Module, Callable, Callable, Callable]:
     """open_clip model (DRIP presets registered by ``drip.open_clip_integration``), train/val transforms, tokenizer."""
     register_open_clip()  # DRIP-* and ViT-tiny model names (idempotent)
-    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(name, device=device)
+    model, preprocess_train, preprocess_val = text_clip.create_model_and_transforms(name, device=device)
     if checkpoint is not None:
         load_weights(model, checkpoint)
     return model.to(device), preprocess_train, preprocess_val, open_clip.get_tokenizer(name)
