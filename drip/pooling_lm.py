@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from drip.boundary import BoundaryPredictor, binomial_prior_loss, sample_boundaries
+from drip.flops import block_macs, predictor_macs
 from drip.layers import Block
 from drip.pooling import pool_segments, segment_ids
 from drip.text import causal_bias
@@ -158,6 +159,21 @@ def _run(blocks: nn.ModuleList, x: Tensor, mask: Tensor) -> Tensor:
     for block in blocks:
         x = block(x, bias)
     return x
+
+
+def lm_macs_per_char(cfg: PoolingLMConfig, length: int, rate: float | None = None) -> float:
+    """Analytic forward MACs per character on windows of ``length`` (``drip.flops.block_macs`` per block).
+
+    rate: boundaries per character (default ``cfg.prior``); the shortened layers see rate * length segments plus
+    the null group. Includes the predictor, the pooling matmul and the output layer.
+    """
+    d = cfg.width
+    macs = cfg.pre_layers * block_macs(cfg, length) + length * d * cfg.vocab_size
+    if cfg.pools:
+        s = max(1, round(length * (cfg.prior if rate is None else rate)))
+        macs += predictor_macs(cfg, length) + s * length * d + cfg.shortened_layers * block_macs(cfg, s + 1)
+        macs += cfg.post_layers * block_macs(cfg, length)
+    return macs / length
 
 
 def lm_loss(out: LMOutput, ids: Tensor, boundary_loss_weight: float) -> tuple[Tensor, Tensor]:
