@@ -116,10 +116,12 @@ def main(argv=None) -> list[dict]:
         model = build(kind, len(vocab), args)
         pooled_macs = pooled_macs or lm_macs_per_char(model.cfg, args.length)
         rows.append(run(kind, model, train_ids, test_ids, targets_for(kind, train_text, train_ids, vocab), args))
+        print(json.dumps(rows[-1]), flush=True)
     one = lm_macs_per_char(build("vanilla", len(vocab), args, 1).cfg, args.length)
     two = lm_macs_per_char(build("vanilla", len(vocab), args, 2).cfg, args.length)
     layers = max(1, round((pooled_macs - one) / (two - one)) + 1)  # closest depth to the pooling LM's MACs
     rows.append(run("vanilla", build("vanilla", len(vocab), args, layers), train_ids, test_ids, None, args))
+    print(json.dumps(rows[-1]), flush=True)
     head = f"{'model':<9}{'layers':>8}{'params M':>9}{'MMAC/ch':>9}{'test bpc':>9}{'rate':>6}"
     head += f"{'train ch/s':>11}{'eval ch/s':>10}"
     print(head)
