@@ -9,6 +9,7 @@ Every figure counts one multiply-add as one flop (fvcore's convention), so "GFLO
   subtracting the ``attn.qkv`` / ``attn.proj`` modules.
 * complete: default fvcore handles plus a handle for SDPA (B*H*Lq*Lk*(hd_qk + hd_v) MACs), so projections and
   attention matmuls are counted (ViT-B/32: 4.414, ViT-B/16: 17.583).
+* text towers (Fast-CLIP): ``text_tower_macs`` counts open_clip's text transformer and DRIP's pooled one alike.
 * analytic: patch embedding + per-block qkv/proj/MLP + attention matmuls + boundary predictor + pooling matmul
   (+ layer norms at fvcore's 5 flops per element and the CLS projection), from the config and the per-stage token
   counts alone (``analytic_macs`` per image; ``batch_macs`` adds what a batch with unequal counts spends on
@@ -36,7 +37,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from math import prod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +45,9 @@ from torch import Tensor, nn
 from drip.config import DripConfig, get_preset, list_presets
 from drip.model import DripOutput, DripVisionTransformer
 from drip.pooling import simulated_boundaries
+
+if TYPE_CHECKING:
+    from drip.text import DripTextConfig
 
 DEFAULT_MODELS = (
     "ViT-B-32",
@@ -174,6 +178,24 @@ def tower_gmacs(cfg: DripConfig, token_counts: Tensor | Sequence, blocks: int | 
             raise ValueError(f"{cfg.name} has {len(cfg.pool_at)} pooling stages: pass token counts [B, stages]")
         t = t.reshape(-1, 1)[:, : len(cfg.pool_at)]  # [B, 1], or [B, 0] for a plain ViT
     return [analytic_macs(cfg, row.tolist(), blocks) / 1e9 for row in t]
+
+
+def text_tower_macs(cfg: DripTextConfig, lengths: Sequence[int], segments: Sequence[int] | None = None) -> float:
+    """Analytic MACs per caption of a (pooled) CLIP text tower, ``drip.text.DripTextConfig``, averaged over captions.
+
+    lengths: tokens each caption runs on before pooling (up to end-of-text for ``DripTextTransformer``; pass
+    ``context_length`` for open_clip's TextTransformer, which runs every position); segments: segment tokens after
+    pooling (None or ``cfg.pool_at == 0``: no pooling). Blocks, predictor, pooling matmul, ln_final, projection.
+    """
+    total = 0.0
+    segments = list(lengths) if segments is None or not cfg.pool_at else list(segments)
+    for n, s in zip(lengths, segments, strict=True):
+        pre = cfg.pool_at or cfg.layers
+        macs = pre * block_macs(cfg, n) + (cfg.layers - pre) * block_macs(cfg, s)
+        if cfg.pool_at:
+            macs += predictor_macs(cfg, n) + s * n * cfg.width  # boundary MLP + pooling matmul A[S, N] @ x[N, D]
+        total += macs + LN_FLOPS_PER_ELEMENT * s * cfg.width + cfg.width * cfg.embed_dim  # ln_final, projection
+    return total / max(len(lengths), 1)
 
 
 # --- fvcore --------------------------------------------------------------------------------------------------------

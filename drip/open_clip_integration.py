@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from drip.checkpoint import check_state_dict, load_drip_state_dict, read_state_dict
 from drip.config import get_preset
 from drip.model import DripVisionTransformer
+from drip.text_weights import drip_text_tower, load_text_state
 
 logger = logging.getLogger(__name__)
 
@@ -218,8 +219,10 @@ def create_clip(name: str, checkpoint: str | Path | None = None, device: str | t
     from ``checkpoint`` (see ``load_weights``). Returns (model, preprocess_train, preprocess_val, tokenizer)."""
     import open_clip
 
+    from drip import text_clip  # pooled text towers (Fast-CLIP) for the *-T2x names; it imports this module
+
     register_open_clip()  # DRIP-* and ViT-tiny model names (idempotent)
-    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(name, device=device)
+    model, preprocess_train, preprocess_val = text_clip.create_model_and_transforms(name, device=device)
     if checkpoint is not None:
         load_weights(model, checkpoint)
     return model.to(device), preprocess_train, preprocess_val, open_clip.get_tokenizer(name)
@@ -282,7 +285,10 @@ def upcycle_clip(model: nn.Module, source: Any) -> list[str]:
         logger.warning("upcycle_clip: no open_clip text tower %s; the text tower keeps its weights", what)
         return ["vision"]
     clip = _unwrap(model)
-    expected = {k: v for k, v in clip.state_dict().items() if not k.startswith("visual.")}
+    skip = ("visual.",)
+    if drip_text_tower(clip) is not None:  # Fast-CLIP: a pooled text tower takes the text weights renamed
+        text, skip = load_text_state(drip_text_tower(clip), text, what), ("visual.", "text.")  # text: logit keys
+    expected = {k: v for k, v in clip.state_dict().items() if not k.startswith(skip)}
     check_state_dict(expected, text, what=what, target="the open_clip text tower")
     clip.load_state_dict(text, strict=False)  # the visual keys were loaded into the tower above
     return ["vision", "text"]
@@ -303,8 +309,9 @@ class DripLoss:
     def __init__(self, base: Any, model: nn.Module, boundary_loss_weight: float = 1.0):
         self.base = base
         self.trunk = drip_trunk(model)
+        self.text = drip_text_tower(model)  # Fast-CLIP's pooled text tower, or None
         self.boundary_loss_weight = float(boundary_loss_weight)
-        self._sums: Tensor | None = None  # [steps, task loss, boundary loss (unweighted), rate, tokens]
+        self._sums: Tensor | None = None  # [steps, task, boundary loss, rate, tokens, text boundary loss, text rate]
 
     def __call__(self, *args: Any, output_dict: bool = False, **kwargs: Any) -> dict[str, Tensor] | Tensor:
         losses = dict(self.base(*args, output_dict=True, **kwargs))
@@ -318,11 +325,18 @@ class DripLoss:
             row += [rec.boundary_loss.detach().float(), rec.boundary_rate.float(), rec.tokens_per_image.float()]
         else:
             row += [torch.full_like(task, float("nan")).detach()] * 3
+        if self.text is not None and self.text.last is not None:
+            text = self.text.last
+            losses["text_boundary_loss"] = self.boundary_loss_weight * text.boundary_loss
+            row += [text.boundary_loss.detach().float(), text.boundary_rate.float()]
+        else:
+            row += [torch.full_like(task, float("nan")).detach()] * 2
         row_t = torch.stack([r.to(task.device) for r in row])
         self._sums = row_t if self._sums is None else self._sums + row_t
         return losses if output_dict else sum(losses.values())
 
     def take_stats(self) -> Tensor | None:
-        """Running sums since the last call, [steps, task loss, boundary loss, rate, tokens]; resets them."""
+        """Running sums since the last call, [steps, task loss, boundary loss, rate, tokens, text boundary loss,
+        text rate]; resets them."""
         sums, self._sums = self._sums, None
         return sums

@@ -34,14 +34,18 @@ from drip.model import DripVisionTransformer
 logger = logging.getLogger(__name__)
 
 _BLOCK = r"transformer\.resblocks\.(\d+)\."
-_OPEN_CLIP_RULES = [
-    (r"(conv1\.weight|class_embedding|positional_embedding|proj)", r"\1"),
-    (r"(ln_pre|ln_post)\.(weight|bias)", r"\1.\2"),
+# open_clip ResidualAttentionBlock -> drip.layers.Block (shared by the image and the text tower)
+OPEN_CLIP_BLOCK_RULES = [
     (_BLOCK + r"ln_([12])\.(weight|bias)", r"blocks.\1.ln_\2.\3"),
     (_BLOCK + r"attn\.in_proj_(weight|bias)", r"blocks.\1.attn.qkv.\2"),
     (_BLOCK + r"attn\.out_proj\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
     (_BLOCK + r"mlp\.c_fc\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
     (_BLOCK + r"mlp\.c_proj\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+]
+_OPEN_CLIP_RULES = [
+    (r"(conv1\.weight|class_embedding|positional_embedding|proj)", r"\1"),
+    (r"(ln_pre|ln_post)\.(weight|bias)", r"\1.\2"),
+    *OPEN_CLIP_BLOCK_RULES,
 ]
 _HF_LAYER = r"vision_model\.encoder\.layers\.(\d+)\."
 _HF_RULES = [
@@ -69,7 +73,7 @@ _HF_EXPECTED = (
 _HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
 
 
-def _rename(
+def rename_keys(
     sd: dict[str, Tensor], rules: list[tuple[str, str]], source: str, expected: str = ""
 ) -> dict[str, Tensor]:
     out, unknown = {}, []
@@ -91,7 +95,7 @@ def _rename(
 
 def open_clip_to_drip(visual_sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """open_clip VisionTransformer state dict (keys without ``visual.``) -> DRIP names."""
-    return _rename(visual_sd, _OPEN_CLIP_RULES, "open_clip vision state dict")
+    return rename_keys(visual_sd, _OPEN_CLIP_RULES, "open_clip vision state dict")
 
 
 def hf_to_drip(hf_sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -111,7 +115,7 @@ def hf_to_drip(hf_sd: dict[str, Tensor]) -> dict[str, Tensor]:
             )
         out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([qkv_parts["q"], qkv_parts["k"], qkv_parts["v"]], 0)
     projection = sd.pop("visual_projection.weight", None)  # [E, D]
-    out.update(_rename(sd, _HF_RULES, "Hugging Face CLIP vision state dict", _HF_EXPECTED))
+    out.update(rename_keys(sd, _HF_RULES, "Hugging Face CLIP vision state dict", _HF_EXPECTED))
     if projection is not None:
         out["proj"] = projection.t().contiguous()  # DRIP computes x @ proj with proj [D, E]
     return out

@@ -132,7 +132,7 @@ def _latest_checkpoint(args: argparse.Namespace) -> str | None:
 
 
 def _build_model(args: argparse.Namespace, drip_args: argparse.Namespace, device: torch.device):
-    from open_clip import create_model_and_transforms
+    from drip.text_clip import create_model_and_transforms  # open_clip's, plus Fast-CLIP's pooled text towers
 
     _random_seed(args.seed, 0)
     if isinstance(args.force_image_size, (tuple, list)) and len(args.force_image_size) == 1:
@@ -281,11 +281,12 @@ def _peak_memory(device: torch.device) -> tuple[float, str]:
 def epoch_metrics(loss: DripLoss, args: argparse.Namespace, device, seconds: float, steps: int) -> dict[str, Any]:
     """Per-epoch means of DripLoss's running sums (averaged over ranks), step time and peak memory."""
     sums = loss.take_stats()
-    sums = torch.zeros(5, device=device) if sums is None else sums.to(device)
+    sums = torch.zeros(7, device=device) if sums is None else sums.to(device)
     if args.distributed:
         torch.distributed.all_reduce(sums)
     means = (sums[1:] / sums[0].clamp(min=1)).tolist()  # NaN where there is no DRIP tower
     names = ("task_loss", "boundary_loss", "boundary_rate", "tokens_per_image")
+    names += ("text_boundary_loss", "text_boundary_rate")  # Fast-CLIP's pooled text tower (None without)
     memory, kind = _peak_memory(device)
     out: dict[str, Any] = {k: None if math.isnan(v) else v for k, v in zip(names, means, strict=True)}
     out.update({"step_time_s": seconds / max(steps, 1), kind: round(memory, 1)})
