@@ -1,8 +1,8 @@
 """Fast-CLIP on the demo world: no pooling (ViT-tiny) vs image pooling (DRIP-tiny) vs image + text (DRIP-tiny-T2x).
 
-Generates a small demo world (``playground/demo_world.py``), trains each CLIP with ``python -m drip.train`` for
+Generates a small demo world (``python -m llava_drip_demo.demo_world``), trains each CLIP with ``python -m drip.tools.train`` for
 the same epochs, batch and learning rate (the demo's settings), evaluates zero-shot top-1 / top-5 with
-``python -m drip.zero_shot`` on the world's zero-shot split, and counts the text tower's analytic GMACs per
+``python -m drip.tools.zero_shot`` on the world's zero-shot split, and counts the text tower's analytic GMACs per
 caption (``drip.flops.text_tower_macs``) on the training captions: open_clip's tower runs every context position,
 DRIP's text tower only the tokens up to end-of-text and, with pooling, the segments it keeps after its pre-layer.
 
@@ -57,14 +57,14 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     out = Path(args.out)
     data = out / "world"
-    _py("playground/demo_world.py", "--out", str(data), "--clip-absolute-paths", "--seed", str(args.seed),
+    _py("-m", "llava_drip_demo.demo_world", "--out", str(data), "--clip-absolute-paths", "--seed", str(args.seed),
         "--n-pretrain", "8", "--n-instruct", "8", "--n-sqa", "4", "--n-bench", "2", "--n-clip", str(args.n_clip),
         "--n-zeroshot-per-class", "4")
     with open(data / "clip_captions.csv") as f:
         captions = [row["title"] for row in csv.DictReader(f, delimiter="\t")]
     rows = []
     for name in MODELS:
-        _py("-m", "drip.train", "--model", name, "--train-data", str(data / "clip_captions.csv"),
+        _py("-m", "drip.tools.train", "--model", name, "--train-data", str(data / "clip_captions.csv"),
             "--dataset-type", "csv", "--csv-img-key", "filepath", "--csv-caption-key", "title",
             "--csv-separator", "\t", "--batch-size", "64", "--epochs", str(args.epochs), "--lr", "2e-3", "--wd", "0.1",
             "--warmup", "20", "--workers", "0", "--seed", str(args.seed), "--logs", str(out / "clip"), "--name", name,
@@ -72,7 +72,7 @@ def main(argv=None) -> list[dict]:
             "--log-every-n-steps", "100")
         ckpt = out / "clip" / name / "checkpoints" / f"epoch_{args.epochs}.pt"
         zs = out / "clip" / name / "zero_shot.json"
-        _py("-m", "drip.zero_shot", "--model", name, "--checkpoint", str(ckpt), "--data", str(data / "zeroshot"),
+        _py("-m", "drip.tools.zero_shot", "--model", name, "--checkpoint", str(ckpt), "--data", str(data / "zeroshot"),
             "--classnames", str(data / "zeroshot" / "classnames.txt"), "--templates",
             str(data / "zeroshot" / "templates.txt"), "--json", str(zs))
         result = json.loads(zs.read_text())
