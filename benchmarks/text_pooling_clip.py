@@ -1,6 +1,7 @@
 """Fast-CLIP on the demo world: no pooling (ViT-tiny) vs image pooling (DRIP-tiny) vs image + text (DRIP-tiny-T2x).
 
-Generates a small demo world (``python -m llava_drip_demo.demo_world``), trains each CLIP with ``python -m drip.tools.train`` for
+Generates a small demo world (``python -m llava_drip_demo.demo_world``), trains each CLIP with
+``python -m drip.tools.train`` for
 the same epochs, batch and learning rate (the demo's settings), evaluates zero-shot top-1 / top-5 with
 ``python -m drip.tools.zero_shot`` on the world's zero-shot split, and counts the text tower's analytic GMACs per
 caption (``drip.flops.text_tower_macs``) on the training captions: open_clip's tower runs every context position,

@@ -53,7 +53,7 @@ class PoolingLMConfig:
     boundary: BoundaryKind = "gumbel"
     prior: float = 0.25  # gumbel: target boundary rate (one segment per 4 characters)
     predictor_hidden: int = 64
-    temperature: float = 0.5  # Gumbel-sigmoid temperature
+    temperature: float = 1.0  # Gumbel-sigmoid temperature (drip.boundary: it also scales the noise)
     threshold: float = 0.5  # eval: boundary where sigmoid(logit) > threshold
     boundary_loss_weight: float = 1.0
     dropout: float = 0.0
