@@ -21,8 +21,8 @@ import torch
 import transformers
 from transformers import AutoTokenizer, HfArgumentParser
 
-from llava.model import LlavaLlamaForCausalLM, PDropConfig
-from llava.train.args import DataArguments, ModelArguments, TrainingArguments, parse_float_list, parse_int_list
+from llava.model import LlavaLlamaForCausalLM
+from llava.train.args import DataArguments, ModelArguments, TrainingArguments, pdrop_config
 from llava.train.checkpointing import save_lora, save_mm_projector
 from llava.train.data import DataCollatorForSupervisedDataset, DatasetOptions, LazySupervisedDataset
 from llava.train.trainer import LLaVATrainer
@@ -111,10 +111,9 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, to
     model.config.tokenizer_padding_side = tokenizer.padding_side
     model.config.tokenizer_model_max_length = tokenizer.model_max_length
     model.config.mm_projector_lr = training_args.mm_projector_lr
-    layers = parse_int_list(model_args.pdrop_layer_list)
-    ratios = parse_float_list(model_args.pdrop_image_token_ratio_list)
-    if layers or ratios:
-        model.set_pdrop(PDropConfig(layers, ratios))
+    pdrop = pdrop_config(model_args)
+    if pdrop is not None:
+        model.set_pdrop(pdrop)
     if training_args.gradient_checkpointing:
         model.enable_input_require_grads()
     set_trainable(model, model_args, training_args)

@@ -262,6 +262,19 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             inputs["image_layouts"] = image_layouts
         return inputs
 
+    def _expand_inputs_for_generation(
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: Tensor | None = None, **model_kwargs
+    ) -> tuple[Tensor | None, dict[str, Any]]:
+        # Beam search and num_return_sequences > 1 repeat every tensor input expand_size times (sample i becomes
+        # rows i*k .. i*k+k-1); the per-sample layouts are a list, which HF leaves alone: repeat them the same way.
+        layouts = model_kwargs.pop("image_layouts", None)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        if layouts is not None:
+            model_kwargs["image_layouts"] = [layout for layout in layouts for _ in range(expand_size)]
+        return input_ids, model_kwargs
+
 
 AutoConfig.register("llava_llama", LlavaLlamaConfig, exist_ok=True)
 AutoModelForCausalLM.register(LlavaLlamaConfig, LlavaLlamaForCausalLM, exist_ok=True)
