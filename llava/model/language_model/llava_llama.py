@@ -112,7 +112,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
                 raise ValueError("pass the KV cache as `cache` or `past_key_values`, not both")
             cache = past_key_values
         boundary_loss = None
-        if images is not None:
+        touch = input_ids is not None and self.needs_vision_touch(images)  # text-only training: run the tower too
+        if images is not None or touch:
             mm = self._prefill_inputs(input_ids, inputs_embeds, attention_mask, labels, images, image_sizes, cache)
             input_ids, inputs_embeds, image_layouts = None, mm.inputs_embeds, mm.layouts
             attention_mask, position_ids, labels = mm.attention_mask, mm.position_ids, mm.labels
