@@ -140,13 +140,14 @@ def loss_summary(log_history: list[dict]) -> dict:
 
 def save_outputs(trainer: LLaVATrainer, model, model_args: ModelArguments, training_args: TrainingArguments) -> None:
     out = training_args.output_dir
+    # Every rank calls the savers (gathering ZeRO-3 shards is a collective); only the saving rank writes.
     if model_args.tune_mm_mlp_adapter:
+        save_mm_projector(model, out, write=trainer.args.should_save)
         if trainer.args.should_save:
-            save_mm_projector(model, out)
             model.config.save_pretrained(out)
     elif training_args.lora_enable:
+        save_lora(model, out, write=trainer.args.should_save)
         if trainer.args.should_save:
-            save_lora(model, out)
             model.base_model.model.config.save_pretrained(out)
     else:
         trainer.save_model(out)
