@@ -9,7 +9,8 @@ names, defaults and checks live here only. Two keys are ours:
   a checkpoint rebuilds its tower offline and takes the tower weights from its own shards; without it (released
   LLaVA checkpoints) the tower is read from ``mm_vision_tower`` (a local dir, a hub name, or ``drip:<preset|dir>``).
 * ``pdrop_layer_list`` / ``pdrop_image_token_ratio_list``: PyramidDrop (Xing et al., 2024) in the LLM — after layer
-  ``layer_list[k]`` keep the fraction ``image_token_ratio_list[k]`` of each sample's image tokens.
+  ``layer_list[k]`` keep the fraction ``image_token_ratio_list[k]`` of each sample's image tokens;
+  ``pdrop_position_mode``: "compact" (PyramidDrop's renumbering, the default) or "original" position ids.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from llava.constants import AspectRatio, check_aspect_ratio
 
 SelectFeature = Literal["patch", "cls_patch"]
 PaddingSide = Literal["left", "right"]
+PositionMode = Literal["compact", "original"]  # PyramidDrop's renumbering of kept tokens, or the original ids
+POSITION_MODES = ("compact", "original")
 DRIP_PREFIX = "drip:"  # ``mm_vision_tower`` values starting with this name a DRIP tower (preset or checkpoint dir)
 
 
@@ -33,8 +36,13 @@ class PDropConfig:
 
     layer_list: tuple[int, ...]  # decoder layer indices, strictly increasing
     image_token_ratio_list: tuple[float, ...]  # one ratio in (0, 1] per entry of layer_list, non-increasing
+    # "compact": after a drop the kept tokens are renumbered 0.. (PyramidDrop's released code); "original": every
+    # token keeps the position id it entered the LLM with.
+    position_mode: PositionMode = "compact"
 
     def __post_init__(self) -> None:
+        if self.position_mode not in POSITION_MODES:
+            raise ValueError(f"pdrop_position_mode must be one of {POSITION_MODES}, got {self.position_mode!r}")
         layers = tuple(int(x) for x in self.layer_list)
         ratios = tuple(float(x) for x in self.image_token_ratio_list)
         object.__setattr__(self, "layer_list", layers)
@@ -112,7 +120,7 @@ class MultimodalConfig:
             patch_merge_type=get("mm_patch_merge_type", "flat"),
             tokenizer_model_max_length=get("tokenizer_model_max_length"),
             tokenizer_padding_side=get("tokenizer_padding_side", "right"),
-            pdrop=None if layers is None else PDropConfig(tuple(layers), tuple(ratios)),
+            pdrop=None if layers is None else PDropConfig(layers, ratios, get("pdrop_position_mode", "compact")),
             tune_mm_mlp_adapter=bool(get("tune_mm_mlp_adapter", False)),
             freeze_mm_mlp_adapter=bool(get("freeze_mm_mlp_adapter", False)),
             projector_lr=get("mm_projector_lr"),
@@ -138,6 +146,7 @@ class MultimodalConfig:
         config.tune_mm_mlp_adapter = self.tune_mm_mlp_adapter
         config.freeze_mm_mlp_adapter = self.freeze_mm_mlp_adapter
         config.mm_projector_lr = self.projector_lr
+        config.pdrop_position_mode = None if self.pdrop is None else self.pdrop.position_mode
 
     def replace(self, **changes: Any) -> MultimodalConfig:
         return dataclasses.replace(self, **changes)

@@ -225,6 +225,31 @@ class LlavaMetaForCausalLM(ABC):
         features = list(torch.split(projected, out.token_counts.tolist()))  # num_images x [N_i, H]
         return VisionFeatures(features=features, token_counts=out.token_counts, drip=out.drip)
 
+    def touch_vision_modules(self) -> tuple[Tensor, Tensor | None]:
+        """A zero that depends on the tower and projector, for a training batch without images.
+
+        Under ZeRO-3 a module's parameters are all-gathered (a collective) when it runs, so every rank must run the
+        same modules in a step: a rank with a text-only batch next to ranks with images would never join the tower's
+        and projector's gathers and the run hangs (LLaVA's known ZeRO-3 hang). One blank image goes through tower and
+        projector and its output sum, times 0, joins the inputs: nothing changes numerically, but every rank runs
+        (and back-propagates through) the same modules, DRIP's boundary predictor included.
+
+        Returns:
+            (0-d zero tensor in the grad graph of the projector, the DRIP prior loss times 0 or None).
+        """
+        tower = self.get_vision_tower()
+        side = tower.image_size
+        blank = torch.zeros(1, 3, side, side, dtype=tower.dtype, device=tower.device)  # [1, C, H, W]
+        vision = self.encode_image_features(blank)
+        zero = torch.cat(vision.features).sum() * 0.0
+        prior = None if vision.boundary_loss is None else vision.boundary_loss * 0.0
+        return zero, prior
+
+    def needs_vision_touch(self, images: Images | None) -> bool:
+        """True for a training forward without images on a model with a tower (see ``touch_vision_modules``)."""
+        no_images = images is None or len(images) == 0
+        return no_images and self.training and self.get_vision_tower() is not None
+
     def encode_images(self, images: Images) -> list[Tensor]:
         """LLaVA's name: tower -> projector, one [N_i, H] tensor per image."""
         return self.encode_image_features(images).features
@@ -253,9 +278,11 @@ class LlavaMetaForCausalLM(ABC):
             ValueError: image count and image tokens disagree (the message names the sample), bad shapes.
         """
         mm = self.mm_config
-        vision = None
+        vision, touch = None, None
         if images is not None and len(images) > 0:
             vision = self.encode_image_features(images)
+        elif self.needs_vision_touch(images):
+            touch = self.touch_vision_modules()  # (zero, prior loss * 0): same modules on every rank
         elif input_ids is not None and bool((input_ids == IMAGE_TOKEN_INDEX).any()) and self.get_vision_tower() is None:
             raise ValueError("input_ids hold image tokens but this model has no vision tower")
         splice = splice_image_features(
@@ -267,14 +294,15 @@ class LlavaMetaForCausalLM(ABC):
             max_length=mm.tokenizer_model_max_length if truncate else None,
             padding_side=padding_side or mm.tokenizer_padding_side,
         )
+        embeds = splice.inputs_embeds if touch is None else splice.inputs_embeds + touch[0]  # 0-d: dtype kept
         return MultimodalInputs(
-            inputs_embeds=splice.inputs_embeds,
+            inputs_embeds=embeds,
             attention_mask=splice.attention_mask,
             position_ids=splice.position_ids,
             labels=splice.labels,
             layouts=splice.layouts,
             token_counts=None if vision is None else vision.token_counts,
-            boundary_loss=None if vision is None else vision.boundary_loss,
+            boundary_loss=touch[1] if touch is not None else None if vision is None else vision.boundary_loss,
         )
 
     def prepare_inputs_labels_for_multimodal(

@@ -21,9 +21,10 @@ What we implement, checked against the public code (Cooperx521/PyramidDrop, ``mo
   last real token of the sample (the last prompt token, PyramidDrop's inference rule). A sample with labels but no
   answer span falls back to its last real token (PyramidDrop keeps all its tokens instead).
 * Position ids: PyramidDrop's code renumbers the kept tokens 0..L-1 after each drop (and shifts decode positions by
-  the dropped count). We keep the ORIGINAL position ids by default (``position_mode="original"``: the relative RoPE
-  distances the earlier layers saw stay intact, and decode steps continue from the original length); the
-  ``"compact"`` mode reproduces PyramidDrop's renumbering exactly (position - image tokens dropped before it).
+  the dropped count). That is the default here (``PDropConfig.position_mode="compact"``, the config key
+  ``pdrop_position_mode``: position - image tokens dropped before it, exactly PyramidDrop's numbers);
+  ``"original"`` keeps each token's original position id instead (the relative RoPE distances the earlier layers
+  saw stay intact, and decode steps continue from the original length).
 * Dropping happens only at prefill / training (empty cache). Decode tokens are text and are never dropped; the cache
   of every layer holds just the tokens that layer saw, so layers of different stages hold different lengths (a
   ``DynamicCache`` grows each layer on its own). ``PDropCache`` adds each stage's key padding mask, so decode steps
@@ -42,7 +43,6 @@ import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -50,14 +50,12 @@ from transformers import DynamicCache
 
 from llava.constants import IGNORE_INDEX
 from llava.model import packing
-from llava.model.config import PDropConfig
+from llava.model.config import PDropConfig, PositionMode
 from llava.model.pdrop_ranking import image_mask, query_mask, rank_scores
 from llava.model.pdrop_schedule import keep_counts
 from llava.model.splice import ImageTokenLayout
 
 __all__ = ["PDropCache", "PDropConfig", "PDropOutput", "check_layers", "pdrop_forward"]
-
-PositionMode = Literal["original", "compact"]
 
 
 def check_layers(cfg: PDropConfig, num_layers: int) -> None:
@@ -134,7 +132,7 @@ def pdrop_forward(
     past_key_values: DynamicCache | None = None,
     use_cache: bool = False,
     rank_positions: Sequence[Sequence[int]] | None = None,
-    position_mode: PositionMode = "original",
+    position_mode: PositionMode | None = None,
     packed: bool = False,
 ) -> PDropOutput:
     """Run ``llama_model``'s decoder layers with PyramidDrop (see the module docstring for the algorithm).
@@ -148,8 +146,8 @@ def pdrop_forward(
             the cache's ``next_positions`` at decode).
         layouts: one ``ImageTokenLayout`` per sample (spans index the [B, T] rows), or None for text only. Ignored
             at decode steps, which never drop.
-        cfg: layers and ratios. ``position_mode``: "original" (default) or PyramidDrop's "compact" renumbering; a
-            decode step uses the mode its cache was filled with.
+        cfg: layers, ratios and position mode. ``position_mode`` overrides ``cfg.position_mode`` when given:
+            PyramidDrop's "compact" renumbering or "original"; a decode step uses the mode its cache was filled with.
         labels: [B, T] long or None; returned following the kept tokens, and used to find ranking queries when
             ``rank_positions`` is None.
         past_key_values: None, an empty ``Cache`` (replaced by a new ``PDropCache``: use the returned one), or the
@@ -169,6 +167,7 @@ def pdrop_forward(
             f"pdrop_forward builds 4-D additive masks per stage: use attn_implementation 'sdpa' or 'eager', "
             f"not {llama_model.config._attn_implementation!r}"
         )
+    position_mode = cfg.position_mode if position_mode is None else position_mode
     if position_mode not in ("original", "compact"):
         raise ValueError(f"position_mode must be 'original' or 'compact', got {position_mode!r}")
     mask = _check_mask(attention_mask, b, t, inputs_embeds.device)

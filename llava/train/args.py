@@ -3,8 +3,9 @@
 LLaVA users keep their scripts: every LLaVA flag below keeps its name and default. New flags:
 ``--tune_vision_tower none|predictor|all`` (LLaVA always freezes the tower; a DRIP boundary predictor can train),
 ``--drip_boundary_threshold``, ``--drip_prior_loss_weight``, ``--pdrop_layer_list 8,16,24``,
-``--pdrop_image_token_ratio_list 0.5,0.25,0.125``, ``--attn_implementation``, ``--packing`` (default True:
-padding-free LLM batches) and ``--max_tokens_per_batch``.
+``--pdrop_image_token_ratio_list 0.5,0.25,0.125`` (PyramidDrop's own ``--layer_list '[8,16,24]'
+--image_token_ratio_list "[0.5,0.25,0.125]"`` are accepted too), ``--pdrop_position_mode compact|original``,
+``--attn_implementation``, ``--packing`` (default True: padding-free LLM batches) and ``--max_tokens_per_batch``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import transformers
 
 from llava.constants import check_aspect_ratio
+from llava.model.config import POSITION_MODES, PDropConfig
 from llava.model.multimodal_encoder.base import check_train_mode
 
 
@@ -33,12 +35,16 @@ class ModelArguments:
     mm_vision_select_feature: str | None = field(default="patch")
     # --- DRIP ---
     drip_boundary_threshold: float | None = field(default=None, metadata={"help": "eval boundary threshold"})
-    # --- PyramidDrop (in-LLM image-token dropping), e.g. "8,16,24" and "0.5,0.25,0.125" ---
-    pdrop_layer_list: str | None = field(default=None)
-    pdrop_image_token_ratio_list: str | None = field(default=None)
+    # --- PyramidDrop (in-LLM image-token dropping), e.g. "8,16,24" and "0.5,0.25,0.125" (or "[8,16,24]") ---
+    pdrop_layer_list: str | None = field(default=None, metadata={"aliases": ["--layer_list"]})
+    pdrop_image_token_ratio_list: str | None = field(default=None, metadata={"aliases": ["--image_token_ratio_list"]})
+    pdrop_position_mode: str = field(
+        default="compact", metadata={"help": "compact (PyramidDrop's renumbering after a drop) | original"}
+    )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
 
     def __post_init__(self) -> None:
+        pdrop_config(self)  # bad PyramidDrop values fail at parse time, before any model is loaded
         t = self.drip_boundary_threshold
         if t is not None and not 0.0 < t < 1.0:
             raise ValueError(f"--drip_boundary_threshold must lie in (0, 1) (sigmoid(logit) > threshold), got {t}")
@@ -111,9 +117,41 @@ class TrainingArguments(transformers.TrainingArguments):
             raise ValueError("--bits 4/8 (bitsandbytes quantised training) is not supported by llava-drip")
 
 
-def parse_int_list(text: str | None) -> tuple[int, ...]:
-    return tuple(int(t) for t in text.split(",") if t.strip()) if text else ()
+def parse_number_list(text: str | None, kind: type, flag: str) -> tuple:
+    """``"8,16,24"`` or PyramidDrop's ``"[8,16,24]"`` (spaces allowed) -> a tuple of ``kind``; None / "" -> ().
+
+    Raises:
+        ValueError: naming ``flag``, the bad item and the expected form.
+    """
+    if not text or not text.strip():
+        return ()
+    body = text.strip()
+    if body.startswith("[") != body.endswith("]"):
+        raise ValueError(f"{flag} {text!r}: unbalanced brackets; expected e.g. 8,16,24 or [8,16,24]")
+    items = [t.strip() for t in body.strip("[]").split(",")]
+    values = []
+    for item in items:
+        try:
+            values.append(kind(item))
+        except ValueError:
+            raise ValueError(
+                f"{flag} {text!r}: {item!r} is not {'an integer' if kind is int else 'a number'}; "
+                f"expected comma-separated values, e.g. {'8,16,24' if kind is int else '0.5,0.25,0.125'} "
+                "(brackets optional)"
+            ) from None
+    return tuple(values)
 
 
-def parse_float_list(text: str | None) -> tuple[float, ...]:
-    return tuple(float(t) for t in text.split(",") if t.strip()) if text else ()
+def pdrop_config(model_args: ModelArguments) -> PDropConfig | None:
+    """The PyramidDrop schedule the flags ask for (None: off); bad values raise naming the flag."""
+    layers = parse_number_list(model_args.pdrop_layer_list, int, "--pdrop_layer_list")
+    ratios = parse_number_list(model_args.pdrop_image_token_ratio_list, float, "--pdrop_image_token_ratio_list")
+    if model_args.pdrop_position_mode not in POSITION_MODES:
+        mode = model_args.pdrop_position_mode
+        raise ValueError(f"--pdrop_position_mode must be one of {POSITION_MODES}, got {mode!r}")
+    if not layers and not ratios:
+        return None
+    try:
+        return PDropConfig(layers, ratios, model_args.pdrop_position_mode)
+    except ValueError as e:
+        raise ValueError(f"--pdrop_layer_list / --pdrop_image_token_ratio_list: {e}") from None

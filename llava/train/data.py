@@ -252,6 +252,11 @@ class ModalityLengthGroupedSampler(Sampler[int]):
     """LLaVA's ``group_by_modality_length``: batches hold only image or only text samples, of similar length.
 
     lengths: LazySupervisedDataset.modality_lengths (positive = with image, negative = text-only).
+    Megabatches of ``batch_size * world_size`` samples are single-modality, except that the left-over image
+    samples and the left-over text samples come last, one after the other: in that step some ranks get images and
+    others none (e.g. 300 image + 200 text records, 16 x 8 ranks: 3 ranks with images, 5 without). Under ZeRO-3 that
+    is safe only because a text-only training batch still runs the tower and projector
+    (``LlavaMetaForCausalLM.touch_vision_modules``).
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, world_size: int = 1, seed: int = 0):

@@ -21,8 +21,8 @@ import torch
 import transformers
 from transformers import AutoTokenizer, HfArgumentParser
 
-from llava.model import LlavaLlamaForCausalLM, PDropConfig
-from llava.train.args import DataArguments, ModelArguments, TrainingArguments, parse_float_list, parse_int_list
+from llava.model import LlavaLlamaForCausalLM
+from llava.train.args import DataArguments, ModelArguments, TrainingArguments, pdrop_config
 from llava.train.checkpointing import refuse_untrained_save, save_lora, save_mm_projector
 from llava.train.data import (
     DataCollatorForSupervisedDataset,
@@ -136,10 +136,9 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, to
         freeze_mm_mlp_adapter=training_args.freeze_mm_mlp_adapter,
         projector_lr=training_args.mm_projector_lr,
     ).write_to(model.config)
-    layers = parse_int_list(model_args.pdrop_layer_list)
-    ratios = parse_float_list(model_args.pdrop_image_token_ratio_list)
-    if layers or ratios:
-        model.set_pdrop(PDropConfig(layers, ratios))
+    pdrop = pdrop_config(model_args)
+    if pdrop is not None:
+        model.set_pdrop(pdrop)
     model.set_packing(training_args.packing)
     if training_args.gradient_checkpointing:
         model.enable_input_require_grads()
@@ -168,13 +167,14 @@ def loss_summary(log_history: list[dict]) -> dict:
 def save_outputs(trainer: LLaVATrainer, model, model_args: ModelArguments, training_args: TrainingArguments) -> None:
     out = training_args.output_dir
     refuse_untrained_save(trainer.state.global_step, out)
+    # Every rank calls the savers (gathering ZeRO-3 shards is a collective); only the saving rank writes.
     if model_args.tune_mm_mlp_adapter:
+        save_mm_projector(model, out, write=trainer.args.should_save)
         if trainer.args.should_save:
-            save_mm_projector(model, out)
             model.config.save_pretrained(out)
     elif training_args.lora_enable:
+        save_lora(model, out, write=trainer.args.should_save)
         if trainer.args.should_save:
-            save_lora(model, out)
             model.base_model.model.config.save_pretrained(out)
     else:
         trainer.save_model(out)

@@ -77,6 +77,6 @@ class LLaVATrainer(Trainer):
         # The full checkpoint (model, optimizer, RNG) keeps --resume_from_checkpoint exact; stage 1 also gets
         # LLaVA's mm_projector.bin in the checkpoint folder.
         super()._save_checkpoint(model, trial)
-        if self.tune_mm_mlp_adapter and self.args.should_save:
+        if self.tune_mm_mlp_adapter:  # on every rank: gathering ZeRO-3 shards is a collective
             folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
-            save_mm_projector(self.model, folder)
+            save_mm_projector(self.model, folder, write=self.args.should_save)

@@ -75,7 +75,7 @@ def test_ratio_one_equals_plain_llama(lm, side):
 def test_drop_counts_order_and_labels_per_sample(lm):
     embeds, mask, positions, layouts, labels = make_batch("right")
     with torch.no_grad():
-        out = pdrop_forward(lm.model, embeds, mask, positions, layouts, DROP, labels=labels)
+        out = pdrop_forward(lm.model, embeds, mask, positions, layouts, DROP, labels=labels, position_mode="original")
     for i, (before, n, after) in enumerate(SAMPLES):
         counts = image_counts(DROP, n)  # e.g. 40 -> 40, 20, 10, 5; 17 -> 17, 8, 4, 2; 3 -> 3, 1, 0, 0
         assert out.kept_counts[:, i].tolist() == counts
@@ -129,9 +129,16 @@ def test_compact_positions_renumber_like_pyramiddrop(lm):
     embeds, mask, positions, layouts, _ = make_batch("right")
     with torch.no_grad():
         out = pdrop_forward(lm.model, embeds, mask, positions, layouts, DROP, position_mode="compact")
+        by_default = pdrop_forward(lm.model, embeds, mask, positions, layouts, DROP)  # PyramidDrop's renumbering
+        original = PDropConfig(DROP.layer_list, DROP.image_token_ratio_list, position_mode="original")
+        by_config = pdrop_forward(lm.model, embeds, mask, positions, layouts, original)
+    assert DROP.position_mode == "compact"
+    assert torch.equal(by_default.position_ids, out.position_ids)
     for i in range(len(SAMPLES)):
         real = out.attention_mask[i]
         assert out.position_ids[i][real].tolist() == list(range(int(real.sum())))
+        src = by_config.source_index[i][by_config.attention_mask[i]]
+        assert torch.equal(by_config.position_ids[i][by_config.attention_mask[i]], positions[i][src])
 
 
 def last_real(hidden, mask):

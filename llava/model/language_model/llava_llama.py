@@ -192,7 +192,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
                 raise ValueError("pass the KV cache as `cache` or `past_key_values`, not both")
             cache = past_key_values
         boundary_loss = None
-        if images is not None:
+        touch = input_ids is not None and self.needs_vision_touch(images)  # text-only training: run the tower too
+        if images is not None or touch:
             mm = self._prefill_inputs(input_ids, inputs_embeds, attention_mask, labels, images, image_sizes, cache)
             input_ids, inputs_embeds, image_layouts = None, mm.inputs_embeds, mm.layouts
             attention_mask, position_ids, labels = mm.attention_mask, mm.position_ids, mm.labels
@@ -352,6 +353,19 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         if is_first_iteration:
             inputs["image_layouts"] = image_layouts
         return inputs
+
+    def _expand_inputs_for_generation(
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: Tensor | None = None, **model_kwargs
+    ) -> tuple[Tensor | None, dict[str, Any]]:
+        # Beam search and num_return_sequences > 1 repeat every tensor input expand_size times (sample i becomes
+        # rows i*k .. i*k+k-1); the per-sample layouts are a list, which HF leaves alone: repeat them the same way.
+        layouts = model_kwargs.pop("image_layouts", None)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        if layouts is not None:
+            model_kwargs["image_layouts"] = [layout for layout in layouts for _ in range(expand_size)]
+        return input_ids, model_kwargs
 
 
 def register_auto_classes() -> None:
