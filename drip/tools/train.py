@@ -44,6 +44,7 @@ from torch import nn
 from drip.boundary import temperature_at
 from drip.checkpoint import save_drip
 from drip.open_clip_integration import DripLoss, drip_tower, register_open_clip, upcycle_clip
+from drip.tools.rng_state import capture_rng, restore_rng
 from drip.weights import upcycle
 
 # open_clip_train options this entry point does not wire up (a value other than None / False means "used").
@@ -115,20 +116,24 @@ def _setup_run(args: argparse.Namespace) -> bool:
     args.wandb = False
     if is_master(args):
         os.makedirs(args.checkpoint_path, exist_ok=True)
+    args.resume_fallbacks = []
     if resume_latest:
         found = _latest_checkpoint(args) if is_master(args) else None
-        args.resume = broadcast_object(args, found) if args.distributed else found
+        found = broadcast_object(args, found) if args.distributed else found
+        args.resume, args.resume_fallbacks = (found[0], found[1:]) if found else (None, [])
     return True
 
 
-def _latest_checkpoint(args: argparse.Namespace) -> str | None:
-    """epoch_latest.pt with --save-most-recent (as open_clip_train), else the highest epoch_N.pt; None if none."""
-    latest = os.path.join(args.checkpoint_path, "epoch_latest.pt")
-    if args.save_most_recent:
-        return latest if os.path.exists(latest) else None
+def _latest_checkpoint(args: argparse.Namespace) -> list[str] | None:
+    """Newest first: epoch_latest.pt (with --save-most-recent, as open_clip_train), then epoch_N.pt by falling N;
+    None if there is none. The later entries are the fallbacks ``_resume`` tries when a file does not load."""
     epochs = [f[6:-3] for f in os.listdir(args.checkpoint_path) if f.startswith("epoch_") and f.endswith(".pt")]
-    numbered = sorted(int(e) for e in epochs if e.isdigit())
-    return os.path.join(args.checkpoint_path, f"epoch_{numbered[-1]}.pt") if numbered else None
+    numbered = sorted((int(e) for e in epochs if e.isdigit()), reverse=True)
+    found = [os.path.join(args.checkpoint_path, f"epoch_{n}.pt") for n in numbered]
+    latest = os.path.join(args.checkpoint_path, "epoch_latest.pt")
+    if args.save_most_recent and os.path.exists(latest):
+        found.insert(0, latest)
+    return found or None
 
 
 def _build_model(args: argparse.Namespace, drip_args: argparse.Namespace, device: torch.device):
@@ -239,16 +244,34 @@ def _lr_fn(args: argparse.Namespace, optimizer, total_steps: int, steps_per_epoc
     raise SystemExit(f"unknown --lr-scheduler {args.lr_scheduler!r}")
 
 
-def _resume(args: argparse.Namespace, model: nn.Module, optimizer, scaler) -> int:
-    """Load an open_clip_train checkpoint (same format as its main); returns the epoch to start from."""
+def _load_resume_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
+    """pt_load(args.resume); under --resume latest a file that does not load (a save cut short by a kill) is
+    skipped with a warning for the next older one (``args.resume_fallbacks``)."""
     from open_clip_train.file_utils import pt_load
 
+    candidates = [args.resume, *getattr(args, "resume_fallbacks", [])]
+    for i, path in enumerate(candidates):
+        try:
+            ckpt = pt_load(path, map_location="cpu")
+        except (RuntimeError, EOFError) as e:  # torch's zip reader raises RuntimeError on a truncated file
+            if i + 1 == len(candidates):
+                raise SystemExit(f"cannot resume: checkpoint {path} does not load ({e})") from e
+            logging.warning("checkpoint %s does not load (%s); resuming from %s", path, e, candidates[i + 1])
+            continue
+        args.resume = path
+        return ckpt
+    raise AssertionError("unreachable")
+
+
+def _resume(args: argparse.Namespace, model: nn.Module, optimizer, scaler) -> tuple[int, dict | None]:
+    """Load an open_clip_train checkpoint (same format as its main, plus our RNG states); returns the epoch to
+    start from and this rank's saved RNG state (None when the checkpoint has none for this world size)."""
     if args.resume is None:
-        return 0
-    ckpt = pt_load(args.resume, map_location="cpu")
+        return 0, None
+    ckpt = _load_resume_checkpoint(args)
     if "epoch" not in ckpt:  # a bare state dict: fine-tune from it
         model.load_state_dict(ckpt)
-        return 0
+        return 0, None
     sd = ckpt["state_dict"]
     if not args.distributed and next(iter(sd)).startswith("module"):
         sd = {k[len("module.") :]: v for k, v in sd.items()}
@@ -258,7 +281,12 @@ def _resume(args: argparse.Namespace, model: nn.Module, optimizer, scaler) -> in
     if scaler is not None and "scaler" in ckpt:
         scaler.load_state_dict(ckpt["scaler"])
     logging.info("resuming %s (epoch %d)", args.resume, ckpt["epoch"])
-    return int(ckpt["epoch"])
+    rng = ckpt.get("drip_rng_states")
+    if rng is None or len(rng) != args.world_size:
+        logging.warning("%s holds no RNG states for %d rank(s): the resumed run draws other random numbers "
+                        "(noise, data order) than an uninterrupted one would", args.resume, args.world_size)
+        return int(ckpt["epoch"]), None
+    return int(ckpt["epoch"]), rng[args.rank]
 
 
 def _get_data(args: argparse.Namespace, preprocess, epoch: int, tokenizer) -> dict[str, Any]:
@@ -293,13 +321,15 @@ def epoch_metrics(loss: DripLoss, args: argparse.Namespace, device, seconds: flo
     return out
 
 
-def _save(args: argparse.Namespace, model: nn.Module, optimizer, scaler, completed: int) -> None:
-    """open_clip_train's checkpoint files: epoch_N.pt (and epoch_latest.pt with --save-most-recent)."""
+def _save(args: argparse.Namespace, model: nn.Module, optimizer, scaler, completed: int, rng: list) -> None:
+    """open_clip_train's checkpoint files: epoch_N.pt (and epoch_latest.pt with --save-most-recent), plus every
+    rank's RNG states (``drip_rng_states``, a list by rank) so that ``--resume latest`` continues exactly."""
     ckpt = {
         "epoch": completed,
         "name": args.name,
         "state_dict": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "drip_rng_states": rng,
     }
     if scaler is not None:
         ckpt["scaler"] = scaler.state_dict()
@@ -344,12 +374,16 @@ def _train_epochs(args, model, data, loss, optimizer, scaler, schedule, start_ep
         metrics.update(epoch_metrics(loss, args, device, time.perf_counter() - start, steps))
         if any(k in data for k in ("val", "imagenet-val", "imagenet-v2")):
             evaluate(model, data, epoch + 1, args, tb_writer=writer, tokenizer=tokenizer)
+        rng = [capture_rng()]
+        if args.distributed:  # every rank's generators, for the master's checkpoint
+            rng = [None] * args.world_size
+            torch.distributed.all_gather_object(rng, capture_rng())
         if is_master(args):
             logging.info("DRIP epoch %d: %s", epoch + 1, json.dumps(metrics))
             with open(os.path.join(args.logs, args.name, "drip_metrics.jsonl"), "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             if args.save_logs:
-                _save(args, model, optimizer, scaler, epoch + 1)
+                _save(args, model, optimizer, scaler, epoch + 1, rng)
         if args.distributed:
             torch.distributed.barrier()
 
@@ -375,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, args)
     scaler = torch.amp.GradScaler(device=device.type) if args.precision == "amp" else None
-    start_epoch = _resume(args, model, optimizer, scaler)
+    start_epoch, rng = _resume(args, model, optimizer, scaler)
     tokenizer = get_tokenizer(args.model, cache_dir=args.cache_dir, context_length=args.force_context_length)
     data = _get_data(args, (pre_train, pre_val), start_epoch, tokenizer)
     if "train" not in data:
@@ -393,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         steps_per_epoch * args.freeze_except_predictor_epochs,
     )
     loss = DripLoss(create_loss(args), model, drip_args.drip_boundary_loss_weight)
+    if rng is not None:  # the generators as the saving run left them after its last epoch
+        restore_rng(rng)
     _train_epochs(args, model, data, loss, optimizer, scaler, schedule, start_epoch, tokenizer, device)
     if is_master(args):
         # A plain open_clip ViT is exported in DRIP's format too (no pooling), so LLaVA's drip:<dir> tower

@@ -206,3 +206,15 @@ def test_grad_checkpointing_matches_and_recomputes_every_block():
     g2 = torch.autograd.grad(out.tokens.sum(), model.conv1.weight)[0]
     assert sorted(calls) == sorted(2 * list(range(len(model.blocks))))  # each block recomputed in backward
     torch.testing.assert_close(g1, g2)
+
+
+def test_boundary_logits_are_fp32_under_bf16_autocast():
+    """The decision path (predictor logits -> threshold) runs in fp32 even on bf16 activations under autocast."""
+    from drip.boundary import BoundaryPredictor
+
+    pred = BoundaryPredictor(16, 8, prior=0.25)
+    x = torch.randn(2, 5, 16).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = pred(x)
+    assert logits.dtype == torch.float32 and logits.shape == (2, 5)
+    assert torch.allclose(logits, pred(x.float()), atol=1e-6)  # the same as the fp32 head on upcast inputs

@@ -164,3 +164,56 @@ def test_drip_train_upcycles_freezes_resumes_and_runs_under_torchrun(tmp_path):
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "drip.tools.train", "--")
     _run_drip_train(ddp, "--epochs", "1", launcher=torchrun)
     assert len(_metrics(ddp)) == 1
+
+
+def test_resume_latest_falls_back_from_a_truncated_checkpoint_with_a_warning(tmp_path, caplog):
+    import argparse
+
+    from drip.tools.train import _latest_checkpoint, _load_resume_checkpoint
+
+    for epoch in (1, 2):
+        torch.save({"epoch": epoch}, tmp_path / f"epoch_{epoch}.pt")
+    data = (tmp_path / "epoch_2.pt").read_bytes()
+    (tmp_path / "epoch_2.pt").write_bytes(data[: len(data) // 2])  # a save cut short by a kill
+    args = argparse.Namespace(checkpoint_path=str(tmp_path), save_most_recent=False)
+    found = _latest_checkpoint(args)
+    assert found == [str(tmp_path / "epoch_2.pt"), str(tmp_path / "epoch_1.pt")]
+    args.resume, args.resume_fallbacks = found[0], found[1:]
+    with caplog.at_level("WARNING"):
+        assert _load_resume_checkpoint(args) == {"epoch": 1}
+    assert args.resume == str(tmp_path / "epoch_1.pt")
+    assert "epoch_2.pt does not load" in caplog.text
+    args.resume, args.resume_fallbacks = found[0], []  # nothing older: a clear error, no silent fresh start
+    with pytest.raises(SystemExit, match="cannot resume"):
+        _load_resume_checkpoint(args)
+
+
+def _losses(metrics: list[dict]) -> list[tuple]:
+    keys = ("epoch", "task_loss", "boundary_loss", "boundary_rate", "tokens_per_image", "temperature")
+    return [tuple(m[k] for k in keys) for m in metrics]
+
+
+@pytest.mark.slow
+@needs_extras
+def test_resume_latest_after_a_kill_equals_the_uninterrupted_run(tmp_path):
+    """A run stopped after epoch 1's save (its checkpoints copied; epoch 2's cut short by the kill) and resumed with
+    --resume latest gives the uninterrupted run's losses and weights exactly."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    full.mkdir()
+    args = ("--epochs", "3", "--drip-temperature-final", "0.5")
+    _run_drip_train(full, *args)
+    ckpts = cut / "logs" / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (cut / "train.csv").write_text((full / "train.csv").read_text())
+    (ckpts / "epoch_1.pt").write_bytes((full / "logs/run/checkpoints/epoch_1.pt").read_bytes())
+    second = (full / "logs/run/checkpoints/epoch_2.pt").read_bytes()
+    (ckpts / "epoch_2.pt").write_bytes(second[: len(second) // 3])
+    (cut / "logs/run/drip_metrics.jsonl").write_text(
+        (full / "logs/run/drip_metrics.jsonl").read_text().splitlines()[0] + "\n"
+    )
+    _run_drip_train(cut, *args, "--resume", "latest")
+    assert "epoch_2.pt does not load" in (cut / "logs/run/out.log").read_text()
+    assert _losses(_metrics(cut)) == _losses(_metrics(full))
+    a = torch.load(full / "logs/run/checkpoints/epoch_3.pt", weights_only=True)["state_dict"]
+    b = torch.load(ckpts / "epoch_3.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
