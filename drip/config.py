@@ -47,6 +47,8 @@ class DripConfig:
     prior_loss_weight: float = 1.0
     band_width: float = 0.05  # band loss: no penalty while |rate - prior| <= band_width
     init_boundary_bias: float | None = None  # predictor output bias at init; None -> logit(prior)
+    # task gradient of the boundaries: pooling's straight-through ids, or the local split/merge estimate
+    boundary_estimator: Literal["straight_through", "local"] = "straight_through"  # see drip.boundary_estimators
     # --- execution ---
     post_layout: PostLayout = "packed"  # post-pooling blocks on packed segments (no padding) or padded + masked
     name: str = field(default="custom", compare=False)
@@ -68,6 +70,9 @@ class DripConfig:
             raise ValueError(f"prior {self.prior} must lie in (0, 1]")
         if self.act not in ("gelu", "quick_gelu"):
             raise ValueError(f"act must be 'gelu' or 'quick_gelu', got {self.act!r}")
+        if self.boundary_estimator not in ("straight_through", "local"):
+            msg = f"boundary_estimator must be 'straight_through' or 'local', not {self.boundary_estimator!r}"
+            raise ValueError(msg)
         if self.post_layout not in ("padded", "packed"):
             raise ValueError(f"post_layout must be 'padded' or 'packed', got {self.post_layout!r}")
 
