@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 
 PriorLoss = Literal["binomial", "band"]
 Activation = Literal["gelu", "quick_gelu"]
+BoundaryEstimator = Literal["straight_through", "local"]  # boundary gradient: DRIP's, or drip.boundary_estimators
 PostLayout = Literal["padded", "packed"]
 
 
@@ -47,6 +48,8 @@ class DripConfig:
     prior_loss_weight: float = 1.0
     band_width: float = 0.05  # band loss: no penalty while |rate - prior| <= band_width
     init_boundary_bias: float | None = None  # predictor output bias at init; None -> logit(prior)
+    # task gradient of the boundaries: pooling's straight-through ids, or the local split/merge estimate
+    boundary_estimator: BoundaryEstimator = "straight_through"  # see drip.boundary_estimators
     # --- execution ---
     post_layout: PostLayout = "packed"  # post-pooling blocks on packed segments (no padding) or padded + masked
     name: str = field(default="custom", compare=False)
@@ -93,6 +96,7 @@ class DripConfig:
                 f"DripConfig.threshold {self.threshold}: expected one number or one per pooling stage "
                 f"({len(self.pool_at)})"
             )
+        _choice("boundary_estimator", self.boundary_estimator, BoundaryEstimator)
 
     @property
     def pre_layers(self) -> int:

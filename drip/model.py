@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from drip.boundary import BoundaryPredictor, band_prior_loss, binomial_prior_loss, sample_boundaries
+from drip.boundary_estimators import local_pooled_tokens
 from drip.config import DripConfig
 from drip.layers import Block, PackedLayout, key_padding_bias
 from drip.pooling import pool_segments
@@ -276,6 +277,8 @@ class DripVisionTransformer(nn.Module):
         else:
             b = forced.to(device=patches.device, dtype=torch.float32)
         pooled = pool_segments(patches, b, valid)  # reads the segment counts back: the stage's one host sync
+        if cfg.boundary_estimator == "local":  # same values; the boundary gradient from drip.boundary_estimators
+            pooled.tokens = local_pooled_tokens(patches, pooled.boundaries, valid, pooled.tokens)
         if cfg.prior_loss == "binomial":
             loss = binomial_prior_loss(pooled.boundaries, valid, cfg.prior[k])
         else:
