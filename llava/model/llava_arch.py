@@ -31,6 +31,7 @@ from llava.model.config import MultimodalConfig
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_projector.builder import build_vision_projector
+from llava.model.reduction.tower import encode_reduced, vision_methods
 from llava.model.splice import ImageTokenLayout, splice_image_features
 
 Images = Tensor | Sequence[Tensor]  # [B, C, H, W], or one [C, H, W] (or [k, C, H, W]) tensor per image
@@ -172,7 +173,8 @@ class LlavaMetaForCausalLM(ABC):
             raise ValueError(f"images must all have one shape (the tower's input size), got {shapes}")
         frozen = not any(p.requires_grad for p in tower.parameters())
         with _frozen_tower(tower) if frozen else contextlib.nullcontext():
-            out = tower(torch.stack(flat))  # [num_images, C, H, W] -> num_images x [N_i, D]
+            # [num_images, C, H, W] -> num_images x [N_i, D], after any vision-side --token_reduction methods
+            out = encode_reduced(tower, torch.stack(flat), vision_methods(self.mm_config.token_reduction))
         projector = self.get_model().mm_projector
         p = next(projector.parameters(), None)
         joined = torch.cat(out.features)  # [sum N_i, D]: one projector call for the whole batch

@@ -3,7 +3,7 @@
 LLaVA users keep their scripts: every LLaVA flag below keeps its name and default. New flags:
 ``--tune_vision_tower none|predictor|all`` (LLaVA always freezes the tower; a DRIP boundary predictor can train),
 ``--drip_boundary_threshold``, ``--drip_prior_loss_weight``, ``--pdrop_layer_list 8,16,24``,
-``--pdrop_image_token_ratio_list 0.5,0.25,0.125`` and ``--attn_implementation``.
+``--pdrop_image_token_ratio_list 0.5,0.25,0.125``, ``--token_reduction`` and ``--attn_implementation``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import transformers
 
 from llava.mm_utils import check_aspect_ratio
 from llava.model.multimodal_encoder.base import check_train_mode
+from llava.model.reduction.spec import parse_token_reduction
 
 
 @dataclass
@@ -36,11 +37,14 @@ class ModelArguments:
     pdrop_layer_list: str | None = field(default=None)
     pdrop_image_token_ratio_list: str | None = field(default=None)
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
+    # --- token-reduction baselines, e.g. "visionzip:dominant=54,contextual=10" (llava.model.reduction.spec) ---
+    token_reduction: str | None = field(default=None, metadata={"help": "METHOD:key=val,... joined by +; none"})
 
     def __post_init__(self) -> None:
         t = self.drip_boundary_threshold
         if t is not None and not 0.0 < t < 1.0:
             raise ValueError(f"--drip_boundary_threshold must lie in (0, 1) (sigmoid(logit) > threshold), got {t}")
+        parse_token_reduction(self.token_reduction)  # a bad flag fails before any model is loaded
 
 
 @dataclass

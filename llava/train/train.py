@@ -22,6 +22,7 @@ import transformers
 from transformers import AutoTokenizer, HfArgumentParser
 
 from llava.model import LlavaLlamaForCausalLM, PDropConfig
+from llava.model.reduction.apply import apply_token_reduction
 from llava.train.args import DataArguments, ModelArguments, TrainingArguments, parse_float_list, parse_int_list
 from llava.train.checkpointing import save_lora, save_mm_projector
 from llava.train.data import DataCollatorForSupervisedDataset, DatasetOptions, LazySupervisedDataset
@@ -123,6 +124,7 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, to
     ratios = parse_float_list(model_args.pdrop_image_token_ratio_list)
     if layers or ratios:
         model.set_pdrop(PDropConfig(layers, ratios))
+    apply_token_reduction(model, model_args.token_reduction)
     if training_args.gradient_checkpointing:
         model.enable_input_require_grads()
     set_trainable(model, model_args, training_args)
