@@ -35,6 +35,11 @@ def _clip_model(tower: VisionTower, method: Method):
     return tower.vision_tower
 
 
+def clip_layers(model) -> list:
+    """The encoder layers of an HF ``CLIPVisionModel`` (transformers 5 drops the ``vision_model`` wrapper)."""
+    return list(getattr(model, "vision_model", model).encoder.layers)
+
+
 def layer_attention_and_keys(layer, hidden_in: Tensor) -> tuple[Tensor, Tensor]:
     """Explicit softmax(q k^T * scale) of one HF ``CLIPEncoderLayer`` and its keys, whatever the backend.
 
@@ -59,7 +64,7 @@ def _visionzip(tower: VisionTower, images: Tensor, spec: VisionZip) -> VisionFea
     index = tower.select_layer % (num_layers + 1)  # hidden_states index: output of layer index - 1
     if index == 0:
         raise ValueError("--token_reduction visionzip needs mm_vision_select_layer to name a block, not the embeddings")
-    layer = model.vision_model.encoder.layers[index - 1]
+    layer = clip_layers(model)[index - 1]
     attention, keys = layer_attention_and_keys(layer, out.hidden_states[index - 1])
     hidden = out.hidden_states[index]  # [B, 1 + N, D]
     cls_attention = attention[:, :, 0, 1:].sum(1)  # [B, N]
