@@ -19,6 +19,7 @@ from torch import Tensor
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.reduction.random import random_prune
 from llava.model.reduction.spec import Method, Random, ToMe, Uniform, VisionZip, parse_token_reduction
+from llava.model.reduction.tome import merge_weighted
 from llava.model.reduction.uniform import uniform_pool
 from llava.model.reduction.visionzip import visionzip_merge
 
@@ -75,6 +76,39 @@ def _visionzip(tower: VisionTower, images: Tensor, spec: VisionZip) -> VisionFea
     return VisionFeatures(features=list(merged.unbind(0)), token_counts=counts)
 
 
+def _tome_block(layer, x: Tensor, size: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """One HF ``CLIPEncoderLayer`` with proportional attention, then ToMe's merge before its MLP.
+
+    x [B, T, D], size [B, T, 1] -> ([B, T - r', D], [B, T - r', 1]).
+    """
+    attn = layer.self_attn
+    h = layer.layer_norm1(x)
+    b, t, d = h.shape
+    split = lambda y: y.view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2)  # [B, h, T, hd]
+    q, k, v = split(attn.q_proj(h)), split(attn.k_proj(h)), split(attn.v_proj(h))
+    logits = (q @ k.transpose(-1, -2)) * attn.scale + size.log()[:, None, None, :, 0]  # [B, h, T, T]
+    mixed = (logits.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
+    x = x + attn.out_proj(mixed)
+    x, size = merge_weighted(x, size, k.mean(1), r)
+    return x + layer.mlp(layer.layer_norm2(x)), size
+
+
+def _tome(tower: VisionTower, images: Tensor, spec: ToMe) -> VisionFeatures:
+    """Run the CLIP blocks up to the selected layer with ``spec.r`` merges in each (nothing after it is needed)."""
+    model = _clip_model(tower, spec)
+    vision = getattr(model, "vision_model", model)
+    layers = clip_layers(model)
+    index = tower.select_layer % (len(layers) + 1)  # hidden_states index: output of layer index - 1
+    x = vision.pre_layrnorm(vision.embeddings(images.to(device=tower.device, dtype=tower.dtype)))  # [B, 1 + N, D]
+    size = torch.ones_like(x[..., :1])  # [B, 1 + N, 1]
+    for layer in layers[:index]:
+        x, size = _tome_block(layer, x, size, spec.r)
+    if tower.select_feature == "patch":
+        x = x[:, 1:]
+    counts = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+    return VisionFeatures(features=list(x.unbind(0)), token_counts=counts)
+
+
 def _post_process(tower: VisionTower, features: VisionFeatures, method: Method) -> VisionFeatures:
     """Apply a method that works on the tower's output tokens (uniform, random) to every image."""
     has_cls = getattr(tower, "select_feature", "patch") == "cls_patch"
@@ -104,7 +138,7 @@ def encode_reduced(tower: VisionTower, images: Tensor, methods: tuple[Method, ..
     if replacing and isinstance(replacing[0], VisionZip):
         features = _visionzip(tower, images, replacing[0])
     elif replacing:
-        raise ValueError("--token_reduction tome is not implemented yet")
+        features = _tome(tower, images, replacing[0])
     else:
         features = tower(images)
     for method in methods:
