@@ -31,7 +31,7 @@ from llava.model.config import MultimodalConfig
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_projector.builder import build_vision_projector
-from llava.model.reduction.tower import encode_reduced, vision_methods
+from llava.model.reduction.tower import VisionReduction, vision_methods
 from llava.model.splice import ImageTokenLayout, splice_image_features
 
 Images = Tensor | Sequence[Tensor]  # [B, C, H, W], or one [C, H, W] (or [k, C, H, W]) tensor per image
@@ -56,6 +56,7 @@ class LlavaMetaModel:
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         mm = MultimodalConfig.from_config(config)
+        self.vision_reduction = VisionReduction()  # no parameters: the --token_reduction methods, as one module
         if mm.vision_tower is not None:
             # Weights come later: from the checkpoint being loaded, or from the tower's source in load_model().
             self.vision_tower = build_vision_tower(mm, delay_load=True)
@@ -173,8 +174,9 @@ class LlavaMetaForCausalLM(ABC):
             raise ValueError(f"images must all have one shape (the tower's input size), got {shapes}")
         frozen = not any(p.requires_grad for p in tower.parameters())
         with _frozen_tower(tower) if frozen else contextlib.nullcontext():
+            pixels, methods = torch.stack(flat), vision_methods(self.mm_config.token_reduction)
             # [num_images, C, H, W] -> num_images x [N_i, D], after any vision-side --token_reduction methods
-            out = encode_reduced(tower, torch.stack(flat), vision_methods(self.mm_config.token_reduction))
+            out = self.get_model().vision_reduction(tower, pixels, methods) if methods else tower(pixels)
         projector = self.get_model().mm_projector
         p = next(projector.parameters(), None)
         joined = torch.cat(out.features)  # [sum N_i, D]: one projector call for the whole batch

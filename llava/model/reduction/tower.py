@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.reduction.random import random_prune
@@ -150,3 +150,11 @@ def encode_reduced(tower: VisionTower, images: Tensor, methods: tuple[Method, ..
 def vision_methods(text: str | None) -> tuple[Method, ...]:
     """The methods of a ``--token_reduction`` text that act in or right after the tower (not in the LLM)."""
     return tuple(m for m in parse_token_reduction(text) if m.stage != "llm")
+
+
+class VisionReduction(nn.Module):
+    """``encode_reduced`` as a parameterless module held by the LLaVA base model (``vision_reduction``), so forward
+    hooks (the efficiency sidecar's probe) see the reduced tokens; it adds no checkpoint key."""
+
+    def forward(self, tower: VisionTower, images: Tensor, methods: tuple[Method, ...]) -> VisionFeatures:
+        return encode_reduced(tower, images, methods)
