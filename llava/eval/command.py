@@ -22,6 +22,7 @@ from llava.eval.generation import (
     get_chunk,
 )
 from llava.mm_utils import get_model_name_from_path
+from llava.model.reduction.apply import add_token_reduction_arg, apply_token_reduction, check_token_reduction_arg
 
 
 def add_generation_args(parser: argparse.ArgumentParser, conv_mode: str, temperature: float) -> None:
@@ -44,6 +45,7 @@ def add_generation_args(parser: argparse.ArgumentParser, conv_mode: str, tempera
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--seed", type=int, default=0, help="torch seed (matters only for sampling)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_token_reduction_arg(parser)
 
 
 def check_generation_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -59,6 +61,7 @@ def check_generation_args(parser: argparse.ArgumentParser, args: argparse.Namesp
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.temperature < 0:
         parser.error(f"--temperature must be >= 0, got {args.temperature}")
+    check_token_reduction_arg(parser, args)
 
 
 def load_model(model_path: str, model_base: str | None, device: str | None) -> tuple[Any, Any, Any, str]:
@@ -81,6 +84,7 @@ def run_eval(args: argparse.Namespace, questions: Sequence[Question]) -> dict[st
     check_answers_path(answers_file)  # before the model loads
     torch.manual_seed(args.seed)
     tokenizer, model, image_processor, model_name = load_model(args.model_path, args.model_base, args.device)
+    apply_token_reduction(model, args.token_reduction)
     settings = GenerationSettings(args.conv_mode, args.temperature, args.top_p, args.num_beams, args.max_new_tokens)
     generator = AnswerGenerator(model, tokenizer, image_processor, settings, args.image_folder)
     model_path = os.path.abspath(os.path.expanduser(args.model_path))

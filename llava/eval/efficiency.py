@@ -44,17 +44,36 @@ class VisionProbe:
         self.tower = model.get_vision_tower()
         self.token_counts: list[int] = []  # one per image, in the order the images were given
         self.gflops: list[float | None] = []  # one per image; None when the tower has no analytic count
+        self.reduction = getattr(model.get_model(), "vision_reduction", None)  # llava.model.reduction's module
         self._handle: Any = None
+        self._start = 0
 
     def __enter__(self) -> VisionProbe:
         if self.tower is not None:
-            self._handle = self.tower.register_forward_hook(self._record)
+            self._handle = [self.tower.register_forward_hook(self._record)]
+            if self.reduction is not None:  # --token_reduction: its output replaces what the tower call recorded
+                self._handle += [
+                    self.reduction.register_forward_pre_hook(self._mark),
+                    self.reduction.register_forward_hook(self._record_reduced),
+                ]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        for handle in self._handle or []:
+            handle.remove()
+        self._handle = None
+
+    def _mark(self, module: Any, args: Any) -> None:
+        self._start = len(self.token_counts)
+
+    def _record_reduced(self, module: Any, args: Any, output: Any) -> None:
+        """Reduced counts; the tower's GMACs when the tower ran whole on these images (uniform, random pruning),
+        else unknown (VisionZip, ToMe run the tower's layers themselves)."""
+        counts = [int(c) for c in output.token_counts]
+        ran = self.gflops[self._start :]
+        del self.token_counts[self._start :], self.gflops[self._start :]
+        self.token_counts.extend(counts)
+        self.gflops.extend(ran if len(ran) == len(counts) else [None] * len(counts))
 
     def _record(self, module: Any, args: Any, output: Any) -> None:
         counts = [int(c) for c in output.token_counts]

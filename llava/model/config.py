@@ -8,6 +8,7 @@ names, defaults and checks live here only. Two keys are ours:
 * ``mm_vision_tower_config``: the tower's full architecture (a ``CLIPVisionConfig`` or ``DripConfig`` dict). With it
   a checkpoint rebuilds its tower offline and takes the tower weights from its own shards; without it (released
   LLaVA checkpoints) the tower is read from ``mm_vision_tower`` (a local dir, a hub name, or ``drip:<preset|dir>``).
+* ``mm_token_reduction``: the ``--token_reduction`` methods and budgets (``llava.model.reduction.spec``).
 * ``pdrop_layer_list`` / ``pdrop_image_token_ratio_list``: PyramidDrop (Xing et al., 2024) in the LLM — after layer
   ``layer_list[k]`` keep the fraction ``image_token_ratio_list[k]`` of each sample's image tokens;
   ``pdrop_position_mode``: "compact" (PyramidDrop's renumbering, the default) or "original" position ids.
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from llava.constants import AspectRatio, check_aspect_ratio
+from llava.model.reduction.spec import canonical
 
 SelectFeature = Literal["patch", "cls_patch"]
 PaddingSide = Literal["left", "right"]
@@ -77,6 +79,7 @@ class MultimodalConfig:
     tokenizer_model_max_length: int | None = None  # tokenizer_model_max_length: splice truncation in training
     tokenizer_padding_side: PaddingSide = "right"  # tokenizer_padding_side: batch padding in training
     pdrop: PDropConfig | None = None  # pdrop_layer_list + pdrop_image_token_ratio_list
+    token_reduction: str | None = None  # mm_token_reduction (ours): the --token_reduction text, llava.model.reduction
     # What training did, recorded as LLaVA records it (read by nothing at inference):
     tune_mm_mlp_adapter: bool = False  # tune_mm_mlp_adapter: stage 1 (only the projector trained)
     freeze_mm_mlp_adapter: bool = False  # freeze_mm_mlp_adapter: the projector was frozen
@@ -93,6 +96,8 @@ class MultimodalConfig:
                 "(the 'spatial*' / 'unpad' merges belong to LLaVA-NeXT's anyres tiling)"
             )
         check_aspect_ratio(self.image_aspect_ratio)
+        if self.token_reduction is not None:
+            object.__setattr__(self, "token_reduction", canonical(self.token_reduction))
         if self.tokenizer_model_max_length is not None and self.tokenizer_model_max_length < 1:
             raise ValueError(f"tokenizer_model_max_length must be positive, got {self.tokenizer_model_max_length}")
 
@@ -121,6 +126,7 @@ class MultimodalConfig:
             tokenizer_model_max_length=get("tokenizer_model_max_length"),
             tokenizer_padding_side=get("tokenizer_padding_side", "right"),
             pdrop=None if layers is None else PDropConfig(layers, ratios, get("pdrop_position_mode", "compact")),
+            token_reduction=get("mm_token_reduction"),
             tune_mm_mlp_adapter=bool(get("tune_mm_mlp_adapter", False)),
             freeze_mm_mlp_adapter=bool(get("freeze_mm_mlp_adapter", False)),
             projector_lr=get("mm_projector_lr"),
@@ -143,6 +149,7 @@ class MultimodalConfig:
         config.tokenizer_padding_side = self.tokenizer_padding_side
         config.pdrop_layer_list = None if self.pdrop is None else list(self.pdrop.layer_list)
         config.pdrop_image_token_ratio_list = None if self.pdrop is None else list(self.pdrop.image_token_ratio_list)
+        config.mm_token_reduction = self.token_reduction
         config.tune_mm_mlp_adapter = self.tune_mm_mlp_adapter
         config.freeze_mm_mlp_adapter = self.freeze_mm_mlp_adapter
         config.mm_projector_lr = self.projector_lr

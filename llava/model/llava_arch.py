@@ -34,6 +34,7 @@ from llava.model.config import MultimodalConfig
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_projector.builder import build_vision_projector
+from llava.model.reduction.tower import VisionReduction, vision_methods
 from llava.model.splice import ImageTokenLayout, splice_image_features
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class LlavaMetaModel:
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         mm = MultimodalConfig.from_config(config)
+        self.vision_reduction = VisionReduction()  # no parameters: the --token_reduction methods, as one module
         if mm.vision_tower is not None:
             # Weights come later: from the checkpoint being loaded, or from the tower's source in load_model().
             self.vision_tower = build_vision_tower(mm, delay_load=True)
@@ -217,7 +219,9 @@ class LlavaMetaForCausalLM(ABC):
             raise ValueError(f"images must all have one shape (the tower's input size), got {shapes}")
         frozen = not any(p.requires_grad for p in tower.parameters())
         with _frozen_tower(tower) if frozen else contextlib.nullcontext():
-            out = tower(torch.stack(flat))  # [num_images, C, H, W] -> num_images x [N_i, D]
+            pixels, methods = torch.stack(flat), vision_methods(self.mm_config.token_reduction)
+            # [num_images, C, H, W] -> num_images x [N_i, D], after any vision-side --token_reduction methods
+            out = self.get_model().vision_reduction(tower, pixels, methods) if methods else tower(pixels)
         projector = self.get_model().mm_projector
         p = next(projector.parameters(), None)
         joined = torch.cat(out.features)  # [sum N_i, D]: one projector call for the whole batch

@@ -25,6 +25,7 @@ from transformers import TextStreamer
 from llava.conversation import DEFAULT_CONV_MODE, conv_templates
 from llava.mm_utils import get_model_name_from_path, load_image, process_images
 from llava.model.config import MultimodalConfig
+from llava.model.reduction.apply import add_token_reduction_arg, apply_token_reduction, check_token_reduction_arg
 from llava.prompting import Decoding, PromptStyle, cut_at_stop
 
 
@@ -122,11 +123,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--load-8bit", action="store_true")
     parser.add_argument("--load-4bit", action="store_true")
     parser.add_argument("--debug", action="store_true", help="print each turn's prompt and answer")
+    add_token_reduction_arg(parser)
     args = parser.parse_args(argv)
     if args.conv_mode not in conv_templates:
         parser.error(f"--conv-mode {args.conv_mode!r} is unknown; known: {', '.join(sorted(conv_templates))}")
     if args.max_new_tokens < 1 or args.temperature < 0:
         parser.error("--max-new-tokens must be at least 1 and --temperature at least 0")
+    check_token_reduction_arg(parser, args)
     return args
 
 
@@ -149,6 +152,7 @@ def main(argv: Sequence[str] | None = None, read: Callable[[str], str] = input, 
     except FileNotFoundError as e:  # a missing or empty checkpoint folder: the message names it
         print(f"error: {e}", file=sys.stderr)
         return 2
+    apply_token_reduction(model, args.token_reduction)
     chat = ImageChat(model, tokenizer, image_processor, image, args.conv_mode, out)
     chat_loop(chat, args.temperature, args.max_new_tokens, read, args.debug)
     return 0

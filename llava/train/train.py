@@ -22,6 +22,7 @@ import transformers
 from transformers import AutoTokenizer, HfArgumentParser
 
 from llava.model import LlavaLlamaForCausalLM
+from llava.model.reduction.apply import apply_token_reduction
 from llava.train.args import DataArguments, ModelArguments, TrainingArguments, pdrop_config
 from llava.train.checkpointing import refuse_untrained_save, save_lora, save_mm_projector
 from llava.train.data import (
@@ -140,6 +141,7 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, to
     if pdrop is not None:
         model.set_pdrop(pdrop)
     model.set_packing(training_args.packing)
+    apply_token_reduction(model, model_args.token_reduction)
     if training_args.gradient_checkpointing:
         model.enable_input_require_grads()
     set_trainable(model, model_args, training_args)

@@ -1,0 +1,57 @@
+"""Turn a ``--token_reduction`` flag into a model's settings (what training, answer generation and the CLI call).
+
+The canonical flag text goes to the config key ``mm_token_reduction`` (vision-side methods read it at every
+``encode_images``); an LLM-side method (FastV) becomes the model's PyramidDrop schedule (``set_pdrop``), so the
+decoder loop, the KV cache and the FLOP counts are PyramidDrop's.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from llava.model.config import MultimodalConfig
+from llava.model.reduction.fastv import fastv_schedule
+from llava.model.reduction.spec import FLAG, FastV, canonical, parse_token_reduction
+
+
+def apply_token_reduction(model: Any, text: str | None) -> None:
+    """Record ``text`` (None: leave the model's setting as it is; ``"none"``: turn reduction off) on ``model``.
+
+    Raises:
+        ValueError: a bad flag, or FastV on a model that already has another PyramidDrop schedule.
+    """
+    if text is None:
+        return
+    methods = parse_token_reduction(text)
+    mm = MultimodalConfig.from_config(model.config)
+    previous_fastv = [m for m in parse_token_reduction(mm.token_reduction) if isinstance(m, FastV)]
+    fastv = [m for m in methods if isinstance(m, FastV)]
+    pdrop = mm.pdrop
+    if previous_fastv and pdrop == fastv_schedule(previous_fastv[0]):
+        pdrop = None  # the schedule the old flag set, not one the user chose
+    if fastv and pdrop is not None:
+        raise ValueError(f"{FLAG} fastv cannot run beside the model's PyramidDrop schedule {pdrop}; use one of them")
+    mm.replace(token_reduction=canonical(text)).write_to(model.config)
+    if fastv or previous_fastv:
+        model.set_pdrop(fastv_schedule(fastv[0]) if fastv else pdrop)
+
+
+def add_token_reduction_arg(parser: argparse.ArgumentParser) -> None:
+    """The flag as answer generation and the CLI spell it (``--token_reduction``, also ``--token-reduction``)."""
+    parser.add_argument(
+        "--token_reduction",
+        "--token-reduction",
+        dest="token_reduction",
+        default=None,
+        help='e.g. "visionzip:dominant=54,contextual=10", "uniform:size=12+fastv:k=2,ratio=0.5"; "none" turns '
+        "off what the checkpoint recorded; default: the checkpoint's mm_token_reduction",
+    )
+
+
+def check_token_reduction_arg(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """argparse's usage error for a bad ``--token_reduction`` (before any model is loaded)."""
+    try:
+        parse_token_reduction(args.token_reduction)
+    except ValueError as e:
+        parser.error(str(e))

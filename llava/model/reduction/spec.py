@@ -1,0 +1,165 @@
+"""The one flag that names token-reduction methods with their budgets: ``--token_reduction "METHOD:key=val,..."``.
+
+Several methods are joined by ``+`` and run in the order of the data flow (tower, tower output, LLM), e.g.
+``uniform:size=12``, ``random:keep=144,seed=0``, ``visionzip:dominant=54,contextual=10``, ``tome:r=8``,
+``fastv:k=2,ratio=0.5`` or ``visionzip:dominant=54,contextual=10+fastv:k=2,ratio=0.5``. ``none`` (or an empty
+string) turns reduction off. The text is parsed into one frozen dataclass per method; a bad value raises a
+ValueError naming the flag, the method and its allowed keys. The model config stores the canonical text as the flat
+key ``mm_token_reduction`` so a checkpoint records what it was trained or evaluated with.
+
+Each method's algorithm lives in its own module of this package (the module docstring cites the paper).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+Stage = Literal["tower", "features", "llm"]  # inside the tower, between tower and projector, inside the LLM
+STAGE_ORDER: dict[str, int] = {"tower": 0, "features": 1, "llm": 2}
+FLAG = "--token_reduction"
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """Average-pool each image's patch grid to ``size`` x ``size`` tokens (24x24 -> 12x12 = 144)."""
+
+    name: ClassVar[str] = "uniform"
+    stage: ClassVar[Stage] = "features"
+    size: int  # output grid side (tokens per image = size**2)
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "size")
+
+
+@dataclass(frozen=True)
+class Random:
+    """Keep ``keep`` tokens per image at seeded random positions (in their original order)."""
+
+    name: ClassVar[str] = "random"
+    stage: ClassVar[Stage] = "features"
+    keep: int  # tokens kept per image (an image with fewer keeps all)
+    seed: int = 0  # the positions are drawn from a generator seeded with this, per image
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "keep")
+
+
+@dataclass(frozen=True)
+class VisionZip:
+    """VisionZip: ``dominant`` tokens by [CLS] attention plus ``contextual`` tokens merged from the rest."""
+
+    name: ClassVar[str] = "visionzip"
+    stage: ClassVar[Stage] = "features"
+    dominant: int  # patch tokens kept by [CLS] attention (the CLS token itself is kept only with cls_patch)
+    contextual: int  # merged tokens made of the remaining patches
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "dominant")
+        _check_positive(self, "contextual")
+
+
+@dataclass(frozen=True)
+class ToMe:
+    """ToMe: ``r`` bipartite soft-matching merges in every layer of the CLIP tower."""
+
+    name: ClassVar[str] = "tome"
+    stage: ClassVar[Stage] = "tower"
+    r: int  # tokens merged away per layer
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "r")
+
+
+@dataclass(frozen=True)
+class FastV:
+    """FastV: before LLM layer ``k`` drop the fraction ``ratio`` of image tokens the last token attends least."""
+
+    name: ClassVar[str] = "fastv"
+    stage: ClassVar[Stage] = "llm"
+    k: int = 2  # decoder layer index from which on the image tokens are pruned
+    ratio: float = 0.5  # fraction of image tokens dropped (R in the paper: 0.5, 0.75)
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"{FLAG} fastv: k must be a decoder layer index >= 1, got {self.k}")
+        if not 0.0 <= self.ratio < 1.0:
+            raise ValueError(f"{FLAG} fastv: ratio must lie in [0, 1), got {self.ratio}")
+
+
+Method = Uniform | Random | VisionZip | ToMe | FastV
+METHODS: dict[str, type] = {cls.name: cls for cls in (Uniform, Random, VisionZip, ToMe, FastV)}
+
+
+def _check_positive(method: Method, key: str) -> None:
+    value = getattr(method, key)
+    if value < 1:
+        raise ValueError(f"{FLAG} {method.name}: {key} must be a positive integer, got {value}")
+
+
+def _allowed(cls: type) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+def _parse_value(cls: type, key: str, text: str) -> int | float:
+    kind = {f.name: f.type for f in dataclasses.fields(cls)}[key]
+    try:
+        return float(text) if kind == "float" else int(text)
+    except ValueError:
+        expected = "a number" if kind == "float" else "an integer"
+        raise ValueError(f"{FLAG} {cls.name}: {key}={text!r} is not {expected}") from None
+
+
+def parse_method(text: str) -> Method:
+    """``"NAME:key=val,key=val"`` (or ``"NAME"`` for a method whose keys all have defaults) -> its dataclass."""
+    name, _, args = text.strip().partition(":")
+    cls = METHODS.get(name.strip())
+    if cls is None:
+        raise ValueError(f"{FLAG}: unknown method {name.strip()!r} in {text!r}; known: {', '.join(METHODS)}")
+    values: dict[str, int | float] = {}
+    for item in filter(None, (a.strip() for a in args.split(","))):
+        key, eq, value = (s.strip() for s in item.partition("="))
+        if not eq or key not in {f.name for f in dataclasses.fields(cls)}:
+            raise ValueError(f"{FLAG} {cls.name}: bad item {item!r}; expected key=value with keys {_allowed(cls)}")
+        if key in values:
+            raise ValueError(f"{FLAG} {cls.name}: {key} given twice")
+        values[key] = _parse_value(cls, key, value)
+    try:
+        return cls(**values)
+    except TypeError:
+        raise ValueError(f"{FLAG} {cls.name}: missing keys in {text!r}; keys: {_allowed(cls)}") from None
+
+
+def parse_token_reduction(text: str | None) -> tuple[Method, ...]:
+    """The whole flag -> methods in data-flow order; ``None``, ``""`` and ``"none"`` -> ``()``.
+
+    Raises:
+        ValueError: an unknown method or key, a bad value, a method given twice, or two LLM-side methods.
+    """
+    if text is None or text.strip() in ("", "none"):
+        return ()
+    methods = tuple(parse_method(part) for part in text.split("+"))
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{FLAG} {text!r}: each method may appear once")
+    return tuple(sorted(methods, key=lambda m: STAGE_ORDER[m.stage]))
+
+
+def format_method(method: Method) -> str:
+    args = ",".join(f"{f.name}={getattr(method, f.name)}" for f in dataclasses.fields(method))
+    return f"{method.name}:{args}"
+
+
+def format_token_reduction(methods: tuple[Method, ...]) -> str | None:
+    """The canonical flag text of ``methods`` (every key spelled out), None for no reduction."""
+    return "+".join(format_method(m) for m in methods) if methods else None
+
+
+def canonical(text: str | None) -> str | None:
+    """Parse and re-format (checks ``text`` and fills in defaults); what ``mm_token_reduction`` stores."""
+    return format_token_reduction(parse_token_reduction(text))
+
+
+def methods_at(methods: tuple[Method, ...], stage: Stage) -> tuple[Method, ...]:
+    return tuple(m for m in methods if m.stage == stage)

@@ -1,0 +1,160 @@
+"""Glue between the reduction methods and LLaVA's vision towers: run the tower, then the vision-side methods.
+
+``encode_reduced`` is what ``LlavaMetaForCausalLM.encode_image_features`` calls in place of ``tower(images)`` when the
+config names vision-side methods (``mm_token_reduction``). Methods that need the tower's internals (VisionZip's
+[CLS] attention and keys, ToMe's merging inside the blocks) need an HF CLIP tower (``CLIPVisionTower``); uniform
+pooling needs a square patch grid (a CLIP tower), random pruning works on any tower, DRIP included.
+
+VisionZip's scores are computed here explicitly from the selected layer's input (its ``layer_norm1``, ``q_proj``,
+``k_proj``), so the tower may run with SDPA or flash attention, which return no attention weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+
+from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
+from llava.model.reduction.random import random_prune
+from llava.model.reduction.spec import Method, Random, ToMe, Uniform, VisionZip, parse_token_reduction
+from llava.model.reduction.tome import merge_weighted
+from llava.model.reduction.uniform import uniform_pool
+from llava.model.reduction.visionzip import visionzip_merge
+
+
+def _clip_model(tower: VisionTower, method: Method):
+    """The HF ``CLIPVisionModel`` inside ``tower``; ValueError naming the method when the tower is not a CLIP."""
+    from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+
+    if not isinstance(tower, CLIPVisionTower):
+        raise ValueError(
+            f"--token_reduction {method.name} needs a CLIP vision tower (it reads the tower's attention), "
+            f"got {type(tower).__name__} {tower.vision_tower_name!r}"
+        )
+    return tower.vision_tower
+
+
+def clip_layers(model) -> list:
+    """The encoder layers of an HF ``CLIPVisionModel`` (transformers 5 drops the ``vision_model`` wrapper)."""
+    return list(getattr(model, "vision_model", model).encoder.layers)
+
+
+def layer_attention_and_keys(layer, hidden_in: Tensor) -> tuple[Tensor, Tensor]:
+    """Explicit softmax(q k^T * scale) of one HF ``CLIPEncoderLayer`` and its keys, whatever the backend.
+
+    Args:
+        layer: the encoder layer. hidden_in: [B, T, D] the states entering it.
+
+    Returns:
+        attention [B, heads, T, T] fp32 and keys [B, heads, T, head_dim] (fp32).
+    """
+    attn = layer.self_attn
+    x = layer.layer_norm1(hidden_in)
+    b, t, _ = x.shape
+    q = attn.q_proj(x).view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2).float()  # [B, h, T, hd]
+    k = attn.k_proj(x).view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2).float()  # [B, h, T, hd]
+    return ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1), k
+
+
+def _visionzip(tower: VisionTower, images: Tensor, spec: VisionZip) -> VisionFeatures:
+    model = _clip_model(tower, spec)
+    out = model(images.to(device=tower.device, dtype=tower.dtype), output_hidden_states=True)
+    num_layers = len(out.hidden_states) - 1
+    index = tower.select_layer % (num_layers + 1)  # hidden_states index: output of layer index - 1
+    if index == 0:
+        raise ValueError("--token_reduction visionzip needs mm_vision_select_layer to name a block, not the embeddings")
+    layer = clip_layers(model)[index - 1]
+    attention, keys = layer_attention_and_keys(layer, out.hidden_states[index - 1])
+    hidden = out.hidden_states[index]  # [B, 1 + N, D]
+    cls_attention = attention[:, :, 0, 1:].sum(1)  # [B, N]
+    merged = visionzip_merge(hidden, cls_attention, keys.mean(1).to(hidden.dtype), spec.dominant, spec.contextual)
+    if tower.select_feature == "patch":
+        merged = merged[:, 1:]  # [B, dominant + contextual, D]
+    counts = torch.full((merged.shape[0],), merged.shape[1], dtype=torch.long, device=merged.device)
+    return VisionFeatures(features=list(merged.unbind(0)), token_counts=counts)
+
+
+def _tome_block(layer, x: Tensor, size: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """One HF ``CLIPEncoderLayer`` with proportional attention, then ToMe's merge before its MLP.
+
+    x [B, T, D], size [B, T, 1] -> ([B, T - r', D], [B, T - r', 1]).
+    """
+    attn = layer.self_attn
+    h = layer.layer_norm1(x)
+    b, t, d = h.shape
+    split = lambda y: y.view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2)  # [B, h, T, hd]
+    q, k, v = split(attn.q_proj(h)), split(attn.k_proj(h)), split(attn.v_proj(h))
+    logits = (q @ k.transpose(-1, -2)) * attn.scale + size.log()[:, None, None, :, 0]  # [B, h, T, T]
+    mixed = (logits.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
+    x = x + attn.out_proj(mixed)
+    x, size = merge_weighted(x, size, k.mean(1), r)
+    return x + layer.mlp(layer.layer_norm2(x)), size
+
+
+def _tome(tower: VisionTower, images: Tensor, spec: ToMe) -> VisionFeatures:
+    """Run the CLIP blocks up to the selected layer with ``spec.r`` merges in each (nothing after it is needed)."""
+    model = _clip_model(tower, spec)
+    vision = getattr(model, "vision_model", model)
+    layers = clip_layers(model)
+    index = tower.select_layer % (len(layers) + 1)  # hidden_states index: output of layer index - 1
+    x = vision.pre_layrnorm(vision.embeddings(images.to(device=tower.device, dtype=tower.dtype)))  # [B, 1 + N, D]
+    size = torch.ones_like(x[..., :1])  # [B, 1 + N, 1]
+    for layer in layers[:index]:
+        x, size = _tome_block(layer, x, size, spec.r)
+    if tower.select_feature == "patch":
+        x = x[:, 1:]
+    counts = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+    return VisionFeatures(features=list(x.unbind(0)), token_counts=counts)
+
+
+def _post_process(tower: VisionTower, features: VisionFeatures, method: Method) -> VisionFeatures:
+    """Apply a method that works on the tower's output tokens (uniform, random) to every image."""
+    has_cls = getattr(tower, "select_feature", "patch") == "cls_patch"
+    out = []
+    for tokens in features.features:
+        cls, patches = (tokens[:1], tokens[1:]) if has_cls else (tokens[:0], tokens)
+        if isinstance(method, Uniform):
+            _clip_model(tower, method)  # a fixed patch grid: DRIP's pooled tokens have none
+            patches = uniform_pool(patches, method.size)
+        else:
+            patches = random_prune(patches, method.keep, method.seed)
+        out.append(torch.cat([cls, patches]))
+    counts = torch.tensor([t.shape[0] for t in out], dtype=torch.long, device=features.token_counts.device)
+    return dataclasses.replace(features, features=out, token_counts=counts)
+
+
+def encode_reduced(tower: VisionTower, images: Tensor, methods: tuple[Method, ...]) -> VisionFeatures:
+    """images [B, C, H, W] -> the tower's features after the vision-side ``methods`` (in data-flow order).
+
+    Raises:
+        ValueError: a method the tower cannot run (see the module docstring), or two methods that both replace
+            the tower's forward pass (VisionZip, ToMe).
+    """
+    replacing = [m for m in methods if isinstance(m, VisionZip | ToMe)]
+    if len(replacing) > 1:
+        raise ValueError(f"--token_reduction: {' and '.join(m.name for m in replacing)} cannot be combined")
+    if replacing and isinstance(replacing[0], VisionZip):
+        features = _visionzip(tower, images, replacing[0])
+    elif replacing:
+        features = _tome(tower, images, replacing[0])
+    else:
+        features = tower(images)
+    for method in methods:
+        if isinstance(method, Uniform | Random):
+            features = _post_process(tower, features, method)
+    return features
+
+
+def vision_methods(text: str | None) -> tuple[Method, ...]:
+    """The methods of a ``--token_reduction`` text that act in or right after the tower (not in the LLM)."""
+    return tuple(m for m in parse_token_reduction(text) if m.stage != "llm")
+
+
+class VisionReduction(nn.Module):
+    """``encode_reduced`` as a parameterless module held by the LLaVA base model (``vision_reduction``), so forward
+    hooks (the efficiency sidecar's probe) see the reduced tokens; it adds no checkpoint key."""
+
+    def forward(self, tower: VisionTower, images: Tensor, methods: tuple[Method, ...]) -> VisionFeatures:
+        return encode_reduced(tower, images, methods)
