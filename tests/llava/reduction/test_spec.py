@@ -102,7 +102,7 @@ def test_the_flag_on_training_generation_and_cli():
 
 
 def test_generation_and_cli_parsers_take_the_flag():
-    from llava.eval.generation import add_generation_args
+    from llava.eval.command import add_generation_args
     from llava.serve.cli import parse_args
 
     parser = argparse.ArgumentParser()
