@@ -5,8 +5,9 @@
 
 ``answer_request`` is the per-request logic (prompt, decoding, segments, visual tokens, tower and prefill GMACs,
 latency) as a plain function; ``build_demo`` wraps it in a gradio Blocks app; ``main`` loads the models and launches.
-Prompting and decoding are ``llava.prompting``'s; GMACs follow ``llava.eval.efficiency`` (the tower's
-``analytic_gflops``) and ``llava.model.flops.prefill_macs``. gradio is an optional extra, imported inside functions.
+Prompting and decoding are ``llava.prompting``'s; GMACs are the tower's ``analytic_gflops`` (as
+``llava.eval.efficiency`` reports them) and ``llava.model.flops.prefill_macs``. gradio is an optional extra,
+imported inside functions.
 """
 
 from __future__ import annotations
@@ -22,10 +23,7 @@ import torch
 from PIL import Image
 from transformers import TextIteratorStreamer
 
-from drip.model import DripVisionTransformer
-from drip.segments import draw_segments, patch_boundaries
 from llava.conversation import DEFAULT_CONV_MODE
-from llava.eval.efficiency import VisionProbe
 from llava.mm_utils import process_images
 from llava.model.config import MultimodalConfig
 from llava.model.flops import prefill_macs
@@ -71,17 +69,18 @@ def sample_image(name: str) -> Image.Image:
     return Image.fromarray(getattr(data, name)()).convert("RGB")
 
 
-def segment_overlay(model: Any, pixels: torch.Tensor, image: Image.Image) -> Image.Image | None:
-    """DRIP's segments of ``pixels`` [1, 3, S, S] drawn on ``image`` resized to S x S; None for a non-DRIP tower."""
-    inner = getattr(model.get_vision_tower(), "vision_tower", None)
-    if not isinstance(inner, DripVisionTransformer):
-        return None
-    cfg = inner.cfg
+def tower_figures(model: Any, pixels: torch.Tensor, image: Image.Image) -> tuple[int, float | None, Any]:
+    """(visual tokens, tower GMACs or None, segment overlay or None) of ``pixels`` [1, 3, S, S] from one tower call;
+    the overlay is drawn on ``image`` resized to S x S, by towers that can draw their segments (DRIP)."""
+    tower = model.get_vision_tower()
     with torch.no_grad():
-        out = inner(pixels.to(device=model.device, dtype=next(inner.parameters()).dtype))
-    stages = [b[0] for b in out.stage_boundaries] or [torch.ones(cfg.num_patches)]
-    shown = image.convert("RGB").resize((cfg.image_size, cfg.image_size), Image.BICUBIC)
-    return draw_segments(shown, patch_boundaries(stages), cfg.grid_size)
+        features = tower(pixels)
+    cost = getattr(tower, "analytic_gflops", None)  # optional capability of a VisionTower
+    gflops = float(cost(features)[0]) if cost is not None else None
+    draw = getattr(tower, "draw_segments", None)  # DRIP towers only
+    size = tower.image_size
+    overlay = draw(pixels, image.convert("RGB").resize((size, size), Image.BICUBIC)) if draw is not None else None
+    return int(features.token_counts[0]), gflops, overlay
 
 
 def answer_request(
@@ -100,7 +99,7 @@ def answer_request(
     input_ids = style.prompt_ids([style.user_turn(question, True)], tokenizer).unsqueeze(0)  # [1, L]
     pixels = process_images([image], loaded.image_processor, model.config)  # [1, 3, S, S]
     start = time.perf_counter()
-    with VisionProbe(model) as probe, torch.inference_mode():
+    with torch.inference_mode():
         output_ids = model.generate(
             input_ids.to(model.device),
             images=pixels,
@@ -110,13 +109,13 @@ def answer_request(
         )
     seconds = time.perf_counter() - start
     text = cut_at_stop(tokenizer.decode(output_ids[0], skip_special_tokens=True), stop)
-    tokens = probe.token_counts[0] if probe.token_counts else 0
+    tokens, tower_gflops, segments = tower_figures(model, pixels, image)
     text_tokens = input_ids.shape[1] - 1  # the image placeholder is replaced by the visual tokens
     return DemoAnswer(
         text=text,
-        segments=segment_overlay(model, pixels, image),
+        segments=segments,
         visual_tokens=tokens,
-        tower_gflops=probe.gflops[0] if probe.gflops else None,
+        tower_gflops=tower_gflops,
         prefill_gflops=prefill_macs(model.config, text_tokens, tokens) / 1e9,
         seconds=seconds,
     )
