@@ -24,6 +24,7 @@ from torch import Tensor
 from drip import DripConfig, DripVisionTransformer, get_preset, list_presets
 from drip.checkpoint import load_drip
 from drip.flops import tower_gmacs
+from drip.segments import draw_segments, patch_boundaries
 from llava.model.config import DRIP_PREFIX
 from llava.model.multimodal_encoder.base import DripExtras, TrainMode, VisionFeatures, VisionTower, check_train_mode
 
@@ -134,6 +135,13 @@ class DripVisionTower(VisionTower):
         if features.drip is None:
             raise ValueError("DRIP GMACs need the DRIP extras (stage counts) of the tower's own output")
         return tower_gmacs(self.config, features.drip.stage_counts.cpu())
+
+    def draw_segments(self, images: Tensor, shown: Any) -> Any:
+        """DRIP's segments of ``images`` [1, C, S, S] drawn on the PIL image ``shown`` (cells scale to its size)."""
+        with torch.no_grad():
+            out = self.vision_tower(images.to(device=self.device, dtype=self.dtype))
+        stages = [b[0] for b in out.stage_boundaries] or [torch.ones(self.config.num_patches)]
+        return draw_segments(shown, patch_boundaries(stages), self.config.grid_size)
 
     @property
     def config(self) -> DripConfig:

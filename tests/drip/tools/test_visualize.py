@@ -8,17 +8,8 @@ from PIL import Image
 
 from drip import DripVisionTransformer, get_preset
 from drip.checkpoint import save_drip
-from drip.tools.visualize import (
-    CLIP_MEAN,
-    draw_segments,
-    load_image,
-    load_tower,
-    main,
-    patch_boundaries,
-    preprocess,
-    render,
-    segment_id_map,
-)
+from drip.segments import draw_segments, patch_boundaries, segment_id_map
+from drip.tools.visualize import CLIP_MEAN, load_image, load_tower, main, preprocess, render
 
 OUTLINE = (255, 255, 255)
 
