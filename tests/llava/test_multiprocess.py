@@ -303,16 +303,19 @@ def test_zero3_stage1_saves_mm_projector_equal_to_one_rank(launch, base_llm, wor
 
 @pytest.mark.slow
 def test_zero3_lora_saves_and_loads_back(launch, base_llm, world):
-    """The 2-rank run's losses equal the 1-rank run's (rel 1e-4); its weights drift from it by ~lr (the LoRA B
-    matrices differ by up to 4e-3 after 4 steps, lr 1e-3: not yet explained), so the saved files are checked
-    against rank 0's own gathered parameters."""
+    """A 2-rank ZeRO-3 LoRA run saves its adapter and trainables; they load back with logits equal to the same run
+    on 1 process. LoRA dropout is off: its masks come from each process's RNG, so 2 ranks of batch 2 draw other
+    masks than 1 process of batch 4 (with LLaVA's 0.05 the LoRA B weights differed by up to 4e-3 after 4 steps; with
+    0 they agree to 1.3e-7)."""
     from safetensors.torch import load_file
 
-    from llava.model.builder import load_pretrained_model
-
-    two, trained, two_dir = launch("zero3", "lora", LORA)
-    one, _, _ = launch("single", "lora", (*LORA, *ONE_RANK_BATCH))
+    lora = (*LORA, "--lora_dropout", "0")
+    two, trained, two_dir = launch("zero3", "lora", lora)
+    one, alone, one_dir = launch("single", "lora", (*lora, *ONE_RANK_BATCH))
     assert_same_run(two, one)
+    assert trained.keys() == alone.keys()
+    for k in trained:
+        torch.testing.assert_close(trained[k], alone[k], rtol=1e-4, atol=5e-5, msg=k)
     assert {"adapter_config.json", "non_lora_trainables.bin", "config.json"} <= {p.name for p in two_dir.iterdir()}
     # what was saved is what rank 0 held (gathered) at the end of training, every trainable tensor of it
     adapter = load_file(two_dir / "adapter_model.safetensors")
@@ -320,12 +323,9 @@ def test_zero3_lora_saves_and_loads_back(launch, base_llm, world):
     saved.update(torch.load(two_dir / "non_lora_trainables.bin", weights_only=True))
     assert saved.keys() == trained.keys()
     assert all(torch.equal(saved[k], trained[k]) for k in saved)
-    # and it loads back: the merged model's projector is the trained one
-    torch.manual_seed(0)
-    _, model, _, _ = load_pretrained_model(str(two_dir), str(base_llm), device="cpu")
-    projector = model.get_model().mm_projector.state_dict()
-    projector = {f"base_model.model.model.mm_projector.{k}": v for k, v in projector.items()}
-    assert all(torch.equal(v, trained[k]) for k, v in projector.items())
+    # and it loads back (LoRA merged into the base): logits equal the 1-rank checkpoint's
+    torch.testing.assert_close(loaded_logits(two_dir, base_llm, world), loaded_logits(one_dir, base_llm, world),
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
 
 
 @pytest.mark.slow
