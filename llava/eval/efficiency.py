@@ -89,8 +89,8 @@ class RunClock:
     seconds: float = 0.0
     answers: int = 0
     peak_memory_mb: float | None = None
-    prompt_tokens: int = 0  # real (spliced) prompt positions of the batched generate calls
-    padding_tokens: int = 0  # their left-padding positions (llava.model.packing.padding_per_sample)
+    prompt_tokens: int = 0  # real (spliced) prompt positions the LLM prefills computed (each beam's copy counted)
+    padding_tokens: int = 0  # their padding positions (llava.model.packed_prefill.prefill_padding)
 
     @classmethod
     def from_sidecar(cls, path: str) -> RunClock:
@@ -165,8 +165,9 @@ def write_sidecar(
     """Summarise ``answers_file`` into ``path`` (written atomically, so a kill never leaves half a file).
 
     Returns the summary: ``efficiency_summary`` of every line, ``seconds_per_answer`` (generation time over the
-    answers timed, excluding model loading), ``peak_memory_mb`` and its source, device, dtype, the batched prompts'
-    padding (``prompt_padding_share``: left-padding positions over all prompt positions), plus ``extra``.
+    answers timed, excluding model loading), ``peak_memory_mb`` and its source, device, dtype, the LLM prefills'
+    padding (``prompt_padding_share``: padding positions over all prefill positions; left padding with a padded
+    prefill, a pack's filler with a packed one), plus ``extra``.
     """
     records = read_jsonl(answers_file)
     peak, source = peak_memory_mb(model.device)
