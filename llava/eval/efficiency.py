@@ -9,7 +9,8 @@ memory in ``<answers>.efficiency.json``, whose keys ``eval.results_table`` reads
 Costs are multiply-adds ("FLOPs" in fvcore's convention, as ``drip.flops`` and PyramidDrop's tables count them). The
 prefill count is ``llava.model.flops.prefill_macs`` (projections, attention over the full L x L scores, MLP, and the
 LM head on the last token), with PyramidDrop's shorter stages when the model uses it. The tower count comes from
-the tower's ``analytic_gflops(features)`` when it offers one, and is reported as unknown (null) otherwise.
+the tower's ``analytic_gflops(features)`` when it offers one (for VisionZip and ToMe, which run the tower's layers
+themselves, from ``llava.model.reduction.tower.VisionReduction.analytic_gflops``), and is null otherwise.
 """
 
 from __future__ import annotations
@@ -67,13 +68,16 @@ class VisionProbe:
         self._start = len(self.token_counts)
 
     def _record_reduced(self, module: Any, args: Any, output: Any) -> None:
-        """Reduced counts; the tower's GMACs when the tower ran whole on these images (uniform, random pruning),
-        else unknown (VisionZip, ToMe run the tower's layers themselves)."""
+        """Reduced counts; GMACs of the run VisionZip or ToMe made of the tower's layers (the module's
+        ``analytic_gflops``), else the tower's own when it ran whole on these images (uniform, random pruning)."""
         counts = [int(c) for c in output.token_counts]
         ran = self.gflops[self._start :]
         del self.token_counts[self._start :], self.gflops[self._start :]
         self.token_counts.extend(counts)
-        self.gflops.extend(ran if len(ran) == len(counts) else [None] * len(counts))
+        replaced = module.analytic_gflops(args[0], args[2], output)  # forward(tower, images, methods)
+        if replaced is None:
+            replaced = ran if len(ran) == len(counts) else [None] * len(counts)
+        self.gflops.extend(replaced)
 
     def _record(self, module: Any, args: Any, output: Any) -> None:
         counts = [int(c) for c in output.token_counts]
