@@ -45,7 +45,24 @@ def add_generation_args(parser: argparse.ArgumentParser, conv_mode: str, tempera
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--seed", type=int, default=0, help="torch seed (matters only for sampling)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--packed_prefill",
+        "--packed-prefill",
+        dest="packed_prefill",
+        type=bool_flag,
+        default=True,
+        help="True|False: run a batch's prefill padding-free where the attention backend allows (default True); "
+        "answers equal the padded prefill's (fp32)",
+    )
     add_token_reduction_arg(parser)
+
+
+def bool_flag(text: str) -> bool:
+    """argparse type of a True|False flag (any case)."""
+    value = {"true": True, "false": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+    return value
 
 
 def check_generation_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -85,6 +102,7 @@ def run_eval(args: argparse.Namespace, questions: Sequence[Question]) -> dict[st
     torch.manual_seed(args.seed)
     tokenizer, model, image_processor, model_name = load_model(args.model_path, args.model_base, args.device)
     apply_token_reduction(model, args.token_reduction)
+    model.set_packed_prefill(args.packed_prefill)
     settings = GenerationSettings(args.conv_mode, args.temperature, args.top_p, args.num_beams, args.max_new_tokens)
     generator = AnswerGenerator(model, tokenizer, image_processor, settings, args.image_folder)
     model_path = os.path.abspath(os.path.expanduser(args.model_path))

@@ -9,7 +9,8 @@ memory in ``<answers>.efficiency.json``, whose keys ``eval.results_table`` reads
 Costs are multiply-adds ("FLOPs" in fvcore's convention, as ``drip.flops`` and PyramidDrop's tables count them). The
 prefill count is ``llava.model.flops.prefill_macs`` (projections, attention over the full L x L scores, MLP, and the
 LM head on the last token), with PyramidDrop's shorter stages when the model uses it. The tower count comes from
-the tower's ``analytic_gflops(features)`` when it offers one, and is reported as unknown (null) otherwise.
+the tower's ``analytic_gflops(features)`` when it offers one (for VisionZip and ToMe, which run the tower's layers
+themselves, from ``llava.model.reduction.tower.VisionReduction.analytic_gflops``), and is null otherwise.
 """
 
 from __future__ import annotations
@@ -67,13 +68,16 @@ class VisionProbe:
         self._start = len(self.token_counts)
 
     def _record_reduced(self, module: Any, args: Any, output: Any) -> None:
-        """Reduced counts; the tower's GMACs when the tower ran whole on these images (uniform, random pruning),
-        else unknown (VisionZip, ToMe run the tower's layers themselves)."""
+        """Reduced counts; GMACs of the run VisionZip or ToMe made of the tower's layers (the module's
+        ``analytic_gflops``), else the tower's own when it ran whole on these images (uniform, random pruning)."""
         counts = [int(c) for c in output.token_counts]
         ran = self.gflops[self._start :]
         del self.token_counts[self._start :], self.gflops[self._start :]
         self.token_counts.extend(counts)
-        self.gflops.extend(ran if len(ran) == len(counts) else [None] * len(counts))
+        replaced = module.analytic_gflops(args[0], args[2], output)  # forward(tower, images, methods)
+        if replaced is None:
+            replaced = ran if len(ran) == len(counts) else [None] * len(counts)
+        self.gflops.extend(replaced)
 
     def _record(self, module: Any, args: Any, output: Any) -> None:
         counts = [int(c) for c in output.token_counts]
@@ -89,8 +93,8 @@ class RunClock:
     seconds: float = 0.0
     answers: int = 0
     peak_memory_mb: float | None = None
-    prompt_tokens: int = 0  # real (spliced) prompt positions of the batched generate calls
-    padding_tokens: int = 0  # their left-padding positions (llava.model.packing.padding_per_sample)
+    prompt_tokens: int = 0  # real (spliced) prompt positions the LLM prefills computed (each beam's copy counted)
+    padding_tokens: int = 0  # their padding positions (llava.model.packed_prefill.prefill_padding)
 
     @classmethod
     def from_sidecar(cls, path: str) -> RunClock:
@@ -165,8 +169,9 @@ def write_sidecar(
     """Summarise ``answers_file`` into ``path`` (written atomically, so a kill never leaves half a file).
 
     Returns the summary: ``efficiency_summary`` of every line, ``seconds_per_answer`` (generation time over the
-    answers timed, excluding model loading), ``peak_memory_mb`` and its source, device, dtype, the batched prompts'
-    padding (``prompt_padding_share``: left-padding positions over all prompt positions), plus ``extra``.
+    answers timed, excluding model loading), ``peak_memory_mb`` and its source, device, dtype, the LLM prefills'
+    padding (``prompt_padding_share``: padding positions over all prefill positions; left padding with a padded
+    prefill, a pack's filler with a packed one), plus ``extra``.
     """
     records = read_jsonl(answers_file)
     peak, source = peak_memory_mb(model.device)

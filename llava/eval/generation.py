@@ -51,7 +51,7 @@ from llava.eval.efficiency import RunClock, VisionProbe, efficiency_path, reset_
 from llava.mm_utils import load_image, process_images
 from llava.model.config import MultimodalConfig
 from llava.model.flops import prefill_macs
-from llava.model.packing import padding_per_sample
+from llava.model.packed_prefill import prefill_padding
 from llava.prompting import Decoding, PromptStyle, cut_at_stop, pad_token_id, with_image
 
 T = TypeVar("T")
@@ -206,6 +206,19 @@ class AnswerGenerator:
         texts = [cut_at_stop(t, self.stop_str) for t in decoded]
         return self._with_costs(batch, ids, texts, probe)
 
+    @property
+    def prefill_layout(self) -> str:
+        """ "packed" when the model's batched prefill runs padding-free (``llava.model.packed_prefill``), else
+        "padded" (left-padded prompts)."""
+        return "packed" if self.model.prefill_packs() else "padded"
+
+    def prefill_positions(self, answers: Sequence[Generated]) -> tuple[int, int]:
+        """(real, padding) positions the LLM prefill of one batch computed: every beam's copy of the spliced prompts,
+        and the padding between them (the pack's filler with a packed prefill, else the left padding)."""
+        lengths = [a.text_tokens + a.visual_tokens for a in answers for _ in range(self.settings.num_beams)]
+        packed = self.prefill_layout == "packed"
+        return sum(lengths), prefill_padding(self.model.config, lengths, packed, self.model.packing_single_row)
+
     def load_pixels(self, files: list[str]) -> tuple[list[Tensor] | None, list[tuple[int, int]] | None]:
         """Images (paths relative to the image folder) -> processed pixels [3, H, W] each and (width, height)."""
         if not files:
@@ -281,7 +294,8 @@ def generate_answers(
         done = resume_answers(answers_file, [q.question_id for q in questions], overwrite)
         sidecar = efficiency_file or efficiency_path(answers_file)
         clock = RunClock.from_sidecar(sidecar) if done else RunClock()  # a resumed file keeps its earlier timing
-        extra = {"model_id": model_id, "batch_size": batch_size, "conv_mode": generator.settings.conv_mode}
+        extra = {"model_id": model_id, "batch_size": batch_size, "conv_mode": generator.settings.conv_mode,
+                 "prefill_layout": generator.prefill_layout}  # fmt: skip
         reset_peak_memory(generator.model.device)
         window = batch_size * WINDOW_BATCHES
         bar = tqdm(total=len(questions), initial=len(done), disable=not progress, desc="answers")
@@ -316,9 +330,9 @@ def _answer_window(
         answers = generator.generate([part[i] for i in idx])
         clock.seconds += time.perf_counter() - t0
         clock.answers += len(idx)
-        lengths = [a.text_tokens + a.visual_tokens for a in answers]  # the spliced prompts, left-padded together
-        clock.prompt_tokens += sum(lengths)
-        clock.padding_tokens += sum(padding_per_sample(lengths))
+        real, padding = generator.prefill_positions(answers)
+        clock.prompt_tokens += real
+        clock.padding_tokens += padding
         for i, a in zip(idx, answers, strict=True):
             if missing[i]:
                 results[i] = answer_record(part[i], a.text, model_id, a.metadata())

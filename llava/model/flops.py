@@ -12,19 +12,45 @@ number of tokens each decoder layer processes:
 * ``staged_prefill_macs``: one prompt under a PyramidDrop schedule; ``prefill_macs`` takes the schedule from a
   LLaVA model's config (none: every layer sees every token).
 
+The HF CLIP vision towers (a ``CLIPVisionConfig``: width, MLP size, heads, image and patch size) and the
+token-reduction methods that run inside them are counted here too, from the tokens each layer sees:
+
+* ``clip_layer_macs`` / ``clip_tower_macs``: the patch embedding plus, per layer that runs, q/k/v/out projections
+  and both attention matmuls on the tokens entering its attention, the MLP on the tokens entering its MLP. A method
+  that merges or prunes tokens supplies those two per-layer counts (ToMe merges between attention and MLP).
+* ``tome_macs``: ToMe's layers plus its matching, the bipartite similarity of the A and B halves on the keys
+  averaged over heads (ceil(T/2) x floor(T/2) x head_dim) in each layer that merges.
+* ``visionzip_macs``: the whole tower plus VisionZip's own work: the selected layer's q and k projections and
+  its full score matrix (computed explicitly for the [CLS] row) and the contextual merge (key similarity of the
+  remaining tokens to the targets, the one-hot assignment matmul).
+
+Norms, activations, softmax and elementwise merging (weighted sums, the size term of ToMe's proportional attention)
+are left out, as for the LLM (< 0.5 %).
+
 Used by the efficiency sidecar of ``llava.eval`` and by ``benchmarks/llava_prefill.py`` and
-``benchmarks/train_step.py``; none of them needs to import PyramidDrop's decoder to count.
+``benchmarks/train_step.py``; none of them needs to import PyramidDrop's decoder (or torch) to count.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from llava.model.config import MultimodalConfig, PDropConfig
 from llava.model.pdrop_schedule import keep_counts
 
-__all__ = ["decoder_layer_macs", "llama_prefill_macs", "prefill_macs", "rank_macs", "staged_prefill_macs"]
+__all__ = [
+    "clip_layer_macs",
+    "clip_tower_macs",
+    "decoder_layer_macs",
+    "llama_prefill_macs",
+    "prefill_macs",
+    "rank_macs",
+    "staged_prefill_macs",
+    "tome_macs",
+    "visionzip_macs",
+]
 
 
 def decoder_layer_macs(config: Any, seq_len: int) -> int:
@@ -81,3 +107,54 @@ def staged_prefill_macs(config: Any, text_tokens: int, image_tokens: int, pdrop:
             stage += 1
         seq_lens.append(text_tokens + kept[stage])
     return llama_prefill_macs(config, seq_lens, rank_lens)
+
+
+# --- HF CLIP vision towers and the token-reduction methods inside them ---------------------------------------------
+def clip_layer_macs(config: Any, attention_tokens: int, mlp_tokens: int | None = None) -> int:
+    """One HF ``CLIPEncoderLayer``: q/k/v/out projections and the two attention matmuls on ``attention_tokens``, the
+    MLP on ``mlp_tokens`` (default the same; ToMe merges in between)."""
+    d, m, t = config.hidden_size, config.intermediate_size, attention_tokens
+    u = t if mlp_tokens is None else mlp_tokens
+    return 4 * t * d * d + 2 * t * t * d + 2 * u * d * m
+
+
+def clip_tower_macs(config: Any, attention_tokens: Sequence[int], mlp_tokens: Sequence[int] | None = None) -> int:
+    """A CLIP vision tower on one image: the patch embedding, then one layer per entry of ``attention_tokens``
+    (tokens entering each layer that runs, [CLS] included) with ``mlp_tokens`` entering its MLP (default the same).
+
+    The interface for any method that changes the tokens per layer: it gives the two per-layer counts. Every layer
+    on 1 + N tokens is the plain tower."""
+    mlp = list(attention_tokens) if mlp_tokens is None else list(mlp_tokens)
+    if len(mlp) != len(attention_tokens):
+        raise ValueError(f"one MLP count per layer: {len(attention_tokens)} layers, {len(mlp)} MLP counts")
+    n = clip_tokens(config) - 1
+    embed = n * config.num_channels * config.patch_size**2 * config.hidden_size
+    return embed + sum(clip_layer_macs(config, t, u) for t, u in zip(attention_tokens, mlp, strict=True))
+
+
+def clip_tokens(config: Any) -> int:
+    """Tokens a CLIP tower's layers see without reduction: the patches plus [CLS]."""
+    return (config.image_size // config.patch_size) ** 2 + 1
+
+
+def tome_macs(config: Any, attention_tokens: Sequence[int], mlp_tokens: Sequence[int]) -> int:
+    """ToMe in a CLIP tower on one image (``llava.model.reduction.tome.token_schedule`` gives the counts): its layers
+    plus the matching of every layer that merges (MLP tokens < attention tokens): the A x B cosine scores of the
+    alternating halves on the keys averaged over heads."""
+    tower = clip_tower_macs(config, attention_tokens, mlp_tokens)  # checks one MLP count per layer
+    head_dim = config.hidden_size // config.num_attention_heads
+    pairs = zip(attention_tokens, mlp_tokens, strict=True)
+    return tower + sum(math.ceil(t / 2) * (t // 2) * head_dim for t, u in pairs if u < t)
+
+
+def visionzip_macs(config: Any, dominant: int, contextual: int) -> int:
+    """VisionZip on one image: the whole tower (every layer on 1 + N tokens), the selected layer's explicit
+    q / k projections and T x T scores for its [CLS] attention, and the contextual merge: the remaining
+    N - dominant tokens' key similarity to the ``contextual`` targets (over head_dim) and the one-hot assignment
+    matmul that sums them (over the width)."""
+    t, d = clip_tokens(config), config.hidden_size
+    head_dim = d // config.num_attention_heads
+    rest = t - 1 - dominant
+    scores = 2 * t * d * d + t * t * d
+    merge = (rest - contextual) * contextual * (head_dim + d)
+    return clip_tower_macs(config, [t] * config.num_hidden_layers) + scores + merge

@@ -19,7 +19,7 @@ decoder multiply-adds (linear layers per slot + attention per slot pair). A row'
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -211,15 +211,39 @@ def pack_for_model(
 
     ``single_row``: None lets the backend decide (one row for flash varlen, cost-planned rows for SDPA / eager);
     True forces one row (with SDPA: one block-diagonal C x C call), False planned rows."""
+    lengths = [int(n) for n in attention_mask.bool().sum(1).tolist()]
+    packed = pack_batch(inputs_embeds, attention_mask, labels, plan_for_model(config, lengths, single_row))
+    return packed, (flash_kwargs(packed) if config._attn_implementation in FLASH_BACKENDS else {})
+
+
+def plan_for_model(config, lengths: Sequence[int], single_row: bool | None = None) -> list[list[int]]:
+    """The rows ``pack_for_model`` lays ``lengths`` (real tokens per sample, [B] ints) into for ``config``'s
+    attention backend (see ``pack_for_model`` for ``single_row``)."""
     backend = getattr(config, "_attn_implementation", None)
     if not supports_packing(backend):
         raise ValueError(f"attention backend {backend!r} cannot run packed batches: one of {sorted(PACKING_BACKENDS)}")
-    flash = backend in FLASH_BACKENDS
-    lengths = [max(int(n), 1) for n in attention_mask.bool().sum(1).tolist()]
     slot, pair = decoder_costs(config)
-    rows = plan_rows(lengths, slot, pair, single_row=flash or bool(single_row))
-    packed = pack_batch(inputs_embeds, attention_mask, labels, rows)
-    return packed, (flash_kwargs(packed) if flash else {})
+    return plan_rows([max(int(n), 1) for n in lengths], slot, pair, backend in FLASH_BACKENDS or bool(single_row))
+
+
+def packed_slots(config, lengths: Sequence[int], single_row: bool | None = None) -> int:
+    """Slots (real + filler) of the pack ``pack_for_model`` builds for samples of ``lengths`` real tokens."""
+    rows = plan_for_model(config, lengths, single_row)
+    return len(rows) * max(sum(max(int(lengths[i]), 1) for i in row) for row in rows)
+
+
+def unpack_kv(x: Tensor, packed: PackedBatch) -> Tensor:
+    """Packed keys or values [R, heads, C, hd] -> the padded batch's [B, heads, T, hd] (zeros on padding)."""
+    return unpack(x.transpose(1, 2), packed).transpose(1, 2).contiguous()
+
+
+def copy_packed_cache(packed_cache, cache, packed: PackedBatch, layers: Iterable[int]) -> None:
+    """Append each of ``layers``' keys and values from a cache filled on the packed rows (``packed_cache``,
+    [R, heads, C, hd] per layer) to ``cache`` in the padded batch's layout ([B, heads, T, hd]), through the
+    transformers ``Cache.update`` API: decoding then continues from ``cache`` as after a padded prefill."""
+    for i in layers:
+        layer = packed_cache.layers[i]
+        cache.update(unpack_kv(layer.keys, packed), unpack_kv(layer.values, packed), i)
 
 
 def block_causal_mask(packed: PackedBatch, dtype: torch.dtype) -> Tensor:

@@ -154,8 +154,8 @@ def pdrop_forward(
             ``PDropCache`` a previous call returned. use_cache: create a cache when none is given.
         rank_positions: per sample, input positions of the ranking queries (the token before each answer span).
         packed: run each stage's layers padding-free (``llava.model.packing``: rows of samples end to end with a
-            block-diagonal causal mask); ranking and dropping stay per sample in the padded stage layout. Only
-            without a cache (training); the outputs are the padded layout's.
+            block-diagonal causal mask); ranking and dropping stay per sample in the padded stage layout. The
+            outputs, and the cache when one is kept (a packed generation prefill), are the padded layout's.
 
     Returns:
         PDropOutput (hidden states, masks, positions and labels in the last stage's layout; the cache; counts).
@@ -186,7 +186,7 @@ def pdrop_forward(
     queries = query_mask(rank_positions, labels, mask, is_image)
     source = torch.arange(t, device=mask.device).expand(b, t).masked_fill(~mask, -1)
     st = _Stage(inputs_embeds, mask, position_ids, source, is_image, queries, labels)
-    return _prefill(llama_model, st, cfg, cache, position_mode, packed and cache is None)
+    return _prefill(llama_model, st, cfg, cache, position_mode, packed)
 
 
 def _prefill(
@@ -200,10 +200,15 @@ def _prefill(
     next_positions = st.positions.masked_fill(~st.mask, -1).amax(1) + 1  # [B], original coordinates
     kept, lens, pack, hidden = [], [], None, st.hidden
     layers = model.layers[: model.config.num_hidden_layers]
+    # A packed prefill's layers write a scratch cache on the packed rows, moved per stage into the stage's layout.
+    scratch, start = (DynamicCache(config=model.config) if packed and cache is not None else None), 0
     for idx, layer in enumerate(layers):
         if idx == 0 or idx in cfg.layer_list:
             if idx in cfg.layer_list:
                 st.hidden = hidden if pack is None else packing.unpack(hidden, pack)  # [B, L, H] again
+                if scratch is not None:
+                    packing.copy_packed_cache(scratch, cache, pack, range(start, idx))
+                    start = idx
                 st = _drop(layer, model.rotary_emb, st, keep[cfg.layer_list.index(idx)], side, mode == "compact")
             hidden, positions, mask4d = st.hidden, st.positions, _prefill_mask(st.mask, st.hidden.dtype)
             if packed:  # this stage's layers on [R, C] rows instead of [B, L]
@@ -216,8 +221,10 @@ def _prefill(
                 cache.stage_shifts.append(n_image - (st.is_image & st.mask).sum(1))
         kept.append((st.is_image & st.mask).sum(1))
         lens.append(st.mask.sum(1))
-        hidden = _run_layer(layer, hidden, mask4d, positions, rope, cache)
+        hidden = _run_layer(layer, hidden, mask4d, positions, rope, cache if scratch is None else scratch)
     st.hidden = hidden if pack is None else packing.unpack(hidden, pack)
+    if scratch is not None:
+        packing.copy_packed_cache(scratch, cache, pack, range(start, len(layers)))
     if cache is not None:
         cache.next_positions = next_positions
     return PDropOutput(
@@ -372,5 +379,3 @@ def _prepare_cache(model: nn.Module, past, use_cache: bool, mode: str) -> PDropC
             f"past_key_values must be a PDropCache from a previous pdrop_forward, got {type(past).__name__}"
         )
     return PDropCache(model.config, mode) if (use_cache or past is not None) else None
-
-

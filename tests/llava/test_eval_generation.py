@@ -230,8 +230,13 @@ def test_chunked_cli_runs_answer_each_question_once(ckpt, data, tmp_path):
 def test_sidecar_keys_values_and_results_table(loaded, data, tmp_path):
     tokenizer, model, _ = loaded
     answers, sidecar = tmp_path / "sqa.jsonl", tmp_path / "run" / "efficiency.json"
-    summary = generate_answers(sqa_questions(data), generator(loaded, data), str(answers), "m", batch_size=3,
-                               efficiency_file=str(sidecar), progress=False)  # fmt: skip
+    model.set_packed_prefill(False)  # left-padded prompts (tests/llava/test_packed_prefill.py: the packed prefill)
+    try:
+        summary = generate_answers(sqa_questions(data), generator(loaded, data), str(answers), "m", batch_size=3,
+                                   efficiency_file=str(sidecar), progress=False)  # fmt: skip
+    finally:
+        model.set_packed_prefill(True)
+    assert summary["prefill_layout"] == "padded"
     assert json.loads(sidecar.read_text()) == summary
     lines = read_lines(answers)
     images = [r["metadata"] for r in lines if r["metadata"]["visual_tokens"] > 0]
@@ -263,6 +268,39 @@ def test_sidecar_keys_values_and_results_table(loaded, data, tmp_path):
     run = load_run("tiny", str(sidecar.parent))  # eval.results_table reads the sidecar as efficiency.json
     assert run.visual_tokens == pytest.approx(summary["visual_tokens_mean"])
     assert run.seconds_per_answer == pytest.approx(summary["seconds_per_answer"])
+
+
+def test_packed_prefill_flag_keeps_answers_and_reports_layout(ckpt, data, tmp_path):
+    """The answer commands' --packed_prefill: the same answer lines and real prefill positions, no more padding."""
+    runs = {}
+    for flag in ("False", "True"):
+        answers = tmp_path / f"packed_{flag}.jsonl"
+        args = cli_args(ckpt, data, data["sqa"], answers, "--batch-size", "4", "--packed_prefill", flag)
+        assert model_vqa_science.main(args) == 0
+        runs[flag] = (answers.read_text(), json.loads((tmp_path / f"packed_{flag}.jsonl.efficiency.json").read_text()))
+    (padded, padded_sc), (packed, packed_sc) = runs["False"], runs["True"]
+    assert packed == padded
+    assert (padded_sc["prefill_layout"], packed_sc["prefill_layout"]) == ("padded", "packed")
+    assert packed_sc["prompt_tokens"] == padded_sc["prompt_tokens"] > 0
+    # SDPA plans rows by cost: here (a 64-wide LLM, ~100-token prompts) one row per prompt, as padded
+    assert 0 <= packed_sc["prompt_padding_share"] <= padded_sc["prompt_padding_share"]
+
+
+def test_one_row_packed_prefill_has_no_padding(loaded, data, tmp_path):
+    model = loaded[1]
+    gen, questions = generator(loaded, data), sqa_questions(data)
+    model.set_packing(True, single_row=True)  # one row, as flash varlen runs it
+    try:
+        summary = generate_answers(questions, gen, str(tmp_path / "a.jsonl"), "m", batch_size=4, progress=False)
+        packed = [a.text for a in gen.generate(questions)]
+        model.set_packed_prefill(False)
+        padded = [a.text for a in gen.generate(questions)]
+    finally:
+        model.set_packing(True)
+        model.set_packed_prefill(True)
+    assert summary["prefill_layout"] == "packed" and summary["prompt_tokens"] > 0
+    assert summary["prompt_padding_tokens"] == 0 and summary["prompt_padding_share"] == 0
+    assert packed == padded
 
 
 def test_prefill_macs_follow_pyramiddrop_stages(loaded):

@@ -35,6 +35,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from llava.model.config import MultimodalConfig, PDropConfig
 from llava.model.llava_arch import Images, LlavaMetaForCausalLM, LlavaMetaModel, MultimodalInputs
+from llava.model.packed_prefill import packed_prefill, prefill_can_pack, wants_packed_prefill
 from llava.model.packing import PackedBatch, pack_for_model, supports_packing
 from llava.model.splice import ImageTokenLayout
 
@@ -119,6 +120,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         self.pdrop: PDropConfig | None = MultimodalConfig.from_config(config).pdrop
         self.packing = True  # padding-free training forward where the attention backend allows (set_packing)
         self.packing_single_row: bool | None = None  # None: the backend decides (see llava.model.packing)
+        self.packed_prefill = True  # batched generation's prefill padding-free where it can (set_packed_prefill)
         self.post_init()
 
     def get_model(self) -> LlavaLlamaModel:
@@ -144,6 +146,14 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         """Padding-free (packed) LLM batches for forwards with labels (training), or today's padded batches;
         ``single_row`` forces one row (True) or planned rows (False) instead of the backend's choice (None)."""
         self.packing, self.packing_single_row = bool(enabled), single_row
+
+    def set_packed_prefill(self, enabled: bool) -> None:
+        """Padding-free prefill of batched generation (``llava.model.packed_prefill``), or the left-padded one."""
+        self.packed_prefill = bool(enabled)
+
+    def prefill_packs(self) -> bool:
+        """Whether a batched ``generate`` runs its prefill packed: the flag is on and the backend packs."""
+        return self.packed_prefill and prefill_can_pack(self.config, self.pdrop is not None)
 
     def _packs(self, labels: Tensor | None, attention_mask: Tensor | None, cache: Cache | None) -> bool:
         """Pack this forward: packing on, a loss to compute (no decoding cache), a backend that keeps samples apart."""
@@ -199,16 +209,18 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             attention_mask, position_ids, labels = mm.attention_mask, mm.position_ids, mm.labels
             boundary_loss = mm.boundary_loss
         packed, pack_llm = None, self._packs(labels, attention_mask, cache)
+        length = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
+        pack_prefill = wants_packed_prefill(
+            self.packed_prefill, self.config, self.pdrop is not None, labels, attention_mask, cache, length
+        )
         if pack_llm and self.pdrop is None:  # PyramidDrop packs each of its stages itself
             if inputs_embeds is None:
                 inputs_embeds, input_ids = self.model.embed_tokens(input_ids), None
             packed, extra = pack_for_model(self.config, inputs_embeds, attention_mask, labels, self.packing_single_row)
             inputs_embeds, position_ids, labels = packed.inputs_embeds, packed.position_ids, packed.labels
             attention_mask, use_cache, kwargs = None, False, {**kwargs, **extra}  # restarting positions: block mask
-        outputs, labels = self._run_llm(
-            input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, image_layouts, labels, kwargs,
-            packed=pack_llm,
-        )
+        outputs, labels = self._run_llm(input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache,
+                                        image_layouts, labels, kwargs, packed=pack_llm or pack_prefill)  # fmt: skip
         hidden = outputs.last_hidden_state  # [B, T, H]
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])  # [B, T or kept, V]
@@ -260,7 +272,13 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         kwargs: dict[str, Any],
         packed: bool = False,
     ) -> tuple[BaseModelOutputWithPast, Tensor | None]:
-        """The decoder stack: plain, or PyramidDrop's (which may shorten the sequence, and the labels with it)."""
+        """The decoder stack: plain, or PyramidDrop's (which may shorten the sequence, and the labels with it);
+        ``packed`` without labels: a generation prefill on the prompts end to end (``llava.model.packed_prefill``)."""
+        if inputs_embeds is None and (packed or self.pdrop is not None):
+            inputs_embeds, input_ids = self.model.embed_tokens(input_ids), None
+        if self.pdrop is None and packed and labels is None:
+            hidden = packed_prefill(self.model, inputs_embeds, attention_mask, cache, self.packing_single_row)
+            return BaseModelOutputWithPast(last_hidden_state=hidden, cache=cache), labels
         if self.pdrop is None:
             out = self.model(
                 input_ids=input_ids,
@@ -274,8 +292,6 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             return out, labels
         from llava.model.pdrop import pdrop_forward  # only models with PyramidDrop need it
 
-        if inputs_embeds is None:
-            inputs_embeds = self.model.embed_tokens(input_ids)
         out = pdrop_forward(
             self.model,
             inputs_embeds,
@@ -285,7 +301,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             self.pdrop,
             labels=labels,
             past_key_values=cache,
-            use_cache=bool(use_cache) and not packed,
+            use_cache=bool(use_cache) and not (packed and labels is not None),  # packed training keeps no cache
             packed=packed,
         )
         return BaseModelOutputWithPast(last_hidden_state=out.last_hidden_state, cache=out.past_key_values), out.labels

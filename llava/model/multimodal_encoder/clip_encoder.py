@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from llava.model.flops import clip_tokens, clip_tower_macs
 from llava.model.multimodal_encoder.base import TrainMode, VisionFeatures, VisionTower, check_train_mode
 
 
@@ -86,11 +87,7 @@ class CLIPVisionTower(VisionTower):
         """GMACs per image of the whole ViT (every layer runs): patch embedding, qkv/out projections, the two
         attention matmuls and the MLP per layer, on 1 + N tokens (norms and activations left out, < 0.5%)."""
         c = self.config
-        n = (c.image_size // c.patch_size) ** 2
-        t, d, m = n + 1, c.hidden_size, c.intermediate_size
-        per_layer = 4 * t * d * d + 2 * t * t * d + 2 * t * d * m
-        embed = n * c.num_channels * c.patch_size**2 * d
-        return [(embed + c.num_hidden_layers * per_layer) / 1e9] * len(features.features)
+        return [clip_tower_macs(c, [clip_tokens(c)] * c.num_hidden_layers) / 1e9] * len(features.features)
 
     def _check_select_layer(self) -> None:
         n = self.config.num_hidden_layers + 1  # hidden_states holds the embeddings plus every layer

@@ -42,6 +42,17 @@ def r_for(num_tokens: int, r: int) -> int:
     return max(0, min(r, (num_tokens - 1) // 2))
 
 
+def token_schedule(num_tokens: int, r: int, layers: int) -> tuple[list[int], list[int]]:
+    """Tokens entering each of ``layers`` ToMe blocks' attention and MLP (merging happens in between), for a
+    sequence of ``num_tokens`` ([CLS] included): what ``llava.model.flops.tome_macs`` counts."""
+    attention, mlp = [], []
+    for _ in range(layers):
+        attention.append(num_tokens)
+        num_tokens -= r_for(num_tokens, r)
+        mlp.append(num_tokens)
+    return attention, mlp
+
+
 def merge_weighted(x: Tensor, size: Tensor, metric: Tensor, r: int) -> tuple[Tensor, Tensor]:
     """One ToMe step: x [B, T, D], size [B, T, 1] -> ([B, T - r, D], [B, T - r, 1]) size-weighted merged tokens."""
     r = r_for(x.shape[1], r)

@@ -16,10 +16,11 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
+from llava.model.flops import clip_tokens, tome_macs, visionzip_macs
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.reduction.random import random_prune
 from llava.model.reduction.spec import Method, Random, ToMe, Uniform, VisionZip, parse_token_reduction
-from llava.model.reduction.tome import merge_weighted
+from llava.model.reduction.tome import merge_weighted, token_schedule
 from llava.model.reduction.uniform import uniform_pool
 from llava.model.reduction.visionzip import visionzip_merge
 
@@ -58,11 +59,15 @@ def layer_attention_and_keys(layer, hidden_in: Tensor) -> tuple[Tensor, Tensor]:
     return ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1), k
 
 
+def _selected(tower: VisionTower, num_layers: int) -> int:
+    """The hidden_states index of the tower's selected layer (the output of layer index - 1): the layers that run."""
+    return tower.select_layer % (num_layers + 1)
+
+
 def _visionzip(tower: VisionTower, images: Tensor, spec: VisionZip) -> VisionFeatures:
     model = _clip_model(tower, spec)
     out = model(images.to(device=tower.device, dtype=tower.dtype), output_hidden_states=True)
-    num_layers = len(out.hidden_states) - 1
-    index = tower.select_layer % (num_layers + 1)  # hidden_states index: output of layer index - 1
+    index = _selected(tower, len(out.hidden_states) - 1)
     if index == 0:
         raise ValueError("--token_reduction visionzip needs mm_vision_select_layer to name a block, not the embeddings")
     layer = clip_layers(model)[index - 1]
@@ -98,7 +103,7 @@ def _tome(tower: VisionTower, images: Tensor, spec: ToMe) -> VisionFeatures:
     model = _clip_model(tower, spec)
     vision = getattr(model, "vision_model", model)
     layers = clip_layers(model)
-    index = tower.select_layer % (len(layers) + 1)  # hidden_states index: output of layer index - 1
+    index = _selected(tower, len(layers))
     x = vision.pre_layrnorm(vision.embeddings(images.to(device=tower.device, dtype=tower.dtype)))  # [B, 1 + N, D]
     size = torch.ones_like(x[..., :1])  # [B, 1 + N, 1]
     for layer in layers[:index]:
@@ -147,6 +152,19 @@ def encode_reduced(tower: VisionTower, images: Tensor, methods: tuple[Method, ..
     return features
 
 
+def replaced_tower_gmacs(tower: VisionTower, methods: tuple[Method, ...]) -> float | None:
+    """Analytic GMACs per image of a tower run that VisionZip or ToMe replaced (``llava.model.flops``); None when
+    no method replaced the tower's own forward (uniform pooling, random pruning: the tower's count holds)."""
+    replacing = [m for m in methods if isinstance(m, VisionZip | ToMe)]
+    if not replacing:
+        return None
+    config = tower.config
+    if isinstance(replacing[0], VisionZip):
+        return visionzip_macs(config, replacing[0].dominant, replacing[0].contextual) / 1e9
+    schedule = token_schedule(clip_tokens(config), replacing[0].r, _selected(tower, config.num_hidden_layers))
+    return tome_macs(config, *schedule) / 1e9
+
+
 def vision_methods(text: str | None) -> tuple[Method, ...]:
     """The methods of a ``--token_reduction`` text that act in or right after the tower (not in the LLM)."""
     return tuple(m for m in parse_token_reduction(text) if m.stage != "llm")
@@ -158,3 +176,11 @@ class VisionReduction(nn.Module):
 
     def forward(self, tower: VisionTower, images: Tensor, methods: tuple[Method, ...]) -> VisionFeatures:
         return encode_reduced(tower, images, methods)
+
+    def analytic_gflops(
+        self, tower: VisionTower, methods: tuple[Method, ...], features: VisionFeatures
+    ) -> list[float] | None:
+        """GMACs per image of ``features`` when a method replaced the tower's forward, else None (see
+        ``replaced_tower_gmacs``)."""
+        gmacs = replaced_tower_gmacs(tower, methods)
+        return None if gmacs is None else [gmacs] * len(features.features)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import CLIPVisionConfig
 
 from llava.conversation import conv_templates
 from llava.eval import model_vqa_science
-from llava.model.flops import prefill_macs
+from llava.model.flops import clip_tower_macs, prefill_macs, tome_macs, visionzip_macs
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 from llava_drip_demo.base_llm import train_tokenizer
 
@@ -47,21 +48,26 @@ def _answer(root, out, *flag):
     return lines, json.loads((out.parent / (out.name + ".efficiency.json")).read_text())
 
 
+FULL = lambda c: clip_tower_macs(c, [17] * 3)  # every layer of the tiny CLIP on 16 patches + [CLS]
+
+
 @pytest.mark.parametrize(
-    "flag, tokens, tower_known",
+    "flag, tokens, tower_macs",
     [
-        (None, 16, True),
-        ("uniform:size=2", 4, True),
-        ("random:keep=5", 5, True),
-        ("visionzip:dominant=3,contextual=2", 5, False),
-        ("tome:r=3", 16 - 3 * 2, False),  # 2 blocks up to layer -2, 3 merges each
-        ("uniform:size=2+fastv:k=1,ratio=0.5", 4, True),
+        (None, 16, FULL),
+        ("uniform:size=2", 4, FULL),
+        ("random:keep=5", 5, FULL),
+        ("visionzip:dominant=3,contextual=2", 5, lambda c: visionzip_macs(c, 3, 2)),
+        ("tome:r=3", 16 - 3 * 2, lambda c: tome_macs(c, [17, 14], [14, 11])),  # 2 blocks up to layer -2, 3 merges
+        ("uniform:size=2+fastv:k=1,ratio=0.5", 4, FULL),
     ],
 )
-def test_answers_and_sidecar_follow_the_flag(clip_run, tmp_path, flag, tokens, tower_known):
+def test_answers_and_sidecar_follow_the_flag(tiny, clip_run, tmp_path, flag, tokens, tower_macs):
     lines, sidecar = _answer(clip_run, tmp_path / "a.jsonl", *(["--token_reduction", flag] if flag else []))
     assert [r["metadata"]["visual_tokens"] for r in lines] == [tokens, tokens]
-    assert (sidecar["tower_gflops"] is not None) == tower_known
+    gmacs = tower_macs(CLIPVisionConfig(**tiny.clip)) / 1e9
+    assert sidecar["tower_gflops"] == pytest.approx(gmacs, abs=1e-6)  # VisionZip and ToMe too (null before)
+    assert [r["metadata"]["tower_gflops"] for r in lines] == [round(gmacs, 6)] * 2
     config = LlavaLlamaForCausalLM.config_class.from_pretrained(clip_run / "ckpt")
     if flag and "fastv" in flag:  # FastV's drop shows in the prefill count, through PyramidDrop's schedule
         config.pdrop_layer_list, config.pdrop_image_token_ratio_list = [1], [0.5]
