@@ -1,4 +1,4 @@
-"""What the LLaVA language model costs, counted analytically in multiply-adds (MACs).
+"""What the LLaVA language model (and LLaVA's HF CLIP tower) costs, counted analytically in multiply-adds (MACs).
 
 The LLM-side twin of ``drip.flops`` (the tower side): one multiply-add counts as one flop, fvcore's convention, which
 ``drip.flops`` and PyramidDrop's tables (Xing et al., 2024) use too, so "GFLOPs" here are GMACs. Counts come from
@@ -12,6 +12,12 @@ number of tokens each decoder layer processes:
 * ``staged_prefill_macs``: one prompt under a PyramidDrop schedule; ``prefill_macs`` takes the schedule from a
   LLaVA model's config (none: every layer sees every token).
 
+The HF CLIP tower (``CLIPVisionTower``; DRIP towers count themselves in ``drip.flops``):
+
+* ``clip_layer_macs``: one encoder layer whose queries (and so residual and MLP) run on ``queries`` tokens while
+  keys and values run on ``keys`` tokens (equal for a plain layer; fewer queries under Patch Slimming);
+* ``clip_tower_macs``: the patch embedding plus a list of such layers (norms and activations left out, < 0.5 %).
+
 Used by the efficiency sidecar of ``llava.eval`` and by ``benchmarks/llava_prefill.py`` and
 ``benchmarks/train_step.py``; none of them needs to import PyramidDrop's decoder to count.
 """
@@ -24,7 +30,30 @@ from typing import Any
 from llava.model.config import MultimodalConfig, PDropConfig
 from llava.model.pdrop_schedule import keep_counts
 
-__all__ = ["decoder_layer_macs", "llama_prefill_macs", "prefill_macs", "rank_macs", "staged_prefill_macs"]
+__all__ = [
+    "clip_layer_macs",
+    "clip_tower_macs",
+    "decoder_layer_macs",
+    "llama_prefill_macs",
+    "prefill_macs",
+    "rank_macs",
+    "staged_prefill_macs",
+]
+
+
+def clip_layer_macs(config: Any, queries: int, keys: int) -> int:
+    """One CLIP encoder layer: q and out projections, residual and MLP on ``queries`` tokens, k/v projections on
+    ``keys`` tokens, and the two attention matmuls over the ``queries x keys`` scores."""
+    d, m = config.hidden_size, config.intermediate_size
+    return 2 * queries * d * d + 2 * keys * d * d + 2 * queries * keys * d + 2 * queries * d * m
+
+
+def clip_tower_macs(config: Any, layers: Sequence[tuple[int, int]]) -> int:
+    """A ``CLIPVisionConfig`` tower: the patch embedding, then one ``(queries, keys)`` layer per entry of ``layers``
+    (the layers that run; ``[(1 + N, 1 + N)] * num_hidden_layers`` for the whole unpruned ViT)."""
+    n = (config.image_size // config.patch_size) ** 2
+    embed = n * config.num_channels * config.patch_size**2 * config.hidden_size
+    return embed + sum(clip_layer_macs(config, int(q), int(k)) for q, k in layers)
 
 
 def decoder_layer_macs(config: Any, seq_len: int) -> int:

@@ -53,6 +53,8 @@ class VisionFeatures:
     features: list[Tensor]  # B tensors [N_i, D] (padding already stripped)
     token_counts: Tensor  # [B] long, N_i
     drip: DripExtras | None = None  # DRIP towers only
+    # per-image tower GMACs, set by a token-reduction method that runs the tower's layers itself (Patch Slimming)
+    tower_gflops: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.features) != self.token_counts.shape[0]:

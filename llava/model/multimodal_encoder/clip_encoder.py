@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from llava.model.flops import clip_tower_macs
 from llava.model.multimodal_encoder.base import TrainMode, VisionFeatures, VisionTower, check_train_mode
 
 
@@ -83,14 +84,10 @@ class CLIPVisionTower(VisionTower):
         self.requires_grad_(mode == "all")
 
     def analytic_gflops(self, features: VisionFeatures) -> list[float]:
-        """GMACs per image of the whole ViT (every layer runs): patch embedding, qkv/out projections, the two
-        attention matmuls and the MLP per layer, on 1 + N tokens (norms and activations left out, < 0.5%)."""
-        c = self.config
-        n = (c.image_size // c.patch_size) ** 2
-        t, d, m = n + 1, c.hidden_size, c.intermediate_size
-        per_layer = 4 * t * d * d + 2 * t * t * d + 2 * t * d * m
-        embed = n * c.num_channels * c.patch_size**2 * d
-        return [(embed + c.num_hidden_layers * per_layer) / 1e9] * len(features.features)
+        """GMACs per image of the whole ViT (every layer on 1 + N tokens), ``llava.model.flops.clip_tower_macs``."""
+        t = (self.config.image_size // self.config.patch_size) ** 2 + 1
+        macs = clip_tower_macs(self.config, [(t, t)] * self.config.num_hidden_layers)
+        return [macs / 1e9] * len(features.features)
 
     def _check_select_layer(self) -> None:
         n = self.config.num_hidden_layers + 1  # hidden_states holds the embeddings plus every layer
