@@ -118,6 +118,9 @@ def test_tower_gmacs_are_what_fvcore_counts(tiny, tmp_path):
     assert sum(reported) * 1e9 == pytest.approx(executed, rel=1e-9)
     unpruned = tower.analytic_gflops(tower(images))[0]
     assert 0 < reported[0] < unpruned
+    with torch.no_grad():  # the unpruned count (same formula) against fvcore on the HF tower's own forward
+        whole = fvcore_analysis(tower.vision_tower, (images,)).by_operator()
+    assert unpruned * 2e9 == pytest.approx(sum(v for op, v in whole.items() if op != "layer_norm"), rel=1e-9)
 
 
 def test_composes_with_fastv_and_trains_one_step(tiny, tmp_path):
