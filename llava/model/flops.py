@@ -1,4 +1,4 @@
-"""What the LLaVA language model costs, counted analytically in multiply-adds (MACs).
+"""What the LLaVA language model (and LLaVA's HF CLIP tower) costs, counted analytically in multiply-adds (MACs).
 
 The LLM-side twin of ``drip.flops`` (the tower side): one multiply-add counts as one flop, fvcore's convention, which
 ``drip.flops`` and PyramidDrop's tables (Xing et al., 2024) use too, so "GFLOPs" here are GMACs. Counts come from
@@ -110,26 +110,40 @@ def staged_prefill_macs(config: Any, text_tokens: int, image_tokens: int, pdrop:
 
 
 # --- HF CLIP vision towers and the token-reduction methods inside them ---------------------------------------------
-def clip_layer_macs(config: Any, attention_tokens: int, mlp_tokens: int | None = None) -> int:
-    """One HF ``CLIPEncoderLayer``: q/k/v/out projections and the two attention matmuls on ``attention_tokens``, the
-    MLP on ``mlp_tokens`` (default the same; ToMe merges in between)."""
+def clip_layer_macs(
+    config: Any, attention_tokens: int, mlp_tokens: int | None = None, key_tokens: int | None = None
+) -> int:
+    """One HF ``CLIPEncoderLayer``: q/out projections on the ``attention_tokens`` queries, k/v projections on
+    ``key_tokens`` (default the queries; Patch Slimming's layers query only the tokens they keep but attend over
+    every token the layer below kept), the two attention matmuls over queries x keys, and the MLP on ``mlp_tokens``
+    (default the queries; ToMe merges between attention and MLP)."""
     d, m, t = config.hidden_size, config.intermediate_size, attention_tokens
     u = t if mlp_tokens is None else mlp_tokens
-    return 4 * t * d * d + 2 * t * t * d + 2 * u * d * m
+    k = t if key_tokens is None else key_tokens
+    return 2 * t * d * d + 2 * k * d * d + 2 * t * k * d + 2 * u * d * m
 
 
-def clip_tower_macs(config: Any, attention_tokens: Sequence[int], mlp_tokens: Sequence[int] | None = None) -> int:
+def clip_tower_macs(
+    config: Any,
+    attention_tokens: Sequence[int],
+    mlp_tokens: Sequence[int] | None = None,
+    key_tokens: Sequence[int] | None = None,
+) -> int:
     """A CLIP vision tower on one image: the patch embedding, then one layer per entry of ``attention_tokens``
-    (tokens entering each layer that runs, [CLS] included) with ``mlp_tokens`` entering its MLP (default the same).
+    (query tokens of each layer that runs, [CLS] included) with ``mlp_tokens`` entering its MLP and ``key_tokens``
+    its keys/values (both default the same).
 
-    The interface for any method that changes the tokens per layer: it gives the two per-layer counts. Every layer
+    The interface for any method that changes the tokens per layer: it gives the per-layer counts. Every layer
     on 1 + N tokens is the plain tower."""
+    layers = len(attention_tokens)
     mlp = list(attention_tokens) if mlp_tokens is None else list(mlp_tokens)
-    if len(mlp) != len(attention_tokens):
-        raise ValueError(f"one MLP count per layer: {len(attention_tokens)} layers, {len(mlp)} MLP counts")
+    keys = list(attention_tokens) if key_tokens is None else list(key_tokens)
+    if len(mlp) != layers or len(keys) != layers:
+        raise ValueError(f"one MLP and key count per layer: {layers} layers, {len(mlp)} MLP, {len(keys)} key counts")
     n = clip_tokens(config) - 1
     embed = n * config.num_channels * config.patch_size**2 * config.hidden_size
-    return embed + sum(clip_layer_macs(config, t, u) for t, u in zip(attention_tokens, mlp, strict=True))
+    counts = zip(attention_tokens, mlp, keys, strict=True)
+    return embed + sum(clip_layer_macs(config, t, u, k) for t, u, k in counts)
 
 
 def clip_tokens(config: Any) -> int:

@@ -4,6 +4,7 @@ text-only samples mix with image samples, and a killed run resumes to the uninte
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -271,3 +272,20 @@ def test_empty_folder_as_model_is_named(tmp_path, world):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="--model_name_or_path .*empty: a directory without config.json"):
         train(run_args(world, tmp_path / "empty", tmp_path / "out"))
+
+
+@pytest.mark.slow  # one short training run (~10 s on the shared 2 cores)
+def test_patch_slimming_trains_and_the_checkpoint_records_it(tmp_path, world, base_llm, clip_dir):
+    schedule = tmp_path / "s.json"
+    kept = [[0, 2, 4, 6, 9, 11], [2, 6, 9]]  # the tiny CLIP's 2 blocks up to layer -2
+    schedule.write_text(json.dumps({"format": "patch_slimming_schedule", "num_patches": 16, "kept_patches": kept}))
+    out = tmp_path / "slim"
+    args = with_flag(run_args(world, base_llm, out), "--vision_tower", str(clip_dir))
+    flag = f"patch_slimming:schedule={schedule}+fastv:k=1,ratio=0.5"
+    trainer = train([*args, "--max_steps", "1", "--save_strategy", "no", "--tune_vision_tower", "all",
+                     "--mm_vision_select_layer", "-2", "--token_reduction", flag])  # fmt: skip
+    assert len(losses(trainer)) == 1 and all(math.isfinite(v) for v in losses(trainer).values())
+    assert json.loads((out / "config.json").read_text())["mm_token_reduction"] == flag
+    with torch.no_grad():
+        counts = trainer.model.encode_image_features(torch.randn(2, 3, 32, 32)).token_counts
+    assert counts.tolist() == [3, 3]

@@ -12,18 +12,28 @@ from typing import Any
 
 from llava.model.config import MultimodalConfig
 from llava.model.reduction.fastv import fastv_schedule
-from llava.model.reduction.spec import FLAG, FastV, canonical, parse_token_reduction
+from llava.model.reduction.patch_slimming import load_schedule
+from llava.model.reduction.spec import FLAG, FastV, Method, PatchSlimming, canonical, parse_token_reduction
+
+
+def check_files(methods: tuple[Method, ...]) -> None:
+    """Read what the methods name on disk (Patch Slimming's schedule), so a bad file fails before any model runs."""
+    for method in methods:
+        if isinstance(method, PatchSlimming):
+            load_schedule(method.schedule)
 
 
 def apply_token_reduction(model: Any, text: str | None) -> None:
     """Record ``text`` (None: leave the model's setting as it is; ``"none"``: turn reduction off) on ``model``.
 
     Raises:
-        ValueError: a bad flag, or FastV on a model that already has another PyramidDrop schedule.
+        ValueError: a bad flag or schedule file, or FastV on a model that already has another PyramidDrop schedule.
+        FileNotFoundError: a schedule file that does not exist.
     """
     if text is None:
         return
     methods = parse_token_reduction(text)
+    check_files(methods)
     mm = MultimodalConfig.from_config(model.config)
     previous_fastv = [m for m in parse_token_reduction(mm.token_reduction) if isinstance(m, FastV)]
     fastv = [m for m in methods if isinstance(m, FastV)]
@@ -44,14 +54,15 @@ def add_token_reduction_arg(parser: argparse.ArgumentParser) -> None:
         "--token-reduction",
         dest="token_reduction",
         default=None,
-        help='e.g. "visionzip:dominant=54,contextual=10", "uniform:size=12+fastv:k=2,ratio=0.5"; "none" turns '
-        "off what the checkpoint recorded; default: the checkpoint's mm_token_reduction",
+        help='e.g. "visionzip:dominant=54,contextual=10", "uniform:size=12+fastv:k=2,ratio=0.5", '
+        '"patch_slimming:schedule=PATH"; "none" turns off what the checkpoint recorded; default: the checkpoint\'s '
+        "mm_token_reduction",
     )
 
 
 def check_token_reduction_arg(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """argparse's usage error for a bad ``--token_reduction`` (before any model is loaded)."""
     try:
-        parse_token_reduction(args.token_reduction)
-    except ValueError as e:
+        check_files(parse_token_reduction(args.token_reduction))
+    except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))

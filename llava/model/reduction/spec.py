@@ -2,7 +2,8 @@
 
 Several methods are joined by ``+`` and run in the order of the data flow (tower, tower output, LLM), e.g.
 ``uniform:size=12``, ``random:keep=144,seed=0``, ``visionzip:dominant=54,contextual=10``, ``tome:r=8``,
-``fastv:k=2,ratio=0.5`` or ``visionzip:dominant=54,contextual=10+fastv:k=2,ratio=0.5``. ``none`` (or an empty
+``patch_slimming:schedule=PATH``, ``fastv:k=2,ratio=0.5`` or ``visionzip:dominant=54,contextual=10+fastv:k=2,ratio=0.5``
+(a path may hold neither ``,`` nor ``+``). ``none`` (or an empty
 string) turns reduction off. The text is parsed into one frozen dataclass per method; a bad value raises a
 ValueError naming the flag, the method and its allowed keys. The model config stores the canonical text as the flat
 key ``mm_token_reduction`` so a checkpoint records what it was trained or evaluated with.
@@ -73,6 +74,19 @@ class ToMe:
 
 
 @dataclass(frozen=True)
+class PatchSlimming:
+    """Patch Slimming: the per-layer kept patches of the schedule file ``schedule``, pruned inside the CLIP tower."""
+
+    name: ClassVar[str] = "patch_slimming"
+    stage: ClassVar[Stage] = "tower"
+    schedule: str  # JSON written by ``python -m llava.model.reduction.patch_slimming_search``
+
+    def __post_init__(self) -> None:
+        if not self.schedule:
+            raise ValueError(f"{FLAG} {self.name}: schedule must name a schedule file")
+
+
+@dataclass(frozen=True)
 class FastV:
     """FastV: before LLM layer ``k`` drop the fraction ``ratio`` of image tokens the last token attends least."""
 
@@ -88,8 +102,8 @@ class FastV:
             raise ValueError(f"{FLAG} fastv: ratio must lie in [0, 1), got {self.ratio}")
 
 
-Method = Uniform | Random | VisionZip | ToMe | FastV
-METHODS: dict[str, type] = {cls.name: cls for cls in (Uniform, Random, VisionZip, ToMe, FastV)}
+Method = Uniform | Random | VisionZip | ToMe | PatchSlimming | FastV
+METHODS: dict[str, type] = {cls.name: cls for cls in (Uniform, Random, VisionZip, ToMe, PatchSlimming, FastV)}
 
 
 def _check_positive(method: Method, key: str) -> None:
@@ -102,8 +116,10 @@ def _allowed(cls: type) -> str:
     return ", ".join(f.name for f in dataclasses.fields(cls))
 
 
-def _parse_value(cls: type, key: str, text: str) -> int | float:
+def _parse_value(cls: type, key: str, text: str) -> int | float | str:
     kind = {f.name: f.type for f in dataclasses.fields(cls)}[key]
+    if kind == "str":
+        return text
     try:
         return float(text) if kind == "float" else int(text)
     except ValueError:
@@ -117,7 +133,7 @@ def parse_method(text: str) -> Method:
     cls = METHODS.get(name.strip())
     if cls is None:
         raise ValueError(f"{FLAG}: unknown method {name.strip()!r} in {text!r}; known: {', '.join(METHODS)}")
-    values: dict[str, int | float] = {}
+    values: dict[str, int | float | str] = {}
     for item in filter(None, (a.strip() for a in args.split(","))):
         key, eq, value = (s.strip() for s in item.partition("="))
         if not eq or key not in {f.name for f in dataclasses.fields(cls)}:

@@ -2,8 +2,9 @@
 
 ``encode_reduced`` is what ``LlavaMetaForCausalLM.encode_image_features`` calls in place of ``tower(images)`` when the
 config names vision-side methods (``mm_token_reduction``). Methods that need the tower's internals (VisionZip's
-[CLS] attention and keys, ToMe's merging inside the blocks) need an HF CLIP tower (``CLIPVisionTower``); uniform
-pooling needs a square patch grid (a CLIP tower), random pruning works on any tower, DRIP included.
+[CLS] attention and keys, ToMe's merging inside the blocks, Patch Slimming's pruned blocks) need an HF CLIP tower
+(``CLIPVisionTower``); uniform pooling needs a square patch grid (a CLIP tower), random pruning works on any tower,
+DRIP included.
 
 VisionZip's scores are computed here explicitly from the selected layer's input (its ``layer_norm1``, ``q_proj``,
 ``k_proj``), so the tower may run with SDPA or flash attention, which return no attention weights.
@@ -16,10 +17,11 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from llava.model.flops import clip_tokens, tome_macs, visionzip_macs
+from llava.model.flops import clip_tokens, clip_tower_macs, tome_macs, visionzip_macs
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
+from llava.model.reduction.patch_slimming import check_fits, load_schedule, query_positions, slim_layer
 from llava.model.reduction.random import random_prune
-from llava.model.reduction.spec import Method, Random, ToMe, Uniform, VisionZip, parse_token_reduction
+from llava.model.reduction.spec import Method, PatchSlimming, Random, ToMe, Uniform, VisionZip, parse_token_reduction
 from llava.model.reduction.tome import merge_weighted, token_schedule
 from llava.model.reduction.uniform import uniform_pool
 from llava.model.reduction.visionzip import visionzip_merge
@@ -114,6 +116,37 @@ def _tome(tower: VisionTower, images: Tensor, spec: ToMe) -> VisionFeatures:
     return VisionFeatures(features=list(x.unbind(0)), token_counts=counts)
 
 
+def _patch_slimming(tower: VisionTower, images: Tensor, spec: PatchSlimming) -> VisionFeatures:
+    """Run the CLIP blocks up to the selected layer, each on the tokens its predecessor kept, outputs gathered to the
+    schedule's kept tokens (shorter sequences layer by layer); reports the GMACs of what ran."""
+    model = _clip_model(tower, spec)
+    vision = getattr(model, "vision_model", model)
+    layers = clip_layers(model)
+    index = tower.select_layer % (len(layers) + 1)  # hidden_states index: output of layer index - 1
+    schedule = _fitting_schedule(tower, spec, index)
+    x = vision.pre_layrnorm(vision.embeddings(images.to(device=tower.device, dtype=tower.dtype)))  # [B, 1 + N, D]
+    for layer, queries in zip(layers[:index], query_positions(schedule, x.device), strict=True):
+        x = slim_layer(layer, x, queries)  # [B, 1 + |m_l|, D]
+    if tower.select_feature == "patch":
+        x = x[:, 1:]
+    counts = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+    return VisionFeatures(features=list(x.unbind(0)), token_counts=counts)
+
+
+def _fitting_schedule(tower: VisionTower, spec: PatchSlimming, index: int):
+    schedule = load_schedule(spec.schedule)
+    check_fits(schedule, spec.schedule, (tower.config.image_size // tower.config.patch_size) ** 2, index)
+    return schedule
+
+
+def _patch_slimming_gmacs(tower: VisionTower, spec: PatchSlimming) -> float:
+    """The layers that ran, each querying its kept tokens over the layer below's (static masks: no scoring)."""
+    index = tower.select_layer % (tower.config.num_hidden_layers + 1)
+    schedule = _fitting_schedule(tower, spec, index)
+    queries, keys = [schedule.tokens(i) for i in range(index)], [schedule.tokens(i - 1) for i in range(index)]
+    return clip_tower_macs(tower.config, queries, key_tokens=keys) / 1e9
+
+
 def _post_process(tower: VisionTower, features: VisionFeatures, method: Method) -> VisionFeatures:
     """Apply a method that works on the tower's output tokens (uniform, random) to every image."""
     has_cls = getattr(tower, "select_feature", "patch") == "cls_patch"
@@ -135,15 +168,17 @@ def encode_reduced(tower: VisionTower, images: Tensor, methods: tuple[Method, ..
 
     Raises:
         ValueError: a method the tower cannot run (see the module docstring), or two methods that both replace
-            the tower's forward pass (VisionZip, ToMe).
+            the tower's forward pass (VisionZip, ToMe, Patch Slimming).
     """
-    replacing = [m for m in methods if isinstance(m, VisionZip | ToMe)]
+    replacing = [m for m in methods if isinstance(m, VisionZip | ToMe | PatchSlimming)]
     if len(replacing) > 1:
         raise ValueError(f"--token_reduction: {' and '.join(m.name for m in replacing)} cannot be combined")
     if replacing and isinstance(replacing[0], VisionZip):
         features = _visionzip(tower, images, replacing[0])
-    elif replacing:
+    elif replacing and isinstance(replacing[0], ToMe):
         features = _tome(tower, images, replacing[0])
+    elif replacing:
+        features = _patch_slimming(tower, images, replacing[0])
     else:
         features = tower(images)
     for method in methods:
@@ -153,12 +188,14 @@ def encode_reduced(tower: VisionTower, images: Tensor, methods: tuple[Method, ..
 
 
 def replaced_tower_gmacs(tower: VisionTower, methods: tuple[Method, ...]) -> float | None:
-    """Analytic GMACs per image of a tower run that VisionZip or ToMe replaced (``llava.model.flops``); None when
-    no method replaced the tower's own forward (uniform pooling, random pruning: the tower's count holds)."""
-    replacing = [m for m in methods if isinstance(m, VisionZip | ToMe)]
+    """Analytic GMACs per image of a tower run that VisionZip, ToMe or Patch Slimming replaced (``llava.model.flops``);
+    None when no method replaced the tower's own forward (uniform pooling, random pruning: the tower's count holds)."""
+    replacing = [m for m in methods if isinstance(m, VisionZip | ToMe | PatchSlimming)]
     if not replacing:
         return None
     config = tower.config
+    if isinstance(replacing[0], PatchSlimming):
+        return _patch_slimming_gmacs(tower, replacing[0])
     if isinstance(replacing[0], VisionZip):
         return visionzip_macs(config, replacing[0].dominant, replacing[0].contextual) / 1e9
     schedule = token_schedule(clip_tokens(config), replacing[0].r, _selected(tower, config.num_hidden_layers))

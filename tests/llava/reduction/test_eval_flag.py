@@ -74,3 +74,15 @@ def test_answers_and_sidecar_follow_the_flag(tiny, clip_run, tmp_path, flag, tok
     for r in lines:
         m = r["metadata"]
         assert m["prefill_gflops"] == pytest.approx(prefill_macs(config, m["text_tokens"], tokens) / 1e9, abs=1e-6)
+
+
+def test_patch_slimming_schedule_through_answer_generation(tiny, clip_run, tmp_path):
+    schedule = tmp_path / "s.json"
+    kept = [[0, 1, 2, 3, 5, 8, 13], [1, 5, 13]]  # the 2 blocks up to layer -2
+    schedule.write_text(json.dumps({"format": "patch_slimming_schedule", "num_patches": 16, "kept_patches": kept}))
+    lines, sidecar = _answer(clip_run, tmp_path / "a.jsonl", "--token_reduction", f"patch_slimming:schedule={schedule}")
+    assert [r["metadata"]["visual_tokens"] for r in lines] == [3, 3]
+    assert sidecar["visual_tokens_mean"] == 3
+    # its tower: 2 layers querying [CLS] + 7 then [CLS] + 3 tokens over the 17 then 8 tokens below them
+    gmacs = clip_tower_macs(CLIPVisionConfig(**tiny.clip), [8, 4], key_tokens=[17, 8]) / 1e9
+    assert sidecar["tower_gflops"] == pytest.approx(gmacs, abs=1e-6)

@@ -65,5 +65,5 @@ def test_the_plain_tower_count_is_the_full_clip(tiny, config):
     assert tower.analytic_gflops(tower(tiny.images(1))) == [clip_tower_macs(config, [T] * LAYERS) / 1e9]
     assert clip_tower_macs(config, [T] * LAYERS) == EMBED + LAYERS * _layer(17, 17)
     assert replaced_tower_gmacs(tower, parse_token_reduction("uniform:size=2")) is None  # the tower's count holds
-    with pytest.raises(ValueError, match="one MLP count per layer"):
+    with pytest.raises(ValueError, match="one MLP and key count per layer"):
         clip_tower_macs(config, [17, 14], [14])

@@ -107,8 +107,9 @@ def test_generation_and_cli_parsers_take_the_flag():
 
     parser = argparse.ArgumentParser()
     add_generation_args(parser, "v1", 0.0)
-    args = parser.parse_args(["--model-path", "m", "--question-file", "q", "--answers-file", "a",
-                              "--token_reduction", "random:keep=3"])
+    args = parser.parse_args(
+        ["--model-path", "m", "--question-file", "q", "--answers-file", "a", "--token_reduction", "random:keep=3"]
+    )
     assert args.token_reduction == "random:keep=3"
     cli = parse_args(["--model-path", "m", "--image-file", "x.png", "--token_reduction", "uniform:size=2"])
     assert cli.token_reduction == "uniform:size=2"
