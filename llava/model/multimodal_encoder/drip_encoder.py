@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from drip import DripConfig, DripVisionTransformer, get_preset, list_presets
+from drip.boundary_modes import BoundaryMode
 from drip.checkpoint import load_drip
 from drip.flops import tower_gmacs
 from drip.segments import draw_segments, patch_boundaries
@@ -94,10 +95,20 @@ class DripVisionTower(VisionTower):
         self.vision_tower = tower
         self.is_loaded = True
 
-    def forward(self, images: Tensor, boundaries: Tensor | Sequence[Tensor] | None = None) -> VisionFeatures:
-        """images [B, C, H, W] -> B tensors [N_i, D]; ``boundaries`` forces DRIP's segmentation (see DripOutput)."""
+    def forward(
+        self,
+        images: Tensor,
+        boundaries: Tensor | Sequence[Tensor] | None = None,
+        boundary_mode: tuple[str, int] | None = None,
+    ) -> VisionFeatures:
+        """images [B, C, H, W] -> B tensors [N_i, D]; ``boundaries`` forces DRIP's segmentation (see DripOutput);
+        ``boundary_mode`` (mode, seed): the ablation's uniform / random boundaries (``drip.boundary_modes``)."""
+        mode = None if boundary_mode is None else BoundaryMode(*boundary_mode)
         out = self.vision_tower(
-            images.to(device=self.device, dtype=self.dtype), boundaries=boundaries, output_hidden_states=True
+            images.to(device=self.device, dtype=self.dtype),
+            boundaries=boundaries,
+            output_hidden_states=True,
+            boundary_mode=mode,
         )
         hidden = out.hidden_states[self.select_layer]  # [B, 1 + L, D], CLS at 0, zeros on padding
         mask = out.hidden_masks[self.select_layer]  # [B, 1 + L] bool, True on real tokens

@@ -3,7 +3,8 @@
 ``encode_reduced`` is what ``LlavaMetaForCausalLM.encode_image_features`` calls in place of ``tower(images)`` when the
 config names vision-side methods (``mm_token_reduction``). Methods that need the tower's internals (VisionZip's
 [CLS] attention and keys, ToMe's merging inside the blocks) need an HF CLIP tower (``CLIPVisionTower``); uniform
-pooling needs a square patch grid (a CLIP tower), random pruning works on any tower, DRIP included.
+pooling needs a square patch grid (a CLIP tower), random pruning works on any tower, DRIP included; the DRIP
+ablation (``drip_boundaries``) needs a DRIP tower, which places its boundaries by that mode.
 
 VisionZip's scores are computed here explicitly from the selected layer's input (its ``layer_norm1``, ``q_proj``,
 ``k_proj``), so the tower may run with SDPA or flash attention, which return no attention weights.
@@ -18,7 +19,15 @@ from torch import Tensor, nn
 
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.reduction.random import random_prune
-from llava.model.reduction.spec import Method, Random, ToMe, Uniform, VisionZip, parse_token_reduction
+from llava.model.reduction.spec import (
+    DripBoundaries,
+    Method,
+    Random,
+    ToMe,
+    Uniform,
+    VisionZip,
+    parse_token_reduction,
+)
 from llava.model.reduction.tome import merge_weighted
 from llava.model.reduction.uniform import uniform_pool
 from llava.model.reduction.visionzip import visionzip_merge
@@ -109,6 +118,18 @@ def _tome(tower: VisionTower, images: Tensor, spec: ToMe) -> VisionFeatures:
     return VisionFeatures(features=list(x.unbind(0)), token_counts=counts)
 
 
+def _drip_ablation(tower: VisionTower, images: Tensor, spec: DripBoundaries) -> VisionFeatures:
+    """The DRIP tower with uniform / random boundaries at each image's learned count (``drip.boundary_modes``)."""
+    from llava.model.multimodal_encoder.drip_encoder import DripVisionTower
+
+    if not isinstance(tower, DripVisionTower):
+        raise ValueError(
+            f"--token_reduction drip_boundaries needs a DRIP vision tower (it moves DRIP's boundaries), "
+            f"got {type(tower).__name__} {tower.vision_tower_name!r}"
+        )
+    return tower(images, boundary_mode=(spec.mode, spec.seed))
+
+
 def _post_process(tower: VisionTower, features: VisionFeatures, method: Method) -> VisionFeatures:
     """Apply a method that works on the tower's output tokens (uniform, random) to every image."""
     has_cls = getattr(tower, "select_feature", "patch") == "cls_patch"
@@ -130,15 +151,17 @@ def encode_reduced(tower: VisionTower, images: Tensor, methods: tuple[Method, ..
 
     Raises:
         ValueError: a method the tower cannot run (see the module docstring), or two methods that both replace
-            the tower's forward pass (VisionZip, ToMe).
+            the tower's forward pass (VisionZip, ToMe, drip_boundaries).
     """
-    replacing = [m for m in methods if isinstance(m, VisionZip | ToMe)]
+    replacing = [m for m in methods if isinstance(m, VisionZip | ToMe | DripBoundaries)]
     if len(replacing) > 1:
         raise ValueError(f"--token_reduction: {' and '.join(m.name for m in replacing)} cannot be combined")
     if replacing and isinstance(replacing[0], VisionZip):
         features = _visionzip(tower, images, replacing[0])
-    elif replacing:
+    elif replacing and isinstance(replacing[0], ToMe):
         features = _tome(tower, images, replacing[0])
+    elif replacing:
+        features = _drip_ablation(tower, images, replacing[0])
     else:
         features = tower(images)
     for method in methods:
