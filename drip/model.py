@@ -141,6 +141,11 @@ class DripVisionTransformer(nn.Module):
         The predictor still runs (it sets the counts); the replaced boundaries carry no gradient to it."""
         self.boundary_mode = mode if isinstance(mode, BoundaryMode) else BoundaryMode(mode, seed)
 
+    def set_boundary_estimator(self, estimator: str) -> None:
+        """The boundary gradient from now on: ``"straight_through"`` (pooling's) or ``"local"``
+        (``drip.boundary_estimators``); recorded in ``cfg.boundary_estimator``. Forward values do not change."""
+        self.cfg = self.cfg.replace(boundary_estimator=estimator)  # DripConfig validates the name
+
     def set_trainable(self, mode: Trainable) -> None:
         """requires_grad on nothing ("none"), only the boundary predictor(s) ("predictor") or everything ("all")."""
         if mode not in TRAINABLE_MODES:

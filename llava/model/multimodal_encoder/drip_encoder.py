@@ -23,6 +23,7 @@ from torch import Tensor
 
 from drip import DripConfig, DripVisionTransformer, get_preset, list_presets
 from drip.boundary_modes import BoundaryMode
+from drip.boundary_signal import RowLoss, SignalReport, prior_boundaries, signal_report
 from drip.checkpoint import load_drip
 from drip.flops import tower_gmacs
 from drip.segments import draw_segments, patch_boundaries
@@ -153,6 +154,15 @@ class DripVisionTower(VisionTower):
             out = self.vision_tower(images.to(device=self.device, dtype=self.dtype))
         stages = [b[0] for b in out.stage_boundaries] or [torch.ones(self.config.num_patches)]
         return draw_segments(shown, patch_boundaries(stages), self.config.grid_size)
+
+    def measure_boundary_signal(
+        self, loss_rows: RowLoss, batch: int, estimator: str, generator: torch.Generator, chunk: int = 64
+    ) -> SignalReport:
+        """``drip.boundary_signal`` on ``loss_rows`` (e.g. ``llava.model.lm_row_loss``): random boundaries at the
+        prior rate for ``batch`` images, ``estimator``'s gradient vs the finite difference of every flip."""
+        self.vision_tower.set_boundary_estimator(estimator)
+        b, flippable = prior_boundaries(self.vision_tower, batch, generator)
+        return signal_report(loss_rows, b.to(self.device), flippable.to(self.device), chunk)
 
     @property
     def config(self) -> DripConfig:
