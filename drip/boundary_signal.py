@@ -7,6 +7,10 @@ the same flip is grad_in * (1 - 2 b_in) (a flip moves b by +1 or -1), with grad 
 w.r.t. the forced boundaries, i.e. what the tower's boundary estimator (``DripConfig.boundary_estimator``) hands the
 predictor. The report: sign agreement, Spearman rank correlation and sign agreement by position (sequence bins).
 Each row's last valid position is always a boundary, so it cannot flip and is left out. Single pooling stage only.
+
+The loss is any ``RowLoss`` callable: ``measure`` builds the CLIP contrastive and regression ones here; LLaVA's LM
+loss through the tower comes from ``llava.model.lm_row_loss`` (``python -m llava.train.boundary_signal``), which
+hands its callable to ``signal_report`` via the LLaVA DRIP tower (``drip`` never imports ``llava``).
 """
 
 from __future__ import annotations
@@ -97,17 +101,27 @@ def synthetic_images(batch: int, image_size: int, patch_size: int, generator: to
     return F.interpolate(small, size=(image_size, image_size), mode="nearest")
 
 
-def measure(model: DripVisionTransformer, images: Tensor, kind: SignalLoss, generator: torch.Generator) -> SignalReport:
-    """Random boundaries at the tower's prior rate and random targets; the estimator vs finite differences."""
+def prior_boundaries(model: DripVisionTransformer, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Random boundaries at the tower's prior rate, [B, N] 0/1, and the flippable positions [B, N] bool (all but the
+    last patch, which always closes a segment). Raises ValueError for a tower with other than one pooling stage."""
     if len(model.cfg.pool_at) != 1:
         raise ValueError(f"boundary_signal measures one pooling stage; {model.cfg.name} has {len(model.cfg.pool_at)}")
-    n = model.cfg.num_patches
-    b = (torch.rand(images.shape[0], n, generator=generator) < model.cfg.prior[0]).float()
-    b[:, -1] = 1.0  # the last patch always closes a segment (pooling forces it), so it cannot flip
+    b = (torch.rand(batch, model.cfg.num_patches, generator=generator) < model.cfg.prior[0]).float()
+    b[:, -1] = 1.0
     flippable = torch.ones_like(b, dtype=torch.bool)
     flippable[:, -1] = False
-    targets = torch.randn(images.shape[0], model.output_dim, generator=generator)
-    loss_rows = model_row_loss(model, images, kind, targets)
-    true = flip_effects(loss_rows, b, flippable)
-    predicted = estimator_gradient(loss_rows, b) * (1 - 2 * b)
+    return b, flippable
+
+
+def signal_report(loss_rows: RowLoss, boundaries: Tensor, flippable: Tensor, chunk: int = 256) -> SignalReport:
+    """The estimator's linear prediction grad * (1 - 2 b) of every flip vs its finite difference, compared."""
+    true = flip_effects(loss_rows, boundaries, flippable, chunk)
+    predicted = estimator_gradient(loss_rows, boundaries) * (1 - 2 * boundaries)
     return agreement(predicted, true, flippable)
+
+
+def measure(model: DripVisionTransformer, images: Tensor, kind: SignalLoss, generator: torch.Generator) -> SignalReport:
+    """Random boundaries at the tower's prior rate and random targets; the estimator vs finite differences."""
+    b, flippable = prior_boundaries(model, 0 if images is None else images.shape[0], generator)
+    targets = torch.randn(images.shape[0], model.output_dim, generator=generator)
+    return signal_report(model_row_loss(model, images, kind, targets), b, flippable)

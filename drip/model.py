@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from drip.boundary import BoundaryPredictor, band_prior_loss, binomial_prior_loss, sample_boundaries
 from drip.boundary_estimators import local_pooled_tokens
+from drip.boundary_modes import LEARNED, BoundaryMode, BoundaryModeName, matched_boundaries
 from drip.config import DripConfig
 from drip.layers import Block, PackedLayout, key_padding_bias
 from drip.pooling import pool_segments
@@ -115,6 +116,7 @@ class DripVisionTransformer(nn.Module):
         self.register_load_state_dict_post_hook(_threshold_config_follows_buffer)
         self.temperature = cfg.temperature  # set by the training loop (see drip.boundary.temperature_at)
         self.prior_loss_weight = cfg.prior_loss_weight  # set_prior_loss_weight; cfg keeps the preset's value
+        self.boundary_mode = LEARNED  # set_boundary_mode: the ablation's uniform / random boundaries (not saved)
         self.grad_checkpointing = False
 
     # --- what a training loop sets --------------------------------------------------------------------------------
@@ -132,6 +134,17 @@ class DripVisionTransformer(nn.Module):
         if not weight >= 0:
             raise ValueError(f"prior loss weight must be >= 0, got {weight}")
         self.prior_loss_weight = float(weight)
+
+    def set_boundary_mode(self, mode: BoundaryModeName | BoundaryMode, seed: int = 0) -> None:
+        """Where un-forced boundaries go from now on: the predictor's (``"learned"``), or evenly spaced
+        (``"uniform"``) / seeded random (``"random"``) ones with each image's learned count (``drip.boundary_modes``).
+        The predictor still runs (it sets the counts); the replaced boundaries carry no gradient to it."""
+        self.boundary_mode = mode if isinstance(mode, BoundaryMode) else BoundaryMode(mode, seed)
+
+    def set_boundary_estimator(self, estimator: str) -> None:
+        """The boundary gradient from now on: ``"straight_through"`` (pooling's) or ``"local"``
+        (``drip.boundary_estimators``); recorded in ``cfg.boundary_estimator``. Forward values do not change."""
+        self.cfg = self.cfg.replace(boundary_estimator=estimator)  # DripConfig validates the name
 
     def set_trainable(self, mode: Trainable) -> None:
         """requires_grad on nothing ("none"), only the boundary predictor(s) ("predictor") or everything ("all")."""
@@ -169,24 +182,34 @@ class DripVisionTransformer(nn.Module):
 
     # --- forward ------------------------------------------------------------------------------------------------
     def forward(
-        self, images: Tensor, boundaries: Tensor | Sequence[Tensor] | None = None, output_hidden_states: bool = False
+        self,
+        images: Tensor,
+        boundaries: Tensor | Sequence[Tensor] | None = None,
+        output_hidden_states: bool = False,
+        boundary_mode: BoundaryMode | None = None,
     ) -> DripOutput:
-        """images: [B, C, H, W]; boundaries: forced hard boundaries, [B, N] (or one [B, N_k] per H-DRIP stage)."""
-        return self.forward_head(self.forward_features(images, boundaries, output_hidden_states))
+        """images: [B, C, H, W]; boundaries: forced hard boundaries, [B, N] (or one [B, N_k] per H-DRIP stage);
+        boundary_mode: this call's ``set_boundary_mode`` (None: the tower's)."""
+        return self.forward_head(self.forward_features(images, boundaries, output_hidden_states, boundary_mode))
 
     def forward_features(
-        self, images: Tensor, boundaries: Tensor | Sequence[Tensor] | None = None, output_hidden_states: bool = False
+        self,
+        images: Tensor,
+        boundaries: Tensor | Sequence[Tensor] | None = None,
+        output_hidden_states: bool = False,
+        boundary_mode: BoundaryMode | None = None,
     ) -> DripFeatures:
         """Embedding, every block and pooling stage: [B, C, H, W] -> DripFeatures (tokens before ``ln_post``)."""
         self._check_images(images)
         forced = self._check_forced(boundaries, images.shape[0])
+        mode = self.boundary_mode if boundary_mode is None else boundary_mode
         record = [] if output_hidden_states else None
         st = DripFeatures(self._embed(images), None, record, [] if output_hidden_states else None)
         st.record(st.x)
         edges = [0, *self.cfg.pool_at, self.cfg.layers]
         for k in range(len(edges) - 1):
             if k > 0:
-                self._pool_stage(k - 1, st, None if forced is None else forced[k - 1])
+                self._pool_stage(k - 1, st, None if forced is None else forced[k - 1], mode)
             self._run_blocks(edges[k], edges[k + 1], st)
         return st
 
@@ -261,7 +284,7 @@ class DripVisionTransformer(nn.Module):
                 st.record(layout.unpack(xp, st.x.shape[0]))
         st.x = layout.unpack(xp, st.x.shape[0])
 
-    def _pool_stage(self, k: int, st: DripFeatures, forced: Tensor | None) -> None:
+    def _pool_stage(self, k: int, st: DripFeatures, forced: Tensor | None, mode: BoundaryMode = LEARNED) -> None:
         cfg = self.cfg
         patches = st.x[:, 1:]  # [B, N_k, D] (CLS stays out of pooling)
         valid = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device) if st.mask is None else None
@@ -274,6 +297,7 @@ class DripVisionTransformer(nn.Module):
                 logits, temperature=self.temperature, threshold=self.eval_thresholds[k], stochastic=stochastic
             )
             b = b.masked_fill(~torch.isfinite(logits), float("nan"))  # pool_segments' count read then rejects it
+            b = matched_boundaries(b, valid, mode, k)  # the ablation: same counts, uniform / random positions
         else:
             b = forced.to(device=patches.device, dtype=torch.float32)
         pooled = pool_segments(patches, b, valid)  # reads the segment counts back: the stage's one host sync

@@ -7,6 +7,7 @@ H-DRIP the stage boundaries are composed into patch-level boundaries (``patch_bo
 
     python -m drip.tools.visualize --skimage astronaut --preset DRIP-tiny --stochastic --out seg.png
     python -m drip.tools.visualize --image photo.jpg --checkpoint drip.pt --out seg.png
+    python -m drip.tools.visualize --skimage coffee --checkpoint DIR --boundary-mode uniform --out seg_uniform.png
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from drip.boundary_modes import BOUNDARY_MODES
 from drip.config import get_preset
 from drip.model import DripOutput, DripVisionTransformer
 from drip.segments import draw_segments, patch_boundaries
@@ -91,11 +93,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--checkpoint", help="a save_drip directory, or a weights file (then --preset gives the config)")
     ap.add_argument("--stochastic", action="store_true", help="keep Gumbel sampling (an untrained tower rarely fires)")
     ap.add_argument("--display-size", type=int, default=0, help="upscale the output (default: the tower's size)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--boundary-mode",
+        choices=BOUNDARY_MODES,
+        default="learned",
+        help="the predictor's boundaries, or evenly spaced / seeded random ones with its count (drip.boundary_modes)",
+    )
+    ap.add_argument("--threshold", type=float, help="eval boundary threshold of every stage (default: the tower's)")
+    ap.add_argument("--seed", type=int, default=0, help="torch seed (sampling), also --boundary-mode random's seed")
     ap.add_argument("--out", default="segments.png")
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     tower = load_tower(args.preset, args.checkpoint)
+    tower.set_boundary_mode(args.boundary_mode, args.seed)
+    if args.threshold is not None:
+        tower.set_eval_thresholds(args.threshold)
     picture, out = render(tower, load_image(args.image, args.skimage), args.stochastic, args.display_size or None)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     picture.save(args.out)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
+from drip.boundary_modes import BOUNDARY_MODES
 from drip.files import image_folder, read_lines, write_json
 from drip.open_clip_integration import create_clip
 from drip.stats import DripTokenStats, find_drip_towers
@@ -128,6 +129,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--drip-threshold", type=float, nargs="*", default=None,
         help="eval boundary threshold(s): one for every stage or one per stage (default: the checkpoint's)",
     )
+    p.add_argument(
+        "--drip-boundary-mode",
+        choices=BOUNDARY_MODES,
+        default="learned",
+        help="the ablation: the predictor's boundaries, or evenly spaced / seeded random ones with each image's "
+        "learned token count (drip.boundary_modes)",
+    )
+    p.add_argument("--drip-boundary-seed", type=int, default=0, help="seed of --drip-boundary-mode random")
     return p.parse_args(argv)
 
 
@@ -139,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for tower in find_drip_towers(model):
             values = args.drip_threshold
             tower.set_eval_thresholds(values[0] if len(values) == 1 else values)
+    for tower in find_drip_towers(model):
+        tower.set_boundary_mode(args.drip_boundary_mode, args.drip_boundary_seed)
     dataset = image_folder(args.data, preprocess)
     check_classes(dataset, classnames, args.classnames or "open_clip.IMAGENET_CLASSNAMES")
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
@@ -151,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "classnames": args.classnames or "imagenet",
         "templates": args.templates,
         "drip_threshold": args.drip_threshold,
+        "drip_boundary_mode": args.drip_boundary_mode,
+        "drip_boundary_seed": args.drip_boundary_seed,
         **result,
         "seconds": round(time.perf_counter() - start, 3),
     }

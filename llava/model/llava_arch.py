@@ -205,8 +205,12 @@ class LlavaMetaForCausalLM(ABC):
     def mm_config(self) -> MultimodalConfig:
         return MultimodalConfig.from_config(self.config)
 
-    def encode_image_features(self, images: Images) -> VisionFeatures:
-        """Tower then projector: one [N_i, H] tensor per image (H = the LLM's hidden size), counts, DRIP loss."""
+    def encode_image_features(self, images: Images, *, boundaries: Tensor | None = None) -> VisionFeatures:
+        """Tower then projector: one [N_i, H] tensor per image (H = the LLM's hidden size), counts, DRIP loss.
+
+        ``boundaries`` [num_images, N] forces a DRIP tower's segmentation (the boundary-signal measurement,
+        ``llava.model.lm_row_loss``); no ``--token_reduction`` method runs then.
+        """
         tower = self.get_vision_tower()
         if tower is None:
             raise ValueError("this model has no vision tower (mm_vision_tower is not set) but images were given")
@@ -221,7 +225,10 @@ class LlavaMetaForCausalLM(ABC):
         with _frozen_tower(tower) if frozen else contextlib.nullcontext():
             pixels, methods = torch.stack(flat), vision_methods(self.mm_config.token_reduction)
             # [num_images, C, H, W] -> num_images x [N_i, D], after any vision-side --token_reduction methods
-            out = self.get_model().vision_reduction(tower, pixels, methods) if methods else tower(pixels)
+            if boundaries is not None:
+                out = tower(pixels, boundaries=boundaries)  # a DRIP tower only (CLIP takes no boundaries)
+            else:
+                out = self.get_model().vision_reduction(tower, pixels, methods) if methods else tower(pixels)
         projector = self.get_model().mm_projector
         p = next(projector.parameters(), None)
         joined = torch.cat(out.features)  # [sum N_i, D]: one projector call for the whole batch
@@ -268,6 +275,7 @@ class LlavaMetaForCausalLM(ABC):
         *,
         truncate: bool = True,
         padding_side: str | None = None,
+        boundaries: Tensor | None = None,
     ) -> MultimodalInputs:
         """Encode ``images`` (one per ``IMAGE_TOKEN_INDEX``, in order across the batch) and splice them in.
 
@@ -277,6 +285,7 @@ class LlavaMetaForCausalLM(ABC):
             image_sizes: accepted for LLaVA's signature; LLaVA-1.5 (no anyres tiling) does not use it.
             truncate: cut each spliced sample to the config's ``tokenizer_model_max_length`` (LLaVA's training rule).
             padding_side: "left" or "right"; defaults to the config's ``tokenizer_padding_side``.
+            boundaries: [num_images, N] forced DRIP boundaries (see ``encode_image_features``).
 
         Raises:
             ValueError: image count and image tokens disagree (the message names the sample), bad shapes.
@@ -284,7 +293,7 @@ class LlavaMetaForCausalLM(ABC):
         mm = self.mm_config
         vision, touch = None, None
         if images is not None and len(images) > 0:
-            vision = self.encode_image_features(images)
+            vision = self.encode_image_features(images, boundaries=boundaries)
         elif self.needs_vision_touch(images):
             touch = self.touch_vision_modules()  # (zero, prior loss * 0): same modules on every rank
         elif input_ids is not None and bool((input_ids == IMAGE_TOKEN_INDEX).any()) and self.get_vision_tower() is None:

@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 
 from drip import DripConfig, DripVisionTransformer, get_preset, list_presets
+from drip.boundary_modes import BoundaryMode
+from drip.boundary_signal import RowLoss, SignalReport, prior_boundaries, signal_report
 from drip.checkpoint import load_drip
 from drip.flops import tower_gmacs
 from drip.segments import draw_segments, patch_boundaries
@@ -94,10 +96,20 @@ class DripVisionTower(VisionTower):
         self.vision_tower = tower
         self.is_loaded = True
 
-    def forward(self, images: Tensor, boundaries: Tensor | Sequence[Tensor] | None = None) -> VisionFeatures:
-        """images [B, C, H, W] -> B tensors [N_i, D]; ``boundaries`` forces DRIP's segmentation (see DripOutput)."""
+    def forward(
+        self,
+        images: Tensor,
+        boundaries: Tensor | Sequence[Tensor] | None = None,
+        boundary_mode: tuple[str, int] | None = None,
+    ) -> VisionFeatures:
+        """images [B, C, H, W] -> B tensors [N_i, D]; ``boundaries`` forces DRIP's segmentation (see DripOutput);
+        ``boundary_mode`` (mode, seed): the ablation's uniform / random boundaries (``drip.boundary_modes``)."""
+        mode = None if boundary_mode is None else BoundaryMode(*boundary_mode)
         out = self.vision_tower(
-            images.to(device=self.device, dtype=self.dtype), boundaries=boundaries, output_hidden_states=True
+            images.to(device=self.device, dtype=self.dtype),
+            boundaries=boundaries,
+            output_hidden_states=True,
+            boundary_mode=mode,
         )
         hidden = out.hidden_states[self.select_layer]  # [B, 1 + L, D], CLS at 0, zeros on padding
         mask = out.hidden_masks[self.select_layer]  # [B, 1 + L] bool, True on real tokens
@@ -142,6 +154,15 @@ class DripVisionTower(VisionTower):
             out = self.vision_tower(images.to(device=self.device, dtype=self.dtype))
         stages = [b[0] for b in out.stage_boundaries] or [torch.ones(self.config.num_patches)]
         return draw_segments(shown, patch_boundaries(stages), self.config.grid_size)
+
+    def measure_boundary_signal(
+        self, loss_rows: RowLoss, batch: int, estimator: str, generator: torch.Generator, chunk: int = 64
+    ) -> SignalReport:
+        """``drip.boundary_signal`` on ``loss_rows`` (e.g. ``llava.model.lm_row_loss``): random boundaries at the
+        prior rate for ``batch`` images, ``estimator``'s gradient vs the finite difference of every flip."""
+        self.vision_tower.set_boundary_estimator(estimator)
+        b, flippable = prior_boundaries(self.vision_tower, batch, generator)
+        return signal_report(loss_rows, b.to(self.device), flippable.to(self.device), chunk)
 
     @property
     def config(self) -> DripConfig:

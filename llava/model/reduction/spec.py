@@ -2,8 +2,9 @@
 
 Several methods are joined by ``+`` and run in the order of the data flow (tower, tower output, LLM), e.g.
 ``uniform:size=12``, ``random:keep=144,seed=0``, ``visionzip:dominant=54,contextual=10``, ``tome:r=8``,
-``patch_slimming:schedule=PATH``, ``fastv:k=2,ratio=0.5`` or ``visionzip:dominant=54,contextual=10+fastv:k=2,ratio=0.5``
-(a path may hold neither ``,`` nor ``+``). ``none`` (or an empty
+``patch_slimming:schedule=PATH`` (a path may hold neither ``,`` nor ``+``), ``fastv:k=2,ratio=0.5``,
+``drip_boundaries:mode=uniform`` (the DRIP ablation) or ``visionzip:dominant=54,contextual=10+fastv:k=2,ratio=0.5``.
+``none`` (or an empty
 string) turns reduction off. The text is parsed into one frozen dataclass per method; a bad value raises a
 ValueError naming the flag, the method and its allowed keys. The model config stores the canonical text as the flat
 key ``mm_token_reduction`` so a checkpoint records what it was trained or evaluated with.
@@ -102,8 +103,29 @@ class FastV:
             raise ValueError(f"{FLAG} fastv: ratio must lie in [0, 1), got {self.ratio}")
 
 
-Method = Uniform | Random | VisionZip | ToMe | PatchSlimming | FastV
-METHODS: dict[str, type] = {cls.name: cls for cls in (Uniform, Random, VisionZip, ToMe, PatchSlimming, FastV)}
+DRIP_BOUNDARY_MODES = ("learned", "uniform", "random")  # drip.boundary_modes.BOUNDARY_MODES (llava may not import it)
+
+
+@dataclass(frozen=True)
+class DripBoundaries:
+    """The DRIP ablation: the predictor's boundaries (``learned``), or evenly spaced (``uniform``) / seeded random
+    (``random``) ones with each image's learned token count (``drip.boundary_modes``). A DRIP tower only."""
+
+    name: ClassVar[str] = "drip_boundaries"
+    stage: ClassVar[Stage] = "tower"
+    mode: str = "uniform"  # learned | uniform | random
+    seed: int = 0  # random: seeds the positions
+
+    def __post_init__(self) -> None:
+        if self.mode not in DRIP_BOUNDARY_MODES:
+            raise ValueError(f"{FLAG} drip_boundaries: mode must be one of {', '.join(DRIP_BOUNDARY_MODES)}, "
+                             f"got {self.mode!r}")  # fmt: skip
+
+
+Method = Uniform | Random | VisionZip | ToMe | PatchSlimming | FastV | DripBoundaries
+METHODS: dict[str, type] = {
+    cls.name: cls for cls in (Uniform, Random, VisionZip, ToMe, PatchSlimming, FastV, DripBoundaries)
+}
 
 
 def _check_positive(method: Method, key: str) -> None:

@@ -4,7 +4,7 @@
 config names vision-side methods (``mm_token_reduction``). Methods that need the tower's internals (VisionZip's
 [CLS] attention and keys, ToMe's merging inside the blocks, Patch Slimming's pruned blocks) need an HF CLIP tower
 (``CLIPVisionTower``); uniform pooling needs a square patch grid (a CLIP tower), random pruning works on any tower,
-DRIP included.
+DRIP included; the DRIP ablation (``drip_boundaries``) needs a DRIP tower, which places its boundaries by that mode.
 
 VisionZip's scores are computed here explicitly from the selected layer's input (its ``layer_norm1``, ``q_proj``,
 ``k_proj``), so the tower may run with SDPA or flash attention, which return no attention weights.
@@ -21,7 +21,16 @@ from llava.model.flops import clip_tokens, clip_tower_macs, tome_macs, visionzip
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.reduction.patch_slimming import check_fits, load_schedule, query_positions, slim_layer
 from llava.model.reduction.random import random_prune
-from llava.model.reduction.spec import Method, PatchSlimming, Random, ToMe, Uniform, VisionZip, parse_token_reduction
+from llava.model.reduction.spec import (
+    DripBoundaries,
+    Method,
+    PatchSlimming,
+    Random,
+    ToMe,
+    Uniform,
+    VisionZip,
+    parse_token_reduction,
+)
 from llava.model.reduction.tome import merge_weighted, token_schedule
 from llava.model.reduction.uniform import uniform_pool
 from llava.model.reduction.visionzip import visionzip_merge
@@ -147,6 +156,18 @@ def _patch_slimming_gmacs(tower: VisionTower, spec: PatchSlimming) -> float:
     return clip_tower_macs(tower.config, queries, key_tokens=keys) / 1e9
 
 
+def _drip_ablation(tower: VisionTower, images: Tensor, spec: DripBoundaries) -> VisionFeatures:
+    """The DRIP tower with uniform / random boundaries at each image's learned count (``drip.boundary_modes``)."""
+    from llava.model.multimodal_encoder.drip_encoder import DripVisionTower
+
+    if not isinstance(tower, DripVisionTower):
+        raise ValueError(
+            f"--token_reduction drip_boundaries needs a DRIP vision tower (it moves DRIP's boundaries), "
+            f"got {type(tower).__name__} {tower.vision_tower_name!r}"
+        )
+    return tower(images, boundary_mode=(spec.mode, spec.seed))
+
+
 def _post_process(tower: VisionTower, features: VisionFeatures, method: Method) -> VisionFeatures:
     """Apply a method that works on the tower's output tokens (uniform, random) to every image."""
     has_cls = getattr(tower, "select_feature", "patch") == "cls_patch"
@@ -168,17 +189,14 @@ def encode_reduced(tower: VisionTower, images: Tensor, methods: tuple[Method, ..
 
     Raises:
         ValueError: a method the tower cannot run (see the module docstring), or two methods that both replace
-            the tower's forward pass (VisionZip, ToMe, Patch Slimming).
+            the tower's forward pass (VisionZip, ToMe, Patch Slimming, drip_boundaries).
     """
-    replacing = [m for m in methods if isinstance(m, VisionZip | ToMe | PatchSlimming)]
+    replacing = [m for m in methods if isinstance(m, VisionZip | ToMe | PatchSlimming | DripBoundaries)]
     if len(replacing) > 1:
         raise ValueError(f"--token_reduction: {' and '.join(m.name for m in replacing)} cannot be combined")
-    if replacing and isinstance(replacing[0], VisionZip):
-        features = _visionzip(tower, images, replacing[0])
-    elif replacing and isinstance(replacing[0], ToMe):
-        features = _tome(tower, images, replacing[0])
-    elif replacing:
-        features = _patch_slimming(tower, images, replacing[0])
+    if replacing:
+        run = {VisionZip: _visionzip, ToMe: _tome, PatchSlimming: _patch_slimming, DripBoundaries: _drip_ablation}
+        features = run[type(replacing[0])](tower, images, replacing[0])
     else:
         features = tower(images)
     for method in methods:

@@ -120,3 +120,18 @@ def test_cli_writes_png(tmp_path, capsys):
     assert "segments over 64 patches" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no image 'nonexistent'"):
         main(["--skimage", "nonexistent", "--preset", "DRIP-tiny", "--out", str(out)])
+
+
+def test_cli_boundary_mode_keeps_the_segment_count(tmp_path, capsys):
+    # A calibrated threshold gives the photo a count between 1 and 64; uniform draws the same number of segments.
+    torch.manual_seed(0)
+    tower = DripVisionTransformer(get_preset("DRIP-tiny"))
+    tower.calibrate_eval_thresholds(torch.randn(8, 3, 64, 64))
+    save_drip(tower, tmp_path / "tower")
+    counts = {}
+    for mode in ("learned", "uniform"):
+        main(["--skimage", "coffee", "--checkpoint", str(tmp_path / "tower"), "--boundary-mode", mode,
+              "--out", str(tmp_path / f"{mode}.png")])  # fmt: skip
+        counts[mode] = capsys.readouterr().out.split(":")[1].split()[0]
+    assert counts["learned"] == counts["uniform"] and 1 < int(counts["learned"]) < 64
+    assert Image.open(tmp_path / "learned.png").tobytes() != Image.open(tmp_path / "uniform.png").tobytes()

@@ -212,3 +212,24 @@ def test_cli_loads_checkpoint_and_writes_json(tmp_path):
     assert plain["tokens_per_image"] is None and plain["checkpoint"] is None
     with pytest.raises(ValueError, match="gives 1000 class names but .* has 3 class folders"):
         main(["--model", "ViT-tiny", "--data", str(root)])  # ImageNet names by default
+
+
+def test_cli_boundary_modes_keep_the_learned_token_count(tmp_path):
+    from drip.open_clip_integration import create_clip
+    from drip.tools.zero_shot import main
+
+    root = grey_folder(tmp_path / "zs", {0: [0.1, 0.3], 1: [0.1], 2: [0.2]})
+    (tmp_path / "names.txt").write_text("red\ngreen\nblue\n")
+    torch.manual_seed(0)
+    model, _, _, _ = create_clip("DRIP-tiny")
+    with torch.no_grad():  # logits that vary with the patch: about half the patches fire at threshold 0.5
+        model.visual.trunk.tower.predictors[0].fc2.bias.zero_()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    flags = ["--model", "DRIP-tiny", "--checkpoint", str(tmp_path / "w.pt"), "--data", str(root)]
+    flags += ["--classnames", str(tmp_path / "names.txt"), "--templates", "simple", "--drip-threshold", "0.5"]
+    learned = main(flags)
+    assert 1 < learned["tokens_per_image"] < 64 and learned["drip_boundary_mode"] == "learned"
+    for mode in ("uniform", "random"):
+        res = main([*flags, "--drip-boundary-mode", mode, "--drip-boundary-seed", "3"])
+        assert res["tokens_per_image"] == pytest.approx(learned["tokens_per_image"])
+        assert res["drip_boundary_mode"] == mode and res["drip_boundary_seed"] == 3
