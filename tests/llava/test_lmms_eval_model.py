@@ -195,7 +195,8 @@ def test_lmms_eval_cli_accuracy_equals_eval_science_qa(ckpt, world, tmp_path):
         "--image-folder", str(world / "images" / "test"), "--answers-file", str(answers), "--single-pred-prompt",
         "--temperature", "0", "--max-new-tokens", "1", "--conv-mode", "vicuna_v1", "--no-progress"]) == 0  # fmt: skip
     lines = [json.loads(line) for line in answers.read_text().splitlines()]
-    by_id = {s["doc"]["id"]: s["filtered_resps"][0] for s in samples}
+    items = json.loads((world / "llava_test_CQM-A.json").read_text())  # samples name their doc by its index
+    by_id = {items[s["doc_id"]]["id"]: s["filtered_resps"] for s in samples}
     assert {r["question_id"]: r["text"] for r in lines} == by_id
     metrics = tmp_path / "sqa_metrics.json"
     args = ["--base-dir", str(world), "--result-file", str(answers), "--output-file", str(tmp_path / "a.json"),
