@@ -21,10 +21,11 @@ from lmms_eval.api.instance import Instance  # noqa: E402
 from lmms_eval.models.model_utils.gen_metrics import get_logged_metrics_history, reset_logged_metrics  # noqa: E402
 
 from eval import eval_science_qa  # noqa: E402
+from llava.constants import IMAGE_TOKEN_INDEX  # noqa: E402
 from llava.conversation import conv_templates  # noqa: E402
 from llava.eval import model_vqa_science  # noqa: E402
 from llava.eval.generation import AnswerGenerator, GenerationSettings  # noqa: E402
-from llava.eval.lmms_eval_model import LlavaDrip, LlavaDripArgs, manifest  # noqa: E402
+from llava.eval.lmms_eval_model import LlavaDrip, LlavaDripArgs, as_question, manifest  # noqa: E402
 from llava.eval.model_vqa_science import SINGLE_PRED_PROMPT, load_science_questions  # noqa: E402
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM  # noqa: E402
 from llava_drip_demo.base_llm import train_tokenizer  # noqa: E402
@@ -96,6 +97,12 @@ def test_model_args_parse_lists_and_refuse_bad_values():
     args = LlavaDripArgs.from_kwargs(pretrained="x", pdrop_layer_list="[1]", pdrop_image_token_ratio_list="[0.5]")
     assert args.pdrop.layer_list == (1,) and args.pdrop.image_token_ratio_list == (0.5,)
     assert LlavaDripArgs.from_kwargs(pretrained="x", pdrop_layer_list=1, pdrop_image_token_ratio_list=0.5).pdrop
+    from lmms_eval.utils import simple_parse_args_string  # what lmms-eval does with --model_args
+
+    text = "pretrained=x,token_reduction='fastv:k=2,ratio=0.5',pdrop_layer_list=[8,16],"
+    text += "pdrop_image_token_ratio_list=[0.5,0.25]"
+    parsed = LlavaDripArgs.from_kwargs(**simple_parse_args_string(text))
+    assert parsed.token_reduction == "fastv:k=2,ratio=0.5" and parsed.pdrop.layer_list == (8, 16)
     with pytest.raises(ValueError, match="dtype"):
         LlavaDripArgs(pretrained="x", dtype="float8")
     with pytest.raises(ValueError, match="both"):
@@ -214,3 +221,19 @@ def test_lmms_eval_cli_accuracy_equals_eval_science_qa(ckpt, world, tmp_path):
     assert throughput["avg_prefill_gmacs"] == pytest.approx(
         sum(r["metadata"]["prefill_gflops"] for r in lines) / len(lines), rel=1e-4
     )
+
+
+def test_model_args_reach_the_model(ckpt, world):
+    gen, _, task_dict = instances(world)
+    lm = LlavaDrip(pretrained=str(ckpt), device="cpu", batch_size=4, token_reduction="random:keep=2,seed=0",
+                   pdrop_layer_list="[1]", pdrop_image_token_ratio_list="[0.5]", drip_threshold=0.05)  # fmt: skip
+    lm.task_dict = task_dict
+    assert lm.generator.model.pdrop.layer_list == (1,)
+    assert lm.generator.model.get_vision_tower().vision_tower.eval_thresholds.tolist() == pytest.approx([0.05])
+    results = lm.generate_until(gen[:6])
+    for r, g in zip(results, gen[:6], strict=True):
+        context, _, _, doc_id, task, split = g.args
+        has_image = task_dict[task][split][doc_id]["image"] is not None
+        q = as_question(doc_id, task, split, context, [0] if has_image else [])
+        text_tokens = int((lm.generator.prompt_ids(q) != IMAGE_TOKEN_INDEX).sum())
+        assert r.token_counts.input_tokens == text_tokens + (2 if has_image else 0)  # random:keep=2 tokens per image
