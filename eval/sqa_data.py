@@ -115,11 +115,11 @@ def _from_llava_prompts(path: str, pids: list[str]) -> dict[str, SqaProblem]:
     for pid in pids:
         if pid not in by_id:
             raise EvalInputError(f"{path}: problem {pid} of the split is missing")
-        out[pid] = _problem_from_item(path, pid, by_id[pid])
+        out[pid] = problem_from_item(path, pid, by_id[pid])
     return out
 
 
-def _problem_from_item(path: str, pid: str, item: dict[str, Any]) -> SqaProblem:
+def problem_from_item(path: str, pid: str, item: dict[str, Any]) -> SqaProblem:
     turns = item.get("conversations")
     if not isinstance(turns, list) or len(turns) < 2 or not all(isinstance(t, dict) for t in turns[:2]):
         raise EvalInputError(f"{path}: item {pid}: needs a human and a gpt turn in 'conversations'")

@@ -5,10 +5,10 @@
 #     unpinned torch pulls a ~5 GB CUDA build, and the CPU-only torch 2.13.0 wheel breaks torchvision's ops
 #     (README, "Two commands").
 # The rest is installed with the installed torch pinned, plus constraints/ci.txt in ./.venv (CI's exact versions).
-# Env: LLAVA_DRIP_EXTRAS (default "train,demo,dev"); LLAVA_DRIP_TORCH (default "torch==2.14.1 torchvision==0.29.1").
+# Env: LLAVA_DRIP_EXTRAS (default "train,demo,dev,lmms"); LLAVA_DRIP_TORCH (default "torch==2.14.1 torchvision==0.29.1").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras=${LLAVA_DRIP_EXTRAS:-train,demo,dev}
+extras=${LLAVA_DRIP_EXTRAS:-train,demo,dev,lmms}
 torch_pair=${LLAVA_DRIP_TORCH:-"torch==2.14.1 torchvision==0.29.1"}
 quiet() { grep -v "is ignored" || true; }   # the local pip mirror warns about every package it lacks
 

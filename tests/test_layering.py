@@ -8,7 +8,8 @@ Every Python file of the repository is parsed (``ast``; nothing is imported) and
   ``constants``, ``conversation``, ``mm_utils``, ...) imports any of them; the base modules don't import ``model``;
 * inside ``llava``, only ``llava/model/multimodal_encoder/drip_encoder.py`` imports ``drip``;
 * optional heavy packages (deepspeed, flash_attn, openai, gradio, lmms_eval, peft) are imported inside functions
-  only (or under ``if TYPE_CHECKING``), never when a module is imported;
+  only (or under ``if TYPE_CHECKING``), never when a module is imported; a plugin module that subclasses one of
+  their classes (``PLUGINS``) imports its own package at module level, and no module imports it at import time;
 * library code logs instead of printing: ``print`` only in entry points (a module with ``if __name__ ==
   "__main__"`` or a top-level ``main()``);
 * nothing edits ``sys.path``; no file refers to a path outside the repository (``../shared``, ``/work/...``);
@@ -38,6 +39,8 @@ HEAVY = ("deepspeed", "flash_attn", "openai", "gradio", "lmms_eval", "peft")
 LLAVA_APPS = ("llava.train", "llava.eval", "llava.serve")
 LLAVA_BASE = ("llava.constants", "llava.conversation", "llava.mm_utils", "llava.jsonl", "llava.prompting")
 DRIP_TOWER = "llava/model/multimodal_encoder/drip_encoder.py"
+# plugin module -> the optional package it plugs into (only that package loads it, through an entry point)
+PLUGINS = {"llava/eval/lmms_eval_model.py": "lmms_eval"}
 TEXT_SUFFIXES = (".py", ".sh", ".toml", ".json", ".md", ".cfg", ".txt", ".yaml", ".yml")
 
 
@@ -175,7 +178,14 @@ def rule_heavy_imports_inside_functions(srcs: list[Source]) -> list[str]:
         for src in srcs
         if src.top in LIBRARIES
         for imp in imports(src)
-        if imp.at_import_time and _under(imp.target, HEAVY)
+        if imp.at_import_time and _under(imp.target, HEAVY) and PLUGINS.get(src.rel) != imp.target.split(".")[0]
+    ] + [
+        f"{_where(src, imp.line)}: imports the plugin module {imp.target} at module import (it needs {package})"
+        for src in srcs
+        if src.top in LIBRARIES
+        for imp in imports(src)
+        for plugin, package in PLUGINS.items()
+        if imp.at_import_time and _under(imp.target, (_module_name(plugin),))
     ]
 
 

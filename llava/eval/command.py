@@ -81,15 +81,23 @@ def check_generation_args(parser: argparse.ArgumentParser, args: argparse.Namesp
     check_token_reduction_arg(parser, args)
 
 
-def load_model(model_path: str, model_base: str | None, device: str | None) -> tuple[Any, Any, Any, str]:
+def load_model(
+    model_path: str,
+    model_base: str | None,
+    device: str | None,
+    torch_dtype: torch.dtype | None = None,
+    attn_implementation: str = "sdpa",
+) -> tuple[Any, Any, Any, str]:
     """The entry points' model loading: (tokenizer, model, image_processor, model_name); ``~`` expanded, device
-    None = cuda when available, else cpu (the loader's default)."""
+    None = cuda when available, else cpu, dtype None = fp16 on GPU, fp32 on CPU (the loader's defaults)."""
     from llava.model.builder import load_pretrained_model
 
     model_path = os.path.expanduser(model_path)
     model_name = get_model_name_from_path(model_path)
     base = os.path.expanduser(model_base) if model_base else None
-    tokenizer, model, image_processor, _ = load_pretrained_model(model_path, base, model_name, device=device)
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        model_path, base, model_name, device=device, torch_dtype=torch_dtype, attn_implementation=attn_implementation
+    )
     return tokenizer, model, image_processor, model_name
 
 

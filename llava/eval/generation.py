@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from typing import IO, Any, TypeVar
 
 import torch
+from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
@@ -48,7 +49,7 @@ from llava.eval.answers import (
     resume_answers,
 )
 from llava.eval.efficiency import RunClock, VisionProbe, efficiency_path, reset_peak_memory, write_sidecar
-from llava.mm_utils import load_image, process_images
+from llava.mm_utils import load_image, process_images, tokenizer_image_token
 from llava.model.config import MultimodalConfig
 from llava.model.flops import prefill_macs
 from llava.model.packed_prefill import prefill_padding
@@ -183,8 +184,12 @@ class AnswerGenerator:
         """Grouping key: image questions apart (their visual tokens dominate the length), then prompt length."""
         return question.image_file is not None, int(self.prompt_ids(question).shape[0])
 
-    def generate(self, batch: Sequence[Question]) -> list[Generated]:
-        """Answer ``batch`` in one left-padded ``generate`` call; results in the batch's order."""
+    def generate(self, batch: Sequence[Question], images: Sequence[Image.Image] | None = None) -> list[Generated]:
+        """Answer ``batch`` in one left-padded ``generate`` call; results in the batch's order.
+
+        ``images``: the pictures of the batch's image questions, in batch order, when the caller holds them in memory
+        (lmms-eval's documents); None reads each ``image_file`` from the image folder.
+        """
         ids = [self.prompt_ids(q) for q in batch]
         width = max(x.shape[0] for x in ids)
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)  # [B, L], left-padded
@@ -192,13 +197,14 @@ class AnswerGenerator:
         for i, x in enumerate(ids):
             input_ids[i, width - x.shape[0] :] = x
             attention_mask[i, width - x.shape[0] :] = True
-        images, sizes = self.load_pixels([q.image_file for q in batch if q.image_file is not None])
+        files = [q.image_file for q in batch if q.image_file is not None]
+        pixels, sizes = self.pixels(self.load_images(files) if images is None else images)
         device = self.model.device
         with VisionProbe(self.model) as probe, torch.inference_mode():
             output_ids = self.model.generate(
                 input_ids.to(device),
                 attention_mask=attention_mask.to(device),
-                images=images,
+                images=pixels,
                 image_sizes=sizes,
                 **self.settings.decoding.generate_kwargs(self.tokenizer, self.stop_str),
             )
@@ -219,11 +225,44 @@ class AnswerGenerator:
         packed = self.prefill_layout == "packed"
         return sum(lengths), prefill_padding(self.model.config, lengths, packed, self.model.packing_single_row)
 
+    @torch.inference_mode()
+    def score_continuation(
+        self, question: Question, continuation: str, images: Sequence[Image.Image] | None = None
+    ) -> tuple[float, bool, Generated]:
+        """How likely the model finds ``continuation`` as the reply to ``question`` (one forward, batch of one).
+
+        The continuation is tokenised on its own, without BOS, as training tokenises a reply. Returns (sum of its
+        tokens' log-probabilities, whether greedy decoding would produce exactly these tokens, the prompt's costs
+        with ``continuation`` as its text). ``images`` as in ``generate``.
+        """
+        context = self.prompt_ids(question)  # [L]
+        target = torch.tensor(tokenizer_image_token(continuation, self.tokenizer, add_special_tokens=False))  # [C]
+        if target.numel() == 0:
+            raise ValueError(f"question {question.question_id}: the continuation {continuation!r} has no tokens")
+        files = [question.image_file] if question.image_file is not None else []
+        pixels, sizes = self.pixels(self.load_images(files) if images is None else images)
+        device = self.model.device
+        with VisionProbe(self.model) as probe:
+            ids = torch.cat([context, target])[None].to(device)  # [1, L + C]
+            logits = self.model(input_ids=ids, images=pixels, image_sizes=sizes).logits[0]  # [T, V], T spliced
+        logp = logits[-target.numel() - 1 : -1].float().log_softmax(-1)  # [C, V]: the positions predicting target
+        target = target.to(logp.device)
+        total = float(logp.gather(1, target[:, None]).sum())
+        greedy = bool((logp.argmax(-1) == target).all())
+        return total, greedy, self._with_costs([question], [context], [continuation], probe)[0]
+
     def load_pixels(self, files: list[str]) -> tuple[list[Tensor] | None, list[tuple[int, int]] | None]:
         """Images (paths relative to the image folder) -> processed pixels [3, H, W] each and (width, height)."""
-        if not files:
+        return self.pixels(self.load_images(files))
+
+    def load_images(self, files: Sequence[str]) -> list[Image.Image]:
+        """Image files (paths relative to the image folder) -> RGB pictures."""
+        return [load_image(os.path.join(self.image_folder, f)) for f in files]
+
+    def pixels(self, pil: Sequence[Image.Image]) -> tuple[list[Tensor] | None, list[tuple[int, int]] | None]:
+        """Pictures -> the tower's processed pixels [3, H, W] each and their (width, height); (None, None) for none."""
+        if not pil:
             return None, None
-        pil = [load_image(os.path.join(self.image_folder, f)) for f in files]
         pixels = [process_images([img], self.image_processor, self.model.config)[0] for img in pil]  # [3, H, W] each
         return pixels, [img.size for img in pil]
 
