@@ -5,7 +5,10 @@
 * fp16 pooling of large segments (one segment of every patch of a 336 px image, values 150) is finite;
 * bf16 (autocast) forward + backward of DRIP-4x-L-14-336 vs CLIP-L-336 (same weights shape, no pooling) at batch 64:
   step time, peak memory, time ratio beside the complete-MAC ratio (``drip.flops``, from the step's real counts);
-* ``torch.compile`` speed-up of the DRIP eval forward (same batch, after warm-up).
+* ``torch.compile`` speed-up of the DRIP eval forward (same batch, after warm-up);
+* the LLaVA LLM's packed training step (``llava.model.packing``: flash varlen, one row, when flash-attn is installed
+  on CUDA, else SDPA's planned rows) vs padded, bf16, on a 1.3B Llama shape with CLIP-L-336's 576 visual tokens vs
+  DRIP-4x-like varying counts (~144) plus the same text lengths: step time, padding share, loss difference.
 
     python benchmarks/gpu_check.py                      # one H200: a few minutes
     python benchmarks/gpu_check.py --device cpu --tiny --compile-backend aot_eager   # CPU dry run (CI)
@@ -24,6 +27,7 @@ from drip import DripVisionTransformer, get_preset
 from drip.flops import analytic_macs, batch_macs
 from drip.layers import Attention, PackedLayout, key_padding_bias, use_flash
 from drip.pooling import pool_segments
+from llava.model.packing import pack_for_model
 
 
 def _sync(device: torch.device) -> None:
@@ -124,6 +128,58 @@ def compile_speedup(drip_name: str, batch: int, device: torch.device, dtype, bac
     )
 
 
+def _llm_batch(lengths: list[int], width: int, device: torch.device, dtype: torch.dtype, vocab: int):
+    """Right-padded [B, T, H] embeddings, [B, T] mask and labels of samples with ``lengths`` real tokens."""
+    g = torch.Generator().manual_seed(0)
+    b, t = len(lengths), max(lengths)
+    mask = torch.arange(t)[None] < torch.tensor(lengths)[:, None]  # [B, T]
+    embeds = (torch.randn(b, t, width, generator=g) * 0.02 * mask[..., None]).to(device, dtype)
+    labels = torch.randint(0, vocab, (b, t), generator=g).masked_fill(~mask, -100)
+    return embeds, mask.to(device), labels.to(device)
+
+
+def llm_packing_rows(device: torch.device, dtype: torch.dtype, tiny: bool, repeats: int) -> dict[str, str]:
+    """Packed vs padded fwd+bwd of a Llama decoder on LLaVA-like samples, CLIP-336 vs DRIP-4x visual counts."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    flash = use_flash(device.type, dtype)
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4) if tiny else \
+        dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16)  # fmt: skip
+    config = LlamaConfig(vocab_size=1000 if tiny else 32000, max_position_embeddings=4096, **shape)
+    config._attn_implementation = "flash_attention_2" if flash else "sdpa"
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(device, dtype).train()
+    g = torch.Generator().manual_seed(0)
+    scale = 8 if tiny else 1  # --tiny: CPU-sized samples
+    text = (torch.randint(40, 400, (16,), generator=g) // scale).tolist()  # text tokens per sample
+    drip = (torch.randint(100, 190, (16,), generator=g) // scale).tolist()
+    visual = {"CLIP-336 (576)": [576 // scale] * 16, "DRIP-4x (~144)": drip}
+    rows, times = {}, {}
+    for tower, counts in visual.items():
+        lengths = [a + v for a, v in zip(text, counts, strict=True)]
+        embeds, mask, labels = _llm_batch(lengths, config.hidden_size, device, dtype, config.vocab_size)
+        packed, extra = pack_for_model(config, embeds, mask, labels)
+        steps = {
+            "padded": lambda e=embeds, m=mask, y=labels: model(inputs_embeds=e, attention_mask=m, labels=y).loss,
+            "packed": lambda p=packed, x=extra: model(inputs_embeds=p.inputs_embeds, position_ids=p.position_ids,
+                                                      labels=p.labels, **x).loss,
+        }  # fmt: skip
+        losses = {k: float(f()) for k, f in steps.items()}
+        for layout, loss in steps.items():
+            times[tower, layout] = _median_time(lambda f=loss: f().backward(), device, repeats)
+            share = 1 - sum(lengths) / mask.numel() if layout == "padded" else packed.padding_share
+            rows[f"LLM {tower} {layout} fwd+bwd ({config._attn_implementation})"] = (
+                f"{times[tower, layout] * 1e3:.1f} ms, padding {share:.2f}"
+            )
+        rows[f"LLM {tower} packed vs padded"] = (
+            f"time {times[tower, 'packed'] / times[tower, 'padded']:.3f}, "
+            f"|loss diff| {abs(losses['packed'] - losses['padded']):.2g}"
+        )
+    base = times["CLIP-336 (576)", "padded"]
+    rows["LLM DRIP-4x packed vs CLIP padded"] = f"time {times['DRIP-4x (~144)', 'packed'] / base:.3f}"
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda")
@@ -152,6 +208,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
         (f"torch.compile speed-up, {name} eval batch {batch} bf16",
          compile_speedup(name, batch, device, amp, args.compile_backend, repeats))
     )  # fmt: skip
+    rows += list(llm_packing_rows(device, amp, args.tiny, repeats).items())
     width = max(len(k) for k, _ in rows)
     print(f"| {'check':<{width}} | result |\n|{'-' * (width + 2)}|--------|")
     for key, value in rows:
