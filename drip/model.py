@@ -72,11 +72,18 @@ class DripFeatures:
             self.hidden_masks.append(full)
 
 
+def _note_thresholds_in_state(tower: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    """Before load_state_dict: whether this tower's own ``eval_thresholds`` key is in the state dict (the post-hook
+    sees only the whole load's missing keys, which name every tower of a model holding several)."""
+    tower._loading_thresholds = prefix + "eval_thresholds" in state_dict
+
+
 def _threshold_config_follows_buffer(tower: nn.Module, incompatible_keys) -> None:
     """After load_state_dict: cfg.threshold takes the loaded eval_thresholds. When the state dict lacked them (a
     partial load, e.g. LLaVA's projector file, or a checkpoint from before they were saved), the buffer is set from
     the config instead: it may hold uninitialised memory (HF materialises a model's buffers empty)."""
-    if any(k == "eval_thresholds" or k.endswith(".eval_thresholds") for k in incompatible_keys.missing_keys):
+    loaded = tower.__dict__.pop("_loading_thresholds", True)
+    if not loaded:
         with torch.no_grad():
             tower.eval_thresholds.copy_(torch.tensor(tower.cfg.stage_thresholds, dtype=torch.float32))
         return
@@ -113,6 +120,7 @@ class DripVisionTransformer(nn.Module):
         # [stages] fp32: eval boundary where sigmoid(logit) > eval_thresholds[k]; saved with the weights, and
         # mirrored in cfg.threshold (so drip_config.json and LLaVA's vision_tower_config carry it too).
         self.register_buffer("eval_thresholds", torch.tensor(cfg.stage_thresholds, dtype=torch.float32))
+        self.register_load_state_dict_pre_hook(_note_thresholds_in_state)
         self.register_load_state_dict_post_hook(_threshold_config_follows_buffer)
         self.temperature = cfg.temperature  # set by the training loop (see drip.boundary.temperature_at)
         self.prior_loss_weight = cfg.prior_loss_weight  # set_prior_loss_weight; cfg keeps the preset's value

@@ -111,3 +111,15 @@ def test_partial_load_without_thresholds_sets_the_buffer_from_the_config():
     tower.load_state_dict({"ln_post.weight": tower.ln_post.weight.detach().clone()}, strict=False)
     assert tower.cfg.stage_thresholds == (0.3,)
     assert tower.eval_thresholds.tolist() == pytest.approx([0.3])
+
+
+def test_partial_load_tells_two_towers_apart():
+    # one model holding two DRIP towers; the state dict carries the second's thresholds only: the first falls back to
+    # its config, the second takes the loaded values (a check on the whole load's missing keys mixed them up)
+    pair = torch.nn.ModuleDict({name: DripVisionTransformer(get_preset("DRIP-tiny").replace(threshold=0.3))
+                                for name in ("a", "b")})  # fmt: skip
+    with torch.no_grad():
+        pair["a"].eval_thresholds.fill_(float("nan"))
+    pair.load_state_dict({"b.eval_thresholds": torch.tensor([0.6])}, strict=False)
+    assert pair["a"].eval_thresholds.tolist() == pytest.approx([0.3]) and pair["a"].cfg.stage_thresholds == (0.3,)
+    assert pair["b"].eval_thresholds.tolist() == pytest.approx([0.6]) and pair["b"].cfg.stage_thresholds == pytest.approx((0.6,))
