@@ -41,19 +41,6 @@ def read_jsonl(path: str, required: Iterable[str] = ()) -> list[dict[str, Any]]:
     return llava_jsonl.read_jsonl(path, required, error=EvalInputError)
 
 
-def drop_partial_last_line(path: str) -> int:
-    """Cut whatever follows the last newline of the JSON-lines file at ``path`` (a line a killed run left half
-    written), so that appending goes on from a complete line. Returns the number of bytes cut (0 for none)."""
-    path = os.path.expanduser(path)
-    with open(path, "rb") as f:
-        data = f.read()
-    keep = data.rfind(b"\n") + 1
-    if keep < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-    return len(data) - keep
-
-
 def write_json(path: str, data: Any, indent: int = 2) -> None:
     """Write ``data`` as indented JSON, no trailing newline (as LLaVA's ``json.dump`` files), making the folder."""
     path = os.path.expanduser(path)

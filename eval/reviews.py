@@ -17,7 +17,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from eval.io_utils import EvalInputError, drop_partial_last_line, read_jsonl
+from eval.io_utils import EvalInputError, read_jsonl
+from llava.jsonl import drop_partial_last_line
 
 INVALID_SCORES: list[float] = [-1, -1]
 CATEGORY_PREFIX = "llava_bench_"

@@ -51,3 +51,23 @@ def read_jsonl(path: str, required: Iterable[str] = (), error: type[Exception] =
             raise error(f"{path}:{lineno}: missing key(s) {', '.join(missing)}")
         records.append(record)
     return records
+
+
+def split_partial_last_line(path: str) -> tuple[str, int]:
+    """(the complete lines of the JSON-lines file at ``path`` as text, the number of bytes after its last newline):
+    a line a killed run left half written. Nothing is written; ``drop_partial_last_line`` cuts it."""
+    with open(os.path.expanduser(path), "rb") as f:
+        data = f.read()
+    keep = data.rfind(b"\n") + 1
+    return data[:keep].decode("utf-8"), len(data) - keep
+
+
+def drop_partial_last_line(path: str) -> int:
+    """Cut whatever follows the last newline of the JSON-lines file at ``path``, so that appending goes on from a
+    complete line. Returns the number of bytes cut (0 for none)."""
+    with open(os.path.expanduser(path), "r+b") as f:
+        data = f.read()
+        keep = data.rfind(b"\n") + 1
+        if keep < len(data):
+            f.truncate(keep)
+    return len(data) - keep

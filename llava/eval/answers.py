@@ -24,6 +24,8 @@ import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from llava.jsonl import drop_partial_last_line, split_partial_last_line
+
 IDENTITY_FORMAT = "llava-drip answers identity 1"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
 
@@ -161,12 +163,10 @@ def resume_answers(path: str, question_ids: Sequence[Any], overwrite: bool = Fal
     if overwrite or not os.path.exists(path):
         open(path, "w", encoding="utf-8").close()
         return {}
-    with open(path, "rb") as f:
-        data = f.read()
-    keep = data.rfind(b"\n") + 1  # bytes up to the end of the last complete line
+    complete, partial = split_partial_last_line(path)  # validate first: a foreign file is left as it is
     wanted = {str(q) for q in question_ids}
     done: dict[str, dict[str, Any]] = {}
-    for lineno, line in enumerate(data[:keep].decode("utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(complete.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -179,7 +179,6 @@ def resume_answers(path: str, question_ids: Sequence[Any], overwrite: bool = Fal
             problem = "repeats question_id" if qid in done else "holds no question_id of this question file/chunk"
             raise InputFileError(f"{path}:{lineno}: {problem} ({qid}); remove the file or pass --overwrite")
         done[qid] = record
-    if keep < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(keep)
+    if partial:
+        drop_partial_last_line(path)
     return done

@@ -122,4 +122,5 @@ def test_partial_load_tells_two_towers_apart():
         pair["a"].eval_thresholds.fill_(float("nan"))
     pair.load_state_dict({"b.eval_thresholds": torch.tensor([0.6])}, strict=False)
     assert pair["a"].eval_thresholds.tolist() == pytest.approx([0.3]) and pair["a"].cfg.stage_thresholds == (0.3,)
-    assert pair["b"].eval_thresholds.tolist() == pytest.approx([0.6]) and pair["b"].cfg.stage_thresholds == pytest.approx((0.6,))
+    assert pair["b"].eval_thresholds.tolist() == pytest.approx([0.6])
+    assert pair["b"].cfg.stage_thresholds == pytest.approx((0.6,))
