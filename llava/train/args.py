@@ -46,9 +46,11 @@ class ModelArguments:
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
     # --- token-reduction baselines, e.g. "visionzip:dominant=54,contextual=10" (llava.model.reduction.spec) ---
     token_reduction: str | None = field(default=None, metadata={"help": "METHOD:key=val,... joined by +; none"})
+    # the PyramidDrop schedule parsed from the three pdrop_* flags (not a flag itself)
+    pdrop: PDropConfig | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        pdrop_config(self)  # bad PyramidDrop values fail at parse time, before any model is loaded
+        self.pdrop = pdrop_config(self)  # bad PyramidDrop values fail at parse time, before any model is loaded
         t = self.drip_boundary_threshold
         if t is not None and not 0.0 < t < 1.0:
             raise ValueError(f"--drip_boundary_threshold must lie in (0, 1) (sigmoid(logit) > threshold), got {t}")

@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, HfArgumentParser
 
 from llava.model import LlavaLlamaForCausalLM
 from llava.model.reduction.apply import apply_token_reduction
-from llava.train.args import DataArguments, ModelArguments, TrainingArguments, pdrop_config
+from llava.train.args import DataArguments, ModelArguments, TrainingArguments
 from llava.train.checkpointing import refuse_untrained_save, save_lora, save_mm_projector
 from llava.train.data import (
     DataCollatorForSupervisedDataset,
@@ -137,9 +137,8 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, to
         freeze_mm_mlp_adapter=training_args.freeze_mm_mlp_adapter,
         projector_lr=training_args.mm_projector_lr,
     ).write_to(model.config)
-    pdrop = pdrop_config(model_args)
-    if pdrop is not None:
-        model.set_pdrop(pdrop)
+    if model_args.pdrop is not None:
+        model.set_pdrop(model_args.pdrop)
     model.set_packing(training_args.packing)
     apply_token_reduction(model, model_args.token_reduction)
     if training_args.gradient_checkpointing:
