@@ -56,8 +56,10 @@ class DemoAnswer:
 
     def summary(self) -> str:
         tower = "unknown" if self.tower_gflops is None else f"{self.tower_gflops:.3f}"
-        return (f"visual tokens: {self.visual_tokens} | tower GMACs: {tower} | "
-                f"prefill GMACs: {self.prefill_gflops:.3f} | latency: {self.seconds:.2f} s")
+        return (
+            f"visual tokens: {self.visual_tokens} | tower GMACs: {tower} | "
+            f"prefill GMACs: {self.prefill_gflops:.3f} | latency: {self.seconds:.2f} s"
+        )
 
 
 def sample_image(name: str) -> Image.Image:
@@ -178,11 +180,11 @@ def build_demo(models: Sequence[LoadedModel], decoding: Decoding) -> Any:
         compare = gr.Checkbox(value=len(models) > 1, label="compare both models", visible=len(models) > 1)
         ask = gr.Button("Ask")
         outs: list[Any] = []
-        for loaded in models:
+        for i, loaded in enumerate(models):  # element ids answer-i, segments-i, summary-i (the browser test's)
             with gr.Row():
-                outs.append(gr.Textbox(label=f"answer: {loaded.name}"))
-                outs.append(gr.Image(type="pil", label=f"segments: {loaded.name}"))
-                outs.append(gr.Markdown())
+                outs.append(gr.Textbox(label=f"answer: {loaded.name}", elem_id=f"answer-{i}"))
+                outs.append(gr.Image(type="pil", label=f"segments: {loaded.name}", elem_id=f"segments-{i}", height=320))
+                outs.append(gr.Markdown(elem_id=f"summary-{i}"))
         ask.click(respond, [upload, sample, question, compare], outs, api_name="ask")
     return demo
 
