@@ -8,6 +8,8 @@
 #   IMAGE_FOLDER   images of DATA_PATH                        (LLaVA: playground/data)
 #   OUTPUT_DIR                                                (demo: checkpoints/demo/llava-drip)
 #   TUNE_VISION_TOWER none | predictor | all                  (default none, as LLaVA)
+#   TOKEN_REDUCTION train with token reduction on, e.g. "visionzip:dominant=54,contextual=10" (recorded as
+#                  mm_token_reduction; llava.model.reduction.spec)
 #   EXTRA_ARGS     more flags, appended last (e.g. --pdrop_layer_list 8,16,24 --pdrop_image_token_ratio_list 0.5,0.25,0.125)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -30,4 +32,5 @@ fi
   --vision_tower "$VISION_TOWER" --pretrain_mm_mlp_adapter "$PROJECTOR" --mm_projector_type mlp2x_gelu \
   --tune_vision_tower "${TUNE_VISION_TOWER:-none}" \
   "${MM_ARGS[@]}" --image_aspect_ratio pad --group_by_modality_length True \
-  --output_dir "$OUTPUT_DIR" "${TRAINER_ARGS[@]}" "${HP[@]}" ${EXTRA_ARGS:-}
+  --output_dir "$OUTPUT_DIR" "${TRAINER_ARGS[@]}" "${HP[@]}" \
+  ${TOKEN_REDUCTION:+--token_reduction "$TOKEN_REDUCTION"} ${EXTRA_ARGS:-}

@@ -12,6 +12,8 @@
 #   OUT_DIR      answers, reviews and summaries          (default: runs/eval/$CKPT; eval.results_table reads it)
 #   BATCH_SIZE   questions per generate call             (default: 8)
 #   PYTHON       interpreter                             (default: .venv/bin/python when present, else python)
+#   TOKEN_REDUCTION  token-reduction methods with budgets, e.g. "visionzip:dominant=54,contextual=10+fastv:k=2,ratio=0.5"
+#                (llava.model.reduction.spec; default: the checkpoint's mm_token_reduction; none turns it off)
 #   EXTRA_ARGS   more model_vqa flags, e.g. "--device cpu --max-new-tokens 64 --overwrite"
 #   OPENAI_API_KEY / OPENAI_BASE_URL   the judge's key and OpenAI-compatible endpoint (see eval.eval_gpt_review_bench);
 #                the judge runs when either is set, and writes llavabench_summary.json
@@ -31,7 +33,8 @@ $PYTHON -m llava.eval.model_vqa \
   --model-path "$MODEL_PATH" ${MODEL_BASE:+--model-base "$MODEL_BASE"} \
   --question-file "$BENCH/questions.jsonl" --image-folder "$BENCH/images" \
   --answers-file "$OUT_DIR/llavabench.jsonl" \
-  --temperature 0 --conv-mode "$CONV_MODE" --batch-size "${BATCH_SIZE:-8}" ${EXTRA_ARGS:-}
+  --temperature 0 --conv-mode "$CONV_MODE" --batch-size "${BATCH_SIZE:-8}" \
+  ${TOKEN_REDUCTION:+--token_reduction "$TOKEN_REDUCTION"} ${EXTRA_ARGS:-}
 
 $PYTHON -m eval.rule_score --question "$BENCH/questions.jsonl" \
   --answer-list "$BENCH/answers_gpt4.jsonl" "$OUT_DIR/llavabench.jsonl" --output "$OUT_DIR/reviews/rule_$CKPT.jsonl"

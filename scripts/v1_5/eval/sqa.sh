@@ -11,6 +11,8 @@
 #   OUT_DIR      answers, scores and efficiency.json    (default: runs/eval/$CKPT; eval.results_table reads it)
 #   BATCH_SIZE   questions per generate call             (default: 8)
 #   PYTHON       interpreter                             (default: .venv/bin/python when present, else python)
+#   TOKEN_REDUCTION  token-reduction methods with budgets, e.g. "visionzip:dominant=54,contextual=10+fastv:k=2,ratio=0.5"
+#                (llava.model.reduction.spec; default: the checkpoint's mm_token_reduction; none turns it off)
 #   EXTRA_ARGS   more model_vqa_science flags, e.g. "--device cpu --max-new-tokens 16 --overwrite"
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
@@ -25,7 +27,8 @@ $PYTHON -m llava.eval.model_vqa_science \
   --model-path "$MODEL_PATH" ${MODEL_BASE:+--model-base "$MODEL_BASE"} \
   --question-file "$SQA/llava_test_CQM-A.json" --image-folder "$SQA/images/test" \
   --answers-file "$OUT_DIR/scienceqa.jsonl" --efficiency-file "$OUT_DIR/efficiency.json" \
-  --single-pred-prompt --temperature 0 --conv-mode "$CONV_MODE" --batch-size "${BATCH_SIZE:-8}" ${EXTRA_ARGS:-}
+  --single-pred-prompt --temperature 0 --conv-mode "$CONV_MODE" --batch-size "${BATCH_SIZE:-8}" \
+  ${TOKEN_REDUCTION:+--token_reduction "$TOKEN_REDUCTION"} ${EXTRA_ARGS:-}
 
 $PYTHON -m eval.eval_science_qa --base-dir "$SQA" --result-file "$OUT_DIR/scienceqa.jsonl" \
   --output-file "$OUT_DIR/scienceqa_output.jsonl" --output-result "$OUT_DIR/scienceqa_result.json" \
