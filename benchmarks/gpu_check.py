@@ -150,7 +150,7 @@ def llm_packing_rows(device: torch.device, dtype: torch.dtype, tiny: bool, repea
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(device, dtype).train()
     g = torch.Generator().manual_seed(0)
-    scale = 8 if tiny else 1  # --tiny: CPU-sized samples
+    scale = 16 if tiny else 1  # --tiny: CPU-sized samples
     text = (torch.randint(40, 400, (16,), generator=g) // scale).tolist()  # text tokens per sample
     drip = (torch.randint(100, 190, (16,), generator=g) // scale).tolist()
     visual = {"CLIP-336 (576)": [576 // scale] * 16, "DRIP-4x (~144)": drip}

@@ -1,4 +1,5 @@
-"""benchmarks/gpu_check.py runs end to end on CPU (``--device cpu --tiny``): every row of its table is produced."""
+"""benchmarks/gpu_check.py runs end to end on CPU (``--device cpu --tiny``): every row of its table is produced
+(the LLM packed-step rows with SDPA instead of flash varlen)."""
 
 import json
 import os
@@ -17,9 +18,12 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())
-    assert rows["device"] == "cpu" and len(rows) == 8
+    assert rows["device"] == "cpu" and len(rows) == 15
     assert rows["packed attention bfloat16: max abs diff flash vs SDPA"].startswith("0 ")
     assert rows["fp16 pooling, one segment of 576 patches of 150"] == "finite, mean 150.0"
     assert "vs MACs" in rows["DRIP / ViT step time vs complete MACs"]
     assert "counts equal True" in rows["torch.compile speed-up, DRIP-tiny eval batch 4 bf16"]
+    for tower in ("CLIP-336 (576)", "DRIP-4x (~144)"):  # the LLM's packed step: the same loss as padded (bf16)
+        assert float(rows[f"LLM {tower} packed vs padded"].split("|loss diff| ")[1]) < 1e-2
+    assert rows["LLM DRIP-4x packed vs CLIP padded"].startswith("time ")
     assert "| check" in done.stdout  # one markdown table
