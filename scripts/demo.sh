@@ -6,9 +6,10 @@
 # DEMO_SIZE=full (default; ~18 min on 2 CPU cores) | ci (the small variant the test suite runs, ~3 min).
 # DEMO_ROOT (default .): where playground/data/demo, checkpoints/demo and runs/demo go.
 # DEMO_SEED (default 0): seed of the world, the CLIP towers and the base LLM (LLaVA's stages keep HF's seed 42).
+# DEMO_SKIP_SETUP=1: skip scripts/setup.sh (the environment is known to be set up, e.g. inside the test suite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+[[ -n "${DEMO_SKIP_SETUP:-}" ]] || bash scripts/setup.sh
 source scripts/v1_5/common.sh
 ROOT=${DEMO_ROOT:-.} SEED=${DEMO_SEED:-0}
 D=$ROOT/playground/data/demo C=$ROOT/checkpoints/demo R=$ROOT/runs/demo

@@ -181,7 +181,6 @@ lmms_eval_specific_kwargs:
     return path
 
 
-@pytest.mark.slow
 def test_lmms_eval_cli_accuracy_equals_eval_science_qa(ckpt, world, tmp_path):
     task = _task_yaml(tmp_path, world)
     out = tmp_path / "out"

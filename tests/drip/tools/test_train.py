@@ -126,6 +126,7 @@ def _metrics(tmp_path) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
+@pytest.mark.slow  # ~15-40 s; CI runs the same entry point on a CSV through tests/test_demo.py (scripts/demo.sh)
 @needs_extras
 def test_drip_train_entry_point_on_a_csv(tmp_path):
     _run_drip_train(tmp_path, "--epochs", "3", "--drip-temperature-final", "0.5")
