@@ -66,9 +66,19 @@ def test_drip_rows_sit_at_the_nearest_budget_and_compose_below_it(tb):
 
 
 def test_table_rows_categories_and_missing_values(tb):
-    a = tb.Result(tb.Run("ViT (HF CLIP copy)", "vit-hf", None),
-                  RunMetrics("x", sqa_img_acc=81.25, visual_tokens=64.0, tower_gflops=0.01594, prefill_tflops=1.3e-4,
-                             seconds_per_answer=0.2414, llavabench_rule=57.31), {"color": 97.0, "size": 80.0})
+    a = tb.Result(
+        tb.Run("ViT (HF CLIP copy)", "vit-hf", None),
+        RunMetrics(
+            "x",
+            sqa_img_acc=81.25,
+            visual_tokens=64.0,
+            tower_gflops=0.01594,
+            prefill_tflops=1.3e-4,
+            seconds_per_answer=0.2414,
+            llavabench_rule=57.31,
+        ),
+        {"color": 97.0, "size": 80.0},
+    )
     b = tb.Result(tb.Run("ToMe r=16", "vit-hf", 16), RunMetrics("y", sqa_img_acc=50.0, visual_tokens=16.0),
                   {"count": 40.0})  # fmt: skip
     lines = tb.markdown_table([a, b]).splitlines()
