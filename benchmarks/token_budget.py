@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PDROP_LAYERS = (1, 2, 3)  # PyramidDrop's four stages on the demo's 4-layer LLM (LLaVA-1.5-7B: 8, 16, 24)
 VISIONZIP_SHARE = 54 / 64  # VisionZip's dominant share of the kept tokens (54 dominant + 10 contextual)
 
 
@@ -106,11 +105,13 @@ def keep_ratio(tokens: float, budget: int) -> float:
     return round(min(1.0, budget / tokens), 4)
 
 
-def pdrop_schedule(tokens: float, budget: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """PyramidDrop stages at ``PDROP_LAYERS`` keeping lambda, lambda^2, lambda^3 of the tokens, the last = budget."""
+def pdrop_schedule(tokens: float, budget: int, llm_layers: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """PyramidDrop's four stages (drops at 1/4, 2/4, 3/4 of the LLM's layers: 8, 16, 24 of LLaVA-1.5-7B's 32, 1, 2, 3
+    of the demo's 4) keeping lambda, lambda^2, lambda^3 of the image tokens, the last one the budget."""
     final = keep_ratio(tokens, budget)
-    n = len(PDROP_LAYERS)
-    return PDROP_LAYERS, tuple(round(final ** ((i + 1) / n), 4) for i in range(n - 1)) + (final,)
+    layers = tuple(sorted({max(1, round(llm_layers * i / 4)) for i in (1, 2, 3)}))
+    n = len(layers)
+    return layers, tuple(round(final ** ((i + 1) / n), 4) for i in range(n - 1)) + (final,)
 
 
 def reference_runs() -> list[Run]:
@@ -118,7 +119,7 @@ def reference_runs() -> list[Run]:
             Run("DRIP (learned)", "drip", None, short="DRIP")]  # fmt: skip
 
 
-def vit_runs(budget: int, shape: TowerShape, seeds: list[int], schedule: str | None) -> list[Run]:
+def vit_runs(budget: int, shape: TowerShape, seeds: list[int], schedule: str | None, llm_layers: int) -> list[Run]:
     """The training-free methods on the ViT model (its HF CLIP copy) at ``budget`` tokens."""
     n = shape.num_patches
     d, c = visionzip_split(budget)
@@ -135,8 +136,8 @@ def vit_runs(budget: int, shape: TowerShape, seeds: list[int], schedule: str | N
     ratio = keep_ratio(n, budget)
     runs.append(Run(f"FastV k=2 R={1 - ratio:.3g}", "vit-hf", budget, f"fastv:k=2,ratio={round(1 - ratio, 4)}",
                     short="FastV"))  # fmt: skip
-    runs.append(Run("PyramidDrop " + _pdrop_label(pdrop_schedule(n, budget)), "vit-hf", budget,
-                    pdrop=pdrop_schedule(n, budget), short="PDrop"))  # fmt: skip
+    pdrop = pdrop_schedule(n, budget, llm_layers)
+    runs.append(Run("PyramidDrop " + _pdrop_label(pdrop), "vit-hf", budget, pdrop=pdrop, short="PDrop"))
     return runs
 
 
@@ -144,7 +145,7 @@ def _pdrop_label(schedule: tuple[tuple[int, ...], tuple[float, ...]]) -> str:
     return "layers " + ",".join(map(str, schedule[0])) + " keep " + "/".join(f"{r:.2f}" for r in schedule[1])
 
 
-def drip_runs(budgets: list[int], drip_tokens: float, seeds: list[int]) -> list[Run]:
+def drip_runs(budgets: list[int], drip_tokens: float, seeds: list[int], llm_layers: int) -> list[Run]:
     """DRIP rows: learned / uniform / random boundaries at the budget nearest DRIP's own mean count; + FastV and
     + PyramidDrop at each budget below that count (none above it: DRIP's rate is trained)."""
     native = min(budgets, key=lambda b: abs(math.log(b / drip_tokens)))
@@ -159,8 +160,8 @@ def drip_runs(budgets: list[int], drip_tokens: float, seeds: list[int]) -> list[
             ratio = keep_ratio(drip_tokens, b)
             runs.append(Run(f"DRIP + FastV k=2 R={1 - ratio:.3g}", "drip", b, f"fastv:k=2,ratio={round(1 - ratio, 4)}",
                             short="DRIP+FastV"))  # fmt: skip
-            runs.append(Run("DRIP + PyramidDrop " + _pdrop_label(pdrop_schedule(drip_tokens, b)), "drip", b,
-                            pdrop=pdrop_schedule(drip_tokens, b), short="DRIP+PDrop"))  # fmt: skip
+            pdrop = pdrop_schedule(drip_tokens, b, llm_layers)
+            runs.append(Run("DRIP + PyramidDrop " + _pdrop_label(pdrop), "drip", b, pdrop=pdrop, short="DRIP+PDrop"))
     return runs
 
 
@@ -220,7 +221,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-root", default=None, help="LLaVA eval tree (default: DEMO_ROOT/playground/data/demo/eval)")
     p.add_argument("--calibration-images", default=None, help="Patch Slimming search images (default: the demo's)")
     p.add_argument("--budgets", type=parse_ints, default=[16, 7], help="image tokens kept (default 16,7)")
-    p.add_argument("--seeds", type=parse_ints, default=[0, 1], help="random / DRIP-random seeds (default 0,1)")
+    p.add_argument("--seeds", type=parse_ints, default=[0, 1, 2], help="random / DRIP-random seeds (default 0,1,2)")
     p.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark (quick runs)")
     p.add_argument("--epsilon", type=float, default=0.01, help="Patch Slimming search tolerance")
     p.add_argument("--r0", type=int, default=4, help="Patch Slimming search granularity")

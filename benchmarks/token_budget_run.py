@@ -175,6 +175,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     drip = None if args.drip_model == "none" else args.drip_model
     models = {"vit": args.vit_model if hf != args.vit_model else None, "vit-hf": hf, "drip": drip}
     shape, tower = tower_shape(hf)
+    llm_layers = int(json.loads((Path(hf) / "config.json").read_text())["num_hidden_layers"])
     done: dict[str, Result] = {}
 
     def run(r: Run) -> Result:
@@ -189,10 +190,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
     results = [refs[m] for m in ("vit", "vit-hf") if m in refs]
     for b in args.budgets:
         schedule = slimming_schedule(tower, shape, b, args, out) if b < shape.num_patches else None
-        results += [run(r) for r in vit_runs(b, shape, args.seeds, schedule)]
+        results += [run(r) for r in vit_runs(b, shape, args.seeds, schedule, llm_layers)]
         if drip:
             tokens = refs["drip"].metrics.visual_tokens
-            results += [run(r) for r in drip_runs(args.budgets, tokens, args.seeds) if r.budget == b]
+            results += [run(r) for r in drip_runs(args.budgets, tokens, args.seeds, llm_layers) if r.budget == b]
     table = markdown_table(results)
     Path(args.output_md).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output_md).write_text(table)

@@ -27,7 +27,7 @@ DEMO_VIT = dict(image_size=64, patch_size=8, layers_run=3)  # ViT-tiny: 64 patch
 
 def test_budgets_map_to_each_methods_flag(tb):
     shape = tb.TowerShape(**DEMO_VIT)
-    at16 = {r.label: (r.token_reduction, r.pdrop) for r in tb.vit_runs(16, shape, [0, 3], "/s.json")}
+    at16 = {r.label: (r.token_reduction, r.pdrop) for r in tb.vit_runs(16, shape, [0, 3], "/s.json", 4)}
     assert at16 == {
         "uniform 4x4": ("uniform:size=4", None),
         "random seed 0": ("random:keep=16,seed=0", None),
@@ -38,18 +38,19 @@ def test_budgets_map_to_each_methods_flag(tb):
         "FastV k=2 R=0.75": ("fastv:k=2,ratio=0.75", None),
         "PyramidDrop layers 1,2,3 keep 0.63/0.40/0.25": (None, ((1, 2, 3), (0.63, 0.3969, 0.25))),
     }
-    at7 = {r.label: r.token_reduction for r in tb.vit_runs(7, shape, [0], None)}
+    at7 = {r.label: r.token_reduction for r in tb.vit_runs(7, shape, [0], None, 4)}
     assert at7["uniform 3x3"] == "uniform:size=3"  # the nearest square grid: 9 tokens
     assert at7["VisionZip 6+1"] == "visionzip:dominant=6,contextual=1"
     assert at7["FastV k=2 R=0.891"] == "fastv:k=2,ratio=0.8906"
     assert not any(label.startswith("Patch Slimming") for label in at7)  # no schedule given
     assert tb.tome_r(shape, 7) == (32, 8)  # ToMe merges at most half a layer's tokens: 8 is the nearest
-    for run in tb.vit_runs(7, shape, [0], "/s.json"):
+    assert tb.pdrop_schedule(576, 64, 32)[0] == (8, 16, 24)  # LLaVA-1.5-7B's PyramidDrop layers
+    for run in tb.vit_runs(7, shape, [0], "/s.json", 4):
         parse_token_reduction(run.token_reduction)  # every flag is one the entry points accept
 
 
 def test_drip_rows_sit_at_the_nearest_budget_and_compose_below_it(tb):
-    runs = tb.drip_runs([16, 7], drip_tokens=13.0, seeds=[0, 1])
+    runs = tb.drip_runs([16, 7], drip_tokens=13.0, seeds=[0, 1], llm_layers=4)
     at16 = [(r.label, r.token_reduction) for r in runs if r.budget == 16]
     assert at16 == [
         ("DRIP (learned)", None),
@@ -60,8 +61,10 @@ def test_drip_rows_sit_at_the_nearest_budget_and_compose_below_it(tb):
     at7 = {r.short: (r.token_reduction, r.pdrop) for r in runs if r.budget == 7}
     assert at7 == {"DRIP+FastV": ("fastv:k=2,ratio=0.4615", None),
                    "DRIP+PDrop": (None, ((1, 2, 3), (0.8136, 0.6619, 0.5385)))}  # fmt: skip
-    assert [r.budget for r in tb.drip_runs([16, 7], drip_tokens=5.0, seeds=[0])] == [7] * 3  # nothing above its count
-    every = runs + tb.vit_runs(16, tb.TowerShape(**DEMO_VIT), [0, 1], "/s.json") + tb.reference_runs()
+    assert [r.budget for r in tb.drip_runs([16, 7], drip_tokens=5.0, seeds=[0], llm_layers=4)] == [
+        7
+    ] * 3  # nothing above its count
+    every = runs + tb.vit_runs(16, tb.TowerShape(**DEMO_VIT), [0, 1], "/s.json", 4) + tb.reference_runs()
     assert len({r.slug for r in every}) == len({(r.model, r.token_reduction, r.pdrop) for r in every})
 
 
