@@ -193,6 +193,18 @@ def markdown_table(results: list[Result]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def best_per_budget(results: list[Result]) -> str:
+    """One line per budget: the highest SQA-IMG accuracy and every run that reaches it."""
+    lines = []
+    for budget in dict.fromkeys(r.run.budget for r in results if r.run.budget is not None):
+        scored = [r for r in results if r.run.budget == budget and r.metrics.sqa_img_acc is not None]
+        if scored:
+            top = max(r.metrics.sqa_img_acc for r in scored)
+            names = ", ".join(r.run.label for r in scored if r.metrics.sqa_img_acc == top)
+            lines.append(f"best SQA-IMG at {budget} tokens: {top:.1f} % ({names})")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def plot_runs(results: list[Result]) -> list[Any]:
     """``RunMetrics`` for ``eval.results_table.plot_accuracy_vs_flops``: SQA-IMG only, short names."""
     out = []

@@ -10,7 +10,17 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from token_budget import Result, Run, TowerShape, drip_runs, markdown_table, plot_runs, reference_runs, vit_runs
+from token_budget import (
+    Result,
+    Run,
+    TowerShape,
+    best_per_budget,
+    drip_runs,
+    markdown_table,
+    plot_runs,
+    reference_runs,
+    vit_runs,
+)
 
 
 @dataclass(frozen=True)
@@ -194,7 +204,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         if drip:
             tokens = refs["drip"].metrics.visual_tokens
             results += [run(r) for r in drip_runs(args.budgets, tokens, args.seeds, llm_layers) if r.budget == b]
-    table = markdown_table(results)
+    table = markdown_table(results) + "\n" + best_per_budget(results)
     Path(args.output_md).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output_md).write_text(table)
     plot_accuracy_vs_flops(plot_runs(results), "prefill", args.output_png)

@@ -94,3 +94,14 @@ def test_table_rows_categories_and_missing_values(tb):
     names = [r.name for r in tb.plot_runs([a, b])]
     assert names == ["ViT (HF CLIP copy)", "ToMe r=16@16"]
     assert all(r.sqa_acc is None and r.llavabench_rule is None for r in tb.plot_runs([a, b]))  # SQA-IMG only
+
+
+def test_best_per_budget_names_every_run_at_the_top(tb):
+    def result(label, budget, acc):
+        return tb.Result(tb.Run(label, "vit-hf", budget), RunMetrics(label, sqa_img_acc=acc), {})
+
+    rows = [result("ViT", None, 90.0), result("ToMe", 16, 70.0), result("FastV", 16, 80.0), result("DRIP", 16, 80.0),
+            result("random", 7, 50.0), result("none", 7, None)]  # fmt: skip
+    assert tb.best_per_budget(rows) == (
+        "best SQA-IMG at 16 tokens: 80.0 % (FastV, DRIP)\nbest SQA-IMG at 7 tokens: 50.0 % (random)\n"
+    )
