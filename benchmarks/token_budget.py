@@ -206,13 +206,19 @@ def best_per_budget(results: list[Result]) -> str:
 
 
 def plot_runs(results: list[Result]) -> list[Any]:
-    """``RunMetrics`` for ``eval.results_table.plot_accuracy_vs_flops``: SQA-IMG only, short names."""
-    out = []
+    """``RunMetrics`` for ``eval.results_table.plot_accuracy_vs_flops``: SQA-IMG only, short names; runs on the same
+    point (same prefill cost and accuracy) become one point named by all of them."""
+    points: dict[tuple, Any] = {}
     for r in results:
         short = r.run.short or r.run.label
         name = short if r.run.budget is None else f"{short}@{r.run.budget}"
-        out.append(dataclasses.replace(r.metrics, name=name, sqa_acc=None, llavabench=None, llavabench_rule=None))
-    return out
+        key = (r.metrics.prefill_tflops, r.metrics.sqa_img_acc)
+        if key in points:
+            if name not in points[key].name.split(" = "):
+                points[key] = dataclasses.replace(points[key], name=f"{points[key].name} = {name}")
+            continue
+        points[key] = dataclasses.replace(r.metrics, name=name, sqa_acc=None, llavabench=None, llavabench_rule=None)
+    return list(points.values())
 
 
 def parse_ints(text: str) -> list[int]:

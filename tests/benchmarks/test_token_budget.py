@@ -91,8 +91,11 @@ def test_table_rows_categories_and_missing_values(tb):
     assert lines[2] == ("| none | ViT (HF CLIP copy) | vit-hf | 64.0 | 81.2 | 97.0 | - | 80.0 | 57.3 | 0.0159 | 0.1300 "
                         "| 0.241 |")  # fmt: skip
     assert lines[3] == "| 16 | ToMe r=16 | vit-hf | 16.0 | 50.0 | - | 40.0 | - | - | - | - | - |"
-    names = [r.name for r in tb.plot_runs([a, b])]
-    assert names == ["ViT (HF CLIP copy)", "ToMe r=16@16"]
+    same = tb.Result(tb.Run("DRIP", "drip", 16, short="DRIP"), RunMetrics("z", sqa_img_acc=60.0), {})
+    names = [r.name for r in tb.plot_runs([a, b, same, same])]
+    assert names == ["ViT (HF CLIP copy)", "ToMe r=16@16", "DRIP@16"]  # twice: one point
+    b2 = tb.Result(tb.Run("FastV", "vit-hf", 16), RunMetrics("w", sqa_img_acc=50.0, visual_tokens=16.0), {})
+    assert [r.name for r in tb.plot_runs([b, b2])] == ["ToMe r=16@16 = FastV@16"]  # one point, both names
     assert all(r.sqa_acc is None and r.llavabench_rule is None for r in tb.plot_runs([a, b]))  # SQA-IMG only
 
 
