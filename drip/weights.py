@@ -10,6 +10,9 @@ embedding (tests/drip/test_parity.py). This module renames the weights:
 * Hugging Face ``CLIPVisionModel(WithProjection)`` / ``CLIPModel``: ``q_proj``, ``k_proj``, ``v_proj`` are stacked
   into ``qkv``; ``pre_layrnorm`` -> ``ln_pre``, ``post_layernorm`` -> ``ln_post``, ``visual_projection.weight.T``
   -> ``proj``.
+* The reverse, for a tower without pooling (a plain ViT, ``pool_at=()``): ``drip_to_hf`` renames back and
+  ``export_hf_clip_vision`` writes an HF ``CLIPVisionModel`` directory whose hidden states equal the tower's
+  (tests/drip/test_weights_export.py), so methods that need HF CLIP's layers can run on a drip-trained ViT.
 
 The tower's shape is read from the source (weights, plus the model object or HF config for heads, activation and
 LayerNorm eps). A state-dict file does not record heads or activation: give a config, or heads default to
@@ -71,6 +74,18 @@ _HF_EXPECTED = (
     "visual_projection.weight (the vision_model. prefix may be absent)"
 )
 _HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
+# DRIP names -> HF CLIP vision names (``vision_model.`` prefixed); qkv and proj are handled apart
+_DRIP_BLOCK = r"blocks\.(\d+)\."
+_DRIP_TO_HF_RULES = [
+    (r"conv1\.weight", "vision_model.embeddings.patch_embedding.weight"),
+    (r"class_embedding", "vision_model.embeddings.class_embedding"),
+    (r"positional_embedding", "vision_model.embeddings.position_embedding.weight"),
+    (r"ln_pre\.(weight|bias)", r"vision_model.pre_layrnorm.\1"),
+    (r"ln_post\.(weight|bias)", r"vision_model.post_layernorm.\1"),
+    (_DRIP_BLOCK + r"ln_([12])\.(weight|bias)", r"vision_model.encoder.layers.\1.layer_norm\2.\3"),
+    (_DRIP_BLOCK + r"attn\.proj\.(weight|bias)", r"vision_model.encoder.layers.\1.self_attn.out_proj.\2"),
+    (_DRIP_BLOCK + r"mlp\.(fc[12])\.(weight|bias)", r"vision_model.encoder.layers.\1.mlp.\2.\3"),
+]
 
 
 def rename_keys(
@@ -118,6 +133,68 @@ def hf_to_drip(hf_sd: dict[str, Tensor]) -> dict[str, Tensor]:
     out.update(rename_keys(sd, _HF_RULES, "Hugging Face CLIP vision state dict", _HF_EXPECTED))
     if projection is not None:
         out["proj"] = projection.t().contiguous()  # DRIP computes x @ proj with proj [D, E]
+    return out
+
+
+def drip_to_hf(drip_sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """DRIP-named ViT weights -> HF CLIP vision names (``vision_model.`` prefixed; ``proj`` [D, E] ->
+    ``visual_projection.weight`` [E, D]); the inverse of ``hf_to_drip``. A boundary predictor's weights (a tower
+    that pools) have no HF counterpart -> ValueError; an empty ``eval_thresholds`` buffer (no pooling) is dropped."""
+    sd = {k: v for k, v in drip_sd.items() if not (k == "eval_thresholds" and v.numel() == 0)}
+    predictors = [k for k in sd if k.startswith("predictors.") or k == "eval_thresholds"]
+    if predictors:
+        raise ValueError(f"a DRIP tower with boundary predictors (pooling) has no HF CLIP form: {predictors[:4]}")
+    out: dict[str, Tensor] = {}
+    qkv = re.compile(_DRIP_BLOCK + r"attn\.qkv\.(weight|bias)")
+    for key in [k for k in sd if qkv.fullmatch(k)]:
+        layer, kind = qkv.fullmatch(key).groups()
+        for name, part in zip("qkv", sd.pop(key).chunk(3, 0), strict=True):  # open_clip's in_proj: q, k, v stacked
+            out[f"vision_model.encoder.layers.{layer}.self_attn.{name}_proj.{kind}"] = part.contiguous()
+    projection = sd.pop("proj", None)  # [D, E]
+    out.update(rename_keys(sd, _DRIP_TO_HF_RULES, "DRIP ViT state dict"))
+    if projection is not None:
+        out["visual_projection.weight"] = projection.t().contiguous()
+    return out
+
+
+def hf_clip_vision_config(cfg: DripConfig) -> dict[str, Any]:
+    """``CLIPVisionConfig`` fields of a DRIP config without pooling (same blocks: pre-LN, ln_pre, bias-free patch
+    embedding, CLS + learned positions, ln_post). ValueError for a tower that pools (HF CLIP keeps every token)."""
+    if cfg.pool_at:
+        raise ValueError(
+            f"DRIP config {cfg.name!r} pools before blocks {list(cfg.pool_at)}: an HF CLIPVisionModel keeps every "
+            "patch, so only a tower with pool_at=() (a plain ViT, e.g. ViT-tiny) can be exported"
+        )
+    hidden = int(cfg.width * cfg.mlp_ratio)  # drip.layers.Mlp's fc1 width
+    fields = dict(hidden_size=cfg.width, intermediate_size=hidden, num_hidden_layers=cfg.layers,
+                  num_attention_heads=cfg.heads, num_channels=cfg.in_chans, image_size=cfg.image_size,
+                  patch_size=cfg.patch_size, hidden_act=cfg.act, layer_norm_eps=cfg.ln_eps)  # fmt: skip
+    return {**fields, **({"projection_dim": cfg.embed_dim} if cfg.embed_dim else {})}
+
+
+def export_hf_clip_vision(tower: DripVisionTransformer, out_dir: str | Path) -> Path:
+    """Write ``tower`` (no pooling) as an HF ``CLIPVisionModel`` directory (config.json + model.safetensors).
+
+    ``hidden_states[i]`` of the HF model equal the tower's ``hidden_states[i]`` (fp32, same weights); the CLIP
+    projection ``proj`` is not part of ``CLIPVisionModel`` and is left out (LLaVA's towers read hidden states).
+    Raises ValueError for a tower that pools (see ``hf_clip_vision_config``).
+    """
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(**hf_clip_vision_config(tower.cfg))
+    model = CLIPVisionModel(config)
+    own = model.state_dict()
+    sd = drip_to_hf({k: v.detach().float() for k, v in tower.state_dict().items()})
+    sd.pop("visual_projection.weight", None)
+    # transformers 5 names CLIPVisionModel's keys without the ``vision_model.`` level its siblings keep
+    sd = {(k.removeprefix("vision_model.") if k not in own else k): v for k, v in sd.items()}
+    missing = [k for k in set(own) - set(sd) if not k.endswith("position_ids")]
+    unknown = sorted(set(sd) - set(own))
+    if missing or unknown:
+        raise ValueError(f"DRIP -> HF CLIP export: missing {sorted(missing)[:4]}, unknown {unknown[:4]}")
+    model.load_state_dict(sd, strict=False)
+    out = Path(out_dir)
+    model.save_pretrained(str(out))
     return out
 
 

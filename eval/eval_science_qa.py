@@ -25,7 +25,11 @@ LLaVA's ``{"acc", "correct", "count", "results", "outputs"}``. ``--metrics-json`
 
     {"split", "gold_source", "total", "correct", "accuracy", "img_total", "img_correct", "img_accuracy",
      "failed", "missing", "beyond_options", "duplicates", "unmatched_predictions",
-     "breakdown": {"NAT": {"count", "correct", "accuracy"}, ..., "G7-12": {...}} or null}
+     "breakdown": {"NAT": {"count", "correct", "accuracy"}, ..., "G7-12": {...}} or null,
+     "img_categories": {"<category>": {"count", "correct", "accuracy"}, ...} or null}
+
+``img_categories``: accuracy per ``problems.json`` ``category`` over the image problems (the demo world's question
+templates: color, number, size); null when the gold source has no categories.
 
 Accuracies are percentages; ``img_accuracy`` is null when the split has no image problem.
 """
@@ -134,6 +138,24 @@ def breakdown(problems: dict[str, SqaProblem], correct_ids: set[str]) -> dict[st
     return out
 
 
+def img_categories(
+    problems: dict[str, SqaProblem], img_ids: set[str], correct_ids: set[str]
+) -> dict[str, dict[str, Any]] | None:
+    """Accuracy per ``category`` over the image problems ``img_ids``, categories sorted; None without categories."""
+    members: dict[str, list[str]] = {}
+    for pid in img_ids:
+        if problems[pid].category is None:
+            return None
+        members.setdefault(problems[pid].category, []).append(pid)
+    if not members:
+        return None
+    out = {}
+    for key, pids in sorted(members.items()):
+        n_correct = sum(pid in correct_ids for pid in pids)
+        out[key] = {"count": len(pids), "correct": n_correct, "accuracy": _percent(n_correct, len(pids))}
+    return out
+
+
 def evaluate(problems: dict[str, SqaProblem], predictions: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Score every problem. Returns ``{"analysis": LLaVA's output-file dict, "result": LLaVA's output-result
     dict, "metrics": our metrics dict}`` (formats in the module docstring)."""
@@ -154,6 +176,7 @@ def evaluate(problems: dict[str, SqaProblem], predictions: dict[str, dict[str, A
     total, correct = len(problems), len(analysis["correct"])
     result.update(acc=correct / total * 100, correct=correct, count=total)
     correct_ids = {r["question_id"] for r in analysis["correct"]}
+    img_ids = {r["question_id"] for r in (*analysis["correct"], *analysis["incorrect"]) if r["is_multimodal"]}
     metrics = {
         "total": total,
         "correct": correct,
@@ -162,6 +185,7 @@ def evaluate(problems: dict[str, SqaProblem], predictions: dict[str, dict[str, A
         **counts,
         "unmatched_predictions": sum(qid not in problems for qid in predictions),
         "breakdown": breakdown(problems, correct_ids),
+        "img_categories": img_categories(problems, img_ids, correct_ids),
     }
     return {"analysis": analysis, "result": result, "metrics": metrics}
 

@@ -41,6 +41,7 @@ class SqaProblem:
     subject: str | None = None  # "natural science" | "social science" | "language science" (problems.json only)
     grade: str | None = None  # "grade1" .. "grade12" (problems.json only)
     has_hint: bool | None = None  # non-empty text context (problems.json only)
+    category: str | None = None  # ScienceQA's "category" (the demo world: its question template; problems.json only)
 
 
 def load_split_problems(base_dir: str, split: str) -> tuple[dict[str, SqaProblem], str]:
@@ -100,6 +101,7 @@ def _from_problems_json(path: str, pids: list[str]) -> dict[str, SqaProblem]:
                 subject=prob.get("subject"),
                 grade=prob.get("grade"),
                 has_hint=bool(prob.get("hint")),
+                category=prob.get("category"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise EvalInputError(f"{path}: problem {pid}: bad or missing field ({e})") from e

@@ -79,6 +79,33 @@ class LlavaMetaModel:
         p = next(self.embed_tokens.parameters())
         tower.to(device=p.device, dtype=p.dtype)
 
+    def replace_vision_tower(self, tower: VisionTower) -> None:
+        """Put ``tower`` in place of the current one (same feature width, the projector is kept) in the LLM's dtype and
+        device, and record it in the config (``mm_vision_tower``, ``mm_vision_tower_config``), so ``save_pretrained``
+        writes a checkpoint with the new tower. ValueError when the widths differ."""
+        old = self.get_vision_tower()
+        if old is not None and old.hidden_size != tower.hidden_size:
+            raise ValueError(f"tower {tower.vision_tower_name!r} has width {tower.hidden_size}, the projector takes "
+                             f"{old.hidden_size}")  # fmt: skip
+        p = next(self.embed_tokens.parameters())
+        self.vision_tower = tower.to(device=p.device, dtype=p.dtype)
+        mm = MultimodalConfig.from_config(self.config)
+        mm.replace(vision_tower=tower.vision_tower_name, vision_tower_config=tower.config_dict()).write_to(self.config)
+
+    def export_tower_to_clip(self, out_dir: str) -> str:
+        """Replace a DRIP tower without pooling (a drip-package ViT) by its HF CLIP export, written to ``out_dir``,
+        so methods that need HF CLIP's layers (VisionZip, ToMe, Patch Slimming) run on it; the features are equal.
+        Returns the CLIP directory (now ``mm_vision_tower``). ValueError for other towers."""
+        tower = self.get_vision_tower()
+        export = getattr(tower, "export_clip", None)  # a DRIP tower's capability
+        if export is None:
+            name = getattr(tower, "vision_tower_name", None)
+            raise ValueError(f"tower {name!r} is not a DRIP tower: nothing to export")
+        path = os.path.abspath(export(out_dir))
+        mm = MultimodalConfig.from_config(self.config).replace(vision_tower=path, vision_tower_config=None)
+        self.replace_vision_tower(build_vision_tower(mm))
+        return path
+
     def _init_weights(self, module: nn.Module) -> None:
         # The tower initialises itself when built (DRIP: boundary bias = logit(prior)); HF's generic init would
         # overwrite that, and its tower weights come from a checkpoint or load_model() anyway.

@@ -187,3 +187,19 @@ def test_scoring_modules_import_neither_torch_nor_matplotlib() -> None:
     code += "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, 'heavy import'\n"
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=60)
+
+
+def test_image_accuracy_per_category(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """problems.json's "category" (the demo's question template) splits IMG-accuracy; text problems stay out."""
+    answers = _write_dataset(tmp_path / "sqa")
+    rc, _, files = _run(tmp_path / "sqa", answers, tmp_path / "plain", capsys)
+    assert rc == 0 and files["metrics"]["img_categories"] is None  # no categories in the gold
+    path = tmp_path / "sqa" / "problems.json"
+    problems = json.loads(path.read_text())
+    for pid, category in {"1": "color", "2": "color", "3": "color", "4": "size", "5": "size", "6": "size"}.items():
+        problems[pid]["category"] = category
+    problems["7"]["category"] = "number"
+    path.write_text(json.dumps(problems))
+    rc, _, files = _run(tmp_path / "sqa", answers, tmp_path, capsys)
+    got = {key: (row["correct"], row["count"]) for key, row in files["metrics"]["img_categories"].items()}
+    assert rc == 0 and got == {"color": (2, 2), "size": (0, 2)}

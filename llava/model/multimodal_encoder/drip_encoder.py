@@ -27,6 +27,7 @@ from drip.boundary_signal import RowLoss, SignalReport, prior_boundaries, signal
 from drip.checkpoint import load_drip
 from drip.flops import tower_gmacs
 from drip.segments import draw_segments, patch_boundaries
+from drip.weights import export_hf_clip_vision
 from llava.model.config import DRIP_PREFIX
 from llava.model.multimodal_encoder.base import DripExtras, TrainMode, VisionFeatures, VisionTower, check_train_mode
 
@@ -128,8 +129,10 @@ class DripVisionTower(VisionTower):
         """none / the boundary predictor(s) only / every parameter (``DripVisionTransformer.set_trainable``)."""
         check_train_mode(mode)
         if mode == "predictor" and not self.config.pool_at:
-            raise ValueError(f"--tune_vision_tower predictor with {self.vision_tower_name!r}: it pools nowhere, so it "
-                             "has no boundary predictor to train")
+            raise ValueError(
+                f"--tune_vision_tower predictor with {self.vision_tower_name!r}: it pools nowhere, so it "
+                "has no boundary predictor to train"
+            )
         self.vision_tower.set_trainable(mode)
 
     @property
@@ -163,6 +166,12 @@ class DripVisionTower(VisionTower):
         self.vision_tower.set_boundary_estimator(estimator)
         b, flippable = prior_boundaries(self.vision_tower, batch, generator)
         return signal_report(loss_rows, b.to(self.device), flippable.to(self.device), chunk)
+
+    def export_clip(self, out_dir: str) -> str:
+        """Write this tower as an HF ``CLIPVisionModel`` directory (a ViT only: ``pool_at=()``), whose hidden states
+        equal this tower's, so a CLIP tower (``CLIPVisionTower``) can stand in for it; returns the directory.
+        Raises ValueError for a tower that pools (``drip.weights.export_hf_clip_vision``)."""
+        return str(export_hf_clip_vision(self.vision_tower, out_dir))
 
     @property
     def config(self) -> DripConfig:
