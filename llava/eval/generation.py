@@ -291,9 +291,11 @@ def run_identity(
     questions: Sequence[Question], generator: AnswerGenerator, model_id: str, source: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """What an answers file records about the run that writes it (``llava.eval.answers``): the model (``source``:
-    path, base, fingerprint, seed; default the model's ``name_or_path``), template, exact prompts and decoding."""
+    path, base, fingerprint, seed; default the model's ``name_or_path``), template, exact prompts, decoding, and the
+    token reduction and PyramidDrop schedule the model runs with (answer-time flags can replace the checkpoint's)."""
     use = generator.style.use_im_start_end
     prompts = [(q.question_id, q.query(use), q.image_file, q.prompt) for q in questions]
+    mm = MultimodalConfig.from_config(generator.model.config)
     return {
         "model_id": model_id,
         **(source if source is not None else {"model_path": getattr(generator.model, "name_or_path", None)}),
@@ -302,6 +304,8 @@ def run_identity(
         "questions": len(questions),
         "prompts_sha1": prompts_sha1(prompts),
         "decoding": asdict(generator.settings.decoding),
+        "token_reduction": mm.token_reduction,
+        "pdrop": None if mm.pdrop is None else asdict(mm.pdrop),
     }
 
 

@@ -438,6 +438,23 @@ def test_resume_with_another_model_or_settings_fails_unless_overwrite(loaded, da
         run()
 
 
+def test_resume_with_another_token_reduction_is_refused(loaded, data, tmp_path):
+    """The answer-time --token_reduction changes the answers, so the identity records it (it did not)."""
+    from llava.model.reduction.apply import apply_token_reduction
+
+    path, model = tmp_path / "a.jsonl", loaded[1]
+    generate_answers(sqa_questions(data), generator(loaded, data), str(path), "m", progress=False)
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:2]))  # as if killed after 2 answers
+    try:
+        apply_token_reduction(model, "random:keep=2")
+        with pytest.raises(InputFileError, match=r"written by another run.*token_reduction: file None"):
+            generate_answers(sqa_questions(data), generator(loaded, data), str(path), "m", progress=False)
+    finally:
+        apply_token_reduction(model, "none")
+    generate_answers(sqa_questions(data), generator(loaded, data), str(path), "m", progress=False)  # same run
+    assert len(read_lines(path)) == len(SQA)
+
+
 def test_a_second_writer_is_refused(loaded, data, tmp_path):
     """Issue 15.4: two runs on one file at once wrote duplicate lines; now the second fails at once."""
     path = tmp_path / "a.jsonl"
