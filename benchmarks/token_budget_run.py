@@ -65,9 +65,10 @@ def hf_tower_copy(vit_model: str, work: Path) -> str:
     if not str(config.get("mm_vision_tower", "")).startswith("drip:"):
         return vit_model
     from llava.model.builder import load_pretrained_model
+    from llava.model.tower_export import export_tower_to_clip
 
     tokenizer, model, _, _ = load_pretrained_model(vit_model, device="cpu")
-    hf_dir = model.get_model().export_tower_to_clip(str(work / "checkpoints/hf-clip-tower"))
+    hf_dir = export_tower_to_clip(model.get_model(), str(work / "checkpoints/hf-clip-tower"))
     out = work / "checkpoints/llava-vit-hf-tower"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -92,20 +92,6 @@ class LlavaMetaModel:
         mm = MultimodalConfig.from_config(self.config)
         mm.replace(vision_tower=tower.vision_tower_name, vision_tower_config=tower.config_dict()).write_to(self.config)
 
-    def export_tower_to_clip(self, out_dir: str) -> str:
-        """Replace a DRIP tower without pooling (a drip-package ViT) by its HF CLIP export, written to ``out_dir``,
-        so methods that need HF CLIP's layers (VisionZip, ToMe, Patch Slimming) run on it; the features are equal.
-        Returns the CLIP directory (now ``mm_vision_tower``). ValueError for other towers."""
-        tower = self.get_vision_tower()
-        export = getattr(tower, "export_clip", None)  # a DRIP tower's capability
-        if export is None:
-            name = getattr(tower, "vision_tower_name", None)
-            raise ValueError(f"tower {name!r} is not a DRIP tower: nothing to export")
-        path = os.path.abspath(export(out_dir))
-        mm = MultimodalConfig.from_config(self.config).replace(vision_tower=path, vision_tower_config=None)
-        self.replace_vision_tower(build_vision_tower(mm))
-        return path
-
     def _init_weights(self, module: nn.Module) -> None:
         # The tower initialises itself when built (DRIP: boundary bias = logit(prior)); HF's generic init would
         # overwrite that, and its tower weights come from a checkpoint or load_model() anyway.

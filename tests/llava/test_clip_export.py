@@ -1,11 +1,12 @@
 """A LLaVA model whose tower is a drip-package ViT answers the same with that tower's HF CLIP export
-(``LlavaMetaModel.export_tower_to_clip``), in memory and after save_pretrained / from_pretrained."""
+(``llava.model.tower_export.export_tower_to_clip``), in memory and after save_pretrained / from_pretrained."""
 
 import pytest
 import torch
 
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+from llava.model.tower_export import export_tower_to_clip
 
 VIT = dict(pool_at=(), prior=())  # DRIP-tiny's shape without pooling: a plain ViT
 
@@ -22,7 +23,7 @@ def test_the_clip_export_gives_the_same_logits(tiny, tmp_path):
         for p in model.get_vision_tower().parameters():
             p.add_(0.1 * torch.randn_like(p))
     before = _logits(model, tiny)
-    path = model.get_model().export_tower_to_clip(str(tmp_path / "clip"))
+    path = export_tower_to_clip(model.get_model(), str(tmp_path / "clip"))
     tower = model.get_vision_tower()
     assert isinstance(tower, CLIPVisionTower) and model.config.mm_vision_tower == path
     assert model.config.mm_vision_tower_config["num_hidden_layers"] == 4
@@ -35,6 +36,6 @@ def test_the_clip_export_gives_the_same_logits(tiny, tmp_path):
 
 def test_only_a_drip_tower_without_pooling_exports(tiny, tmp_path):
     with pytest.raises(ValueError, match="not a DRIP tower"):
-        tiny.model("clip").get_model().export_tower_to_clip(str(tmp_path / "a"))
+        export_tower_to_clip(tiny.model("clip").get_model(), str(tmp_path / "a"))
     with pytest.raises(ValueError, match="pool_at=\\(\\)"):
-        tiny.model("drip").get_model().export_tower_to_clip(str(tmp_path / "b"))
+        export_tower_to_clip(tiny.model("drip").get_model(), str(tmp_path / "b"))
