@@ -45,6 +45,7 @@ from drip.boundary import temperature_at
 from drip.checkpoint import save_drip
 from drip.open_clip_integration import DripLoss, drip_tower, register_open_clip, upcycle_clip
 from drip.tools.rng_state import capture_rng, restore_rng
+from drip.tools.train_checkpoints import latest_checkpoints, resume_run, save_checkpoint
 from drip.weights import upcycle
 
 # open_clip_train options this entry point does not wire up (a value other than None / False means "used").
@@ -118,22 +119,10 @@ def _setup_run(args: argparse.Namespace) -> bool:
         os.makedirs(args.checkpoint_path, exist_ok=True)
     args.resume_fallbacks = []
     if resume_latest:
-        found = _latest_checkpoint(args) if is_master(args) else None
+        found = latest_checkpoints(args) if is_master(args) else None
         found = broadcast_object(args, found) if args.distributed else found
         args.resume, args.resume_fallbacks = (found[0], found[1:]) if found else (None, [])
     return True
-
-
-def _latest_checkpoint(args: argparse.Namespace) -> list[str] | None:
-    """Newest first: epoch_latest.pt (with --save-most-recent, as open_clip_train), then epoch_N.pt by falling N;
-    None if there is none. The later entries are the fallbacks ``_resume`` tries when a file does not load."""
-    epochs = [f[6:-3] for f in os.listdir(args.checkpoint_path) if f.startswith("epoch_") and f.endswith(".pt")]
-    numbered = sorted((int(e) for e in epochs if e.isdigit()), reverse=True)
-    found = [os.path.join(args.checkpoint_path, f"epoch_{n}.pt") for n in numbered]
-    latest = os.path.join(args.checkpoint_path, "epoch_latest.pt")
-    if args.save_most_recent and os.path.exists(latest):
-        found.insert(0, latest)
-    return found or None
 
 
 def _build_model(args: argparse.Namespace, drip_args: argparse.Namespace, device: torch.device):
@@ -244,51 +233,6 @@ def _lr_fn(args: argparse.Namespace, optimizer, total_steps: int, steps_per_epoc
     raise SystemExit(f"unknown --lr-scheduler {args.lr_scheduler!r}")
 
 
-def _load_resume_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
-    """pt_load(args.resume); under --resume latest a file that does not load (a save cut short by a kill) is
-    skipped with a warning for the next older one (``args.resume_fallbacks``)."""
-    from open_clip_train.file_utils import pt_load
-
-    candidates = [args.resume, *getattr(args, "resume_fallbacks", [])]
-    for i, path in enumerate(candidates):
-        try:
-            ckpt = pt_load(path, map_location="cpu")
-        except (RuntimeError, EOFError) as e:  # torch's zip reader raises RuntimeError on a truncated file
-            if i + 1 == len(candidates):
-                raise SystemExit(f"cannot resume: checkpoint {path} does not load ({e})") from e
-            logging.warning("checkpoint %s does not load (%s); resuming from %s", path, e, candidates[i + 1])
-            continue
-        args.resume = path
-        return ckpt
-    raise AssertionError("unreachable")
-
-
-def _resume(args: argparse.Namespace, model: nn.Module, optimizer, scaler) -> tuple[int, dict | None]:
-    """Load an open_clip_train checkpoint (same format as its main, plus our RNG states); returns the epoch to
-    start from and this rank's saved RNG state (None when the checkpoint has none for this world size)."""
-    if args.resume is None:
-        return 0, None
-    ckpt = _load_resume_checkpoint(args)
-    if "epoch" not in ckpt:  # a bare state dict: fine-tune from it
-        model.load_state_dict(ckpt)
-        return 0, None
-    sd = ckpt["state_dict"]
-    if not args.distributed and next(iter(sd)).startswith("module"):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    model.load_state_dict(sd)
-    if optimizer is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    if scaler is not None and "scaler" in ckpt:
-        scaler.load_state_dict(ckpt["scaler"])
-    logging.info("resuming %s (epoch %d)", args.resume, ckpt["epoch"])
-    rng = ckpt.get("drip_rng_states")
-    if rng is None or len(rng) != args.world_size:
-        logging.warning("%s holds no RNG states for %d rank(s): the resumed run draws other random numbers "
-                        "(noise, data order) than an uninterrupted one would", args.resume, args.world_size)
-        return int(ckpt["epoch"]), None
-    return int(ckpt["epoch"]), rng[args.rank]
-
-
 def _get_data(args: argparse.Namespace, preprocess, epoch: int, tokenizer) -> dict[str, Any]:
     try:
         from open_clip_train.data import get_data
@@ -319,29 +263,6 @@ def epoch_metrics(loss: DripLoss, args: argparse.Namespace, device, seconds: flo
     out: dict[str, Any] = {k: None if math.isnan(v) else v for k, v in zip(names, means, strict=True)}
     out.update({"step_time_s": seconds / max(steps, 1), kind: round(memory, 1)})
     return out
-
-
-def _save(args: argparse.Namespace, model: nn.Module, optimizer, scaler, completed: int, rng: list) -> None:
-    """open_clip_train's checkpoint files: epoch_N.pt (and epoch_latest.pt with --save-most-recent), plus every
-    rank's RNG states (``drip_rng_states``, a list by rank) so that ``--resume latest`` continues exactly."""
-    ckpt = {
-        "epoch": completed,
-        "name": args.name,
-        "state_dict": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "drip_rng_states": rng,
-    }
-    if scaler is not None:
-        ckpt["scaler"] = scaler.state_dict()
-    if completed == args.epochs or (args.save_frequency > 0 and completed % args.save_frequency == 0):
-        torch.save(ckpt, os.path.join(args.checkpoint_path, f"epoch_{completed}.pt"))
-    previous = os.path.join(args.checkpoint_path, f"epoch_{completed - 1}.pt")
-    if args.delete_previous_checkpoint and os.path.exists(previous):
-        os.remove(previous)
-    if args.save_most_recent:
-        tmp = os.path.join(args.checkpoint_path, "tmp.pt")
-        torch.save(ckpt, tmp)
-        os.replace(tmp, os.path.join(args.checkpoint_path, "epoch_latest.pt"))
 
 
 def calibrate_on_training_batch(tower, dataloader, device: torch.device, max_images: int = 256) -> None:
@@ -383,7 +304,7 @@ def _train_epochs(args, model, data, loss, optimizer, scaler, schedule, start_ep
             with open(os.path.join(args.logs, args.name, "drip_metrics.jsonl"), "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             if args.save_logs:
-                _save(args, model, optimizer, scaler, epoch + 1, rng)
+                save_checkpoint(args, model, optimizer, scaler, epoch + 1, rng)
         if args.distributed:
             torch.distributed.barrier()
 
@@ -409,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, args)
     scaler = torch.amp.GradScaler(device=device.type) if args.precision == "amp" else None
-    start_epoch, rng = _resume(args, model, optimizer, scaler)
+    start_epoch, rng = resume_run(args, model, optimizer, scaler)
     tokenizer = get_tokenizer(args.model, cache_dir=args.cache_dir, context_length=args.force_context_length)
     data = _get_data(args, (pre_train, pre_val), start_epoch, tokenizer)
     if "train" not in data:

@@ -170,23 +170,23 @@ def test_drip_train_upcycles_freezes_resumes_and_runs_under_torchrun(tmp_path):
 def test_resume_latest_falls_back_from_a_truncated_checkpoint_with_a_warning(tmp_path, caplog):
     import argparse
 
-    from drip.tools.train import _latest_checkpoint, _load_resume_checkpoint
+    from drip.tools.train_checkpoints import latest_checkpoints, load_resume_checkpoint
 
     for epoch in (1, 2):
         torch.save({"epoch": epoch}, tmp_path / f"epoch_{epoch}.pt")
     data = (tmp_path / "epoch_2.pt").read_bytes()
     (tmp_path / "epoch_2.pt").write_bytes(data[: len(data) // 2])  # a save cut short by a kill
     args = argparse.Namespace(checkpoint_path=str(tmp_path), save_most_recent=False)
-    found = _latest_checkpoint(args)
+    found = latest_checkpoints(args)
     assert found == [str(tmp_path / "epoch_2.pt"), str(tmp_path / "epoch_1.pt")]
     args.resume, args.resume_fallbacks = found[0], found[1:]
     with caplog.at_level("WARNING"):
-        assert _load_resume_checkpoint(args) == {"epoch": 1}
+        assert load_resume_checkpoint(args) == {"epoch": 1}
     assert args.resume == str(tmp_path / "epoch_1.pt")
     assert "epoch_2.pt does not load" in caplog.text
     args.resume, args.resume_fallbacks = found[0], []  # nothing older: a clear error, no silent fresh start
     with pytest.raises(SystemExit, match="cannot resume"):
-        _load_resume_checkpoint(args)
+        load_resume_checkpoint(args)
 
 
 def _losses(metrics: list[dict]) -> list[tuple]:
