@@ -131,7 +131,6 @@ def prepare_llm(work: Path, world: Path, model: str) -> tuple[str, str]:
 def calibrate(tower: DripVisionTransformer, images: Tensor, prior: float) -> DripVisionTransformer:
     """Set the eval threshold so the first stage fires at ``prior`` on ``images`` (drip.tools.calibrate's rule)."""
     tower = tower.eval()
-    tower.cfg = tower.cfg.replace(prior=(prior, *tower.cfg.prior[1:]))
     with torch.no_grad():
         probs = tower.boundary_probabilities(images)  # [B, N]
     tower.set_eval_thresholds([calibrated_threshold(probs, prior), *tower.eval_thresholds.tolist()[1:]])
@@ -149,8 +148,10 @@ def prepare_towers(work: Path, world: Path, towers_from: str | None) -> dict[str
             continue
         cfg = get_preset(preset)
         source = Path(towers_from or "", "DRIP-tiny")
-        if towers_from and cfg.pool_at and source.is_dir():
-            tower, note = load_drip(source), f"{preset}: trained {source} recalibrated to prior {cfg.prior[0]}"
+        if towers_from and cfg.pool_at and source.is_dir():  # the preset's config (its prior), the trained weights
+            tower = DripVisionTransformer(cfg)
+            tower.load_state_dict(load_drip(source).state_dict())
+            note = f"{preset}: trained {source} recalibrated to prior {cfg.prior[0]}"
         elif towers_from:
             raise FileNotFoundError(f"--towers-from {towers_from}: no {preset} (nor DRIP-tiny) tower directory")
         else:
