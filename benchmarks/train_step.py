@@ -68,6 +68,7 @@ import torch
 import transformers
 from llava15_step import print_llava15_section  # a sibling script of this benchmark
 from torch import Tensor, nn
+from train_step_report import print_table  # a sibling script of this benchmark
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from drip import DripVisionTransformer, get_preset
@@ -88,10 +89,6 @@ MAX_LEN = 256  # the demo's --model_max_length
 CONFIGS = {"ViT": "ViT-tiny", "DRIP-2x": "DRIP-2x-tiny", "DRIP-4x": "DRIP-tiny", "DRIP-4x+PDrop": "DRIP-tiny"}
 PDROP_RATIOS = (0.5, 0.25, 0.125)
 LAYOUTS = ("padded", "packed", "packed-1row")
-TARGET_SLACK = 1.1  # DRIP step-time ratio <= real-token MAC ratio x 1.1
-TARGET_PAD = 0.05  # packed: LLM padding share <= 5 % for every tower
-TARGET_DRIP4X = 0.75  # packed DRIP-4x real-token MAC ratio vs ViT
-TARGET_PDROP = 0.60  # packed DRIP-4x + PDrop step-time ratio vs ViT
 MMAP_THRESHOLD = "65536"  # bytes: larger blocks are mmapped and unmapped on free (CPU memory probe)
 
 
@@ -284,14 +281,6 @@ def step_macs(run: Run, tr: Trace) -> dict[str, float]:
     return {"tower": tower, "projector": float(projector), "llm": 3.0 * llm + ranks, "llm_real": llm_real}
 
 
-def executed(macs: dict[str, float]) -> float:
-    return macs["tower"] + macs["projector"] + macs["llm"]
-
-
-def real_total(macs: dict[str, float]) -> float:
-    return macs["tower"] + macs["projector"] + macs["llm_real"]
-
-
 # --- memory probe (fresh subprocess per configuration) ---------------------------------------------------------------
 def _status_kib(key: str) -> int:
     return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
@@ -343,57 +332,6 @@ def time_rounds(runs: list[Run], batch: dict[str, Tensor], rounds: int, warmup: 
             if k >= warmup:
                 times[key_of(run)].append(time.perf_counter() - start)
     return {key: statistics.median(t) for key, t in times.items()}
-
-
-def print_table(rows: dict[str, dict], rounds: int, layouts: list[str]) -> None:
-    batch = len(next(iter(rows.values()))["trace"].counts)
-    print(
-        f"\nLLaVA stage-2 training step, batch {batch}, median of {rounds} interleaved rounds; GMACs: analytic "
-        "multiply-adds of the step as executed (tower forward + 3x projector and LLM), real: on real tokens only; "
-        "ratios vs ViT in the same layout"
-    )
-    head = (
-        f"{'config':<14}{'layout':<12}{'img tok':>8}{'min-max':>8}{'LLM rows x len':>16}{'pad':>6}{'GMACs':>7}"
-        f"{'real':>7}{'ms/step':>9}{'peak MiB':>9}{'time r':>8}{'real r':>7}{'t/real':>7}{'vs pad':>7}"
-    )
-    print(head + "\n" + "-" * len(head))
-    for key, r in rows.items():
-        name, layout = key.split("@")
-        base = rows[f"ViT@{layout}"]
-        tr, macs = r["trace"], r["macs"]
-        (b0, t0), (b1, t1) = tr.shapes[0], tr.shapes[-1]
-        shape = f"{b0}x{t0}" if (b0, t0) == (b1, t1) else f"{b0}x{t0}>{b1}x{t1}"
-        mem = f"{r['mem']:.1f}" if r.get("mem") is not None else "-"
-        time_r, real_r = r["time"] / base["time"], real_total(macs) / real_total(base["macs"])
-        vs_pad = r["time"] / rows[f"{name}@padded"]["time"] if f"{name}@padded" in rows else float("nan")
-        print(
-            f"{name:<14}{layout:<12}{tr.counts.float().mean():>8.1f}{f'{int(tr.counts.min())}-{int(tr.counts.max())}':>8}"
-            f"{shape:>16}{tr.pad:>6.2f}{executed(macs) / 1e9:>7.2f}{real_total(macs) / 1e9:>7.2f}"
-            f"{1e3 * r['time']:>9.1f}{mem:>9}{time_r:>8.3f}{real_r:>7.3f}{time_r / real_r:>7.3f}{vs_pad:>7.3f}"
-        )
-    for layout in layouts:
-        print_targets(rows, layout)
-
-
-def print_targets(rows: dict[str, dict], layout: str) -> None:
-    """The issue's targets for one layout (they are stated for the packed default)."""
-    base = rows[f"ViT@{layout}"]
-    verdict = lambda ok: "met" if ok else "MISSED"
-    pads = {k.split("@")[0]: r["trace"].pad for k, r in rows.items() if k.endswith(f"@{layout}")}
-    print(f"  [{layout}] LLM padding share <= {TARGET_PAD}: {verdict(max(pads.values()) <= TARGET_PAD)} "
-          f"(max {max(pads.values()):.3f})")  # fmt: skip
-    for name in ("DRIP-2x", "DRIP-4x", "DRIP-4x+PDrop"):
-        r = rows.get(f"{name}@{layout}")
-        if r is None:
-            continue
-        time_r, real_r = r["time"] / base["time"], real_total(r["macs"]) / real_total(base["macs"])
-        line = f"  [{layout}] {name}: time ratio {time_r:.3f} <= real-MAC ratio {real_r:.3f} x {TARGET_SLACK}"
-        line += f" = {TARGET_SLACK * real_r:.3f}: {verdict(time_r <= TARGET_SLACK * real_r)}"
-        if name == "DRIP-4x":
-            line += f"; real-MAC ratio <= {TARGET_DRIP4X}: {verdict(real_r <= TARGET_DRIP4X)}"
-        if name == "DRIP-4x+PDrop":
-            line += f"; time ratio <= {TARGET_PDROP}: {verdict(time_r <= TARGET_PDROP)}"
-        print(line)
 
 
 def benchmark(args: argparse.Namespace, work: Path) -> None:
