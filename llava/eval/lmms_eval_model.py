@@ -40,7 +40,7 @@ from lmms_eval.api.model import lmms
 
 from llava.eval.command import load_model
 from llava.eval.generation import AnswerGenerator, Generated, GenerationSettings, Question, plan_batches
-from llava.model.config import PDropConfig
+from llava.model.config import PDropConfig, parse_number_list
 from llava.model.reduction.apply import apply_token_reduction
 from llava.prompting import cut_at_stop
 
@@ -57,14 +57,10 @@ def manifest() -> Any:
 
 def parse_list(value: Any, kind: type, name: str) -> tuple[Any, ...] | None:
     """A model_args list: ``[8,16,24]`` (brackets keep lmms-eval from splitting at the commas), ``8;16;24`` or a
-    single number; None stays None."""
+    single number, quoted or not (``llava.model.config.parse_number_list``); None stays None."""
     if value is None:
         return None
-    text = str(value).strip().strip("'\"").strip("[]")
-    try:
-        return tuple(kind(x) for x in text.replace(";", ",").split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"{name}={value!r}: expected numbers like [8,16,24]") from None
+    return parse_number_list(str(value).strip().strip("'\"").replace(";", ","), kind, name)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,31 @@ class PDropConfig:
             )
 
 
+def parse_number_list(text: str | None, kind: type, flag: str) -> tuple:
+    """``"8,16,24"`` or PyramidDrop's ``"[8,16,24]"`` (spaces allowed) -> a tuple of ``kind``; None / "" -> ().
+
+    Raises:
+        ValueError: naming ``flag``, the bad item and the expected form.
+    """
+    if not text or not text.strip():
+        return ()
+    body = text.strip()
+    if body.startswith("[") != body.endswith("]"):
+        raise ValueError(f"{flag} {text!r}: unbalanced brackets; expected e.g. 8,16,24 or [8,16,24]")
+    items = [t.strip() for t in body.strip("[]").split(",")]
+    values = []
+    for item in items:
+        try:
+            values.append(kind(item))
+        except ValueError:
+            raise ValueError(
+                f"{flag} {text!r}: {item!r} is not {'an integer' if kind is int else 'a number'}; "
+                f"expected comma-separated values, e.g. {'8,16,24' if kind is int else '0.5,0.25,0.125'} "
+                "(brackets optional)"
+            ) from None
+    return tuple(values)
+
+
 @dataclass(frozen=True)
 class MultimodalConfig:
     """Typed view of LLaVA's flat multimodal config keys (key names in the comments)."""

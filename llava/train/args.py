@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import transformers
 
 from llava.constants import check_aspect_ratio
-from llava.model.config import POSITION_MODES, PDropConfig
+from llava.model.config import POSITION_MODES, PDropConfig, parse_number_list
 from llava.model.multimodal_encoder.base import check_train_mode
 from llava.model.reduction.spec import parse_token_reduction
 
@@ -122,31 +122,6 @@ class TrainingArguments(transformers.TrainingArguments):
             raise ValueError(f"--drip_prior_loss_weight must be >= 0, got {self.drip_prior_loss_weight}")
         if self.bits != 16:
             raise ValueError("--bits 4/8 (bitsandbytes quantised training) is not supported by llava-drip")
-
-
-def parse_number_list(text: str | None, kind: type, flag: str) -> tuple:
-    """``"8,16,24"`` or PyramidDrop's ``"[8,16,24]"`` (spaces allowed) -> a tuple of ``kind``; None / "" -> ().
-
-    Raises:
-        ValueError: naming ``flag``, the bad item and the expected form.
-    """
-    if not text or not text.strip():
-        return ()
-    body = text.strip()
-    if body.startswith("[") != body.endswith("]"):
-        raise ValueError(f"{flag} {text!r}: unbalanced brackets; expected e.g. 8,16,24 or [8,16,24]")
-    items = [t.strip() for t in body.strip("[]").split(",")]
-    values = []
-    for item in items:
-        try:
-            values.append(kind(item))
-        except ValueError:
-            raise ValueError(
-                f"{flag} {text!r}: {item!r} is not {'an integer' if kind is int else 'a number'}; "
-                f"expected comma-separated values, e.g. {'8,16,24' if kind is int else '0.5,0.25,0.125'} "
-                "(brackets optional)"
-            ) from None
-    return tuple(values)
 
 
 def pdrop_config(model_args: ModelArguments) -> PDropConfig | None:
