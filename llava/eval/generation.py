@@ -197,8 +197,7 @@ class AnswerGenerator:
         for i, x in enumerate(ids):
             input_ids[i, width - x.shape[0] :] = x
             attention_mask[i, width - x.shape[0] :] = True
-        files = [q.image_file for q in batch if q.image_file is not None]
-        pixels, sizes = self.pixels(self.load_images(files) if images is None else images)
+        pixels, sizes = self.question_pixels(batch, images)
         device = self.model.device
         with VisionProbe(self.model) as probe, torch.inference_mode():
             output_ids = self.model.generate(
@@ -239,8 +238,7 @@ class AnswerGenerator:
         target = torch.tensor(tokenizer_image_token(continuation, self.tokenizer, add_special_tokens=False))  # [C]
         if target.numel() == 0:
             raise ValueError(f"question {question.question_id}: the continuation {continuation!r} has no tokens")
-        files = [question.image_file] if question.image_file is not None else []
-        pixels, sizes = self.pixels(self.load_images(files) if images is None else images)
+        pixels, sizes = self.question_pixels([question], images)
         device = self.model.device
         with VisionProbe(self.model) as probe:
             ids = torch.cat([context, target])[None].to(device)  # [1, L + C]
@@ -250,6 +248,15 @@ class AnswerGenerator:
         total = float(logp.gather(1, target[:, None]).sum())
         greedy = bool((logp.argmax(-1) == target).all())
         return total, greedy, self._with_costs([question], [context], [continuation], probe)[0]
+
+    def question_pixels(
+        self, batch: Sequence[Question], images: Sequence[Image.Image] | None
+    ) -> tuple[list[Tensor] | None, list[tuple[int, int]] | None]:
+        """Processed pixels and sizes of ``batch``'s image questions: ``images`` when the caller holds them (in batch
+        order), else each ``image_file`` read from the image folder."""
+        if images is None:
+            images = self.load_images([q.image_file for q in batch if q.image_file is not None])
+        return self.pixels(images)
 
     def load_pixels(self, files: list[str]) -> tuple[list[Tensor] | None, list[tuple[int, int]] | None]:
         """Images (paths relative to the image folder) -> processed pixels [3, H, W] each and (width, height)."""
