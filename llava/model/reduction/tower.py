@@ -131,7 +131,7 @@ def _patch_slimming(tower: VisionTower, images: Tensor, spec: PatchSlimming) -> 
     model = _clip_model(tower, spec)
     vision = getattr(model, "vision_model", model)
     layers = clip_layers(model)
-    index = tower.select_layer % (len(layers) + 1)  # hidden_states index: output of layer index - 1
+    index = _selected(tower, len(layers))
     schedule = _fitting_schedule(tower, spec, index)
     x = vision.pre_layrnorm(vision.embeddings(images.to(device=tower.device, dtype=tower.dtype)))  # [B, 1 + N, D]
     for layer, queries in zip(layers[:index], query_positions(schedule, x.device), strict=True):
@@ -150,7 +150,7 @@ def _fitting_schedule(tower: VisionTower, spec: PatchSlimming, index: int):
 
 def _patch_slimming_gmacs(tower: VisionTower, spec: PatchSlimming) -> float:
     """The layers that ran, each querying its kept tokens over the layer below's (static masks: no scoring)."""
-    index = tower.select_layer % (tower.config.num_hidden_layers + 1)
+    index = _selected(tower, tower.config.num_hidden_layers)
     schedule = _fitting_schedule(tower, spec, index)
     queries, keys = [schedule.tokens(i) for i in range(index)], [schedule.tokens(i - 1) for i in range(index)]
     return clip_tower_macs(tower.config, queries, key_tokens=keys) / 1e9
