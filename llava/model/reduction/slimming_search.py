@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from llava.model.reduction.patch_slimming import SlimmingSchedule, slim_layer
+from llava.model.reduction.patch_slimming import SlimmingSchedule, query_positions, slim_layer
 from llava.model.reduction.tower import clip_layers, layer_attention_and_keys
 
 
@@ -112,9 +112,8 @@ def slot_mask(patches: list[int], num_tokens: int, device: torch.device) -> Tens
 
 def next_layer_error(layers: list, t: int, z_in: Tensor, target: Tensor, mask: list[int], above: list[int]) -> Tensor:
     """Relative error E of layer t + 1's kept outputs when layer t keeps ``mask`` and layer t + 1 keeps ``above``."""
-    queries = torch.tensor([0, *(p + 1 for p in mask)], device=z_in.device)
-    slot = {p: i + 1 for i, p in enumerate(mask)}
-    queries_next = torch.tensor([0, *(slot[p] for p in above)], device=z_in.device)
+    pair = SlimmingSchedule(z_in.shape[1] - 1, (tuple(mask), tuple(above)))  # layers t, t + 1 on all 1 + N tokens
+    queries, queries_next = query_positions(pair, z_in.device)
     out = slim_layer(layers[t + 1], slim_layer(layers[t], z_in, queries), queries_next).float()
     want = target[:, [0, *(p + 1 for p in above)]].float()
     return (out - want).pow(2).sum() / want.pow(2).sum()
