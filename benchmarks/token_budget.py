@@ -133,12 +133,18 @@ def vit_runs(budget: int, shape: TowerShape, seeds: list[int], schedule: str | N
     if schedule is not None:
         runs.append(Run(f"Patch Slimming keep={budget}", "vit-hf", budget, f"patch_slimming:schedule={schedule}",
                         short="PatchSlim"))  # fmt: skip
-    ratio = keep_ratio(n, budget)
-    runs.append(Run(f"FastV k=2 R={1 - ratio:.3g}", "vit-hf", budget, f"fastv:k=2,ratio={round(1 - ratio, 4)}",
-                    short="FastV"))  # fmt: skip
-    pdrop = pdrop_schedule(n, budget, llm_layers)
-    runs.append(Run("PyramidDrop " + _pdrop_label(pdrop), "vit-hf", budget, pdrop=pdrop, short="PDrop"))
-    return runs
+    return runs + llm_side_runs("vit-hf", "", n, budget, llm_layers)
+
+
+def llm_side_runs(model: str, prefix: str, tokens: float, budget: int, llm_layers: int) -> list[Run]:
+    """FastV (k=2) and PyramidDrop cutting ``model``'s ``tokens`` image tokens down to ``budget`` inside the LLM;
+    ``prefix`` names what runs before them (``"DRIP + "``)."""
+    ratio = keep_ratio(tokens, budget)
+    tag = prefix.replace(" ", "")
+    fastv = Run(f"{prefix}FastV k=2 R={1 - ratio:.3g}", model, budget, f"fastv:k=2,ratio={round(1 - ratio, 4)}",
+                short=f"{tag}FastV")  # fmt: skip
+    pdrop = pdrop_schedule(tokens, budget, llm_layers)
+    return [fastv, Run(f"{prefix}PyramidDrop " + _pdrop_label(pdrop), model, budget, pdrop=pdrop, short=f"{tag}PDrop")]
 
 
 def _pdrop_label(schedule: tuple[tuple[int, ...], tuple[float, ...]]) -> str:
@@ -157,11 +163,7 @@ def drip_runs(budgets: list[int], drip_tokens: float, seeds: list[int], llm_laye
             runs += [Run(f"DRIP random boundaries seed {s}", "drip", b, f"drip_boundaries:mode=random,seed={s}",
                          short=f"DRIP-rand{s}") for s in seeds]  # fmt: skip
         elif b < drip_tokens:
-            ratio = keep_ratio(drip_tokens, b)
-            runs.append(Run(f"DRIP + FastV k=2 R={1 - ratio:.3g}", "drip", b, f"fastv:k=2,ratio={round(1 - ratio, 4)}",
-                            short="DRIP+FastV"))  # fmt: skip
-            pdrop = pdrop_schedule(drip_tokens, b, llm_layers)
-            runs.append(Run("DRIP + PyramidDrop " + _pdrop_label(pdrop), "drip", b, pdrop=pdrop, short="DRIP+PDrop"))
+            runs += llm_side_runs("drip", "DRIP + ", drip_tokens, b, llm_layers)
     return runs
 
 
