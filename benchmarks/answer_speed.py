@@ -27,7 +27,6 @@ same layout and to the same tower's padded prefill, and whether the answers equa
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -38,6 +37,7 @@ from transformers import AutoTokenizer
 
 from llava.eval.generation import AnswerGenerator, GenerationSettings, generate_answers
 from llava.eval.model_vqa_science import load_science_questions
+from llava.jsonl import read_jsonl
 from llava.model import LlavaLlamaForCausalLM
 from llava.train.args import ModelArguments
 from llava_drip_demo.demo_world import WorldConfig, generate
@@ -65,7 +65,7 @@ def run_once(generator: AnswerGenerator, layout: str, questions, batch: int, out
     generator.model.set_packing(True, single_row=single_row)
     summary = generate_answers(questions, generator, str(out), "bench", batch_size=batch, overwrite=True,
                                progress=False)  # fmt: skip
-    summary["texts"] = [json.loads(line)["text"] for line in out.read_text().splitlines()]
+    summary["texts"] = [r["text"] for r in read_jsonl(str(out), required=("text",))]
     return summary
 
 

@@ -22,6 +22,8 @@ from token_budget import (
     vit_runs,
 )
 
+from llava.jsonl import read_jsonl
+
 
 @dataclass(frozen=True)
 class Data:
@@ -159,7 +161,7 @@ def execute(run: Run, model_path: str, data: Data, args: argparse.Namespace, out
 def _texts(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
-    return {str(r["question_id"]): r["text"] for r in map(json.loads, path.read_text().splitlines())}
+    return {str(r["question_id"]): r["text"] for r in read_jsonl(str(path), required=("question_id", "text"))}
 
 
 def check_same_answers(original: Path, copy: Path) -> None:
