@@ -15,9 +15,10 @@ number of tokens each decoder layer processes:
 The HF CLIP vision towers (a ``CLIPVisionConfig``: width, MLP size, heads, image and patch size) and the
 token-reduction methods that run inside them are counted here too, from the tokens each layer sees:
 
-* ``clip_layer_macs`` / ``clip_tower_macs``: the patch embedding plus, per layer that runs, q/k/v/out projections
-  and both attention matmuls on the tokens entering its attention, the MLP on the tokens entering its MLP. A method
-  that merges or prunes tokens supplies those two per-layer counts (ToMe merges between attention and MLP).
+* ``clip_layer_macs`` / ``clip_tower_macs``: the patch embedding plus, per layer that runs, q/out projections on
+  its queries, k/v projections on its keys, both attention matmuls over queries x keys, the MLP on the tokens
+  entering its MLP. A method that merges or prunes tokens supplies those per-layer counts (ToMe merges between
+  attention and MLP; Patch Slimming's layers query fewer tokens than they attend over).
 * ``tome_macs``: ToMe's layers plus its matching, the bipartite similarity of the A and B halves on the keys
   averaged over heads (ceil(T/2) x floor(T/2) x head_dim) in each layer that merges.
 * ``visionzip_macs``: the whole tower plus VisionZip's own work: the selected layer's q and k projections and

@@ -144,7 +144,7 @@ def _patch_slimming(tower: VisionTower, images: Tensor, spec: PatchSlimming) -> 
 
 def _fitting_schedule(tower: VisionTower, spec: PatchSlimming, index: int):
     schedule = load_schedule(spec.schedule)
-    check_fits(schedule, spec.schedule, (tower.config.image_size // tower.config.patch_size) ** 2, index)
+    check_fits(schedule, spec.schedule, clip_tokens(tower.config) - 1, index)
     return schedule
 
 
