@@ -14,10 +14,10 @@ or PyramidDrop.
 
 VisionZip, ToMe and Patch Slimming read HF CLIP's layers, and the demo's ViT is a drip-package ViT (``drip:DIR``). So
 the ViT model is first copied with its tower exported as an HF ``CLIPVisionModel``
-(``llava.model.tower_export.export_tower_to_clip``: same projector, LLM and features; ``mm_vision_tower`` names the
+(``llava.tools.tower_export.export_tower_to_clip``: same projector, LLM and features; ``mm_vision_tower`` names the
 exported directory), and the copy's unreduced answers are checked to equal the original's (printed; a mismatch stops
 the run). A ViT model whose tower is already an HF CLIP (a real LLaVA-1.5 checkpoint) is used as it is. Patch
-Slimming's schedule is searched per budget (``python -m llava.model.reduction.patch_slimming_search --keep B
+Slimming's schedule is searched per budget (``python -m llava.tools.patch_slimming_search --keep B
 --finetune_steps 0``) on the first 64 of ``--calibration-images`` (the demo's training images). A PyramidDrop schedule
 has no answer-time flag: it is written into a copy of the checkpoint's config (``pdrop_layer_list`` /
 ``pdrop_image_token_ratio_list``, what training records), weights linked.

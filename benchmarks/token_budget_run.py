@@ -67,7 +67,7 @@ def hf_tower_copy(vit_model: str, work: Path) -> str:
     if not str(config.get("mm_vision_tower", "")).startswith("drip:"):
         return vit_model
     from llava.model.builder import load_pretrained_model
-    from llava.model.tower_export import export_tower_to_clip
+    from llava.tools.tower_export import export_tower_to_clip
 
     tokenizer, model, _, _ = load_pretrained_model(vit_model, device="cpu")
     hf_dir = export_tower_to_clip(model.get_model(), str(work / "checkpoints/hf-clip-tower"))
@@ -104,7 +104,7 @@ def pdrop_copy(model_dir: str, schedule: tuple[tuple[int, ...], tuple[float, ...
 
 def slimming_schedule(tower: str, shape: TowerShape, budget: int, args: argparse.Namespace, work: Path) -> str:
     """Patch Slimming's schedule for ``budget`` kept patches, searched on the calibration images (no fine-tuning)."""
-    from llava.model.reduction import patch_slimming_search
+    from llava.tools import patch_slimming_search
 
     path = (work / f"schedules/patch_slimming_keep{budget}.json").resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def slimming_schedule(tower: str, shape: TowerShape, budget: int, args: argparse
     argv = ["--vision_tower", tower, "--images", args.calibration_images, "--keep", str(budget), "--epsilon",
             str(args.epsilon), "--r0", str(args.r0), "--select_layer", str(select), "--finetune_steps", "0",
             "--output", str(path)] + (["--device", args.device] if args.device else [])  # fmt: skip
-    print("[token_budget] python -m llava.model.reduction.patch_slimming_search " + shlex.join(argv))
+    print("[token_budget] python -m llava.tools.patch_slimming_search " + shlex.join(argv))
     if patch_slimming_search.main(argv) != 0:
         raise RuntimeError(f"Patch Slimming search for keep={budget} failed")
     return str(path)

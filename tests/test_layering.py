@@ -6,7 +6,8 @@ Every Python file of the repository is parsed (``ast``; nothing is imported) and
   package; ``eval`` (scoring, no model code) never imports ``drip`` or ``llava.model``;
 * inside ``llava``: ``train``, ``eval`` and ``serve`` don't import each other, and nothing below them (``model``,
   ``constants``, ``conversation``, ``mm_utils``, ...) imports any of them; the base modules don't import ``model``;
-* inside ``llava``, only ``llava/model/multimodal_encoder/drip_encoder.py`` imports ``drip``;
+* inside ``llava``, only ``llava/model/multimodal_encoder/drip_encoder.py`` (and the experiments in ``llava.tools``)
+  import ``drip``; nothing else in ``llava`` imports ``llava.tools``;
 * optional heavy packages (deepspeed, flash_attn, openai, gradio, lmms_eval, peft) are imported inside functions
   only (or under ``if TYPE_CHECKING``), never when a module is imported; a plugin module that subclasses one of
   their classes (``PLUGINS``) imports its own package at module level, and no module imports it at import time;
@@ -37,6 +38,7 @@ LIBRARIES = ("drip", "llava", "eval", "llava_drip_demo")
 DEMO = "llava_drip_demo"
 HEAVY = ("deepspeed", "flash_attn", "openai", "gradio", "lmms_eval", "peft")
 LLAVA_APPS = ("llava.train", "llava.eval", "llava.serve")
+LLAVA_TOOLS = "llava.tools"  # experiments and one-off tools: above model and the apps, imported by nothing in llava
 LLAVA_BASE = ("llava.constants", "llava.conversation", "llava.mm_utils", "llava.jsonl", "llava.prompting")
 DRIP_TOWER = "llava/model/multimodal_encoder/drip_encoder.py"
 # plugin module -> the optional package it plugs into (only that package loads it, through an entry point)
@@ -149,11 +151,14 @@ def rule_package_dependencies(srcs: list[Source]) -> list[str]:
 
 
 def rule_llava_layers(srcs: list[Source]) -> list[str]:
-    """train | eval | serve on top of model on top of the base modules; the three apps never import each other."""
+    """tools on top of train | eval | serve on top of model on top of the base modules; the three apps never import
+    each other."""
     out = []
-    for src in (s for s in srcs if s.top == "llava"):
+    for src in (s for s in srcs if s.top == "llava" and not _under(s.module, LLAVA_TOOLS)):
         own_app = next((a for a in LLAVA_APPS if _under(src.module, a)), None)
         for imp in imports(src):
+            if _under(imp.target, LLAVA_TOOLS):
+                out.append(f"{_where(src, imp.line)}: {src.module} imports {imp.target} (llava.tools is above it)")
             app = next((a for a in LLAVA_APPS if _under(imp.target, a)), None)
             if app and app != own_app:
                 out.append(f"{_where(src, imp.line)}: {src.module} imports {imp.target} ({app} is above it)")
@@ -166,7 +171,7 @@ def rule_only_the_drip_tower_imports_drip(srcs: list[Source]) -> list[str]:
     return [
         f"{_where(src, imp.line)}: imports {imp.target} (only {DRIP_TOWER} may import drip inside llava)"
         for src in srcs
-        if src.top == "llava" and src.rel != DRIP_TOWER
+        if src.top == "llava" and src.rel != DRIP_TOWER and not _under(src.module, LLAVA_TOOLS)
         for imp in imports(src)
         if _under(imp.target, "drip")
     ]

@@ -18,7 +18,7 @@ import json
 import torch
 
 from drip.checkpoint import load_drip, save_drip
-from drip.files import load_images
+from drip.tools.files import load_images
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -342,7 +342,7 @@ def test_bad_inputs_fail_with_the_file_named(ckpt, data, tmp_path, capsys):
 
 
 def test_image_reliance_compares_own_and_shifted_images(ckpt, loaded, data, tmp_path):
-    from llava.eval.image_reliance import image_reliance, main
+    from llava.tools.image_reliance import image_reliance, main
 
     questions = [q for q in sqa_questions(data) if q.image_file is not None]
     gen = generator(loaded, data)
