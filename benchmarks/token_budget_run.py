@@ -1,5 +1,7 @@
-"""The part of ``benchmarks/token_budget.py`` that touches models and files: derived checkpoints (the HF CLIP copy
-of a drip-ViT model, PyramidDrop configs), the Patch Slimming search, and each run through the entry points."""
+"""The matched-budget benchmark's command (``python benchmarks/token_budget_run.py --demo-root DIR ...``, flags and
+outputs in ``benchmarks/token_budget.py``) and the part that touches models and files: derived checkpoints (the HF
+CLIP copy of a drip-ViT model, PyramidDrop configs), the Patch Slimming search, and each run through the entry
+points. ``token_budget.py`` holds the pure parts and never imports this file."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from token_budget import (
     best_per_budget,
     drip_runs,
     markdown_table,
+    parse_args,
     plot_runs,
     reference_runs,
     vit_runs,
@@ -214,3 +218,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
     print(table, end="")
     print(f"[token_budget] wrote {args.output_md} and {args.output_png}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_benchmark(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
