@@ -153,6 +153,23 @@ def _pick_image(upload: Any, sample: str) -> Image.Image:
     return upload.convert("RGB") if upload is not None else sample_image(sample)
 
 
+def respond(
+    models: Sequence[LoadedModel], decoding: Decoding, upload: Any, sample: str, question: str, compare: bool
+) -> Iterator[list[Any]]:
+    """The Ask button: the uploaded image (else the sample photo) and ``question`` to the first model, or to the
+    first two with ``compare``. Yields, after each streamed piece, [answer, segments image, summary] per model
+    (3 * len(models) values; a model not asked keeps None, None, "")."""
+    image = _pick_image(upload, sample)
+    shown = models[: 2 if compare else 1]
+    outputs: list[Any] = [None, None, ""] * len(models)
+    for i, loaded in enumerate(shown):
+        for text, done in stream_request(loaded, image, question, decoding):
+            outputs[3 * i] = text
+            if done is not None:
+                outputs[3 * i + 1], outputs[3 * i + 2] = done.segments, done.summary()
+            yield list(outputs)
+
+
 def build_demo(models: Sequence[LoadedModel], decoding: Decoding) -> Any:
     """The gradio Blocks app over ``models`` (one, or two to compare on the same question)."""
     import gradio as gr
@@ -160,16 +177,8 @@ def build_demo(models: Sequence[LoadedModel], decoding: Decoding) -> Any:
     if not models:
         raise ValueError("build_demo needs at least one model")
 
-    def respond(upload: Any, sample: str, question: str, compare: bool) -> Iterator[list[Any]]:
-        image = _pick_image(upload, sample)
-        shown = models[: 2 if compare else 1]
-        outputs: list[Any] = [None, None, ""] * len(models)
-        for i, loaded in enumerate(shown):
-            for text, done in stream_request(loaded, image, question, decoding):
-                outputs[3 * i] = text
-                if done is not None:
-                    outputs[3 * i + 1], outputs[3 * i + 2] = done.segments, done.summary()
-                yield list(outputs)
+    def ask_model(upload: Any, sample: str, question: str, compare: bool) -> Iterator[list[Any]]:
+        yield from respond(models, decoding, upload, sample, question, compare)
 
     with gr.Blocks(title="LLaVA-DRIP") as demo:
         gr.Markdown("# LLaVA-DRIP\nAsk about an image; DRIP's segments and the costs appear beside the answer.")
@@ -185,7 +194,7 @@ def build_demo(models: Sequence[LoadedModel], decoding: Decoding) -> Any:
                 outs.append(gr.Textbox(label=f"answer: {loaded.name}", elem_id=f"answer-{i}"))
                 outs.append(gr.Image(type="pil", label=f"segments: {loaded.name}", elem_id=f"segments-{i}", height=320))
                 outs.append(gr.Markdown(elem_id=f"summary-{i}"))
-        ask.click(respond, [upload, sample, question, compare], outs, api_name="ask")
+        ask.click(ask_model, [upload, sample, question, compare], outs, api_name="ask")
     return demo
 
 
