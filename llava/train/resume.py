@@ -19,12 +19,15 @@ Trust: DeepSpeed loads its ``global_step*/*.pt`` files with ``torch.load(weights
 pickled into them. Before a checkpoint is handed to the Trainer, every pickle in it must load with
 ``torch.load(weights_only=True)``, allowing only the DeepSpeed and torch types real checkpoints hold
 (``torch.serialization.safe_globals``, so nothing stays registered); otherwise the run stops naming the file, unless
-``--trust_checkpoint True`` says the checkpoint is the user's own.
+``--trust_checkpoint True`` says the checkpoint is the user's own. DeepSpeed reads its states from
+``<checkpoint>/<tag>/``, the tag read from the checkpoint's ``latest`` (``latest_universal``) file, and follows links:
+a tag or a link that leads outside the checkpoint folder is refused, so every file it can load is one that was checked.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -38,6 +41,7 @@ CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"  # written by HF Trainer after the model, optimizer and RNG states
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
 NOT_LOADED = ("training_args.bin",)  # a pickled TrainingArguments: written by HF Trainer, read by nobody on resume
+TAG_FILES = ("latest", "latest_universal")  # DeepSpeed loads the states of the tag (a folder name) written in these
 
 
 class CheckpointError(ValueError):
@@ -122,9 +126,50 @@ def _paths(output_dir: Path) -> list[Path]:
     return [p for _, p in checkpoints(output_dir)]
 
 
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _refuse_links_out(root: Path) -> None:
+    """Every link in the checkpoint must lead inside it: DeepSpeed follows links that a walk of the folder skips."""
+    real_root = root.resolve()
+    for folder, dirs, files in os.walk(root):  # links to folders are listed, not entered
+        for name in (*dirs, *files):
+            path = Path(folder, name)
+            if path.is_symlink() and not _inside(path.resolve(), real_root):
+                raise UntrustedCheckpoint(
+                    f"{path}: a link to {path.resolve()}, outside the checkpoint {root}. Files there were not checked "
+                    "and would be loaded as code-carrying pickles; copy them into the checkpoint instead"
+                )
+
+
+def _refuse_tags_out(root: Path) -> None:
+    """The tag in ``latest`` names the folder DeepSpeed loads from (``<checkpoint>/<tag>/*.pt``): it must lie inside."""
+    real_root = root.resolve()
+    for name in TAG_FILES:
+        tag_file = root / name
+        if not tag_file.is_file():
+            continue
+        tag = tag_file.read_text(encoding="utf-8", errors="replace").strip()
+        target = (root / tag).resolve()
+        if not _inside(target, real_root):
+            raise UntrustedCheckpoint(
+                f"{tag_file}: the DeepSpeed tag {tag!r} leads to {target}, outside the checkpoint {root}; DeepSpeed "
+                "would load unchecked pickles from there. A tag is a folder name inside the checkpoint (global_stepN)"
+            )
+
+
 def checkpoint_pickles(checkpoint: str | Path) -> list[Path]:
-    """Every file in the checkpoint that ``torch.load`` may be asked to read (HF's and DeepSpeed's states)."""
-    files = (p for p in sorted(Path(checkpoint).rglob("*")) if p.is_file() and p.suffix in PICKLE_SUFFIXES)
+    """Every file in the checkpoint that ``torch.load`` may be asked to read (HF's and DeepSpeed's states).
+
+    Raises UntrustedCheckpoint when a link, or the DeepSpeed tag in ``latest``, leads outside the checkpoint: the
+    files listed (every regular file in the folder, links not followed) are then all that can be loaded.
+    """
+    root = Path(checkpoint)
+    _refuse_links_out(root)
+    _refuse_tags_out(root)
+    found = [Path(folder, name) for folder, _, files in os.walk(root) for name in files]
+    files = (p for p in sorted(found) if not p.is_symlink() and p.suffix in PICKLE_SUFFIXES)
     return [p for p in files if p.name not in NOT_LOADED]
 
 
