@@ -114,10 +114,12 @@ def run_eval(args: argparse.Namespace, questions: Sequence[Question]) -> dict[st
     settings = GenerationSettings(args.conv_mode, args.temperature, args.top_p, args.num_beams, args.max_new_tokens)
     generator = AnswerGenerator(model, tokenizer, image_processor, settings, args.image_folder)
     model_path = os.path.abspath(os.path.expanduser(args.model_path))
+    base = os.path.abspath(os.path.expanduser(args.model_base)) if args.model_base else None
     source = {
         "model_path": model_path,
-        "model_base": os.path.abspath(os.path.expanduser(args.model_base)) if args.model_base else None,
+        "model_base": base,
         "model_fingerprint": model_fingerprint(model_path),
+        "model_base_fingerprint": model_fingerprint(base) if base else None,
         "seed": args.seed,
     }
     return generate_answers(
