@@ -24,7 +24,7 @@ from PIL import Image
 from transformers import TextIteratorStreamer
 
 from llava.conversation import DEFAULT_CONV_MODE
-from llava.mm_utils import process_images
+from llava.mm_utils import process_images, to_rgb
 from llava.model.config import MultimodalConfig
 from llava.model.flops import prefill_macs
 from llava.prompting import Decoding, PromptStyle, cut_at_stop
@@ -68,7 +68,7 @@ def sample_image(name: str) -> Image.Image:
 
     if name not in SAMPLE_IMAGES:
         raise ValueError(f"unknown sample image {name!r}; known: {', '.join(SAMPLE_IMAGES)}")
-    return Image.fromarray(getattr(data, name)()).convert("RGB")
+    return to_rgb(Image.fromarray(getattr(data, name)()))
 
 
 def tower_figures(model: Any, pixels: torch.Tensor, image: Image.Image) -> tuple[int, float | None, Any]:
@@ -81,7 +81,7 @@ def tower_figures(model: Any, pixels: torch.Tensor, image: Image.Image) -> tuple
     gflops = float(cost(features)[0]) if cost is not None else None
     draw = getattr(tower, "draw_segments", None)  # DRIP towers only
     size = tower.image_size
-    overlay = draw(pixels, image.convert("RGB").resize((size, size), Image.BICUBIC)) if draw is not None else None
+    overlay = draw(pixels, to_rgb(image).resize((size, size), Image.BICUBIC)) if draw is not None else None
     return int(features.token_counts[0]), gflops, overlay
 
 
@@ -150,7 +150,7 @@ def stream_request(
 
 
 def _pick_image(upload: Any, sample: str) -> Image.Image:
-    return upload.convert("RGB") if upload is not None else sample_image(sample)
+    return to_rgb(upload) if upload is not None else sample_image(sample)
 
 
 def build_demo(models: Sequence[LoadedModel], decoding: Decoding) -> Any:
@@ -174,7 +174,8 @@ def build_demo(models: Sequence[LoadedModel], decoding: Decoding) -> Any:
     with gr.Blocks(title="LLaVA-DRIP") as demo:
         gr.Markdown("# LLaVA-DRIP\nAsk about an image; DRIP's segments and the costs appear beside the answer.")
         with gr.Row():
-            upload = gr.Image(type="pil", label="image (upload, or leave empty for a sample)")
+            # image_mode=None: gradio hands over the file's own mode (its default "RGB" clips 16-bit images)
+            upload = gr.Image(type="pil", image_mode=None, label="image (upload, or leave empty for a sample)")
             sample = gr.Dropdown(list(SAMPLE_IMAGES), value=SAMPLE_IMAGES[0], label="sample photo")
         question = gr.Textbox(label="question", value="What is in this image?")
         compare = gr.Checkbox(value=len(models) > 1, label="compare both models", visible=len(models) > 1)
