@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +153,29 @@ def _pick_image(upload: Any, sample: str) -> Image.Image:
     return to_rgb(upload) if upload is not None else sample_image(sample)
 
 
+def respond(
+    models: Sequence[LoadedModel],
+    decoding: Decoding,
+    request: tuple[Any, str, str, bool],
+    user_error: Callable[[str], Exception],
+) -> Iterator[list[Any]]:
+    """The demo's outputs (answer, segments, summary per model) as they stream, for ``request`` = (upload or None,
+    sample name, question, compare both models). Bad input (an empty or over-long question, an unreadable image)
+    raises ``user_error(reason)``: the app passes ``gr.Error``, which shows the reason instead of a bare "Error"."""
+    upload, sample, question, compare = request
+    outputs: list[Any] = [None, None, ""] * len(models)
+    try:
+        image = _pick_image(upload, sample)
+        for i, loaded in enumerate(models[: 2 if compare else 1]):
+            for text, done in stream_request(loaded, image, question, decoding):
+                outputs[3 * i] = text
+                if done is not None:
+                    outputs[3 * i + 1], outputs[3 * i + 2] = done.segments, done.summary()
+                yield list(outputs)
+    except (ValueError, OSError) as err:  # PromptTooLong is a ValueError; PIL's decoding errors are OSErrors
+        raise user_error(str(err)) from None
+
+
 def build_demo(models: Sequence[LoadedModel], decoding: Decoding) -> Any:
     """The gradio Blocks app over ``models`` (one, or two to compare on the same question)."""
     import gradio as gr
@@ -160,16 +183,8 @@ def build_demo(models: Sequence[LoadedModel], decoding: Decoding) -> Any:
     if not models:
         raise ValueError("build_demo needs at least one model")
 
-    def respond(upload: Any, sample: str, question: str, compare: bool) -> Iterator[list[Any]]:
-        image = _pick_image(upload, sample)
-        shown = models[: 2 if compare else 1]
-        outputs: list[Any] = [None, None, ""] * len(models)
-        for i, loaded in enumerate(shown):
-            for text, done in stream_request(loaded, image, question, decoding):
-                outputs[3 * i] = text
-                if done is not None:
-                    outputs[3 * i + 1], outputs[3 * i + 2] = done.segments, done.summary()
-                yield list(outputs)
+    def answer(upload: Any, sample: str, question: str, compare: bool) -> Iterator[list[Any]]:
+        yield from respond(models, decoding, (upload, sample, question, compare), gr.Error)
 
     with gr.Blocks(title="LLaVA-DRIP") as demo:
         gr.Markdown("# LLaVA-DRIP\nAsk about an image; DRIP's segments and the costs appear beside the answer.")
@@ -186,7 +201,7 @@ def build_demo(models: Sequence[LoadedModel], decoding: Decoding) -> Any:
                 outs.append(gr.Textbox(label=f"answer: {loaded.name}", elem_id=f"answer-{i}"))
                 outs.append(gr.Image(type="pil", label=f"segments: {loaded.name}", elem_id=f"segments-{i}", height=320))
                 outs.append(gr.Markdown(elem_id=f"summary-{i}"))
-        ask.click(respond, [upload, sample, question, compare], outs, api_name="ask")
+        ask.click(answer, [upload, sample, question, compare], outs, api_name="ask")
     return demo
 
 
