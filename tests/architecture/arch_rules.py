@@ -37,6 +37,8 @@ LLAVA_TOOLS = "llava.tools"  # experiments and one-off tools: above model and th
 TOOLS = ("drip.tools", LLAVA_TOOLS)
 LLAVA_BASE = ("llava.constants", "llava.conversation", "llava.mm_utils", "llava.jsonl", "llava.prompting")
 DRIP_TOWER = "llava/model/multimodal_encoder/drip_encoder.py"
+# drip modules any of llava may use: model-free helpers both packages need, kept in drip (the lower one)
+DRIP_SHARED = ("drip.images",)
 # plugin module -> the optional package it plugs into (only that package loads it, through an entry point)
 PLUGINS = {"llava/eval/lmms_eval_model.py": "lmms_eval"}
 MAX_LINES = 400
@@ -108,11 +110,12 @@ def rule_llava_layers(repo: Repo) -> list[str]:
 
 def rule_only_the_drip_tower_imports_drip(repo: Repo) -> list[str]:
     return [
-        f"{where(src, imp.line)}: imports {imp.target} (only {DRIP_TOWER} and llava.tools may import drip in llava)"
+        f"{where(src, imp.line)}: imports {imp.target} (only {DRIP_TOWER} and llava.tools may import drip in llava, "
+        f"others only {', '.join(DRIP_SHARED)})"
         for src in repo.sources
         if src.top == "llava" and src.rel != DRIP_TOWER and not under(src.module, LLAVA_TOOLS)
         for imp in imports(src)
-        if under(imp.target, "drip")
+        if under(imp.target, "drip") and not under(imp.target, DRIP_SHARED)
     ]
 
 
