@@ -14,7 +14,15 @@ import subprocess
 import sys
 
 from arch_paths import outside
-from arch_rules import DEMO, DRIP_TOWER, HEAVY, RULES, rule_heavy_imports_inside_functions, rule_no_sys_path_edits
+from arch_rules import (
+    DEMO,
+    DRIP_TOWER,
+    HEAVY,
+    RULES,
+    rule_heavy_imports_inside_functions,
+    rule_no_sys_path_edits,
+    rule_only_the_drip_tower_imports_drip,
+)
 from arch_scan import ROOT, Repo, Source, imports, is_entry_point, under
 
 LOADED = "import sys, {modules}; print(','.join(sorted({{m.split('.')[0] for m in sys.modules}} & set(sys.argv[1:]))))"
@@ -78,5 +86,9 @@ def test_the_scan_sees_what_it_checks() -> None:
     bad = Source(fake.path, fake.rel, fake.module, ast.parse("import peft\nimport sys\nsys.path.insert(0, 'x')\n"))
     one.sources = [bad]
     assert len(rule_heavy_imports_inside_functions(one)) == 1 and len(rule_no_sys_path_edits(one)) == 1
+    shared = Source(fake.path, fake.rel, fake.module, ast.parse("from drip.images import to_rgb\nimport drip.model\n"))
+    one.sources = [shared]
+    found = rule_only_the_drip_tower_imports_drip(one)  # drip.images is allowed, drip.model is not
+    assert len(found) == 1 and "imports drip.model " in found[0]
     assert outside(ROOT, ROOT / "README.md", "../shared/ENVIRONMENT.md")
     assert not outside(ROOT, ROOT / "scripts/v1_5/common.sh", "../..")

@@ -31,7 +31,7 @@ from llava.train.data import (
     LazySupervisedDataset,
     expected_visual_tokens,
 )
-from llava.train.resume import resume_point, verify_checkpoint
+from llava.train.resume import LAST_OUTPUT, CheckpointError, finished_run, resume_point, verify_checkpoint
 from llava.train.trainer import LLaVATrainer
 
 logger = logging.getLogger(__name__)
@@ -190,13 +190,37 @@ def save_outputs(trainer: LLaVATrainer, model, model_args: ModelArguments, train
             )
 
 
-def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVATrainer:
-    """Parse ``argv`` (default: sys.argv), build model and data, train, save; returns the trainer."""
+def already_finished(resume: str, training_args: TrainingArguments) -> bool:
+    """True when the run resumed at ``resume`` has nothing left to train and its final model is saved (a rerun is
+    then a no-op); raises CheckpointError when it is finished but its final save never completed."""
+    done = finished_run(resume, training_args.max_steps, training_args.num_train_epochs)
+    if done is None:
+        return False
+    out = Path(training_args.output_dir)
+    if not (out / LAST_OUTPUT).is_file():
+        raise CheckpointError(
+            f"{resume} is the end of this run ({done}), but its final model was never saved to {out} (killed while "
+            "saving?). The checkpoint holds the trained weights; pass --overwrite_output_dir True to train afresh, "
+            "or raise --max_steps / --num_train_epochs to train on"
+        )
+    print(
+        f"[train] {out} holds the finished run ({Path(resume).name}: {done}): nothing to train; raise --max_steps / "
+        "--num_train_epochs to train on, or pass --overwrite_output_dir True to train afresh",
+        flush=True,
+    )
+    return True
+
+
+def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVATrainer | None:
+    """Parse ``argv`` (default: sys.argv), build model and data, train, save; returns the trainer (None when the run
+    was already finished)."""
     model_args, data_args, training_args = parse_args(list(sys.argv[1:] if argv is None else argv))
     args = training_args  # a rerun resumes from the latest checkpoint (LLaVA); llava.train.resume has the rules
     resume = resume_point(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
     if resume is not None:
         verify_checkpoint(resume, trust=training_args.trust_checkpoint)  # before DeepSpeed unpickles it
+        if already_finished(resume, training_args):
+            return None
     if training_args.deepspeed and not torch.cuda.is_available():
         # accelerate's CPU path starts torch.distributed but not deepspeed.comm; ZeRO-3's zero.Init inside
         # from_pretrained would then see a world size of 1 and reject the batch-size arithmetic.
