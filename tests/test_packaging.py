@@ -42,6 +42,8 @@ def test_every_package_and_its_data_is_installed(site: Path) -> None:
         assert (site / name / "__init__.py").is_file(), name
     assert (site / "eval" / "rule.json").is_file()  # eval_gpt_review_bench's default --rule
     assert (site / "llava_drip_demo" / "world" / "scene.py").is_file()
+    for data in ("presets/DRIP-tiny.json", "open_clip_configs/DRIP-tiny.json", "text/presets/DRIP-tiny-T2x.json"):
+        assert (site / "drip" / data).is_file(), data  # what drip's preset readers open
     assert not (site / "playground").exists()  # data only, never a package
 
 
