@@ -75,6 +75,24 @@ def dtype_of(training_args: TrainingArguments) -> torch.dtype:
     return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
 
 
+def cast_parameters_for_deepspeed(model: torch.nn.Module, training_args: TrainingArguments) -> None:
+    """Under DeepSpeed with ``--bf16`` / ``--fp16``: every parameter in the training dtype before it starts.
+
+    DeepSpeed flattens the parameters it partitions into one buffer per group and requires one dtype; ZeRO-3 does not
+    cast a model built under ``zero.Init``. The LLM loads in the training dtype, but the tower and projector are built
+    after it in fp32 (and peft keeps LoRA weights in fp32), so they are cast here, as LLaVA casts its model after
+    peft. Parameters only: buffers keep their dtype (DRIP's fp32 eval thresholds). DeepSpeed's optimizer holds fp32
+    master weights; without DeepSpeed nothing is cast (the Trainer's autocast runs fp32 parameters as they are).
+    """
+    dtype = dtype_of(training_args)
+    if not training_args.deepspeed or dtype == torch.float32:
+        return
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+
+
 def set_trainable(model: torch.nn.Module, model_args: ModelArguments, training_args: TrainingArguments) -> None:
     """LLaVA's freezing rules, plus the tower's (which LLaVA always froze). Decided here, never inside a module."""
     inner = model.get_model()
@@ -147,6 +165,7 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, to
     if training_args.lora_enable:
         model = apply_lora(model, training_args)
         set_trainable(model.base_model.model, model_args, training_args)  # projector/tower choices survive peft
+    cast_parameters_for_deepspeed(model, training_args)
     return model
 
 
