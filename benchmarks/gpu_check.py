@@ -10,8 +10,8 @@
   on CUDA, else SDPA's planned rows) vs padded, bf16, on a 1.3B Llama shape with CLIP-L-336's 576 visual tokens vs
   DRIP-4x-like varying counts (~144) plus the same text lengths: step time, padding share, loss difference.
 
-    python benchmarks/gpu_check.py                      # one H200: a few minutes
-    python benchmarks/gpu_check.py --device cpu --tiny --compile-backend aot_eager   # CPU dry run (CI)
+    python -m benchmarks.gpu_check                      # from the repository root; one H200: a few minutes
+    python -m benchmarks.gpu_check --device cpu --tiny --compile-backend aot_eager   # CPU dry run (CI)
 """
 
 from __future__ import annotations
