@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from drip.segments import draw_segments as draw_overlay
+from drip.segments import patch_boundaries as compose_stages
 from llava.model.multimodal_encoder.base import VisionFeatures
 
 
@@ -65,3 +67,10 @@ class Connector(nn.Module, ABC):
         """[B, N] hard 0/1 segment boundaries over the raster patches (eval rule), or None when the pooling is not
         a 1-D segmentation (2-D windows). ``features`` are the tower's, before the connector."""
         return None
+
+    def draw_segments(self, features: VisionFeatures, shown: Any) -> Any:
+        """The first image's segments (``patch_boundaries``) drawn on the PIL image ``shown``; None without them."""
+        boundaries = self.patch_boundaries(features)
+        if boundaries is None:
+            return None
+        return draw_overlay(shown, compose_stages([boundaries[0].cpu()]), self.grid)

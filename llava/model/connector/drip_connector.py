@@ -23,7 +23,6 @@ from torch import Tensor
 from drip.boundary import BoundaryPredictor, binomial_prior_loss, sample_boundaries, training_rate
 from drip.boundary_estimators import pool_with_estimator
 from drip.calibration import calibrated_threshold
-from drip.segments import draw_segments, patch_boundaries
 from llava.model.connector.base import Connector
 from llava.model.connector.spec import DripConnectorSpec
 from llava.model.multimodal_encoder.base import DripExtras, VisionFeatures
@@ -98,7 +97,3 @@ class DripConnector(Connector):
         fc1 = self.predictor.fc1
         width, hidden = fc1.in_features, fc1.out_features
         return [self.num_patches * (width * hidden + hidden + width) / 1e9] * len(features.features)
-
-    def draw_segments(self, features: VisionFeatures, shown):
-        """The eval segments of the first image of ``features`` drawn on the PIL image ``shown``."""
-        return draw_segments(shown, patch_boundaries([self.patch_boundaries(features)[0].cpu()]), self.grid)
