@@ -108,6 +108,8 @@ class LlavaMetaModel:
         # generic init would overwrite that, and the tower's weights come from a checkpoint or load_model() anyway.
         owners = [m for m in (self.get_vision_tower(), self.get_connector()) if m is not None]
         if any(module is m for owner in owners for m in owner.modules()):
+            if module is self.get_connector():  # HF leaves non-persistent buffers empty when it loads on meta
+                module.reset_buffers()
             return
         super()._init_weights(module)
 

@@ -55,6 +55,9 @@ class Connector(nn.Module, ABC):
             rows = [torch.cat([c, r]) for c, r in zip(cls, rows, strict=True)]
         return rows, counts + int(cls is not None)
 
+    def reset_buffers(self) -> None:
+        """Refill non-persistent buffers from ``spec`` (HF's loading leaves them empty); none by default."""
+
     @abstractmethod
     def forward(self, features: VisionFeatures) -> VisionFeatures:
         """B images' tower features -> their pooled tokens (fewer per image), counts, and any prior loss."""

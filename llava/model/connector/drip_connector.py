@@ -45,6 +45,10 @@ class DripConnector(Connector):
         self.eval_threshold = threshold.to(device=self.eval_threshold.device, dtype=torch.float32)
         return self
 
+    def reset_buffers(self) -> None:
+        with torch.no_grad():
+            self.eval_threshold.fill_(self.spec.threshold)
+
     def set_prior_loss_weight(self, weight: float) -> None:
         if not weight >= 0:
             raise ValueError(f"--drip_prior_loss_weight must be >= 0, got {weight}")
