@@ -134,6 +134,17 @@ class DripVisionTower(VisionTower):
         self.vision_tower.set_trainable(mode)
 
     @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether DRIP's blocks recompute their activations in the backward pass. HF's
+        ``gradient_checkpointing_enable`` (``--gradient_checkpointing``) sets this attribute on every module that has
+        it; it reaches the tower's ``set_grad_checkpointing`` (torch's non-reentrant checkpoint, per block)."""
+        return self.vision_tower.grad_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enable: bool) -> None:
+        self.vision_tower.set_grad_checkpointing(bool(enable))
+
+    @property
     def prior_loss_weight(self) -> float:
         return self.vision_tower.prior_loss_weight
 
