@@ -119,7 +119,7 @@ def test_a_released_llava_projector_file_loads_into_a_connector_model(run_args, 
 def test_calibrate_command_rewrites_the_recorded_threshold(stage1, base_llm, world, tmp_path):
     import shutil
 
-    from llava.model.connector.calibrate import main
+    from llava.tools.calibrate_connector import main
 
     _, out1 = stage1
     ckpt = tmp_path / "ckpt"
