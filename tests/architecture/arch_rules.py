@@ -76,6 +76,15 @@ ORDER: dict[str, tuple[tuple[str, ...], ...]] = {
         ("llava.train.*", "llava.eval.*", "llava.serve.*"),
         ("llava.tools.*",),
     ),
+    "eval": (
+        ("eval.io_utils",),  # reading and writing answer / review files
+        ("eval.sqa_data", "eval.reviews", "eval.judge_client"),  # the data each scorer shares
+        ("eval.*",),  # the scorers and tables (entry points)
+    ),
+    "llava_drip_demo": (
+        ("llava_drip_demo.world.*",),  # the synthetic world: scenes, rendering, questions, datasets
+        ("llava_drip_demo.*",),  # the commands built on it (demo_world, base_llm, conversions)
+    ),
     "llava.model": (
         ("llava.model.*",),  # the parts: config, towers, projectors, splice, packing, PyramidDrop, reductions
         ("llava.model.llava_arch",),  # assembles the parts
