@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -353,7 +354,7 @@ def test_bad_inputs_fail_with_the_file_named(ckpt, data, tmp_path, capsys):
 
 
 def test_image_reliance_compares_own_and_shifted_images(ckpt, loaded, data, tmp_path):
-    from llava.eval.image_reliance import image_reliance, main
+    from llava.tools.image_reliance import image_reliance, main
 
     questions = [q for q in sqa_questions(data) if q.image_file is not None]
     gen = generator(loaded, data)
@@ -572,3 +573,51 @@ def test_resume_refuses_a_patch_slimming_schedule_changed_in_place(loaded, data,
             claim_answers_file(str(path), run_identity(sqa_questions(data), generator(loaded, data), "m"), False)
     finally:
         apply_token_reduction(loaded[1], "none")
+
+
+def test_an_overlong_question_is_skipped_with_its_id_and_the_run_finishes(ckpt, data, tmp_path, capsys):
+    """A question longer than the 1,024-token context between ordinary ones: skipped (empty text, marked in its
+    metadata, counted in the sidecar and the summary line), the rest answered, a rerun resumes past it; with
+    --overlong error the run stops naming the question id."""
+    from eval.eval_science_qa import FAILED, parse_answer
+
+    items = json.loads(data["sqa"].read_text())
+    long = "Context: " + "red blue " * 700 + "\nWhich is red?\nA. circle\nB. square"
+    items.insert(3, {"id": "99", "conversations": [{"from": "human", "value": long}, {"from": "gpt", "value": "A"}]})
+    (tmp_path / "sqa.json").write_text(json.dumps(items))
+    answers = tmp_path / "answers.jsonl"
+    argv = cli_args(ckpt, data, tmp_path / "sqa.json", answers, "--batch-size", "2", "--single-pred-prompt")
+    assert model_vqa_science.main(argv) == 0
+    lines = read_lines(answers)
+    assert [line["question_id"] for line in lines] == [item["id"] for item in items]
+    skipped = lines[3]
+    assert list(skipped) == LINE_KEYS and skipped["text"] == "" and parse_answer(skipped["text"]) == FAILED
+    assert skipped["metadata"]["skipped"] == "overlong" and skipped["metadata"]["context"] == 1024
+    assert skipped["metadata"]["prompt_tokens"] > 1024
+    assert all("prefill_gflops" in line["metadata"] for i, line in enumerate(lines) if i != 3)
+    assert "skipped: 1 question(s) longer than the model's context" in capsys.readouterr().err
+    sidecar = json.loads((tmp_path / "answers.jsonl.efficiency.json").read_text())
+    assert sidecar["skipped"] == 1 and sidecar["skipped_ids"] == ["99"] and sidecar["answers_with_costs"] == 7
+    assert model_vqa_science.main(argv) == 0  # a rerun resumes past the skipped question
+    assert read_lines(answers) == lines
+    stopped = cli_args(ckpt, data, tmp_path / "sqa.json", tmp_path / "err.jsonl", "--overlong", "error")
+    assert model_vqa_science.main(stopped) == 2
+    assert "question 99 (" in capsys.readouterr().err
+
+
+def test_skipping_keeps_the_other_questions_and_their_pictures_in_step(loaded, data):
+    """Pictures handed over in memory (lmms-eval's way): the over-long image question's picture is dropped with it,
+    so every other question is answered with its own picture, as in a batch without the long one."""
+    gen = generator(loaded, data)
+    short = [Question(q, text, image) for q, text, image in SQA if image]
+    long = Question("99", "red blue " * 700, "b.png")
+    batch = [short[0], long, short[1], short[2]]
+    pictures = gen.load_images([q.image_file for q in batch])
+    got = gen.generate(batch, images=pictures)
+    want = gen.generate([short[0], short[1], short[2]], images=[pictures[0], pictures[2], pictures[3]])
+    assert [a.text for a in got] == [want[0].text, "", want[1].text, want[2].text]
+    assert got[1].skipped == 1024 and got[1].metadata()["prompt_tokens"] > 1024
+    assert [got[i].visual_tokens for i in (0, 2, 3)] == [w.visual_tokens for w in want]
+    strict = AnswerGenerator(gen.model, gen.tokenizer, gen.image_processor, replace(gen.settings, overlong="error"), "")
+    with pytest.raises(InputFileError, match=r"question 99 \(\d+ tokens\): the prompt is longer than"):
+        strict.generate(batch, images=pictures)
