@@ -131,6 +131,27 @@ def _finish_vision(model: LlavaLlamaForCausalLM, missing_keys: list[str]) -> Non
         model.get_model().load_vision_tower()
 
 
+def check_vision_setup(model: LlavaLlamaForCausalLM, model_path: str) -> None:
+    """Say at load what the config makes of the model: a warning when ``config.json`` names no vision tower (a
+    text-only LLaVA; images are then refused, naming ``mm_vision_tower``), a ValueError when the projector takes
+    another width (``mm_hidden_size``) than the tower gives (a projector trained with another tower)."""
+    tower = model.get_vision_tower()
+    if tower is None:
+        logger.warning(
+            "%s: config.json has no mm_vision_tower: loaded as a text-only model (no vision tower, no "
+            "image processor); questions with images will be refused",
+            model_path,
+        )
+        return
+    width = model.mm_config.mm_hidden_size
+    if width is not None and width != tower.hidden_size:
+        raise ValueError(
+            f"{model_path}: the projector takes features of width {width} (mm_hidden_size), but the "
+            f"vision tower {tower.vision_tower_name!r} gives width {tower.hidden_size}: the projector was "
+            "trained with another tower"
+        )
+
+
 def _from_pretrained(path: str, config: LlavaLlamaConfig | None, kwargs: dict[str, Any]) -> tuple[Any, list[str]]:
     model, info = LlavaLlamaForCausalLM.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
     return model, list(info["missing_keys"])
@@ -210,6 +231,7 @@ def load_pretrained_model(
     kind = checkpoint_kind(model_path)
     kwargs = _load_kwargs(load_8bit, load_4bit, device_map, device, torch_dtype, attn_implementation)
     model = _load_model(kind, model_path, model_base, kwargs)
+    check_vision_setup(model, model_path)
     has_tokenizer = any(os.path.isfile(os.path.join(model_path, f)) for f in TOKENIZER_FILES)
     tokenizer_dir = model_path if has_tokenizer or model_base is None else model_base
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

@@ -33,7 +33,7 @@ from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAUL
 from llava.model.config import MultimodalConfig
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.multimodal_encoder.builder import build_vision_tower
-from llava.model.multimodal_projector.builder import build_vision_projector
+from llava.model.multimodal_projector.builder import build_vision_projector, check_projector_weights
 from llava.model.reduction.tower import VisionReduction, vision_methods
 from llava.model.splice import ImageTokenLayout, splice_image_features
 
@@ -131,7 +131,9 @@ class LlavaMetaModel:
             self.mm_projector.requires_grad_(True)  # LLaVA: it may have been frozen by LoRA wrapping
         adapter = arg("pretrain_mm_mlp_adapter")
         if adapter is not None:
-            self.mm_projector.load_state_dict(projector_weights(adapter))
+            weights = projector_weights(adapter)
+            check_projector_weights(weights, self.mm_projector, adapter, tower.vision_tower_name, tower.hidden_size)
+            self.mm_projector.load_state_dict(weights)
             check_projector_tower(adapter, mm)
 
 

@@ -167,6 +167,13 @@ def main(argv: Sequence[str] | None = None, read: Callable[[str], str] = input, 
     except FileNotFoundError as e:  # a missing or empty checkpoint folder: the message names it
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if model.get_vision_tower() is None:
+        print(
+            f"error: {args.model_path}: the model has no vision tower (config.json has no mm_vision_tower), so it "
+            f"cannot look at --image-file {args.image_file}",
+            file=sys.stderr,
+        )
+        return 2
     apply_token_reduction(model, args.token_reduction)
     chat = ImageChat(model, tokenizer, image_processor, image, args.conv_mode, out)
     chat_loop(chat, args.temperature, args.max_new_tokens, read, args.debug)

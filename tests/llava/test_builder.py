@@ -405,3 +405,48 @@ def test_attn_implementation_choice(caplog):
     with caplog.at_level(logging.WARNING):
         assert resolve_attn_implementation("flash_attention_2") == "sdpa"
     assert "llava-drip[flash]" in caplog.text
+
+
+def test_a_projector_of_another_tower_width_is_refused_naming_both_widths(tiny, tmp_path):
+    """A stage-1 projector trained on 48-wide tower features for DRIP-tiny (64 wide): a clear refusal, not torch's
+    size mismatch."""
+    model = tiny.model("none")
+    stage1 = {"model.mm_projector.0.weight": torch.ones(64, 48), "model.mm_projector.0.bias": torch.zeros(64)}
+    stage1 |= {"model.mm_projector.2.weight": torch.ones(64, 64), "model.mm_projector.2.bias": torch.zeros(64)}
+    torch.save(stage1, tmp_path / "p.bin")
+
+    class Args:
+        vision_tower, mm_vision_select_layer, mm_projector_type = "drip:DRIP-tiny", -2, "mlp2x_gelu"
+        pretrain_mm_mlp_adapter = str(tmp_path / "p.bin")
+
+    with pytest.raises(
+        ValueError,
+        match=r"p\.bin: the projector was trained on tower features of width 48, but the "
+        r"vision tower .drip:DRIP-tiny. gives features of width 64",
+    ):
+        model.get_model().initialize_vision_modules(Args)
+
+
+def test_a_config_without_a_tower_loads_as_text_only_and_says_so(tiny, tmp_path, caplog):
+    model = tiny.model("none")
+    model.save_pretrained(tmp_path / "text")
+    _save_tokenizer(tiny, tmp_path / "text")
+    with caplog.at_level("WARNING"):
+        _, loaded, processor, _ = load_pretrained_model(str(tmp_path / "text"))
+    assert processor is None and loaded.get_vision_tower() is None
+    assert "config.json has no mm_vision_tower: loaded as a text-only model" in caplog.text
+    from PIL import Image
+
+    from llava.mm_utils import process_images
+
+    with pytest.raises(ValueError, match="no vision tower .* no mm_vision_tower"):
+        process_images([Image.new("RGB", (4, 4))], processor, loaded.config)
+
+
+def test_a_projector_width_other_than_the_towers_is_refused_at_load(tiny, tmp_path):
+    """config.json's mm_hidden_size (the projector's input) is 48, its CLIP tower gives 32: refused at load."""
+    config = tiny.config("clip", mm_hidden_size=48)
+    LlavaLlamaForCausalLM(config).save_pretrained(tmp_path / "odd")
+    _save_tokenizer(tiny, tmp_path / "odd")
+    with pytest.raises(ValueError, match=r"odd: the projector takes features of width 48 .*gives width 32"):
+        load_pretrained_model(str(tmp_path / "odd"))

@@ -236,3 +236,38 @@ def test_bad_drip_numbers_are_usage_errors(capsys, flag, value, expected):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {flag}" in err and expected in err, err
+
+
+@pytest.mark.slow  # one drip.tools.train process (~20 s CPU)
+@needs_extras
+def test_fewer_captions_than_the_batch_size_is_a_clear_error(tmp_path):
+    """4 image-caption pairs and --batch-size 8: no full step. A message naming the data and the batch size, not a
+    bare StopIteration."""
+    csv = _write_csv(tmp_path, n=4)
+    cmd = [
+        sys.executable,
+        "-m",
+        "drip.tools.train",
+        "--model",
+        "DRIP-tiny",
+        "--train-data",
+        csv,
+        "--csv-img-key",
+        "filepath",
+        "--csv-caption-key",
+        "title",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--logs",
+        str(tmp_path / "logs"),
+        "--name",
+        "run",
+        "--epochs",
+        "1",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode != 0
+    assert "4 sample(s) make no full training step of --batch-size 8" in done.stderr, done.stderr[-2000:]
+    assert "StopIteration" not in done.stderr
