@@ -39,8 +39,9 @@ HEAVY = ("deepspeed", "flash_attn", "openai", "gradio", "lmms_eval", "peft")
 LLAVA_APPS = ("llava.train", "llava.eval", "llava.serve")
 LLAVA_BASE = ("llava.constants", "llava.conversation", "llava.mm_utils", "llava.jsonl", "llava.prompting")
 DRIP_TOWER = "llava/model/multimodal_encoder/drip_encoder.py"
-# drip modules any of llava may use: model-free helpers both packages need, kept in drip (the lower one)
-DRIP_SHARED = ("drip.images",)
+# drip modules any of llava may use: model-free helpers both packages need (image loading, safe weight files), kept
+# in drip, the lower package, so that each concern has one home
+DRIP_SHARED = ("drip.images", "drip.file_io")
 # plugin module -> the optional package it plugs into (only that package loads it, through an entry point)
 PLUGINS = {"llava/eval/lmms_eval_model.py": "lmms_eval"}
 TEXT_SUFFIXES = (".py", ".sh", ".toml", ".json", ".md", ".cfg", ".txt", ".yaml", ".yml")

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from drip.file_io import writing
+
 
 def latest_checkpoints(args: argparse.Namespace) -> list[str] | None:
     """Newest first: epoch_latest.pt (with --save-most-recent, as open_clip_train), then epoch_N.pt by falling N;
@@ -87,11 +89,14 @@ def save_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer, scale
     if scaler is not None:
         ckpt["scaler"] = scaler.state_dict()
     if completed == args.epochs or (args.save_frequency > 0 and completed % args.save_frequency == 0):
-        torch.save(ckpt, os.path.join(args.checkpoint_path, f"epoch_{completed}.pt"))
+        path = os.path.join(args.checkpoint_path, f"epoch_{completed}.pt")
+        with writing(path):
+            torch.save(ckpt, path)
     previous = os.path.join(args.checkpoint_path, f"epoch_{completed - 1}.pt")
     if args.delete_previous_checkpoint and os.path.exists(previous):
         os.remove(previous)
     if args.save_most_recent:
         tmp = os.path.join(args.checkpoint_path, "tmp.pt")
-        torch.save(ckpt, tmp)
+        with writing(tmp):
+            torch.save(ckpt, tmp)
         os.replace(tmp, os.path.join(args.checkpoint_path, "epoch_latest.pt"))

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
+from drip.file_io import load_torch_weights
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.model.language_model.llava_llama import LlavaLlamaConfig, LlavaLlamaForCausalLM, register_auto_classes
 
@@ -153,7 +154,13 @@ def check_vision_setup(model: LlavaLlamaForCausalLM, model_path: str) -> None:
 
 
 def _from_pretrained(path: str, config: LlavaLlamaConfig | None, kwargs: dict[str, Any]) -> tuple[Any, list[str]]:
-    model, info = LlavaLlamaForCausalLM.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    from safetensors import SafetensorError
+
+    try:
+        model, info = LlavaLlamaForCausalLM.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    except SafetensorError as err:  # transformers passes safetensors' message on, which names no file
+        shards = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+        raise ValueError(f"{path}: a weight file ({', '.join(shards)}) is truncated or corrupt ({err})") from None
     return model, list(info["missing_keys"])
 
 
@@ -178,7 +185,7 @@ def _load_model(kind: CheckpointKind, model_path: str, model_base: str | None, k
     extra_path = os.path.join(model_path, extra_file)
     if not os.path.isfile(extra_path):
         raise FileNotFoundError(f"{model_path}: {kind} checkpoint without {extra_file}")
-    extra = to_model_keys(torch.load(extra_path, map_location="cpu", weights_only=True), model)
+    extra = to_model_keys(load_torch_weights(extra_path), model)
     load_state_into(model, extra, extra_path)
     _finish_vision(model, [k for k in missing if k not in extra])
     if kind == "lora":

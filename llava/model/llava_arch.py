@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from drip.file_io import load_torch_weights
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN, IMAGE_TOKEN_INDEX
 from llava.model.config import MultimodalConfig
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
@@ -139,7 +140,7 @@ class LlavaMetaModel:
 
 def projector_weights(path: str) -> dict[str, Tensor]:
     """``mm_projector.bin`` (LLaVA's stage-1 output, keys ``model.mm_projector.0.weight``...) -> projector keys."""
-    weights = torch.load(path, map_location="cpu", weights_only=True)
+    weights = load_torch_weights(path)
     found = {k.split("mm_projector.", 1)[1]: v for k, v in weights.items() if "mm_projector." in k}
     if not found:
         raise ValueError(f"{path}: no 'mm_projector.*' keys (found {sorted(weights)[:5]} ...)")
@@ -380,7 +381,7 @@ class LlavaMetaForCausalLM(ABC):
     def _load_new_token_rows(self, path: str, added: int) -> None:
         """Copy the last ``added`` input-embedding rows from a stage-1 ``mm_projector.bin`` (LLaVA's rule: the file
         holds the whole matrix, or just the new rows)."""
-        stored = torch.load(path, map_location="cpu", weights_only=True).get("model.embed_tokens.weight")
+        stored = load_torch_weights(path).get("model.embed_tokens.weight")
         weight = self.get_input_embeddings().weight
         if stored is None:
             logger.warning("%s holds no model.embed_tokens.weight: <im_start>/<im_end> start from the mean", path)

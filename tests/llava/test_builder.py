@@ -450,3 +450,21 @@ def test_a_projector_width_other_than_the_towers_is_refused_at_load(tiny, tmp_pa
     _save_tokenizer(tiny, tmp_path / "odd")
     with pytest.raises(ValueError, match=r"odd: the projector takes features of width 48 .*gives width 32"):
         load_pretrained_model(str(tmp_path / "odd"))
+
+
+def test_a_truncated_weight_file_or_a_refused_pickle_is_named_at_load(tiny, tmp_path):
+    model = tiny.model("clip")
+    model.save_pretrained(tmp_path / "cut")
+    _save_tokenizer(tiny, tmp_path / "cut")
+    weights = tmp_path / "cut" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"cut: a weight file \(model\.safetensors\) is truncated or corrupt"):
+        load_pretrained_model(str(tmp_path / "cut"))
+    from pathlib import PurePosixPath  # any object beyond tensors and containers: unpickling it runs code
+
+    torch.save({"model.mm_projector.0.weight": PurePosixPath("x")}, tmp_path / "mm_projector.bin")
+    from llava.model.llava_arch import projector_weights
+
+    with pytest.raises(ValueError, match=r"mm_projector\.bin: refused for safety") as caught:
+        projector_weights(str(tmp_path / "mm_projector.bin"))
+    assert "weights_only=False" not in str(caught.value)

@@ -198,3 +198,11 @@ def test_the_schedule_file_is_parsed_once_not_per_batch(tiny, tmp_path, monkeypa
             model.encode_image_features(tiny.images(2))
     assert probe.token_counts == [1] * 6 and all(g is not None and g > 0 for g in probe.gflops)
     assert len(parsed) == 1, parsed
+
+
+def test_a_schedule_that_is_not_utf8_is_named(tmp_path):
+    from llava.model.reduction.patch_slimming import load_schedule
+
+    (tmp_path / "s.json").write_bytes(b'{"format": "patch_slimming_schedule", "x": "\xff\xfe"}')
+    with pytest.raises(ValueError, match=r"schedule .*s\.json: not UTF-8 text"):
+        load_schedule(str(tmp_path / "s.json"))
