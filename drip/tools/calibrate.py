@@ -18,8 +18,8 @@ import json
 import torch
 
 from drip.checkpoint import load_drip, save_drip
-from drip.files import load_images
 from drip.tools.arguments import positive_float, positive_int
+from drip.tools.files import load_images
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -134,7 +134,7 @@ def _setup_run(args: argparse.Namespace) -> bool:
 
 
 def _build_model(args: argparse.Namespace, drip_args: argparse.Namespace, device: torch.device):
-    from drip.text_clip import create_model_and_transforms  # open_clip's, plus Fast-CLIP's pooled text towers
+    from drip.text.clip import create_model_and_transforms  # open_clip's, plus Fast-CLIP's pooled text towers
 
     _random_seed(args.seed, 0)
     if isinstance(args.force_image_size, (tuple, list)) and len(args.force_image_size) == 1:

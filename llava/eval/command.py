@@ -131,10 +131,12 @@ def run_eval(args: argparse.Namespace, questions: Sequence[Question]) -> dict[st
     )
     generator = AnswerGenerator(model, tokenizer, image_processor, settings, args.image_folder)
     model_path = os.path.abspath(os.path.expanduser(args.model_path))
+    base = os.path.abspath(os.path.expanduser(args.model_base)) if args.model_base else None
     source = {
         "model_path": model_path,
-        "model_base": os.path.abspath(os.path.expanduser(args.model_base)) if args.model_base else None,
+        "model_base": base,
         "model_fingerprint": model_fingerprint(model_path),
+        "model_base_fingerprint": model_fingerprint(base) if base else None,
         "seed": args.seed,
     }
     return generate_answers(

@@ -50,6 +50,8 @@ from llava.eval.answers import (
     answers_lock,
     check_answers_path,
     claim_answers_file,
+    content_sha1,
+    images_sha1,
     prompts_sha1,
     resume_answers,
 )
@@ -59,6 +61,7 @@ from llava.model.config import MultimodalConfig
 from llava.model.flops import prefill_macs
 from llava.model.language_model.llava_llama import PromptTooLong
 from llava.model.packed_prefill import prefill_padding
+from llava.model.reduction.spec import PatchSlimming, parse_token_reduction
 from llava.prompting import Decoding, PromptStyle, cut_at_stop, pad_token_id, with_image
 
 T = TypeVar("T")
@@ -355,12 +358,16 @@ def run_identity(
     questions: Sequence[Question], generator: AnswerGenerator, model_id: str, source: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """What an answers file records about the run that writes it (``llava.eval.answers``): the model (``source``:
-    path, base, fingerprint, seed; default the model's ``name_or_path``), template, exact prompts, decoding, and the
-    token reduction and PyramidDrop schedule the model runs with (answer-time flags can replace the checkpoint's)."""
+    path, base, fingerprint, seed; default the model's ``name_or_path``), template, exact prompts, the images'
+    contents, decoding, and the token reduction (with the contents of the files it names) and PyramidDrop schedule
+    the model runs with (answer-time flags can replace the checkpoint's)."""
     use = generator.style.use_im_start_end
     prompts = [(q.question_id, q.query(use), q.image_file, q.prompt) for q in questions]
     mm = MultimodalConfig.from_config(generator.model.config)
+    schedules = [m.schedule for m in parse_token_reduction(mm.token_reduction) if isinstance(m, PatchSlimming)]
     return {
+        "images_sha1": images_sha1(generator.image_folder, [q.image_file for q in questions]),
+        "token_reduction_files": {path: content_sha1(path) for path in schedules},
         "model_id": model_id,
         **(source if source is not None else {"model_path": getattr(generator.model, "name_or_path", None)}),
         "conv_mode": generator.settings.conv_mode,

@@ -74,15 +74,23 @@ def sample_image(name: str) -> Image.Image:
 def tower_figures(model: Any, pixels: torch.Tensor, image: Image.Image) -> tuple[int, float | None, Any]:
     """(visual tokens, tower GMACs or None, segment overlay or None) of ``pixels`` [1, 3, S, S] from one tower call;
     the overlay is drawn on ``image`` resized to S x S, by towers that can draw their segments (DRIP)."""
-    tower = model.get_vision_tower()
+    tower, connector = model.get_vision_tower(), getattr(model.get_model(), "mm_connector", None)
     with torch.no_grad():
         features = tower(pixels)
+        pooled = features if connector is None else connector(features)  # --mm_connector: pooled after the tower
     cost = getattr(tower, "analytic_gflops", None)  # optional capability of a VisionTower
     gflops = float(cost(features)[0]) if cost is not None else None
-    draw = getattr(tower, "draw_segments", None)  # DRIP towers only
+    if gflops is not None and connector is not None:
+        gflops += connector.analytic_gflops(pooled)[0]
     size = tower.image_size
-    overlay = draw(pixels, to_rgb(image).resize((size, size), Image.BICUBIC)) if draw is not None else None
-    return int(features.token_counts[0]), gflops, overlay
+    shown = to_rgb(image).resize((size, size), Image.BICUBIC)
+    if connector is not None:  # the connector's segments (DRIP connector, 1-D runs); 2-D windows draw none
+        draw = getattr(connector, "draw_segments", None)
+        overlay = draw(features, shown) if draw is not None else None
+    else:
+        draw = getattr(tower, "draw_segments", None)  # DRIP towers only
+        overlay = draw(pixels, shown) if draw is not None else None
+    return int(pooled.token_counts[0]), gflops, overlay
 
 
 def answer_request(

@@ -3,8 +3,9 @@
 ``encode_reduced`` is what ``LlavaMetaForCausalLM.encode_image_features`` calls in place of ``tower(images)`` when the
 config names vision-side methods (``mm_token_reduction``). Methods that need the tower's internals (VisionZip's
 [CLS] attention and keys, ToMe's merging inside the blocks, Patch Slimming's pruned blocks) need an HF CLIP tower
-(``CLIPVisionTower``); uniform pooling needs a square patch grid (a CLIP tower), random pruning works on any tower,
-DRIP included; the DRIP ablation (``drip_boundaries``) needs a DRIP tower, which places its boundaries by that mode.
+(``CLIPVisionTower``); uniform pooling needs a square patch grid (an HF CLIP, SigLIP or DINOv2 tower), random
+pruning works on any tower, DRIP included; the DRIP ablation (``drip_boundaries``) needs a DRIP tower, which places
+its boundaries by that mode.
 
 VisionZip's scores are computed here explicitly from the selected layer's input (its ``layer_norm1``, ``q_proj``,
 ``k_proj``), so the tower may run with SDPA or flash attention, which return no attention weights.
@@ -52,6 +53,18 @@ def _clip_model(tower: VisionTower, method: Method):
             f"got {type(tower).__name__} {tower.vision_tower_name!r}"
         )
     return tower.vision_tower
+
+
+def _grid_tower(tower: VisionTower, method: Method) -> None:
+    """ValueError naming the method unless ``tower`` yields a fixed patch grid (an HF CLIP, SigLIP or DINOv2)."""
+    from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+    from llava.model.multimodal_encoder.hf_encoder import HFVisionTower
+
+    if not isinstance(tower, CLIPVisionTower | HFVisionTower):
+        raise ValueError(
+            f"--token_reduction {method.name} needs a tower with a fixed patch grid (CLIP, SigLIP, DINOv2), "
+            f"got {type(tower).__name__} {tower.vision_tower_name!r}"
+        )
 
 
 def clip_layers(model) -> list:
@@ -190,7 +203,7 @@ def _post_process(tower: VisionTower, features: VisionFeatures, method: Method) 
     for tokens in features.features:
         cls, patches = (tokens[:1], tokens[1:]) if has_cls else (tokens[:0], tokens)
         if isinstance(method, Uniform):
-            _clip_model(tower, method)  # a fixed patch grid: DRIP's pooled tokens have none
+            _grid_tower(tower, method)  # a fixed patch grid: DRIP's pooled tokens have none
             patches = uniform_pool(patches, method.size)
         else:
             patches = random_prune(patches, method.keep, method.seed)

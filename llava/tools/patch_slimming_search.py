@@ -1,6 +1,6 @@
 """Command line of the Patch Slimming search (Tang et al., CVPR 2022): calibration images in, a schedule file out.
 
-``python -m llava.model.reduction.patch_slimming_search --vision_tower openai/clip-vit-large-patch14-336 --images
+``python -m llava.tools.patch_slimming_search --vision_tower openai/clip-vit-large-patch14-336 --images
 DIR --keep 144 --epsilon 0.05 --r0 16 --output schedule.json`` runs ``slimming_search.search_schedule`` (the
 library) on the images of DIR (CLIP preprocessing: resize, centre crop) and writes the schedule that
 ``--token_reduction patch_slimming:schedule=schedule.json`` reads. With ``--finetune_steps S > 0`` the layers are
