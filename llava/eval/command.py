@@ -13,15 +13,8 @@ import torch
 
 from llava.conversation import conv_templates
 from llava.eval.answers import InputFileError, check_answers_path, model_fingerprint
-from llava.eval.generation import (
-    OVERLONG,
-    AnswerGenerator,
-    GenerationSettings,
-    Question,
-    check_questions,
-    generate_answers,
-    get_chunk,
-)
+from llava.eval.generation import AnswerGenerator, GenerationSettings, generate_answers
+from llava.eval.questions import OVERLONG, Question, check_questions, get_chunk
 from llava.mm_utils import get_model_name_from_path
 from llava.model.reduction.apply import add_token_reduction_arg, apply_token_reduction, check_token_reduction_arg
 

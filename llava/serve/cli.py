@@ -27,8 +27,8 @@ from transformers import TextStreamer
 from llava.conversation import DEFAULT_CONV_MODE, conv_templates
 from llava.mm_utils import get_model_name_from_path, load_image, process_images
 from llava.model.config import MultimodalConfig
-from llava.model.language_model.llava_llama import PromptTooLong
 from llava.model.reduction.apply import add_token_reduction_arg, apply_token_reduction, check_token_reduction_arg
+from llava.model.splice import PromptTooLong
 from llava.prompting import Decoding, PromptStyle, cut_at_stop
 
 

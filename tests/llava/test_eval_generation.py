@@ -30,18 +30,9 @@ from llava.eval.answers import (
     model_fingerprint,
     resume_answers,
 )
-from llava.eval.generation import (
-    AnswerGenerator,
-    Generated,
-    GenerationSettings,
-    Question,
-    check_questions,
-    generate_answers,
-    get_chunk,
-    run_identity,
-    split_list,
-)
+from llava.eval.generation import AnswerGenerator, Generated, GenerationSettings, generate_answers, run_identity
 from llava.eval.model_vqa_science import SINGLE_PRED_PROMPT, load_science_questions
+from llava.eval.questions import Question, check_questions, get_chunk, split_list
 from llava.model.builder import load_pretrained_model
 from llava.model.flops import llama_prefill_macs, prefill_macs
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
