@@ -7,6 +7,7 @@
 * ``writing``: around a write (``torch.save``, safetensors' ``save_file``): a failure (a full disk: torch says only
   ``enforce fail at inline_container.cc ... file write failed``) becomes an OSError naming the file, the free space
   and the cause.
+* ``unwritable``: why a path cannot be written, so that a run can refuse it before it loads a model.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import pickle
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,3 +83,19 @@ def writing(path: str | os.PathLike[str]) -> Iterator[None]:
         cause = "the disk is full" if full else "is the disk full, or the folder not writable?"
         code = errno.ENOSPC if full else getattr(err, "errno", None) or errno.EIO
         raise OSError(code, f"{path}: could not be written: {cause} ({free}; {text})") from err
+
+
+def unwritable(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` (a file or folder to be written, perhaps in folders still to be made) cannot be written, or None:
+    its nearest existing ancestor is a file, or a folder where no file can be created (probed by creating one)."""
+    existing = Path(os.path.abspath(path)).parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        return f"no file can be created in {existing} ({err.strerror})"
+    return None

@@ -612,3 +612,21 @@ def test_skipping_keeps_the_other_questions_and_their_pictures_in_step(loaded, d
     strict = AnswerGenerator(gen.model, gen.tokenizer, gen.image_processor, replace(gen.settings, overlong="error"), "")
     with pytest.raises(InputFileError, match=r"question 99 \(\d+ tokens\): the prompt is longer than"):
         strict.generate(batch, images=pictures)
+
+
+def test_an_answers_path_that_cannot_be_written_fails_before_the_model_loads(data, tmp_path, capsys, monkeypatch):
+    """/sys refuses new files even to root (a read-only folder in a test that may run as root)."""
+    from llava.eval import command
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the answers path was checked")
+
+    monkeypatch.setattr(command, "load_model", loaded)
+    for path, reason in [
+        ("/sys/answers.jsonl", "no file can be created in /sys"),
+        (str(tmp_path / "file.txt" / "a.jsonl"), "file.txt is a file, not a folder"),
+    ]:
+        (tmp_path / "file.txt").write_text("x")
+        assert model_vqa_science.main(cli_args("unused", data, data["sqa"], path)) == 2
+        err = capsys.readouterr().err
+        assert f"--answers-file {path} cannot be written: " in err and reason in err, err
