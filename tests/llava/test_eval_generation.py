@@ -630,3 +630,19 @@ def test_an_answers_path_that_cannot_be_written_fails_before_the_model_loads(dat
         assert model_vqa_science.main(cli_args("unused", data, data["sqa"], path)) == 2
         err = capsys.readouterr().err
         assert f"--answers-file {path} cannot be written: " in err and reason in err, err
+
+
+def test_a_text_only_model_refuses_image_questions_before_answering(ckpt, data, tmp_path, capsys):
+    """A checkpoint whose config.json names no vision tower loads (text-only, with a warning); image questions are
+    then refused naming mm_vision_tower, not answered into an AttributeError."""
+    import shutil
+
+    text_only = tmp_path / "text-only"
+    shutil.copytree(ckpt, text_only)
+    config = json.loads((text_only / "config.json").read_text())
+    config = {k: v for k, v in config.items() if not k.startswith("mm_vision_tower")}
+    (text_only / "config.json").write_text(json.dumps(config))
+    assert model_vqa_science.main(cli_args(text_only, data, data["sqa"], tmp_path / "a.jsonl")) == 2
+    err = capsys.readouterr().err
+    assert "the model has no vision tower (config.json has no mm_vision_tower), but 5 question(s) have an image" in err
+    assert not (tmp_path / "a.jsonl").exists() or not (tmp_path / "a.jsonl").read_text()
