@@ -187,6 +187,13 @@ def test_resume_latest_falls_back_from_a_truncated_checkpoint_with_a_warning(tmp
     args.resume, args.resume_fallbacks = found[0], []  # nothing older: a clear error, no silent fresh start
     with pytest.raises(SystemExit, match="cannot resume"):
         load_resume_checkpoint(args)
+    from pathlib import PurePosixPath  # any object beyond tensors and containers: loading it would run code
+
+    torch.save({"epoch": 3, "x": PurePosixPath("payload")}, tmp_path / "epoch_3.pt")
+    args.resume, args.resume_fallbacks = str(tmp_path / "epoch_3.pt"), [str(tmp_path / "epoch_1.pt")]
+    with pytest.raises(SystemExit, match=r"cannot resume: .*epoch_3\.pt: refused for safety") as stop:
+        load_resume_checkpoint(args)  # refused, not skipped for an older file
+    assert "weights_only=False" not in str(stop.value)
 
 
 def _losses(metrics: list[dict]) -> list[tuple]:
