@@ -28,6 +28,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from drip.file_io import unwritable
 from llava.jsonl import drop_partial_last_line, split_partial_last_line, writer_lock
 
 IDENTITY_FORMAT = "llava-drip answers identity 1"
@@ -55,11 +56,14 @@ def answer_id(model_id: str, question_id: Any, text: str) -> str:
 
 
 def check_answers_path(path: str) -> None:
-    """Refuse an answers path that cannot be a file (a directory), naming the flag."""
+    """Refuse an answers path that cannot be a file (a directory) or cannot be written, naming the flag."""
     if os.path.isdir(path):
         raise InputFileError(
             f"--answers-file {path} is a directory; give a file path, e.g. {os.path.join(path, 'answers.jsonl')}"
         )
+    problem = unwritable(path)
+    if problem is not None:
+        raise InputFileError(f"--answers-file {path} cannot be written: {problem}")
 
 
 def content_sha1(path: str) -> str:

@@ -29,7 +29,8 @@ from typing import Any
 
 from llava.eval.answers import InputFileError
 from llava.eval.efficiency import RunClock, efficiency_path, write_sidecar
-from llava.eval.generation import AnswerGenerator, GenerationSettings, Question
+from llava.eval.generation import AnswerGenerator, GenerationSettings
+from llava.eval.questions import Question
 from llava.mm_utils import tokenizer_image_token
 from llava.prompting import PromptStyle
 

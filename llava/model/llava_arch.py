@@ -29,12 +29,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from drip.file_io import load_torch_weights
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN, IMAGE_TOKEN_INDEX
 from llava.model.config import MultimodalConfig
 from llava.model.connector.build import build_connector, connector_text
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.multimodal_encoder.builder import build_vision_tower
-from llava.model.multimodal_projector.builder import build_vision_projector
+from llava.model.multimodal_projector.builder import build_vision_projector, check_projector_weights
 from llava.model.reduction.tower import VisionReduction, vision_methods
 from llava.model.splice import ImageTokenLayout, splice_image_features
 
@@ -147,14 +148,16 @@ class LlavaMetaModel:
             self.mm_projector.requires_grad_(True)  # LLaVA: it may have been frozen by LoRA wrapping
         adapter = arg("pretrain_mm_mlp_adapter")
         if adapter is not None:
-            self.mm_projector.load_state_dict(projector_weights(adapter))
+            weights = projector_weights(adapter)
+            check_projector_weights(weights, self.mm_projector, adapter, tower.vision_tower_name, tower.hidden_size)
+            self.mm_projector.load_state_dict(weights)
             load_connector_weights(self.get_connector(), adapter)
             check_projector_tower(adapter, mm)
 
 
 def projector_weights(path: str) -> dict[str, Tensor]:
     """``mm_projector.bin`` (LLaVA's stage-1 output, keys ``model.mm_projector.0.weight``...) -> projector keys."""
-    weights = torch.load(path, map_location="cpu", weights_only=True)
+    weights = load_torch_weights(path)
     found = {k.split("mm_projector.", 1)[1]: v for k, v in weights.items() if "mm_projector." in k}
     if not found:
         raise ValueError(f"{path}: no 'mm_projector.*' keys (found {sorted(weights)[:5]} ...)")
@@ -164,7 +167,7 @@ def projector_weights(path: str) -> dict[str, Tensor]:
 def load_connector_weights(connector: nn.Module | None, path: str) -> None:
     """The connector's weights from a stage-1 ``mm_projector.bin`` (keys ``model.mm_connector.*``, saved beside the
     projector's); a file without them (LLaVA's, or a run without a connector) leaves a connector as initialised."""
-    weights = torch.load(path, map_location="cpu", weights_only=True)
+    weights = load_torch_weights(path)
     found = {k.split("mm_connector.", 1)[1]: v for k, v in weights.items() if "mm_connector." in k}
     if found and connector is None:
         raise ValueError(f"{path} holds connector weights ({sorted(found)[:3]}) but this model has no --mm_connector")
@@ -412,7 +415,7 @@ class LlavaMetaForCausalLM(ABC):
     def _load_new_token_rows(self, path: str, added: int) -> None:
         """Copy the last ``added`` input-embedding rows from a stage-1 ``mm_projector.bin`` (LLaVA's rule: the file
         holds the whole matrix, or just the new rows)."""
-        stored = torch.load(path, map_location="cpu", weights_only=True).get("model.embed_tokens.weight")
+        stored = load_torch_weights(path).get("model.embed_tokens.weight")
         weight = self.get_input_embeddings().weight
         if stored is None:
             logger.warning("%s holds no model.embed_tokens.weight: <im_start>/<im_end> start from the mean", path)

@@ -75,6 +75,22 @@ class _Sample(NamedTuple):
     spans: tuple[tuple[int, int], ...]  # (start, length) per image, unpadded positions
 
 
+class PromptTooLong(ValueError):
+    """A batch of ``generate`` holds prompts longer than the model's context once their images are spliced in.
+
+    ``samples``: (batch position, spliced length) of each such prompt; ``context``: the model's context length. The
+    caller maps positions to its own names (answer generation: question ids) and may answer the rest without them.
+    """
+
+    def __init__(self, samples: list[tuple[int, int]], context: int) -> None:
+        self.samples, self.context = samples, context
+        where = ", ".join(f"sample {i} ({n} tokens)" for i, n in samples)
+        super().__init__(
+            f"{where}: longer than the model's context of {context} tokens (max_position_embeddings) "
+            "after splicing the images"
+        )
+
+
 def splice_image_features(
     input_ids: Tensor | Sequence[Tensor],
     labels: Tensor | Sequence[Tensor] | None,

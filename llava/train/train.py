@@ -30,6 +30,7 @@ from llava.train.data import (
     DataCollatorForSupervisedDataset,
     DatasetOptions,
     LazySupervisedDataset,
+    check_records,
     expected_visual_tokens,
 )
 from llava.train.resume import LAST_OUTPUT, CheckpointError, finished_run, resume_point, verify_checkpoint
@@ -265,6 +266,7 @@ def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVA
         deepspeed.init_distributed(dist_backend="gloo")
     transformers.set_seed(training_args.seed)
     check_inputs(model_args, data_args)
+    records = check_records(data_args.data_path, data_args.image_folder, data_args.skip_bad_images)  # no model yet
     tokenizer = load_tokenizer(model_args, training_args)
     model = build_model(model_args, training_args, tokenizer)
     model.mm_config.replace(image_aspect_ratio=data_args.image_aspect_ratio).write_to(model.config)
@@ -279,7 +281,7 @@ def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVA
         expected_image_tokens=expected_visual_tokens(tower),
         skip_bad_images=data_args.skip_bad_images,
     )
-    dataset = LazySupervisedDataset(data_args.data_path, tokenizer, tower.image_processor, opts)
+    dataset = LazySupervisedDataset(data_args.data_path, tokenizer, tower.image_processor, opts, records)
     trainer = LLaVATrainer(
         model=model,
         args=training_args,

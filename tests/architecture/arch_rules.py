@@ -42,7 +42,7 @@ DRIP_TOWER = "llava/model/multimodal_encoder/drip_encoder.py"
 # estimators and pooling: no copies) and the experiments
 DRIP_USERS = ("llava.model.multimodal_encoder.drip_encoder", "llava.model.connector", LLAVA_TOOLS)
 # drip modules any of llava may use: model-free helpers both packages need, kept in drip (the lower one)
-DRIP_SHARED = ("drip.images",)
+DRIP_SHARED = ("drip.images", "drip.file_io")
 # plugin module -> the optional package it plugs into (only that package loads it, through an entry point)
 PLUGINS = {"llava/eval/lmms_eval_model.py": "lmms_eval"}
 MAX_LINES = 400

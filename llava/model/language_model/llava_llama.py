@@ -37,7 +37,7 @@ from llava.model.config import MultimodalConfig, PDropConfig
 from llava.model.llava_arch import Images, LlavaMetaForCausalLM, LlavaMetaModel, MultimodalInputs
 from llava.model.packed_prefill import packed_prefill, prefill_can_pack, wants_packed_prefill
 from llava.model.packing import PackedBatch, pack_for_model, supports_packing
-from llava.model.splice import ImageTokenLayout
+from llava.model.splice import ImageTokenLayout, PromptTooLong
 
 logger = logging.getLogger(__name__)
 
@@ -66,22 +66,6 @@ def llava_config_dict(config_dict: dict[str, Any], source: Any) -> dict[str, Any
             "this is not a LLaVA-1.5 checkpoint"
         )
     return {**config_dict, "model_type": LlavaLlamaConfig.model_type}
-
-
-class PromptTooLong(ValueError):
-    """A batch of ``generate`` holds prompts longer than the model's context once their images are spliced in.
-
-    ``samples``: (batch position, spliced length) of each such prompt; ``context``: the model's context length. The
-    caller maps positions to its own names (answer generation: question ids) and may answer the rest without them.
-    """
-
-    def __init__(self, samples: list[tuple[int, int]], context: int) -> None:
-        self.samples, self.context = samples, context
-        where = ", ".join(f"sample {i} ({n} tokens)" for i, n in samples)
-        super().__init__(
-            f"{where}: longer than the model's context of {context} tokens (max_position_embeddings) "
-            "after splicing the images"
-        )
 
 
 class LlavaLlamaConfig(LlamaConfig):

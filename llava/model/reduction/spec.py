@@ -21,6 +21,8 @@ from typing import ClassVar, Literal
 Stage = Literal["tower", "features", "llm"]  # inside the tower, between tower and projector, inside the LLM
 STAGE_ORDER: dict[str, int] = {"tower": 0, "features": 1, "llm": 2}
 FLAG = "--token_reduction"
+# methods that run the vision tower's forward pass their own way: at most one of them per run
+REPLACE_TOWER_FORWARD = ("visionzip", "tome", "patch_slimming", "drip_boundaries")
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,12 @@ def parse_token_reduction(text: str | None) -> tuple[Method, ...]:
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"{FLAG} {text!r}: each method may appear once")
+    replacing = [n for n in names if n in REPLACE_TOWER_FORWARD]
+    if len(replacing) > 1:
+        raise ValueError(
+            f"{FLAG} {text!r}: {' and '.join(replacing)} cannot be combined (each runs the tower's "
+            "forward pass its own way)"
+        )
     return tuple(sorted(methods, key=lambda m: STAGE_ORDER[m.stage]))
 
 

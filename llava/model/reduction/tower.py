@@ -29,6 +29,7 @@ from llava.model.reduction.patch_slimming import (
 )
 from llava.model.reduction.random import random_prune
 from llava.model.reduction.spec import (
+    REPLACE_TOWER_FORWARD,
     DripBoundaries,
     Method,
     PatchSlimming,
@@ -223,7 +224,7 @@ def encode_reduced(
         ValueError: a method the tower cannot run (see the module docstring), or two methods that both replace
             the tower's forward pass (VisionZip, ToMe, Patch Slimming, drip_boundaries).
     """
-    replacing = [m for m in methods if isinstance(m, VisionZip | ToMe | PatchSlimming | DripBoundaries)]
+    replacing = [m for m in methods if m.name in REPLACE_TOWER_FORWARD]
     if len(replacing) > 1:
         raise ValueError(f"--token_reduction: {' and '.join(m.name for m in replacing)} cannot be combined")
     if replacing:
