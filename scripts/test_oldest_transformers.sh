@@ -14,5 +14,5 @@ if [[ "$(version)" != "$want" ]]; then
 fi
 [[ "$(version)" == "$want" ]] || { echo "transformers $want did not install into $dir" >&2; exit 1; }
 echo "LLaVA model tests under transformers $want"
-PYTHONPATH="$dir:$PWD" $py -m pytest -p no:cacheprovider tests/llava/test_model_parity.py \
+PYTHONPATH="$dir:$PWD" $py -m pytest -p no:cacheprovider tests/llava/test_cache_keyword.py tests/llava/test_model_parity.py \
   tests/llava/test_packed_prefill.py tests/llava/test_generation_beams.py tests/llava/test_pdrop.py "$@"

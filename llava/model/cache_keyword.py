@@ -14,6 +14,8 @@ import functools
 import inspect
 from typing import Any
 
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
 
 @functools.cache
 def cache_keyword(module_type: type) -> str:
@@ -32,9 +34,14 @@ def cache_kwargs(module: Any, cache: Any) -> dict[str, Any]:
     return {cache_keyword(type(module)): cache}
 
 
-def with_cache(output_type: type, cache: Any, **fields: Any) -> Any:
-    """``output_type(**fields)`` with the KV cache in its cache field."""
-    return output_type(**fields, **{cache_field(output_type): cache})
+def cache_fields(output_type: type, cache: Any) -> dict[str, Any]:
+    """``{field: cache}`` for building an ``output_type`` (a transformers output dataclass) that holds ``cache``."""
+    return {cache_field(output_type): cache}
+
+
+def decoder_output(last_hidden_state: Any, cache: Any) -> BaseModelOutputWithPast:
+    """A decoder stack's output: hidden states [B, T, H] and the KV cache (or None)."""
+    return BaseModelOutputWithPast(last_hidden_state=last_hidden_state, **cache_fields(BaseModelOutputWithPast, cache))
 
 
 def output_cache(output: Any) -> Any:

@@ -33,7 +33,7 @@ from transformers import (
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from llava.model.cache_keyword import cache_kwargs, output_cache, with_cache
+from llava.model.cache_keyword import cache_fields, cache_kwargs, decoder_output, output_cache
 from llava.model.config import MultimodalConfig, PDropConfig
 from llava.model.llava_arch import Images, LlavaMetaForCausalLM, LlavaMetaModel, MultimodalInputs
 from llava.model.packed_prefill import packed_prefill, prefill_can_pack, wants_packed_prefill
@@ -247,11 +247,10 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         loss = lm_loss
         if lm_loss is not None and boundary_loss is not None and boundary_loss.requires_grad:
             loss = lm_loss + boundary_loss.to(lm_loss.dtype)  # the predictor trains: its prior loss joins the objective
-        return with_cache(
-            LlavaCausalLMOutputWithPast,
-            output_cache(outputs),
+        return LlavaCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
+            **cache_fields(LlavaCausalLMOutputWithPast, output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             lm_loss=lm_loss,
@@ -296,7 +295,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             inputs_embeds, input_ids = self.model.embed_tokens(input_ids), None
         if self.pdrop is None and packed and labels is None:
             hidden = packed_prefill(self.model, inputs_embeds, attention_mask, cache, self.packing_single_row)
-            return with_cache(BaseModelOutputWithPast, cache, last_hidden_state=hidden), labels
+            return decoder_output(hidden, cache), labels
         if self.pdrop is None:
             out = self.model(
                 input_ids=input_ids,
@@ -322,9 +321,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             use_cache=bool(use_cache) and not (packed and labels is not None),  # packed training keeps no cache
             packed=packed,
         )
-        return with_cache(
-            BaseModelOutputWithPast, out.past_key_values, last_hidden_state=out.last_hidden_state
-        ), out.labels
+        return decoder_output(out.last_hidden_state, out.past_key_values), out.labels
 
     @torch.no_grad()
     def generate(
@@ -372,8 +369,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         image_layouts: list[ImageTokenLayout] | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        # The layouts describe the prompt only: they go to the prefill step, never to the decoding steps. The KV cache
-        # passes through kwargs under whichever name this transformers gives it (llava.model.cache_keyword).
+        # The layouts go to the prefill step only; the KV cache passes through kwargs under this transformers' name.
         inputs = super().prepare_inputs_for_generation(
             input_ids,
             next_sequence_length=next_sequence_length,
