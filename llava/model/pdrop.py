@@ -39,8 +39,6 @@ a PyramidDrop prefill costs is counted in ``llava.model.flops``.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,6 +48,7 @@ from transformers import DynamicCache
 
 from llava.constants import IGNORE_INDEX
 from llava.model import packing
+from llava.model.cache_keyword import cache_kwargs
 from llava.model.config import PDROP_ATTN_IMPLEMENTATIONS, PDropConfig, PositionMode
 from llava.model.pdrop_ranking import image_mask, query_mask, rank_scores
 from llava.model.pdrop_schedule import keep_counts
@@ -276,15 +275,9 @@ def _decode(
 
 
 def _run_layer(layer: nn.Module, hidden: Tensor, mask4d: Tensor, positions: Tensor, rope, cache) -> Tensor:
-    """One decoder layer through its public forward (the cache keyword is ``cache`` from transformers 5.2x on,
-    ``past_key_values`` before; the old name still works but warns)."""
-    kwargs = {_cache_keyword(type(layer)): cache, "use_cache": cache is not None}
+    """One decoder layer through its public forward (the cache under this transformers' keyword)."""
+    kwargs = {**cache_kwargs(layer, cache), "use_cache": cache is not None}
     return layer(hidden, attention_mask=mask4d, position_ids=positions, position_embeddings=rope, **kwargs)
-
-
-@functools.cache
-def _cache_keyword(layer_type: type) -> str:
-    return "cache" if "cache" in inspect.signature(layer_type.forward).parameters else "past_key_values"
 
 
 # --- ranking and dropping --------------------------------------------------------------------------------------------
