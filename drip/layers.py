@@ -97,8 +97,9 @@ class PackedLayout:
             else:
                 groups.append((length, 1))
         total = sum(sorted_len)
-        order = torch.tensor(order_host, dtype=torch.long, device=device)  # [B]
-        len_t = torch.tensor(sorted_len, dtype=torch.long, device=device)  # [B] sorted lengths
+        # Asynchronous uploads: a blocking host -> device copy would wait for every queued kernel.
+        order = torch.tensor(order_host, dtype=torch.long).to(device, non_blocking=True)  # [B]
+        len_t = torch.tensor(sorted_len, dtype=torch.long).to(device, non_blocking=True)  # [B] sorted lengths
         cu = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=device)
         cu[1:] = torch.cumsum(len_t, 0)
         pos = torch.arange(max_len, device=device)[None, :]  # [1, L]
