@@ -52,7 +52,7 @@ from transformers import DynamicCache
 from llava.constants import IGNORE_INDEX
 from llava.model import packing
 from llava.model.config import PDropConfig, PositionMode
-from llava.model.pdrop_ranking import check_on_real_tokens, image_mask, misplaced, query_mask, rank_scores
+from llava.model.pdrop_ranking import image_mask, query_mask, rank_scores, read_host_values
 from llava.model.pdrop_schedule import keep_counts
 from llava.model.splice import ImageTokenLayout
 
@@ -191,28 +191,11 @@ def pdrop_forward(
     queries = query_mask(rank_positions, labels, mask, is_image)
     source = torch.arange(t, device=mask.device).expand(b, t).masked_fill(~mask, -1)
     images = [0] * b if layouts is None else [layout.num_image_tokens for layout in layouts]
-    lengths, starts, num_queries, side = _read_host_values(mask, is_image, queries)
+    lengths, starts, num_queries, side = read_host_values(mask, is_image, queries)
     st = _Stage(
         inputs_embeds, mask, position_ids, source, is_image, queries, labels, lengths, starts, images, num_queries
     )
     return _prefill(llama_model, st, cfg, cache, position_mode, packed, side)
-
-
-def _read_host_values(mask: Tensor, is_image: Tensor, queries: Tensor) -> tuple[list[int], list[int], int, str]:
-    """The prefill's one device -> host read: real tokens and first real slot per row, the most queries of a row,
-    the padding side ("right" if some row ends with padding) and the placement checks (raised here)."""
-    b = mask.shape[0]
-    values = torch.cat(
-        [
-            mask.sum(1),
-            mask.long().argmax(1),
-            queries.sum(1).amax()[None],
-            (~mask[:, -1]).any()[None],
-            misplaced(mask, is_image, queries),
-        ]
-    ).tolist()
-    check_on_real_tokens(mask, is_image, queries, [bool(v) for v in values[-2:]])
-    return values[:b], values[b : 2 * b], int(values[2 * b]), "right" if values[2 * b + 1] else "left"
 
 
 def _prefill(

@@ -28,6 +28,7 @@ __all__ = [
     "query_slots",
     "rank_positions_from_labels",
     "rank_scores",
+    "read_host_values",
 ]
 
 
@@ -158,3 +159,20 @@ def check_on_real_tokens(mask: Tensor, is_image: Tensor, queries: Tensor, flags:
 def misplaced(mask: Tensor, is_image: Tensor, queries: Tensor) -> Tensor:
     """[2] bool on the device: (an image token on padding, a ranking query on padding or an image token)."""
     return torch.stack([(is_image & ~mask).any(), (queries & (~mask | is_image)).any()])
+
+
+def read_host_values(mask: Tensor, is_image: Tensor, queries: Tensor) -> tuple[list[int], list[int], int, str]:
+    """The prefill's one device -> host read: real tokens and first real slot per row, the most queries of a row,
+    the padding side ("right" if some row ends with padding) and the placement checks (raised here)."""
+    b = mask.shape[0]
+    values = torch.cat(
+        [
+            mask.sum(1),
+            mask.long().argmax(1),
+            queries.sum(1).amax()[None],
+            (~mask[:, -1]).any()[None],
+            misplaced(mask, is_image, queries),
+        ]
+    ).tolist()
+    check_on_real_tokens(mask, is_image, queries, [bool(v) for v in values[-2:]])
+    return values[:b], values[b : 2 * b], int(values[2 * b]), "right" if values[2 * b + 1] else "left"
