@@ -51,7 +51,7 @@ from transformers import DynamicCache
 
 from llava.constants import IGNORE_INDEX
 from llava.model import packing
-from llava.model.config import PDropConfig, PositionMode
+from llava.model.config import PDROP_ATTN_IMPLEMENTATIONS, PDropConfig, PositionMode
 from llava.model.pdrop_ranking import image_mask, query_mask, rank_scores, read_host_values
 from llava.model.pdrop_schedule import keep_counts
 from llava.model.splice import ImageTokenLayout
@@ -167,7 +167,7 @@ def pdrop_forward(
     """
     b, t, _ = _check_embeds(inputs_embeds)
     check_layers(cfg, llama_model.config.num_hidden_layers)
-    if llama_model.config._attn_implementation not in ("eager", "sdpa"):
+    if llama_model.config._attn_implementation not in PDROP_ATTN_IMPLEMENTATIONS:
         raise NotImplementedError(
             f"pdrop_forward builds 4-D additive masks per stage: use attn_implementation 'sdpa' or 'eager', "
             f"not {llama_model.config._attn_implementation!r}"
@@ -298,9 +298,7 @@ def _cache_keyword(layer_type: type) -> str:
 # --- ranking and dropping --------------------------------------------------------------------------------------------
 def _drop(layer: nn.Module, rotary: nn.Module, st: _Stage, counts: list[int], side: str, compact: bool) -> _Stage:
     """Keep every real text token and the top ``counts[b]`` image tokens of sample b (in slot order); repack.
-
-    One ranking for the whole batch: a stable descending sort of each row's image-token scores, and a rank mask
-    keeps the first ``counts[b]`` of row b (ties go to the earlier slot)."""
+    One ranking for the batch: a stable descending sort of the scores, a rank mask (ties: the earlier slot)."""
     for b, (count, have) in enumerate(zip(counts, st.images, strict=True)):
         if count > have:
             raise ValueError(f"sample {b}: cannot keep {count} image tokens, only {have} left")
