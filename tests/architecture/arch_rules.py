@@ -55,7 +55,6 @@ OVERSIZED = {
     "out of it: split after that merge rather than under it",
     "llava/eval/generation.py": "grew with the over-long-question handling while the eval code is being edited: "
     "Question / chunks / answer records move to their own module after that merge",
-    "benchmarks/train_step.py": "rebuilt by the GPU-performance work now: split after it",
     "tests/llava/test_eval_generation.py": "the eval tests are being edited now: split into generation / resume / "
     "command-line files after that merge",
     "tests/llava/test_builder.py": "the builder and its tests are being edited now: split after that merge",

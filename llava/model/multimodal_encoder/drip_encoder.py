@@ -117,7 +117,8 @@ class DripVisionTower(VisionTower):
         mask = out.hidden_masks[self.select_layer]  # [B, 1 + L] bool, True on real tokens
         if self.select_feature == "patch":
             hidden, mask = hidden[:, 1:], mask[:, 1:]  # [B, L, D], [B, L]
-        features = [h[m] for h, m in zip(hidden, mask, strict=True)]  # B x [N_i, D]
+        counts = mask.sum(-1).tolist()  # one read for the batch: real tokens come first in every row
+        features = [h[:n] for h, n in zip(hidden, counts, strict=True)]  # B x [N_i, D]
         stage_counts = [b.detach().sum(-1).round().long() for b in out.stage_boundaries]  # stages x [B]
         extras = DripExtras(
             boundary_loss=out.boundary_loss,
