@@ -18,7 +18,7 @@ import transformers
 from llava.constants import check_aspect_ratio
 from llava.model.config import POSITION_MODES, PDropConfig, parse_number_list
 from llava.model.multimodal_encoder.base import check_train_mode
-from llava.model.reduction.spec import parse_token_reduction
+from llava.model.reduction.spec import methods_help, parse_token_reduction
 
 
 @dataclass
@@ -45,7 +45,9 @@ class ModelArguments:
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
     # --- token-reduction baselines, e.g. "visionzip:dominant=54,contextual=10" (llava.model.reduction.spec) ---
-    token_reduction: str | None = field(default=None, metadata={"help": "METHOD:key=val,... joined by +; none"})
+    token_reduction: str | None = field(
+        default=None, metadata={"help": f"METHOD:key=val,... joined by +; none. Methods: {methods_help()}"}
+    )
     # the PyramidDrop schedule parsed from the three pdrop_* flags (not a flag itself)
     pdrop: PDropConfig | None = field(default=None, init=False, repr=False)
 
