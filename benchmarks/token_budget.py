@@ -2,20 +2,22 @@
 
     python benchmarks/token_budget.py --demo-root DIR [--budgets 16,7] [--seeds 0,1] [--limit N] [--out DIR]
 
-The training-free methods (``--token_reduction`` uniform, random, VisionZip, ToMe, Patch Slimming, FastV, and a
-PyramidDrop schedule) run on the ViT-trained LLaVA (``--vit-model``, the demo's ``checkpoints/demo/llava-clip``);
-DRIP (learned boundaries), its ablation (``drip_boundaries`` uniform / random at each image's learned count) and
-DRIP + FastV / DRIP + PyramidDrop run on the DRIP-trained LLaVA (``--drip-model``, ``llava-drip``). A budget B is
-the image tokens the LLM keeps after the method's last reduction (the demo tower gives 64: 16 is 25 %, 7 about
-11 %); where a method cannot meet B exactly (uniform pooling: a square grid; ToMe: at most half the tokens per
-layer) it takes the nearest it can, and the tokens column says what it gave. DRIP's own count is set by its
-trained boundary rate: its runs go to the budget nearest that count, and budgets below it compose DRIP with FastV
-or PyramidDrop.
+The training-free methods (``--token_reduction`` uniform, 1-D pooling, random, VisionZip in both compositions, ToMe,
+Patch Slimming, PruMerge / PruMerge+, FastV, and a PyramidDrop schedule) run on the ViT-trained LLaVA (``--vit-model``,
+the demo's ``checkpoints/demo/llava-clip``); DRIP (learned boundaries, trained with its pooling), its ablation
+(``drip_boundaries`` uniform / random at each image's learned count) and DRIP + FastV / DRIP + PyramidDrop run on the
+DRIP-trained LLaVA (``--drip-model``, ``llava-drip``); the table's ``reduction`` column says which rows are
+training-free and which were trained. A budget B is the image tokens the LLM keeps after the method's last reduction
+(the demo tower gives 64: 16 is 25 %, 7 about 11 %); where a method cannot meet B exactly (uniform pooling: a square
+grid; 1-D pooling: ceil(64 / k); ToMe: at most half the tokens per layer) it takes the nearest it can, and the tokens
+column says what it gave. PruMerge sets its own count per image: its rows sit under "adaptive". DRIP's own count is
+set by its trained boundary rate: its runs go to the budget nearest that count, and budgets below it compose DRIP
+with FastV or PyramidDrop.
 
-VisionZip, ToMe and Patch Slimming read HF CLIP's layers, and the demo's ViT is a drip-package ViT (``drip:DIR``). So
-the ViT model is first copied with its tower exported as an HF ``CLIPVisionModel``
-(``llava.model.tower_export.export_tower_to_clip``: same projector, LLM and features; ``mm_vision_tower`` names the
-exported directory), and the copy's unreduced answers are checked to equal the original's (printed; a mismatch stops
+The ViT rows run on a copy of the ViT model whose drip-package ViT (``drip:DIR``) is exported as an HF
+``CLIPVisionModel`` (``llava.model.tower_export.export_tower_to_clip``: same projector, LLM and features;
+``mm_vision_tower`` names the exported directory), so every ViT row's tower GMACs come from one count
+(``llava.model.flops``); the copy's unreduced answers are checked to equal the original's (printed; a mismatch stops
 the run). A ViT model whose tower is already an HF CLIP (a real LLaVA-1.5 checkpoint) is used as it is. Patch
 Slimming's schedule is searched per budget (``python -m llava.model.reduction.patch_slimming_search --keep B
 --finetune_steps 0``) on the first 64 of ``--calibration-images`` (the demo's training images). A PyramidDrop schedule
