@@ -12,8 +12,10 @@ its allowed keys. The model config stores the canonical text as the flat key ``m
 The interface: every method is a frozen dataclass of its keys that subclasses one of three bases, by where it acts,
 and implements their abstract methods (how it reduces, what it costs):
 
-* ``TowerMethod`` (``stage="tower"``): replaces the tower's forward pass. ``encode(tower, images)`` -> features;
-  ``tower_gmacs(tower, features)`` -> GMACs per image of what ran.
+* ``TowerMethod`` (``stage="tower"``): replaces the tower's forward pass. ``encode(tower, images, memo)`` ->
+  features; ``tower_gmacs(tower, features, memo)`` -> GMACs per image of what ran. ``memo`` is a dict the caller
+  (``VisionReduction``, one per model) keeps between batches, where a method holds what it read once (Patch
+  Slimming's parsed schedule).
 * ``TokenMethod`` (``stage="features"``): reduces each image's output tokens. ``reduce(tower, patches)`` -> fewer
   tokens; ``extra_gmacs(tower)`` -> GMACs per image it adds to the tower's own count.
 * ``LLMMethod`` (``stage="llm"``): drops image tokens inside the LLM. ``pdrop_schedule()`` -> the PyramidDrop
@@ -58,11 +60,11 @@ class TowerMethod(Reduction):
     stage: ClassVar[Stage] = "tower"
 
     @abstractmethod
-    def encode(self, tower: VisionTower, images: Tensor) -> VisionFeatures:
+    def encode(self, tower: VisionTower, images: Tensor, memo: dict[str, Any]) -> VisionFeatures:
         """images [B, C, H, W] -> the reduced features of each image."""
 
     @abstractmethod
-    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures) -> list[float]:
+    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures, memo: dict[str, Any]) -> list[float]:
         """GMACs per image of the tower run ``encode`` made (``llava.model.flops``)."""
 
 
@@ -168,10 +170,10 @@ class VisionZip(TowerMethod):
         _check_positive(self, "dominant")
         _check_positive(self, "contextual")
 
-    def encode(self, tower: VisionTower, images: Tensor) -> VisionFeatures:
+    def encode(self, tower: VisionTower, images: Tensor, memo: dict[str, Any]) -> VisionFeatures:
         return _tower_glue().visionzip_encode(tower, images, self)
 
-    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures) -> list[float]:
+    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures, memo: dict[str, Any]) -> list[float]:
         return _tower_glue().visionzip_gmacs(tower, self, len(features.features))
 
 
@@ -186,10 +188,10 @@ class ToMe(TowerMethod):
     def __post_init__(self) -> None:
         _check_positive(self, "r")
 
-    def encode(self, tower: VisionTower, images: Tensor) -> VisionFeatures:
+    def encode(self, tower: VisionTower, images: Tensor, memo: dict[str, Any]) -> VisionFeatures:
         return _tower_glue().tome_encode(tower, images, self)
 
-    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures) -> list[float]:
+    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures, memo: dict[str, Any]) -> list[float]:
         return _tower_glue().tome_gmacs(tower, self, len(features.features))
 
 
@@ -199,17 +201,17 @@ class PatchSlimming(TowerMethod):
 
     name: ClassVar[str] = "patch_slimming"
     summary: ClassVar[str] = "Patch Slimming: a searched per-layer schedule of kept patches (schedule=PATH)"
-    schedule: str  # JSON written by ``python -m llava.model.reduction.patch_slimming_search``
+    schedule: str  # JSON written by ``python -m llava.tools.patch_slimming_search``
 
     def __post_init__(self) -> None:
         if not self.schedule:
             raise ValueError(f"{FLAG} {self.name}: schedule must name a schedule file")
 
-    def encode(self, tower: VisionTower, images: Tensor) -> VisionFeatures:
-        return _tower_glue().patch_slimming_encode(tower, images, self)
+    def encode(self, tower: VisionTower, images: Tensor, memo: dict[str, Any]) -> VisionFeatures:
+        return _tower_glue().patch_slimming_encode(tower, images, self, memo)
 
-    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures) -> list[float]:
-        return [_tower_glue().patch_slimming_gmacs(tower, self)] * len(features.features)
+    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures, memo: dict[str, Any]) -> list[float]:
+        return [_tower_glue().patch_slimming_gmacs(tower, self, memo)] * len(features.features)
 
 
 @dataclass(frozen=True)
@@ -221,10 +223,10 @@ class PruMerge(TowerMethod):
     summary: ClassVar[str] = "PruMerge: adaptive count by IQR outliers of [CLS] attention, merged by keys"
     plus: ClassVar[bool] = False
 
-    def encode(self, tower: VisionTower, images: Tensor) -> VisionFeatures:
+    def encode(self, tower: VisionTower, images: Tensor, memo: dict[str, Any]) -> VisionFeatures:
         return _tower_glue().prumerge_encode(tower, images, self.plus)
 
-    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures) -> list[float]:
+    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures, memo: dict[str, Any]) -> list[float]:
         return _tower_glue().prumerge_gmacs(tower, features)
 
 
@@ -276,10 +278,10 @@ class DripBoundaries(TowerMethod):
             raise ValueError(f"{FLAG} drip_boundaries: mode must be one of {', '.join(DRIP_BOUNDARY_MODES)}, "
                              f"got {self.mode!r}")  # fmt: skip
 
-    def encode(self, tower: VisionTower, images: Tensor) -> VisionFeatures:
+    def encode(self, tower: VisionTower, images: Tensor, memo: dict[str, Any]) -> VisionFeatures:
         return _tower_glue().drip_ablation(tower, images, self)
 
-    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures) -> list[float]:
+    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures, memo: dict[str, Any]) -> list[float]:
         return tower.analytic_gflops(features)  # the tower's own forward, from each image's counts
 
 

@@ -11,7 +11,7 @@ Which tower each method needs (every plain ViT the project builds runs every met
   tower's ``clip_view()``: an HF CLIP with the same weights, whose states equal the tower's. A DRIP tower that pools
   is refused: its blocks after pooling see segments, not patches, so "the selected layer's patches" do not exist.
 * ``uniform`` (2-D) and ``pool1d`` (1-D) pool the tower's output patch grid: any tower whose output is its full
-  g x g patch grid (CLIP, a plain drip ViT); a pooling DRIP tower's segments form no grid.
+  g x g patch grid (HF CLIP, SigLIP, DINOv2, a plain drip ViT); a pooling DRIP tower's segments form no grid.
 * ``random`` works on any tower, DRIP included; ``drip_boundaries`` needs a DRIP tower (it moves its boundaries).
 
 Every tower stops after the selected layer (``CLIPVisionTower.embed`` / ``run_blocks``), and every method runs on
@@ -29,7 +29,13 @@ from torch import Tensor, nn
 from llava.model.flops import clip_tokens, clip_tower_macs, prumerge_macs, tome_macs, visionzip_macs
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.reduction import prumerge
-from llava.model.reduction.patch_slimming import check_fits, load_schedule, query_positions, slim_layer
+from llava.model.reduction.patch_slimming import (
+    SlimmingSchedule,
+    check_fits,
+    load_schedule,
+    query_positions,
+    slim_layer,
+)
 from llava.model.reduction.pool1d import pool1d
 from llava.model.reduction.spec import (
     FLAG,
@@ -152,27 +158,31 @@ def tome_gmacs(tower: VisionTower, spec: ToMe, images: int) -> list[float]:
     return [tome_macs(clip.config, *schedule) / 1e9] * images
 
 
-def patch_slimming_encode(tower: VisionTower, images: Tensor, spec: PatchSlimming) -> VisionFeatures:
+def patch_slimming_encode(tower: VisionTower, images: Tensor, spec: PatchSlimming, memo: dict) -> VisionFeatures:
     """Run the CLIP blocks up to the selected layer, each on the tokens its predecessor kept, outputs gathered to the
     schedule's kept tokens (shorter sequences layer by layer)."""
     clip = clip_tower(tower, spec.name)
-    schedule = _fitting_schedule(clip, spec)
+    schedule = _fitting_schedule(clip, spec, memo)
     x = clip.embed(images)  # [B, 1 + N, D]
     for layer, queries in zip(clip.blocks[: clip.layers_run], query_positions(schedule, x.device), strict=True):
         x = slim_layer(layer, x, queries)  # [B, 1 + |m_l|, D]
     return _features(list(_drop_cls(tower, x).unbind(0)))
 
 
-def _fitting_schedule(clip, spec: PatchSlimming):
-    schedule = load_schedule(spec.schedule)
+def _fitting_schedule(clip, spec: PatchSlimming, memo: dict) -> SlimmingSchedule:
+    """The schedule file's parse, read once per ``memo`` (the caller's, kept between batches)."""
+    key = f"patch_slimming:{spec.schedule}"
+    if key not in memo:
+        memo[key] = load_schedule(spec.schedule)
+    schedule = memo[key]
     check_fits(schedule, spec.schedule, clip_tokens(clip.config) - 1, clip.layers_run)
     return schedule
 
 
-def patch_slimming_gmacs(tower: VisionTower, spec: PatchSlimming) -> float:
+def patch_slimming_gmacs(tower: VisionTower, spec: PatchSlimming, memo: dict) -> float:
     """The layers that ran, each querying its kept tokens over the layer below's (static masks: no scoring)."""
     clip = clip_tower(tower, spec.name)
-    schedule, index = _fitting_schedule(clip, spec), clip.layers_run
+    schedule, index = _fitting_schedule(clip, spec, memo), clip.layers_run
     queries, keys = [schedule.tokens(i) for i in range(index)], [schedule.tokens(i - 1) for i in range(index)]
     return clip_tower_macs(clip.config, queries, key_tokens=keys) / 1e9
 
@@ -259,15 +269,19 @@ def _tower_method(methods: tuple[Reduction, ...]) -> TowerMethod | None:
     return replacing[0] if replacing else None
 
 
-def encode_reduced(tower: VisionTower, images: Tensor, methods: tuple[Reduction, ...]) -> VisionFeatures:
+def encode_reduced(
+    tower: VisionTower, images: Tensor, methods: tuple[Reduction, ...], memo: dict | None = None
+) -> VisionFeatures:
     """images [B, C, H, W] -> the tower's features after the vision-side ``methods`` (in data-flow order).
+
+    ``memo``: what the methods keep between batches (``VisionReduction`` holds one per model); None: a fresh one.
 
     Raises:
         ValueError: a method the tower cannot run (see the module docstring), or two methods that both replace
             the tower's forward pass.
     """
     replacing = _tower_method(methods)
-    features = tower(images) if replacing is None else replacing.encode(tower, images)
+    features = tower(images) if replacing is None else replacing.encode(tower, images, {} if memo is None else memo)
     for method in methods:
         if isinstance(method, TokenMethod):
             features = _post_process(tower, features, method)
@@ -275,14 +289,14 @@ def encode_reduced(tower: VisionTower, images: Tensor, methods: tuple[Reduction,
 
 
 def reduced_tower_gmacs(
-    tower: VisionTower, methods: tuple[Reduction, ...], features: VisionFeatures
+    tower: VisionTower, methods: tuple[Reduction, ...], features: VisionFeatures, memo: dict | None = None
 ) -> list[float] | None:
     """GMACs per image of a reduced tower run: the replacing method's count (or the tower's own, when it has one),
     plus every token method's addition; None when neither count is known."""
     replacing = _tower_method(methods)
     own = getattr(tower, "analytic_gflops", None)  # optional capability of a VisionTower
     if replacing is not None:
-        base = replacing.tower_gmacs(tower, features)
+        base = replacing.tower_gmacs(tower, features, {} if memo is None else memo)
     elif own is not None:
         base = own(features)
     else:
@@ -298,13 +312,18 @@ def vision_methods(text: str | None) -> tuple[Reduction, ...]:
 
 class VisionReduction(nn.Module):
     """``encode_reduced`` as a parameterless module held by the LLaVA base model (``vision_reduction``), so forward
-    hooks (the efficiency sidecar's probe) see the reduced tokens; it adds no checkpoint key."""
+    hooks (the efficiency sidecar's probe) see the reduced tokens; it adds no checkpoint key. It holds the methods'
+    ``memo`` (e.g. Patch Slimming's parsed schedule), so a file is parsed once per model, not on every batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.memo: dict = {}
 
     def forward(self, tower: VisionTower, images: Tensor, methods: tuple[Reduction, ...]) -> VisionFeatures:
-        return encode_reduced(tower, images, methods)
+        return encode_reduced(tower, images, methods, self.memo)
 
     def analytic_gflops(
         self, tower: VisionTower, methods: tuple[Reduction, ...], features: VisionFeatures
     ) -> list[float] | None:
         """GMACs per image of ``features`` (see ``reduced_tower_gmacs``)."""
-        return reduced_tower_gmacs(tower, methods, features)
+        return reduced_tower_gmacs(tower, methods, features, self.memo)

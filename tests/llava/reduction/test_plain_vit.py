@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llava.model.reduction.apply import apply_token_reduction
-from llava.model.tower_export import export_tower_to_clip
+from llava.tools.tower_export import export_tower_to_clip
 
 PLAIN = {"pool_at": (), "prior": ()}  # DRIP-tiny's shape without pooling: a plain ViT (64x64, 8x8 patches, 4 blocks)
 
