@@ -2,20 +2,22 @@
 
     python benchmarks/token_budget_run.py --demo-root DIR [--budgets 16,7] [--seeds 0,1] [--limit N] [--out DIR]
 
-The training-free methods (``--token_reduction`` uniform, random, VisionZip, ToMe, Patch Slimming, FastV, and a
-PyramidDrop schedule) run on the ViT-trained LLaVA (``--vit-model``, the demo's ``checkpoints/demo/llava-clip``);
-DRIP (learned boundaries), its ablation (``drip_boundaries`` uniform / random at each image's learned count) and
-DRIP + FastV / DRIP + PyramidDrop run on the DRIP-trained LLaVA (``--drip-model``, ``llava-drip``). A budget B is
-the image tokens the LLM keeps after the method's last reduction (the demo tower gives 64: 16 is 25 %, 7 about
-11 %); where a method cannot meet B exactly (uniform pooling: a square grid; ToMe: at most half the tokens per
-layer) it takes the nearest it can, and the tokens column says what it gave. DRIP's own count is set by its
-trained boundary rate: its runs go to the budget nearest that count, and budgets below it compose DRIP with FastV
-or PyramidDrop.
+The training-free methods (``--token_reduction`` uniform, 1-D pooling, random, VisionZip in both compositions, ToMe,
+Patch Slimming, PruMerge / PruMerge+, FastV, and a PyramidDrop schedule) run on the ViT-trained LLaVA (``--vit-model``,
+the demo's ``checkpoints/demo/llava-clip``); DRIP (learned boundaries, trained with its pooling), its ablation
+(``drip_boundaries`` uniform / random at each image's learned count) and DRIP + FastV / DRIP + PyramidDrop run on the
+DRIP-trained LLaVA (``--drip-model``, ``llava-drip``); the table's ``reduction`` column says which rows are
+training-free and which were trained. A budget B is the image tokens the LLM keeps after the method's last reduction
+(the demo tower gives 64: 16 is 25 %, 7 about 11 %); where a method cannot meet B exactly (uniform pooling: a square
+grid; 1-D pooling: ceil(64 / k); ToMe: at most half the tokens per layer) it takes the nearest it can, and the tokens
+column says what it gave. PruMerge sets its own count per image: its rows sit under "adaptive". DRIP's own count is
+set by its trained boundary rate: its runs go to the budget nearest that count, and budgets below it compose DRIP
+with FastV or PyramidDrop.
 
-VisionZip, ToMe and Patch Slimming read HF CLIP's layers, and the demo's ViT is a drip-package ViT (``drip:DIR``). So
-the ViT model is first copied with its tower exported as an HF ``CLIPVisionModel``
-(``llava.tools.tower_export.export_tower_to_clip``: same projector, LLM and features; ``mm_vision_tower`` names the
-exported directory), and the copy's unreduced answers are checked to equal the original's (printed; a mismatch stops
+The ViT rows run on a copy of the ViT model whose drip-package ViT (``drip:DIR``) is exported as an HF
+``CLIPVisionModel`` (``llava.tools.tower_export.export_tower_to_clip``: same projector, LLM and features;
+``mm_vision_tower`` names the exported directory), so every ViT row's tower GMACs come from one count
+(``llava.model.flops``); the copy's unreduced answers are checked to equal the original's (printed; a mismatch stops
 the run). A ViT model whose tower is already an HF CLIP (a real LLaVA-1.5 checkpoint) is used as it is. Patch
 Slimming's schedule is searched per budget (``python -m llava.tools.patch_slimming_search --keep B
 --finetune_steps 0``) on the first 64 of ``--calibration-images`` (the demo's training images). A PyramidDrop schedule
@@ -53,6 +55,8 @@ class Run:
     token_reduction: str | None = None
     pdrop: tuple[tuple[int, ...], tuple[float, ...]] | None = None  # (layer_list, image_token_ratio_list)
     short: str = ""  # the plot's point label (default: label)
+    training: str = "training-free"  # how the reduction met the model: training-free | trained (DRIP) | both
+    adaptive: bool = False  # the method sets its own count per image (PruMerge): listed under "adaptive"
 
     @property
     def slug(self) -> str:
@@ -75,6 +79,11 @@ class TowerShape:
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+
+def pool1d_k(n: int, budget: int) -> int:
+    """Run length k whose ceil(n / k) tokens are nearest ``budget`` (64 patches: 16 -> k=4; 7 -> k=10)."""
+    return min(range(1, n + 1), key=lambda k: (abs(-(-n // k) - budget), k))
 
 
 def uniform_size(budget: int) -> int:
@@ -116,7 +125,13 @@ def pdrop_schedule(tokens: float, budget: int, llm_layers: int) -> tuple[tuple[i
 
 def reference_runs() -> list[Run]:
     return [Run("ViT (drip: tower)", "vit", None, short="ViT"), Run("ViT (HF CLIP copy)", "vit-hf", None, short="ViT"),
-            Run("DRIP (learned)", "drip", None, short="DRIP")]  # fmt: skip
+            Run("DRIP (learned)", "drip", None, short="DRIP", training="trained")]  # fmt: skip
+
+
+def adaptive_runs() -> list[Run]:
+    """PruMerge and PruMerge+ set their own count per image (IQR outliers of [CLS] attention): one row each."""
+    return [Run("PruMerge", "vit-hf", None, "prumerge", short="PruMerge", adaptive=True),
+            Run("PruMerge+", "vit-hf", None, "prumerge_plus", short="PruMerge+", adaptive=True)]  # fmt: skip
 
 
 def vit_runs(budget: int, shape: TowerShape, seeds: list[int], schedule: str | None, llm_layers: int) -> list[Run]:
@@ -125,10 +140,14 @@ def vit_runs(budget: int, shape: TowerShape, seeds: list[int], schedule: str | N
     d, c = visionzip_split(budget)
     r, _ = tome_r(shape, budget)
     s = uniform_size(budget)
-    runs = [Run(f"uniform {s}x{s}", "vit-hf", budget, f"uniform:size={s}", short="uniform")]
+    k = pool1d_k(n, budget)
+    runs = [Run(f"uniform {s}x{s}", "vit-hf", budget, f"uniform:size={s}", short="uniform"),
+            Run(f"1-D pooling k={k}", "vit-hf", budget, f"pool1d:k={k}", short="pool1d")]  # fmt: skip
     runs += [Run(f"random seed {seed}", "vit-hf", budget, f"random:keep={budget},seed={seed}", short=f"random{seed}")
              for seed in seeds]  # fmt: skip
     runs += [Run(f"VisionZip {d}+{c}", "vit-hf", budget, f"visionzip:dominant={d},contextual={c}", short="VisionZip"),
+             Run(f"VisionZip {d}+{c}, [CLS] among the dominant (official)", "vit-hf", budget,
+                 f"visionzip:dominant={d},contextual={c},cls=true", short="VisionZip-cls"),
              Run(f"ToMe r={r}", "vit-hf", budget, f"tome:r={r}", short="ToMe")]  # fmt: skip
     if schedule is not None:
         runs.append(Run(f"Patch Slimming keep={budget}", "vit-hf", budget, f"patch_slimming:schedule={schedule}",
@@ -141,10 +160,12 @@ def llm_side_runs(model: str, prefix: str, tokens: float, budget: int, llm_layer
     ``prefix`` names what runs before them (``"DRIP + "``)."""
     ratio = keep_ratio(tokens, budget)
     tag = prefix.replace(" ", "")
+    training = "DRIP trained + training-free" if model == "drip" else "training-free"
     fastv = Run(f"{prefix}FastV k=2 R={1 - ratio:.3g}", model, budget, f"fastv:k=2,ratio={round(1 - ratio, 4)}",
-                short=f"{tag}FastV")  # fmt: skip
+                short=f"{tag}FastV", training=training)  # fmt: skip
     pdrop = pdrop_schedule(tokens, budget, llm_layers)
-    return [fastv, Run(f"{prefix}PyramidDrop " + _pdrop_label(pdrop), model, budget, pdrop=pdrop, short=f"{tag}PDrop")]
+    label = f"{prefix}PyramidDrop " + _pdrop_label(pdrop)
+    return [fastv, Run(label, model, budget, pdrop=pdrop, short=f"{tag}PDrop", training=training)]
 
 
 def _pdrop_label(schedule: tuple[tuple[int, ...], tuple[float, ...]]) -> str:
@@ -158,10 +179,11 @@ def drip_runs(budgets: list[int], drip_tokens: float, seeds: list[int], llm_laye
     runs = []
     for b in budgets:
         if b == native:
-            uniform = Run("DRIP uniform boundaries", "drip", b, "drip_boundaries:mode=uniform", short="DRIP-unif")
-            runs += [Run("DRIP (learned)", "drip", b, short="DRIP"), uniform]
+            uniform = Run("DRIP uniform boundaries", "drip", b, "drip_boundaries:mode=uniform", short="DRIP-unif",
+                          training="trained")  # fmt: skip
+            runs += [Run("DRIP (learned)", "drip", b, short="DRIP", training="trained"), uniform]
             runs += [Run(f"DRIP random boundaries seed {s}", "drip", b, f"drip_boundaries:mode=random,seed={s}",
-                         short=f"DRIP-rand{s}") for s in seeds]  # fmt: skip
+                         short=f"DRIP-rand{s}", training="trained") for s in seeds]  # fmt: skip
         elif b < drip_tokens:
             runs += llm_side_runs("drip", "DRIP + ", drip_tokens, b, llm_layers)
     return runs
@@ -179,14 +201,16 @@ class Result:
 def markdown_table(results: list[Result]) -> str:
     """One row per run, grouped by budget in the order given; '-' where a value is missing."""
     cats = sorted({c for r in results for c in r.categories})
-    head = ["budget", "method", "model", "tokens / image", "SQA-IMG %", *(f"{c} %" for c in cats),
+    head = ["budget", "method", "model", "reduction", "tokens / image", "SQA-IMG %", *(f"{c} %" for c in cats),
             "LLaVA-Bench rule", "tower GMACs", "prefill GMACs", "s / answer"]  # fmt: skip
     fmt = lambda v, f: "-" if v is None else f.format(v)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (len(head) - 4)]
     for r in results:
         m = r.metrics
         prefill = None if m.prefill_tflops is None else m.prefill_tflops * 1e3
-        cells = ["none" if r.run.budget is None else str(r.run.budget), r.run.label, r.run.model,
+        budget = "adaptive" if r.run.adaptive else "none" if r.run.budget is None else str(r.run.budget)
+        training = "-" if r.run.budget is None and not r.run.adaptive else r.run.training
+        cells = [budget, r.run.label, r.run.model, training,
                  fmt(m.visual_tokens, "{:.1f}"), fmt(m.sqa_img_acc, "{:.1f}"),
                  *(fmt(r.categories.get(c), "{:.1f}") for c in cats), fmt(m.llavabench_rule, "{:.1f}"),
                  fmt(m.tower_gflops, "{:.4f}"), fmt(prefill, "{:.4f}"),
@@ -213,7 +237,7 @@ def plot_runs(results: list[Result]) -> list[Any]:
     points: dict[tuple, Any] = {}
     for r in results:
         short = r.run.short or r.run.label
-        name = short if r.run.budget is None else f"{short}@{r.run.budget}"
+        name = short if r.run.budget is None else f"{short}@{r.run.budget}"  # PruMerge: its own count
         key = (r.metrics.prefill_tflops, r.metrics.sqa_img_acc)
         if key in points:
             if name not in points[key].name.split(" = "):

@@ -17,6 +17,7 @@ from token_budget import (
     Result,
     Run,
     TowerShape,
+    adaptive_runs,
     best_per_budget,
     drip_runs,
     markdown_table,
@@ -205,6 +206,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if models["vit"]:
         check_same_answers(out / "runs" / Run("", "vit", None).slug, out / "runs" / Run("", "vit-hf", None).slug)
     results = [refs[m] for m in ("vit", "vit-hf") if m in refs]
+    results += [run(r) for r in adaptive_runs()]
     for b in args.budgets:
         schedule = slimming_schedule(tower, shape, b, args, out) if b < shape.num_patches else None
         results += [run(r) for r in vit_runs(b, shape, args.seeds, schedule, llm_layers)]

@@ -233,19 +233,28 @@ class DripVisionTransformer(nn.Module):
         boundaries: Tensor | Sequence[Tensor] | None = None,
         output_hidden_states: bool = False,
         boundary_mode: BoundaryMode | None = None,
+        blocks: int | None = None,
     ) -> DripFeatures:
-        """Embedding, every block and pooling stage: [B, C, H, W] -> DripFeatures (tokens before ``ln_post``)."""
+        """Embedding, the blocks and pooling stages: [B, C, H, W] -> DripFeatures (tokens before ``ln_post``).
+
+        ``blocks``: stop after that many blocks (LLaVA's select_layer=-2 needs ``layers - 1``); a pooling stage at or
+        after it does not run (``hidden_states[blocks]`` of a full forward is the output before that pooling)."""
         self._check_images(images)
         forced = self._check_forced(boundaries, images.shape[0])
         mode = self.boundary_mode if boundary_mode is None else boundary_mode
+        stop = self.cfg.layers if blocks is None else blocks
+        if not 0 <= stop <= self.cfg.layers:
+            raise ValueError(f"blocks={blocks}: {self.cfg.name} has {self.cfg.layers} blocks")
         record = [] if output_hidden_states else None
         st = DripFeatures(self._embed(images), None, record, [] if output_hidden_states else None)
         st.record(st.x)
         edges = [0, *self.cfg.pool_at, self.cfg.layers]
         for k in range(len(edges) - 1):
+            if edges[k] >= stop and k > 0:
+                break
             if k > 0:
                 self._pool_stage(k - 1, st, None if forced is None else forced[k - 1], mode)
-            self._run_blocks(edges[k], edges[k + 1], st)
+            self._run_blocks(edges[k], min(edges[k + 1], stop), st)
         return st
 
     def forward_head(self, features: DripFeatures) -> DripOutput:

@@ -172,13 +172,10 @@ def hf_clip_vision_config(cfg: DripConfig) -> dict[str, Any]:
     return {**fields, **({"projection_dim": cfg.embed_dim} if cfg.embed_dim else {})}
 
 
-def export_hf_clip_vision(tower: DripVisionTransformer, out_dir: str | Path) -> Path:
-    """Write ``tower`` (no pooling) as an HF ``CLIPVisionModel`` directory (config.json + model.safetensors).
-
-    ``hidden_states[i]`` of the HF model equal the tower's ``hidden_states[i]`` (fp32, same weights); the CLIP
-    projection ``proj`` is not part of ``CLIPVisionModel`` and is left out (LLaVA's towers read hidden states).
-    Raises ValueError for a tower that pools (see ``hf_clip_vision_config``).
-    """
+def hf_clip_vision_model(tower: DripVisionTransformer) -> Any:
+    """``tower`` (no pooling) as an HF ``CLIPVisionModel`` in memory, fp32, whose ``hidden_states[i]`` equal the
+    tower's; the CLIP projection ``proj`` is not part of ``CLIPVisionModel`` and is left out (LLaVA's towers read
+    hidden states). Raises ValueError for a tower that pools (see ``hf_clip_vision_config``)."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     config = CLIPVisionConfig(**hf_clip_vision_config(tower.cfg))
@@ -193,8 +190,14 @@ def export_hf_clip_vision(tower: DripVisionTransformer, out_dir: str | Path) -> 
     if missing or unknown:
         raise ValueError(f"DRIP -> HF CLIP export: missing {sorted(missing)[:4]}, unknown {unknown[:4]}")
     model.load_state_dict(sd, strict=False)
+    return model
+
+
+def export_hf_clip_vision(tower: DripVisionTransformer, out_dir: str | Path) -> Path:
+    """Write ``tower`` (no pooling) as an HF ``CLIPVisionModel`` directory (config.json + model.safetensors), the
+    model ``hf_clip_vision_model`` builds. Raises ValueError for a tower that pools."""
     out = Path(out_dir)
-    model.save_pretrained(str(out))
+    hf_clip_vision_model(tower).save_pretrained(str(out))
     return out
 
 

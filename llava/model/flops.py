@@ -21,9 +21,14 @@ token-reduction methods that run inside them are counted here too, from the toke
   attention and MLP; Patch Slimming's layers query fewer tokens than they attend over).
 * ``tome_macs``: ToMe's layers plus its matching, the bipartite similarity of the A and B halves on the keys
   averaged over heads (ceil(T/2) x floor(T/2) x head_dim) in each layer that merges.
-* ``visionzip_macs``: the whole tower plus VisionZip's own work: the selected layer's q and k projections and
-  its full score matrix (computed explicitly for the [CLS] row) and the contextual merge (key similarity of the
-  remaining tokens to the targets, the one-hot assignment matmul).
+* ``visionzip_macs``: the layers up to the selected one plus VisionZip's own work: the selected layer's q and k
+  projections and its full score matrix (computed explicitly for the [CLS] row) and the contextual merge (key
+  similarity of the remaining tokens to the targets, the one-hot assignment matmul).
+* ``prumerge_macs``: the layers up to the selected one, the next layer's k (all tokens) and q ([CLS]) projections
+  and [CLS]'s scores, and PruMerge's merge (key similarities of the kept patches, the weighted sums).
+
+Every tower stops after its selected layer (LLaVA's -2 never runs the last block), so every count here covers the
+layers up to it: the plain tower, each method and DRIP are charged on one footing.
 
 Norms, activations, softmax and elementwise merging (weighted sums, the size term of ToMe's proportional attention)
 are left out, as for the LLM (< 0.5 %).
@@ -49,6 +54,7 @@ __all__ = [
     "prefill_macs",
     "rank_macs",
     "staged_prefill_macs",
+    "prumerge_macs",
     "tome_macs",
     "visionzip_macs",
 ]
@@ -162,14 +168,26 @@ def tome_macs(config: Any, attention_tokens: Sequence[int], mlp_tokens: Sequence
     return tower + sum(math.ceil(t / 2) * (t // 2) * head_dim for t, u in pairs if u < t)
 
 
-def visionzip_macs(config: Any, dominant: int, contextual: int) -> int:
-    """VisionZip on one image: the whole tower (every layer on 1 + N tokens), the selected layer's explicit
+def visionzip_macs(config: Any, dominant: int, contextual: int, layers: int | None = None) -> int:
+    """VisionZip on one image: the tower's ``layers`` (default all) on 1 + N tokens, the selected layer's explicit
     q / k projections and T x T scores for its [CLS] attention, and the contextual merge: the remaining
-    N - dominant tokens' key similarity to the ``contextual`` targets (over head_dim) and the one-hot assignment
+    N - ``dominant`` patches' key similarity to the ``contextual`` targets (over head_dim) and the one-hot assignment
     matmul that sums them (over the width)."""
     t, d = clip_tokens(config), config.hidden_size
     head_dim = d // config.num_attention_heads
+    layers = config.num_hidden_layers if layers is None else layers
     rest = t - 1 - dominant
     scores = 2 * t * d * d + t * t * d
     merge = (rest - contextual) * contextual * (head_dim + d)
-    return clip_tower_macs(config, [t] * config.num_hidden_layers) + scores + merge
+    return clip_tower_macs(config, [t] * layers) + scores + merge
+
+
+def prumerge_macs(config: Any, layers: int, kept: int, neighbours: int = 32) -> int:
+    """PruMerge(+) on one image keeping ``kept`` patches: the tower's ``layers`` on 1 + N tokens; the next layer's
+    k projection on every token, its q projection on [CLS] and [CLS]'s scores (full width); the kept patches' key
+    similarity to every patch, each one's weighted sum of ``neighbours`` patches, and the pruned patches' sum."""
+    t, d = clip_tokens(config), config.hidden_size
+    n = t - 1
+    scores = t * d * d + d * d + t * d
+    merge = kept * n * d + kept * min(neighbours, n - 1) * d + (n - kept) * d
+    return clip_tower_macs(config, [t] * layers) + scores + merge

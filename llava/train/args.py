@@ -22,7 +22,7 @@ from llava.model.config import PDROP_ATTN_IMPLEMENTATIONS, POSITION_MODES, PDrop
 from llava.model.connector.spec import parse_connector
 from llava.model.multimodal_encoder.base import check_train_mode
 from llava.model.multimodal_encoder.builder import check_tower_source
-from llava.model.reduction.spec import parse_token_reduction
+from llava.model.reduction.spec import methods_help, parse_token_reduction
 
 
 @dataclass
@@ -49,7 +49,9 @@ class ModelArguments:
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
     # --- token-reduction baselines, e.g. "visionzip:dominant=54,contextual=10" (llava.model.reduction.spec) ---
-    token_reduction: str | None = field(default=None, metadata={"help": "METHOD:key=val,... joined by +; none"})
+    token_reduction: str | None = field(
+        default=None, metadata={"help": f"METHOD:key=val,... joined by +; none. Methods: {methods_help()}"}
+    )
     # --- pooling between tower and projector, e.g. "drip:rate=0.25,estimator=box" | "pool1d:k=4" | "pool2d:k=2" ---
     mm_connector: str | None = field(default=None, metadata={"help": "drip:... | pool1d:k=K | pool2d:k=K | none"})
     # the PyramidDrop schedule parsed from the three pdrop_* flags (not a flag itself)

@@ -30,9 +30,11 @@ def test_budgets_map_to_each_methods_flag(tb):
     at16 = {r.label: (r.token_reduction, r.pdrop) for r in tb.vit_runs(16, shape, [0, 3], "/s.json", 4)}
     assert at16 == {
         "uniform 4x4": ("uniform:size=4", None),
+        "1-D pooling k=4": ("pool1d:k=4", None),
         "random seed 0": ("random:keep=16,seed=0", None),
         "random seed 3": ("random:keep=16,seed=3", None),
         "VisionZip 14+2": ("visionzip:dominant=14,contextual=2", None),
+        "VisionZip 14+2, [CLS] among the dominant (official)": ("visionzip:dominant=14,contextual=2,cls=true", None),
         "ToMe r=16": ("tome:r=16", None),  # 65 -> 49 -> 33 -> 17 tokens, CLS dropped: 16
         "Patch Slimming keep=16": ("patch_slimming:schedule=/s.json", None),
         "FastV k=2 R=0.75": ("fastv:k=2,ratio=0.75", None),
@@ -41,6 +43,7 @@ def test_budgets_map_to_each_methods_flag(tb):
     at7 = {r.label: r.token_reduction for r in tb.vit_runs(7, shape, [0], None, 4)}
     assert at7["uniform 3x3"] == "uniform:size=3"  # the nearest square grid: 9 tokens
     assert at7["VisionZip 6+1"] == "visionzip:dominant=6,contextual=1"
+    assert at7["1-D pooling k=10"] == "pool1d:k=10"  # ceil(64 / 10) = 7 runs
     assert at7["FastV k=2 R=0.891"] == "fastv:k=2,ratio=0.8906"
     assert not any(label.startswith("Patch Slimming") for label in at7)  # no schedule given
     assert tb.tome_r(shape, 7) == (32, 8)  # ToMe merges at most half a layer's tokens: 8 is the nearest
@@ -64,7 +67,10 @@ def test_drip_rows_sit_at_the_nearest_budget_and_compose_below_it(tb):
     assert [r.budget for r in tb.drip_runs([16, 7], drip_tokens=5.0, seeds=[0], llm_layers=4)] == [
         7
     ] * 3  # nothing above its count
+    assert {r.training for r in runs} == {"trained", "DRIP trained + training-free"}
     every = runs + tb.vit_runs(16, tb.TowerShape(**DEMO_VIT), [0, 1], "/s.json", 4) + tb.reference_runs()
+    every += tb.adaptive_runs()
+    assert {r.token_reduction for r in tb.adaptive_runs()} == {"prumerge", "prumerge_plus"}
     assert len({r.slug for r in every}) == len({(r.model, r.token_reduction, r.pdrop) for r in every})
 
 
@@ -85,12 +91,14 @@ def test_table_rows_categories_and_missing_values(tb):
     b = tb.Result(tb.Run("ToMe r=16", "vit-hf", 16), RunMetrics("y", sqa_img_acc=50.0, visual_tokens=16.0),
                   {"count": 40.0})  # fmt: skip
     lines = tb.markdown_table([a, b]).splitlines()
-    assert lines[0] == ("| budget | method | model | tokens / image | SQA-IMG % | color % | count % | size % | "
-                        "LLaVA-Bench rule | tower GMACs | prefill GMACs | s / answer |")  # fmt: skip
-    assert lines[1] == "|---|---|---|" + "---:|" * 9
-    assert lines[2] == ("| none | ViT (HF CLIP copy) | vit-hf | 64.0 | 81.2 | 97.0 | - | 80.0 | 57.3 | 0.0159 | 0.1300 "
-                        "| 0.241 |")  # fmt: skip
-    assert lines[3] == "| 16 | ToMe r=16 | vit-hf | 16.0 | 50.0 | - | 40.0 | - | - | - | - | - |"
+    assert lines[0] == ("| budget | method | model | reduction | tokens / image | SQA-IMG % | color % | count % | "
+                        "size % | LLaVA-Bench rule | tower GMACs | prefill GMACs | s / answer |")  # fmt: skip
+    assert lines[1] == "|---|---|---|---|" + "---:|" * 9
+    assert lines[2] == ("| none | ViT (HF CLIP copy) | vit-hf | - | 64.0 | 81.2 | 97.0 | - | 80.0 | 57.3 | 0.0159 | "
+                        "0.1300 | 0.241 |")  # fmt: skip
+    assert lines[3] == "| 16 | ToMe r=16 | vit-hf | training-free | 16.0 | 50.0 | - | 40.0 | - | - | - | - | - |"
+    adaptive = tb.Result(tb.adaptive_runs()[0], RunMetrics("p", visual_tokens=5.5), {})
+    assert tb.markdown_table([adaptive]).splitlines()[2].startswith("| adaptive | PruMerge | vit-hf | training-free |")
     same = tb.Result(tb.Run("DRIP", "drip", 16, short="DRIP"), RunMetrics("z", sqa_img_acc=60.0), {})
     names = [r.name for r in tb.plot_runs([a, b, same, same])]
     assert names == ["ViT (HF CLIP copy)", "ToMe r=16@16", "DRIP@16"]  # twice: one point

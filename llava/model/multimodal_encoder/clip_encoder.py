@@ -2,7 +2,10 @@
 
 As in LLaVA-1.5 (Liu et al., 2023): the features are ``hidden_states[mm_vision_select_layer]`` (default -2, the
 penultimate layer, before ``post_layernorm``), with the CLS token dropped (``patch``) or kept (``cls_patch``). Every
-image yields the same number of tokens.
+image yields the same number of tokens. Unlike LLaVA, which asks HF for every hidden state and runs every block, the
+tower stops after the selected layer (``embed`` then ``run_blocks(x, 0, layers_run)``): LLaVA's -2 never needs the
+last block, and nothing but the selected layer's states is kept. The token-reduction methods that read the blocks
+(``llava.model.reduction``) run on the same two calls, so every method is charged on this one footing.
 
 Weights come from ``source`` (a local directory or a hub name) only when ``load_model`` runs; a tower built from a
 stored ``CLIPVisionConfig`` dict needs no file and takes its weights from the LLaVA checkpoint that holds it.
@@ -66,12 +69,34 @@ class CLIPVisionTower(VisionTower):
         """images [B, C, H, W] -> B tensors [N, D] (N = patches, + 1 with ``cls_patch``)."""
         if not self.is_loaded:
             raise RuntimeError(f"CLIP tower {self.vision_tower_name!r} has no weights yet: call load_model()")
-        out = self.vision_tower(images.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
-        feats = out.hidden_states[self.select_layer]  # [B, 1 + N, D], CLS first
+        feats = self.run_blocks(self.embed(images), 0, self.layers_run)  # [B, 1 + N, D], CLS first
         if self.select_feature == "patch":
             feats = feats[:, 1:]  # [B, N, D]
         counts = torch.full((feats.shape[0],), feats.shape[1], dtype=torch.long, device=feats.device)
         return VisionFeatures(features=list(feats.unbind(0)), token_counts=counts)
+
+    @property
+    def layers_run(self) -> int:
+        """Encoder layers that run: the hidden_states index of ``select_layer`` (-2 of 24 -> 23; 0: none)."""
+        return self.select_layer % (self.config.num_hidden_layers + 1)
+
+    @property
+    def blocks(self) -> list:
+        """The HF ``CLIPEncoderLayer``s (transformers 5 drops the ``vision_model`` wrapper of ``CLIPVisionModel``)."""
+        return list(getattr(self.vision_tower, "vision_model", self.vision_tower).encoder.layers)
+
+    def embed(self, images: Tensor) -> Tensor:
+        """images [B, C, H, W] -> [B, 1 + N, D]: patch and position embeddings, ``pre_layrnorm`` (hidden_states[0])."""
+        if not self.is_loaded:
+            raise RuntimeError(f"CLIP tower {self.vision_tower_name!r} has no weights yet: call load_model()")
+        vision = getattr(self.vision_tower, "vision_model", self.vision_tower)
+        return vision.pre_layrnorm(vision.embeddings(images.to(device=self.device, dtype=self.dtype)))
+
+    def run_blocks(self, x: Tensor, start: int, end: int) -> Tensor:
+        """Encoder layers ``start .. end - 1`` on x [B, T, D] -> [B, T, D] (hidden_states[end] when x is [start])."""
+        for layer in self.blocks[start:end]:
+            x = layer(x, None)
+        return x
 
     def set_trainable(self, mode: TrainMode) -> None:
         """``none`` freezes the CLIP, ``all`` trains it; a CLIP has no boundary predictor, so ``predictor`` fails."""
@@ -84,10 +109,10 @@ class CLIPVisionTower(VisionTower):
         self.requires_grad_(mode == "all")
 
     def analytic_gflops(self, features: VisionFeatures) -> list[float]:
-        """GMACs per image of the whole ViT (every layer runs): patch embedding, qkv/out projections, the two
-        attention matmuls and the MLP per layer, on 1 + N tokens (norms and activations left out, < 0.5%)."""
+        """GMACs per image of the layers that run (up to the selected one): patch embedding, qkv/out projections,
+        the two attention matmuls and the MLP per layer, on 1 + N tokens (norms and activations left out, < 0.5%)."""
         c = self.config
-        return [clip_tower_macs(c, [clip_tokens(c)] * c.num_hidden_layers) / 1e9] * len(features.features)
+        return [clip_tower_macs(c, [clip_tokens(c)] * self.layers_run) / 1e9] * len(features.features)
 
     def _check_select_layer(self) -> None:
         n = self.config.num_hidden_layers + 1  # hidden_states holds the embeddings plus every layer

@@ -3,13 +3,15 @@
 DRIP (Dynamic token Reduction vIsion transformer via Pooling) pools runs of patches into segment tokens inside the
 ViT, so an image gives N_i <= num_patches tokens, known only after encoding. As with LLaVA's CLIP tower the features
 are one hidden layer's tokens (``mm_vision_select_layer``, default -2: the input of the last block, before
-``ln_post``), CLS dropped (``patch``) or kept (``cls_patch``); the padding DRIP adds to batch its variable-length
-segments is stripped per image. The boundary predictor's prior loss is returned with the features so that training
-can add it while the predictor learns.
+``ln_post``; the tower stops there, so the blocks after it never run), CLS dropped (``patch``) or kept
+(``cls_patch``); the padding DRIP adds to batch its variable-length segments is stripped per image. The boundary
+predictor's prior loss is returned with the features so that training can add it while the predictor learns.
 
 ``mm_vision_tower`` is ``drip:<preset>`` (``drip.get_preset``; random weights unless the LLaVA checkpoint holds them)
 or ``drip:<checkpoint dir>`` (``model.safetensors`` + ``drip_config.json``, read by ``drip.checkpoint.load_drip``).
-This is the only module of ``llava`` that imports ``drip``.
+A plain ViT (``pool_at=()``, the demo's ViT-tiny) also offers ``clip_view()``, an HF CLIP tower with the same
+weights, on which the token-reduction methods that read a ViT's blocks run. This is the only module of ``llava``
+that imports ``drip``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from drip.boundary_modes import BoundaryMode
 from drip.checkpoint import load_drip
 from drip.flops import tower_gmacs
 from drip.segments import draw_segments, patch_boundaries
+from drip.weights import hf_clip_vision_config, hf_clip_vision_model
 from llava.model.config import DRIP_PREFIX
 from llava.model.multimodal_encoder.base import DripExtras, TrainMode, VisionFeatures, VisionTower, check_train_mode
 
@@ -107,25 +110,34 @@ class DripVisionTower(VisionTower):
         """images [B, C, H, W] -> B tensors [N_i, D]; ``boundaries`` forces DRIP's segmentation (see DripOutput);
         ``boundary_mode`` (mode, seed): the ablation's uniform / random boundaries (``drip.boundary_modes``)."""
         mode = None if boundary_mode is None else BoundaryMode(*boundary_mode)
-        out = self.vision_tower(
-            images.to(device=self.device, dtype=self.dtype),
-            boundaries=boundaries,
-            output_hidden_states=True,
-            boundary_mode=mode,
-        )
-        hidden = out.hidden_states[self.select_layer]  # [B, 1 + L, D], CLS at 0, zeros on padding
-        mask = out.hidden_masks[self.select_layer]  # [B, 1 + L] bool, True on real tokens
+        images = images.to(device=self.device, dtype=self.dtype)
+        st = self.vision_tower.forward_features(images, boundaries, boundary_mode=mode, blocks=self.layers_run)
+        hidden = st.x  # [B, 1 + L, D]: the selected layer's output, CLS at 0 (nothing after it ran)
+        mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device) if st.mask is None else st.mask
         if self.select_feature == "patch":
             hidden, mask = hidden[:, 1:], mask[:, 1:]  # [B, L, D], [B, L]
         counts = mask.sum(-1).tolist()  # one read for the batch: real tokens come first in every row
         features = [h[:n] for h, n in zip(hidden, counts, strict=True)]  # B x [N_i, D]
-        stage_counts = [b.detach().sum(-1).round().long() for b in out.stage_boundaries]  # stages x [B]
         extras = DripExtras(
-            boundary_loss=out.boundary_loss,
-            boundary_rate=out.boundary_rate,
-            stage_counts=torch.stack(stage_counts, -1) if stage_counts else mask.new_zeros(len(features), 0).long(),
+            boundary_loss=torch.stack(st.losses).sum() if st.losses else hidden.new_zeros((), dtype=torch.float32),
+            boundary_rate=st.rates[0] if st.rates else hidden.new_ones((), dtype=torch.float32),
+            stage_counts=self._stage_counts(st.boundaries, len(features), hidden.device),
         )
         return VisionFeatures(features=features, token_counts=mask.sum(-1), drip=extras)
+
+    @property
+    def layers_run(self) -> int:
+        """Blocks that run: the hidden_states index of ``select_layer`` (-2 of 12 -> 11); none after it is needed."""
+        return self.select_layer % (self.config.layers + 1)
+
+    def _stage_counts(self, boundaries: Sequence[Tensor], batch: int, device: torch.device) -> Tensor:
+        """[B, stages] long tokens per image after each pooling stage; a stage that did not run (at or after the
+        selected layer) repeats the count before it (it costs nothing: ``drip.flops`` stops at the same block)."""
+        counts = [b.detach().sum(-1).round().long() for b in boundaries]  # ran stages x [B]
+        previous = torch.full((batch,), self.config.num_patches, dtype=torch.long, device=device)
+        for _ in range(len(self.config.pool_at) - len(counts)):
+            counts.append(counts[-1] if counts else previous)
+        return torch.stack(counts, -1) if counts else previous.new_zeros(batch, 0)
 
     def set_trainable(self, mode: TrainMode) -> None:
         """none / the boundary predictor(s) only / every parameter (``DripVisionTransformer.set_trainable``)."""
@@ -159,10 +171,10 @@ class DripVisionTower(VisionTower):
         self.vision_tower.set_prior_loss_weight(weight)
 
     def analytic_gflops(self, features: VisionFeatures) -> list[float]:
-        """GMACs per image of the whole tower (every block runs), from each image's own token counts."""
+        """GMACs per image of the blocks that run (up to the selected layer), from each image's own token counts."""
         if features.drip is None:
             raise ValueError("DRIP GMACs need the DRIP extras (stage counts) of the tower's own output")
-        return tower_gmacs(self.config, features.drip.stage_counts.cpu())
+        return tower_gmacs(self.config, features.drip.stage_counts.cpu(), blocks=self.layers_run)
 
     def draw_segments(self, images: Tensor, shown: Any) -> Any:
         """DRIP's segments of ``images`` [1, C, S, S] drawn on the PIL image ``shown`` (cells scale to its size)."""
@@ -170,6 +182,46 @@ class DripVisionTower(VisionTower):
             out = self.vision_tower(images.to(device=self.device, dtype=self.dtype))
         stages = [b[0] for b in out.stage_boundaries] or [torch.ones(self.config.num_patches)]
         return draw_segments(shown, patch_boundaries(stages), self.config.grid_size)
+
+    @property
+    def pools(self) -> bool:
+        """Whether the tower pools (its tokens are segments); False for a plain ViT (``pool_at=()``)."""
+        return bool(self.config.pool_at)
+
+    def clip_view(self, method: str) -> Any:
+        """This plain ViT (``pool_at=()``) as a ``CLIPVisionTower`` with the same weights, dtype and device, whose
+        states equal this tower's: what the token-reduction methods that read a ViT's blocks run on (``method``
+        names the one asking, for the errors). Built in memory once and rebuilt when a weight changes (the key holds
+        every parameter's storage and in-place version counter); it holds copies, so it refuses to run where this
+        tower's weights would need its gradient.
+
+        Raises:
+            ValueError: the tower pools (its later blocks see segments, not patches), or its weights require grad.
+        """
+        from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+
+        if self.config.pool_at:
+            raise ValueError(
+                f"--token_reduction {method} reads a ViT's blocks on its patches; the DRIP tower "
+                f"{self.vision_tower_name!r} pools before blocks {list(self.config.pool_at)}, so its "
+                "later blocks see segments: use a plain ViT (pool_at=()) or a CLIP tower"
+            )
+        params = list(self.vision_tower.parameters())
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            raise ValueError(
+                f"--token_reduction {method} runs a copy of the drip ViT {self.vision_tower_name!r}, "
+                "which would get no gradient: freeze the tower, or train on its HF CLIP export "
+                "(llava.tools.tower_export.export_tower_to_clip)"
+            )
+        key = tuple((p.data_ptr(), p._version, p.dtype, str(p.device)) for p in params)
+        cached = self.__dict__.get("_clip_view")  # plain attribute: not a submodule, no checkpoint key
+        if cached is None or cached[0] != key:
+            model = hf_clip_vision_model(self.vision_tower).to(device=self.device, dtype=self.dtype).eval()
+            config = hf_clip_vision_config(self.config)
+            view = CLIPVisionTower(self.vision_tower_name, self.select_layer, self.select_feature, config)
+            view.vision_tower = model
+            self.__dict__["_clip_view"] = cached = (key, view)
+        return cached[1]
 
     @property
     def config(self) -> DripConfig:

@@ -1,8 +1,8 @@
 """Turn a ``--token_reduction`` flag into a model's settings (what training, answer generation and the CLI call).
 
 The canonical flag text goes to the config key ``mm_token_reduction`` (vision-side methods read it at every
-``encode_images``); an LLM-side method (FastV) becomes the model's PyramidDrop schedule (``set_pdrop``), so the
-decoder loop, the KV cache and the FLOP counts are PyramidDrop's.
+``encode_images``); an LLM-side method (``LLMMethod``: FastV) becomes the model's PyramidDrop schedule
+(``set_pdrop``), so the decoder loop, the KV cache and the FLOP counts are PyramidDrop's.
 """
 
 from __future__ import annotations
@@ -11,12 +11,19 @@ import argparse
 from typing import Any
 
 from llava.model.config import MultimodalConfig, PDropConfig
-from llava.model.reduction.fastv import fastv_schedule
 from llava.model.reduction.patch_slimming import load_schedule
-from llava.model.reduction.spec import FLAG, FastV, Method, PatchSlimming, canonical, parse_token_reduction
+from llava.model.reduction.spec import (
+    FLAG,
+    LLMMethod,
+    PatchSlimming,
+    Reduction,
+    canonical,
+    methods_help,
+    parse_token_reduction,
+)
 
 
-def check_files(methods: tuple[Method, ...]) -> None:
+def check_files(methods: tuple[Reduction, ...]) -> None:
     """Read what the methods name on disk (Patch Slimming's schedule), so a bad file fails before any model runs."""
     for method in methods:
         if isinstance(method, PatchSlimming):
@@ -35,16 +42,18 @@ def apply_token_reduction(model: Any, text: str | None) -> None:
     methods = parse_token_reduction(text)
     check_files(methods)
     mm = MultimodalConfig.from_config(model.config)
-    previous_fastv = [m for m in parse_token_reduction(mm.token_reduction) if isinstance(m, FastV)]
-    fastv = [m for m in methods if isinstance(m, FastV)]
+    previous_llm = [m for m in parse_token_reduction(mm.token_reduction) if isinstance(m, LLMMethod)]
+    llm = [m for m in methods if isinstance(m, LLMMethod)]
+    if len(llm) > 1:
+        raise ValueError(f"{FLAG}: {' and '.join(m.name for m in llm)} both drop tokens in the LLM; use one of them")
     pdrop = mm.pdrop
-    if previous_fastv and pdrop is not None and _same_stages(pdrop, fastv_schedule(previous_fastv[0])):
+    if previous_llm and pdrop is not None and _same_stages(pdrop, previous_llm[0].pdrop_schedule()):
         pdrop = None  # the schedule the old flag set (in either position mode), not one the user chose
-    if fastv and pdrop is not None:
-        raise ValueError(f"{FLAG} fastv cannot run beside the model's PyramidDrop schedule {pdrop}; use one of them")
+    if llm and pdrop is not None:
+        raise ValueError(f"{FLAG} {llm[0].name} cannot run beside the model's PyramidDrop schedule {pdrop}; use one")
     mm.replace(token_reduction=canonical(text)).write_to(model.config)
-    if fastv or previous_fastv:
-        model.set_pdrop(fastv_schedule(fastv[0]) if fastv else pdrop)
+    if llm or previous_llm:
+        model.set_pdrop(llm[0].pdrop_schedule() if llm else pdrop)
 
 
 def _same_stages(a: PDropConfig, b: PDropConfig) -> bool:
@@ -60,7 +69,7 @@ def add_token_reduction_arg(parser: argparse.ArgumentParser) -> None:
         default=None,
         help='e.g. "visionzip:dominant=54,contextual=10", "uniform:size=12+fastv:k=2,ratio=0.5", '
         '"patch_slimming:schedule=PATH"; "none" turns off what the checkpoint recorded; default: the checkpoint\'s '
-        "mm_token_reduction",
+        f"mm_token_reduction. Methods: {methods_help()}",
     )
 
 

@@ -1,14 +1,22 @@
 """Glue between the reduction methods and LLaVA's vision towers: run the tower, then the vision-side methods.
 
 ``encode_reduced`` is what ``LlavaMetaForCausalLM.encode_image_features`` calls in place of ``tower(images)`` when the
-config names vision-side methods (``mm_token_reduction``). Methods that need the tower's internals (VisionZip's
-[CLS] attention and keys, ToMe's merging inside the blocks, Patch Slimming's pruned blocks) need an HF CLIP tower
-(``CLIPVisionTower``); uniform pooling needs a square patch grid (an HF CLIP, SigLIP or DINOv2 tower), random
-pruning works on any tower, DRIP included; the DRIP ablation (``drip_boundaries``) needs a DRIP tower, which places
-its boundaries by that mode.
+config names vision-side methods (``mm_token_reduction``): the one ``TowerMethod`` (if any) replaces the tower's
+forward, then every ``TokenMethod`` reduces each image's output tokens (``llava.model.reduction.spec``).
 
-VisionZip's scores are computed here explicitly from the selected layer's input (its ``layer_norm1``, ``q_proj``,
-``k_proj``), so the tower may run with SDPA or flash attention, which return no attention weights.
+Which tower each method needs (every plain ViT the project builds runs every method):
+
+* VisionZip, ToMe, Patch Slimming, PruMerge(+) read or change the ViT's blocks. They run on an HF CLIP tower
+  (``CLIPVisionTower``) and on a drip-package ViT without pooling (the demo's ``drip:`` ViT-tiny), through that
+  tower's ``clip_view()``: an HF CLIP with the same weights, whose states equal the tower's. A DRIP tower that pools
+  is refused: its blocks after pooling see segments, not patches, so "the selected layer's patches" do not exist.
+* ``uniform`` (2-D) and ``pool1d`` (1-D) pool the tower's output patch grid: any tower whose output is its full
+  g x g patch grid (HF CLIP, SigLIP, DINOv2, a plain drip ViT); a pooling DRIP tower's segments form no grid.
+* ``random`` works on any tower, DRIP included; ``drip_boundaries`` needs a DRIP tower (it moves its boundaries).
+
+Every tower stops after the selected layer (``CLIPVisionTower.embed`` / ``run_blocks``), and every method runs on
+those calls, so all are charged on one footing: the layers up to the selected one plus the method's own work.
+Attention scores are computed explicitly for the layer that needs them, so any attention backend works.
 """
 
 from __future__ import annotations
@@ -18,8 +26,9 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from llava.model.flops import clip_tokens, clip_tower_macs, tome_macs, visionzip_macs
+from llava.model.flops import clip_tokens, clip_tower_macs, prumerge_macs, tome_macs, visionzip_macs
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
+from llava.model.reduction import prumerge
 from llava.model.reduction.patch_slimming import (
     SlimmingSchedule,
     check_fits,
@@ -27,14 +36,16 @@ from llava.model.reduction.patch_slimming import (
     query_positions,
     slim_layer,
 )
-from llava.model.reduction.random import random_prune
+from llava.model.reduction.pool1d import pool1d
 from llava.model.reduction.spec import (
-    REPLACE_TOWER_FORWARD,
+    FLAG,
     DripBoundaries,
-    Method,
     PatchSlimming,
-    Random,
+    Pool1d,
+    Reduction,
+    TokenMethod,
     ToMe,
+    TowerMethod,
     Uniform,
     VisionZip,
     parse_token_reduction,
@@ -44,28 +55,20 @@ from llava.model.reduction.uniform import uniform_pool
 from llava.model.reduction.visionzip import visionzip_merge
 
 
-def _clip_model(tower: VisionTower, method: Method):
-    """The HF ``CLIPVisionModel`` inside ``tower``; ValueError naming the method when the tower is not a CLIP."""
+def clip_tower(tower: VisionTower, name: str):
+    """The ``CLIPVisionTower`` whose blocks the method ``name`` reads: ``tower`` itself, or a plain drip ViT's
+    ``clip_view()``; ValueError naming the method and the reason otherwise."""
     from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 
-    if not isinstance(tower, CLIPVisionTower):
+    if isinstance(tower, CLIPVisionTower):
+        return tower
+    view = getattr(tower, "clip_view", None)  # a DRIP tower's capability (refuses a tower that pools)
+    if view is None:
         raise ValueError(
-            f"--token_reduction {method.name} needs a CLIP vision tower (it reads the tower's attention), "
-            f"got {type(tower).__name__} {tower.vision_tower_name!r}"
+            f"{FLAG} {name} reads a ViT's blocks: it needs an HF CLIP tower or a drip ViT without "
+            f"pooling, got {type(tower).__name__} {tower.vision_tower_name!r}"
         )
-    return tower.vision_tower
-
-
-def _grid_tower(tower: VisionTower, method: Method) -> None:
-    """ValueError naming the method unless ``tower`` yields a fixed patch grid (an HF CLIP, SigLIP or DINOv2)."""
-    from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
-    from llava.model.multimodal_encoder.hf_encoder import HFVisionTower
-
-    if not isinstance(tower, CLIPVisionTower | HFVisionTower):
-        raise ValueError(
-            f"--token_reduction {method.name} needs a tower with a fixed patch grid (CLIP, SigLIP, DINOv2), "
-            f"got {type(tower).__name__} {tower.vision_tower_name!r}"
-        )
+    return view(name)
 
 
 def clip_layers(model) -> list:
@@ -90,26 +93,36 @@ def layer_attention_and_keys(layer, hidden_in: Tensor) -> tuple[Tensor, Tensor]:
     return ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1), k
 
 
-def _selected(tower: VisionTower, num_layers: int) -> int:
-    """The hidden_states index of the tower's selected layer (the output of layer index - 1): the layers that run."""
-    return tower.select_layer % (num_layers + 1)
+def _features(tokens: list[Tensor]) -> VisionFeatures:
+    counts = torch.tensor([t.shape[0] for t in tokens], dtype=torch.long, device=tokens[0].device)
+    return VisionFeatures(features=tokens, token_counts=counts)
 
 
-def _visionzip(tower: VisionTower, images: Tensor, spec: VisionZip) -> VisionFeatures:
-    model = _clip_model(tower, spec)
-    out = model(images.to(device=tower.device, dtype=tower.dtype), output_hidden_states=True)
-    index = _selected(tower, len(out.hidden_states) - 1)
+def _drop_cls(tower: VisionTower, x: Tensor) -> Tensor:
+    """[B, 1 + M, D] -> [B, M, D] with ``mm_vision_select_feature patch`` (LLaVA drops [CLS] after the tower)."""
+    return x[:, 1:] if tower.select_feature == "patch" else x
+
+
+def visionzip_encode(tower: VisionTower, images: Tensor, spec: VisionZip) -> VisionFeatures:
+    """VisionZip at the selected layer; with ``cls=true`` [CLS] is a dominant token and always goes to the LLM."""
+    clip = clip_tower(tower, spec.name)
+    index = clip.layers_run
     if index == 0:
-        raise ValueError("--token_reduction visionzip needs mm_vision_select_layer to name a block, not the embeddings")
-    layer = clip_layers(model)[index - 1]
-    attention, keys = layer_attention_and_keys(layer, out.hidden_states[index - 1])
-    hidden = out.hidden_states[index]  # [B, 1 + N, D]
-    cls_attention = attention[:, :, 0, 1:].sum(1)  # [B, N]
-    merged = visionzip_merge(hidden, cls_attention, keys.mean(1).to(hidden.dtype), spec.dominant, spec.contextual)
-    if tower.select_feature == "patch":
-        merged = merged[:, 1:]  # [B, dominant + contextual, D]
-    counts = torch.full((merged.shape[0],), merged.shape[1], dtype=torch.long, device=merged.device)
-    return VisionFeatures(features=list(merged.unbind(0)), token_counts=counts)
+        raise ValueError(f"{FLAG} visionzip needs mm_vision_select_layer to name a block, not the embeddings")
+    before = clip.run_blocks(clip.embed(images), 0, index - 1)  # [B, 1 + N, D], the selected layer's input
+    attention, keys = layer_attention_and_keys(clip.blocks[index - 1], before)
+    hidden = clip.run_blocks(before, index - 1, index)  # [B, 1 + N, D]
+    patches = spec.dominant - 1 if spec.cls else spec.dominant
+    merged = visionzip_merge(
+        hidden, attention[:, :, 0, 1:].sum(1), keys.mean(1).to(hidden.dtype), patches, spec.contextual
+    )
+    return _features(list((merged if spec.cls else _drop_cls(tower, merged)).unbind(0)))
+
+
+def visionzip_gmacs(tower: VisionTower, spec: VisionZip, images: int) -> list[float]:
+    clip = clip_tower(tower, spec.name)
+    patches = spec.dominant - 1 if spec.cls else spec.dominant
+    return [visionzip_macs(clip.config, patches, spec.contextual, clip.layers_run) / 1e9] * images
 
 
 def _tome_block(layer, x: Tensor, size: Tensor, r: int) -> tuple[Tensor, Tensor]:
@@ -129,165 +142,188 @@ def _tome_block(layer, x: Tensor, size: Tensor, r: int) -> tuple[Tensor, Tensor]
     return x + layer.mlp(layer.layer_norm2(x)), size
 
 
-def _tome(tower: VisionTower, images: Tensor, spec: ToMe) -> VisionFeatures:
+def tome_encode(tower: VisionTower, images: Tensor, spec: ToMe) -> VisionFeatures:
     """Run the CLIP blocks up to the selected layer with ``spec.r`` merges in each (nothing after it is needed)."""
-    model = _clip_model(tower, spec)
-    vision = getattr(model, "vision_model", model)
-    layers = clip_layers(model)
-    index = _selected(tower, len(layers))
-    x = vision.pre_layrnorm(vision.embeddings(images.to(device=tower.device, dtype=tower.dtype)))  # [B, 1 + N, D]
+    clip = clip_tower(tower, spec.name)
+    x = clip.embed(images)  # [B, 1 + N, D]
     size = torch.ones_like(x[..., :1])  # [B, 1 + N, 1]
-    for layer in layers[:index]:
+    for layer in clip.blocks[: clip.layers_run]:
         x, size = _tome_block(layer, x, size, spec.r)
-    if tower.select_feature == "patch":
-        x = x[:, 1:]
-    counts = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
-    return VisionFeatures(features=list(x.unbind(0)), token_counts=counts)
+    return _features(list(_drop_cls(tower, x).unbind(0)))
 
 
-Schedules = dict[str, SlimmingSchedule]  # Patch Slimming schedule path -> its parsed file
+def tome_gmacs(tower: VisionTower, spec: ToMe, images: int) -> list[float]:
+    clip = clip_tower(tower, spec.name)
+    schedule = token_schedule(clip_tokens(clip.config), spec.r, clip.layers_run)
+    return [tome_macs(clip.config, *schedule) / 1e9] * images
 
 
-def load_schedules(methods: tuple[Method, ...]) -> Schedules:
-    """Read the schedule file of each Patch Slimming method in ``methods``; the caller holds the result, so a file is
-    parsed once, not on every batch."""
-    return {m.schedule: load_schedule(m.schedule) for m in methods if isinstance(m, PatchSlimming)}
-
-
-def _patch_slimming(tower: VisionTower, images: Tensor, spec: PatchSlimming, schedules: Schedules) -> VisionFeatures:
+def patch_slimming_encode(tower: VisionTower, images: Tensor, spec: PatchSlimming, memo: dict) -> VisionFeatures:
     """Run the CLIP blocks up to the selected layer, each on the tokens its predecessor kept, outputs gathered to the
-    schedule's kept tokens (shorter sequences layer by layer); reports the GMACs of what ran."""
-    model = _clip_model(tower, spec)
-    vision = getattr(model, "vision_model", model)
-    layers = clip_layers(model)
-    index = _selected(tower, len(layers))
-    schedule = _fitting_schedule(tower, spec, index, schedules)
-    x = vision.pre_layrnorm(vision.embeddings(images.to(device=tower.device, dtype=tower.dtype)))  # [B, 1 + N, D]
-    for layer, queries in zip(layers[:index], query_positions(schedule, x.device), strict=True):
+    schedule's kept tokens (shorter sequences layer by layer)."""
+    clip = clip_tower(tower, spec.name)
+    schedule = _fitting_schedule(clip, spec, memo)
+    x = clip.embed(images)  # [B, 1 + N, D]
+    for layer, queries in zip(clip.blocks[: clip.layers_run], query_positions(schedule, x.device), strict=True):
         x = slim_layer(layer, x, queries)  # [B, 1 + |m_l|, D]
-    if tower.select_feature == "patch":
-        x = x[:, 1:]
-    counts = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
-    return VisionFeatures(features=list(x.unbind(0)), token_counts=counts)
+    return _features(list(_drop_cls(tower, x).unbind(0)))
 
 
-def _fitting_schedule(tower: VisionTower, spec: PatchSlimming, index: int, schedules: Schedules) -> SlimmingSchedule:
-    schedule = schedules[spec.schedule]
-    check_fits(schedule, spec.schedule, clip_tokens(tower.config) - 1, index)
+def _fitting_schedule(clip, spec: PatchSlimming, memo: dict) -> SlimmingSchedule:
+    """The schedule file's parse, read once per ``memo`` (the caller's, kept between batches)."""
+    key = f"patch_slimming:{spec.schedule}"
+    if key not in memo:
+        memo[key] = load_schedule(spec.schedule)
+    schedule = memo[key]
+    check_fits(schedule, spec.schedule, clip_tokens(clip.config) - 1, clip.layers_run)
     return schedule
 
 
-def _patch_slimming_gmacs(tower: VisionTower, spec: PatchSlimming, schedules: Schedules) -> float:
+def patch_slimming_gmacs(tower: VisionTower, spec: PatchSlimming, memo: dict) -> float:
     """The layers that ran, each querying its kept tokens over the layer below's (static masks: no scoring)."""
-    index = _selected(tower, tower.config.num_hidden_layers)
-    schedule = _fitting_schedule(tower, spec, index, schedules)
+    clip = clip_tower(tower, spec.name)
+    schedule, index = _fitting_schedule(clip, spec, memo), clip.layers_run
     queries, keys = [schedule.tokens(i) for i in range(index)], [schedule.tokens(i - 1) for i in range(index)]
-    return clip_tower_macs(tower.config, queries, key_tokens=keys) / 1e9
+    return clip_tower_macs(clip.config, queries, key_tokens=keys) / 1e9
 
 
-def _drip_ablation(tower: VisionTower, images: Tensor, spec: DripBoundaries) -> VisionFeatures:
+def prumerge_encode(tower: VisionTower, images: Tensor, plus: bool) -> VisionFeatures:
+    """PruMerge(+) on the selected layer's states, scored with the next layer's full-width q / k projections."""
+    name = "prumerge_plus" if plus else "prumerge"
+    clip = clip_tower(tower, name)
+    index = clip.layers_run
+    if index >= len(clip.blocks):
+        raise ValueError(
+            f"{FLAG} {name} scores with the layer after mm_vision_select_layer (LLaVA's -2: the last "
+            f"block's q / k); select layer {tower.select_layer} has none after it"
+        )
+    x = clip.run_blocks(clip.embed(images), 0, index)  # [B, 1 + N, D]
+    attn = clip.blocks[index].self_attn
+    h = clip.blocks[index].layer_norm1(x)
+    keys, query = attn.k_proj(h), attn.q_proj(h[:, :1])  # [B, 1 + N, D], [B, 1, D]
+    scores = ((query.float() @ keys.float().transpose(1, 2)) * x.shape[-1] ** -0.5).softmax(-1)[:, 0, 1:]  # [B, N]
+    out = []
+    for b in range(x.shape[0]):
+        kept = prumerge.kept_indices(scores[b], plus)
+        tokens = prumerge.merge(x[b, 1:], scores[b], keys[b, 1:], kept)  # [K + 1, D]
+        out.append(tokens if tower.select_feature == "patch" else torch.cat([x[b, :1], tokens]))
+    return _features(out)
+
+
+def prumerge_gmacs(tower: VisionTower, features: VisionFeatures) -> list[float]:
+    clip = clip_tower(tower, "prumerge")
+    extra = 1 + int(tower.select_feature != "patch")  # the pruned tokens' sum, and [CLS]
+    counts = [int(c) - extra for c in features.token_counts]
+    return [prumerge_macs(clip.config, clip.layers_run, k, prumerge.NEIGHBOURS) / 1e9 for k in counts]
+
+
+def drip_ablation(tower: VisionTower, images: Tensor, spec: DripBoundaries) -> VisionFeatures:
     """The DRIP tower with uniform / random boundaries at each image's learned count (``drip.boundary_modes``)."""
     from llava.model.multimodal_encoder.drip_encoder import DripVisionTower
 
     if not isinstance(tower, DripVisionTower):
         raise ValueError(
-            f"--token_reduction drip_boundaries needs a DRIP vision tower (it moves DRIP's boundaries), "
+            f"{FLAG} drip_boundaries needs a DRIP vision tower (it moves DRIP's boundaries), "
             f"got {type(tower).__name__} {tower.vision_tower_name!r}"
         )
     return tower(images, boundary_mode=(spec.mode, spec.seed))
 
 
-def _post_process(tower: VisionTower, features: VisionFeatures, method: Method) -> VisionFeatures:
-    """Apply a method that works on the tower's output tokens (uniform, random) to every image."""
+def _grid_patches(tower: VisionTower, patches: Tensor, method: Uniform | Pool1d) -> Tensor:
+    side = tower.num_patches_per_side
+    if getattr(tower, "pools", False):
+        raise ValueError(
+            f"{FLAG} {method.name} pools the tower's patch grid; the DRIP tower "
+            f"{tower.vision_tower_name!r} pools itself, so its tokens are segments, not a grid"
+        )
+    if patches.shape[0] != side * side:
+        raise ValueError(
+            f"{FLAG} {method.name} pools the tower's {side}x{side} patch grid, got {patches.shape[0]} tokens"
+        )
+    return patches
+
+
+def uniform_tokens(tower: VisionTower, patches: Tensor, spec: Uniform) -> Tensor:
+    return uniform_pool(_grid_patches(tower, patches, spec), spec.size)
+
+
+def pool1d_tokens(tower: VisionTower, patches: Tensor, spec: Pool1d) -> Tensor:
+    return pool1d(_grid_patches(tower, patches, spec), spec.k)
+
+
+def _post_process(tower: VisionTower, features: VisionFeatures, method: TokenMethod) -> VisionFeatures:
+    """Apply a method that works on the tower's output tokens (uniform, pool1d, random) to every image."""
     has_cls = getattr(tower, "select_feature", "patch") == "cls_patch"
     out = []
     for tokens in features.features:
         cls, patches = (tokens[:1], tokens[1:]) if has_cls else (tokens[:0], tokens)
-        if isinstance(method, Uniform):
-            _grid_tower(tower, method)  # a fixed patch grid: DRIP's pooled tokens have none
-            patches = uniform_pool(patches, method.size)
-        else:
-            patches = random_prune(patches, method.keep, method.seed)
-        out.append(torch.cat([cls, patches]))
+        out.append(torch.cat([cls, method.reduce(tower, patches)]))
     counts = torch.tensor([t.shape[0] for t in out], dtype=torch.long, device=features.token_counts.device)
     return dataclasses.replace(features, features=out, token_counts=counts)
 
 
+def _tower_method(methods: tuple[Reduction, ...]) -> TowerMethod | None:
+    replacing = [m for m in methods if isinstance(m, TowerMethod)]
+    if len(replacing) > 1:
+        raise ValueError(f"{FLAG}: {' and '.join(m.name for m in replacing)} cannot be combined")
+    return replacing[0] if replacing else None
+
+
 def encode_reduced(
-    tower: VisionTower, images: Tensor, methods: tuple[Method, ...], schedules: Schedules | None = None
+    tower: VisionTower, images: Tensor, methods: tuple[Reduction, ...], memo: dict | None = None
 ) -> VisionFeatures:
     """images [B, C, H, W] -> the tower's features after the vision-side ``methods`` (in data-flow order).
 
-    ``schedules``: the parsed Patch Slimming schedules (``load_schedules``; read here when not given).
+    ``memo``: what the methods keep between batches (``VisionReduction`` holds one per model); None: a fresh one.
 
     Raises:
         ValueError: a method the tower cannot run (see the module docstring), or two methods that both replace
-            the tower's forward pass (VisionZip, ToMe, Patch Slimming, drip_boundaries).
+            the tower's forward pass.
     """
-    replacing = [m for m in methods if m.name in REPLACE_TOWER_FORWARD]
-    if len(replacing) > 1:
-        raise ValueError(f"--token_reduction: {' and '.join(m.name for m in replacing)} cannot be combined")
-    if replacing:
-        if isinstance(replacing[0], PatchSlimming):
-            schedules = load_schedules(methods) if schedules is None else schedules
-            features = _patch_slimming(tower, images, replacing[0], schedules)
-        else:
-            run = {VisionZip: _visionzip, ToMe: _tome, DripBoundaries: _drip_ablation}
-            features = run[type(replacing[0])](tower, images, replacing[0])
-    else:
-        features = tower(images)
+    replacing = _tower_method(methods)
+    features = tower(images) if replacing is None else replacing.encode(tower, images, {} if memo is None else memo)
     for method in methods:
-        if isinstance(method, Uniform | Random):
+        if isinstance(method, TokenMethod):
             features = _post_process(tower, features, method)
     return features
 
 
-def replaced_tower_gmacs(
-    tower: VisionTower, methods: tuple[Method, ...], schedules: Schedules | None = None
-) -> float | None:
-    """Analytic GMACs per image of a tower run that VisionZip, ToMe or Patch Slimming replaced (``llava.model.flops``);
-    None when no method replaced the tower's own forward (uniform pooling, random pruning: the tower's count holds).
-    ``schedules`` as for ``encode_reduced``."""
-    replacing = [m for m in methods if isinstance(m, VisionZip | ToMe | PatchSlimming)]
-    if not replacing:
+def reduced_tower_gmacs(
+    tower: VisionTower, methods: tuple[Reduction, ...], features: VisionFeatures, memo: dict | None = None
+) -> list[float] | None:
+    """GMACs per image of a reduced tower run: the replacing method's count (or the tower's own, when it has one),
+    plus every token method's addition; None when neither count is known."""
+    replacing = _tower_method(methods)
+    own = getattr(tower, "analytic_gflops", None)  # optional capability of a VisionTower
+    if replacing is not None:
+        base = replacing.tower_gmacs(tower, features, {} if memo is None else memo)
+    elif own is not None:
+        base = own(features)
+    else:
         return None
-    config = tower.config
-    if isinstance(replacing[0], PatchSlimming):
-        return _patch_slimming_gmacs(tower, replacing[0], load_schedules(methods) if schedules is None else schedules)
-    if isinstance(replacing[0], VisionZip):
-        return visionzip_macs(config, replacing[0].dominant, replacing[0].contextual) / 1e9
-    schedule = token_schedule(clip_tokens(config), replacing[0].r, _selected(tower, config.num_hidden_layers))
-    return tome_macs(config, *schedule) / 1e9
+    extra = sum(m.extra_gmacs(tower) for m in methods if isinstance(m, TokenMethod))
+    return [g + extra for g in base]
 
 
-def vision_methods(text: str | None) -> tuple[Method, ...]:
+def vision_methods(text: str | None) -> tuple[Reduction, ...]:
     """The methods of a ``--token_reduction`` text that act in or right after the tower (not in the LLM)."""
     return tuple(m for m in parse_token_reduction(text) if m.stage != "llm")
 
 
 class VisionReduction(nn.Module):
     """``encode_reduced`` as a parameterless module held by the LLaVA base model (``vision_reduction``), so forward
-    hooks (the efficiency sidecar's probe) see the reduced tokens; it adds no checkpoint key. It holds the Patch
-    Slimming schedules of the methods it last ran, so each file is parsed once per model, not on every batch."""
+    hooks (the efficiency sidecar's probe) see the reduced tokens; it adds no checkpoint key. It holds the methods'
+    ``memo`` (e.g. Patch Slimming's parsed schedule), so a file is parsed once per model, not on every batch."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._schedules: Schedules = {}
+        self.memo: dict = {}
 
-    def schedules(self, methods: tuple[Method, ...]) -> Schedules:
-        """The parsed schedules ``methods`` name: the held ones, a file read only when a method names a new one."""
-        paths = {m.schedule for m in methods if isinstance(m, PatchSlimming)}
-        if not paths <= self._schedules.keys():
-            self._schedules = load_schedules(methods)
-        return self._schedules
-
-    def forward(self, tower: VisionTower, images: Tensor, methods: tuple[Method, ...]) -> VisionFeatures:
-        return encode_reduced(tower, images, methods, self.schedules(methods))
+    def forward(self, tower: VisionTower, images: Tensor, methods: tuple[Reduction, ...]) -> VisionFeatures:
+        return encode_reduced(tower, images, methods, self.memo)
 
     def analytic_gflops(
-        self, tower: VisionTower, methods: tuple[Method, ...], features: VisionFeatures
+        self, tower: VisionTower, methods: tuple[Reduction, ...], features: VisionFeatures
     ) -> list[float] | None:
-        """GMACs per image of ``features`` when a method replaced the tower's forward, else None (see
-        ``replaced_tower_gmacs``)."""
-        gmacs = replaced_tower_gmacs(tower, methods, self.schedules(methods))
-        return None if gmacs is None else [gmacs] * len(features.features)
+        """GMACs per image of ``features`` (see ``reduced_tower_gmacs``)."""
+        return reduced_tower_gmacs(tower, methods, features, self.memo)

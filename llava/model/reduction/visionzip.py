@@ -3,15 +3,19 @@
 Yang et al., "VisionZip: Longer is Better but Not Necessary in Vision Language Models", arXiv 2412.04467 (CVPR 2025).
 At the tower layer whose output feeds the projector (LLaVA's ``mm_vision_select_layer``):
 
-1. Dominant tokens: the ``dominant`` patches with the highest [CLS] attention of that layer (summed over heads),
-   plus the [CLS] token itself, in descending score order after [CLS].
+1. Dominant tokens: the patches with the highest [CLS] attention of that layer (summed over heads), plus the [CLS]
+   token itself, [CLS] first and the patches in raster order (the official code gathers them with a mask).
 2. Contextual tokens: the other patches, compared by the L2-normalised keys of that layer (mean over heads). Every
    ``step``-th of them (``step = max(1, remaining // contextual)``, the first ``contextual``) is a target; each other
    token joins the target of highest cosine similarity. A contextual token is its target plus the mean of the tokens
    that joined it (the public code, dvlab-research/VisionZip, adds the mean of the group to the target).
 
-This module is the pure algorithm on one batch of same-length sequences; ``llava.model.reduction.tower`` computes the
-attention and keys it needs explicitly, so any attention backend of the tower works.
+The official code (dvlab-research/VisionZip, ``visionzip/clip_encoder.py``, ``main.py``) counts [CLS] among the
+dominant tokens (``visionzip(model, dominant=54)`` keeps [CLS] + 53 patches) and feeds [CLS] to the LLM; the flag's
+``cls=true`` does exactly that, while the default (``cls=false``) keeps ``dominant`` patches and drops [CLS] as
+LLaVA's ``mm_vision_select_feature patch`` does. This module is the pure algorithm on one batch of same-length
+sequences (it takes the number of dominant PATCHES); ``llava.model.reduction.tower`` computes the attention and keys
+it needs explicitly, so any attention backend of the tower works.
 """
 
 from __future__ import annotations
@@ -27,16 +31,16 @@ def visionzip_merge(hidden: Tensor, cls_attention: Tensor, keys: Tensor, dominan
         hidden: [B, 1 + N, D] the selected layer's output, [CLS] first.
         cls_attention: [B, N] that layer's attention from [CLS] to each patch, summed over heads.
         keys: [B, 1 + N, K] that layer's keys, averaged over heads.
-        dominant, contextual: token budgets; dominant + contextual <= N.
+        dominant, contextual: dominant patches ([CLS] not counted) and contextual tokens; dominant + contextual <= N.
 
     Returns:
-        [B, 1 + dominant + contextual, D]: [CLS], the dominant patches, then the contextual tokens.
+        [B, 1 + dominant + contextual, D]: [CLS], the dominant patches in raster order, then the contextual tokens.
     """
     b, t, d = hidden.shape
     n = t - 1
     if dominant + contextual > n:
         raise ValueError(f"visionzip: dominant + contextual = {dominant + contextual} exceeds the {n} patch tokens")
-    top = cls_attention.topk(dominant, dim=1).indices + 1  # [B, dominant] slots in hidden
+    top = cls_attention.topk(dominant, dim=1).indices.sort(dim=1).values + 1  # [B, dominant] slots, raster order
     keep = torch.cat([torch.zeros_like(top[:, :1]), top], dim=1)  # [B, 1 + dominant]
     rest_mask = torch.ones(b, t, dtype=torch.bool, device=hidden.device).scatter(1, keep, False)  # [B, T]
     gather = lambda x, idx: x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))

@@ -11,7 +11,7 @@ import torch
 
 from llava.model.reduction.apply import apply_token_reduction
 from llava.model.reduction.patch_slimming import query_positions, schedule_from_dict, slim_layer
-from llava.model.reduction.tower import clip_layers, replaced_tower_gmacs
+from llava.model.reduction.tower import clip_layers, reduced_tower_gmacs
 
 N = 16  # the tiny CLIP: 32x32 images, 8x8 patches, 3 layers
 
@@ -103,23 +103,23 @@ def test_tower_gmacs_are_what_fvcore_counts(tiny, tmp_path):
     methods = parse_token_reduction(f"patch_slimming:schedule={write_schedule(tmp_path / 's.json', [[1, 3, 5], [3]])}")
 
     class Traced(torch.nn.Module):
-        def __init__(self):
+        def __init__(self, methods):
             super().__init__()
-            self.tower = tower  # its parameters are the traced module's
+            self.tower, self.methods = tower, methods  # its parameters are the traced module's
 
         def forward(self, images):
-            return torch.stack(encode_reduced(self.tower, images, methods).features)
+            return torch.stack(encode_reduced(self.tower, images, self.methods).features)
 
     images = tiny.images(2)
     with torch.no_grad():
-        counted = fvcore_analysis(Traced(), (images,)).by_operator()
-        reported = [replaced_tower_gmacs(tower, methods)] * 2
+        counted = fvcore_analysis(Traced(methods), (images,)).by_operator()
+        reported = reduced_tower_gmacs(tower, methods, encode_reduced(tower, images, methods))
     executed = sum(v for op, v in counted.items() if op != "layer_norm")  # norms are left out of the count
     assert sum(reported) * 1e9 == pytest.approx(executed, rel=1e-9)
     unpruned = tower.analytic_gflops(tower(images))[0]
     assert 0 < reported[0] < unpruned
-    with torch.no_grad():  # the unpruned count (same formula) against fvcore on the HF tower's own forward
-        whole = fvcore_analysis(tower.vision_tower, (images,)).by_operator()
+    with torch.no_grad():  # the unpruned count (same formula) against fvcore on the tower's own forward
+        whole = fvcore_analysis(Traced(()), (images,)).by_operator()
     assert unpruned * 2e9 == pytest.approx(sum(v for op, v in whole.items() if op != "layer_norm"), rel=1e-9)
 
 

@@ -11,7 +11,7 @@ from transformers import CLIPVisionConfig
 from llava.model.flops import clip_tower_macs, tome_macs, visionzip_macs
 from llava.model.reduction.spec import parse_token_reduction
 from llava.model.reduction.tome import token_schedule
-from llava.model.reduction.tower import encode_reduced, replaced_tower_gmacs
+from llava.model.reduction.tower import encode_reduced, reduced_tower_gmacs
 
 # The tests' tiny CLIP: width 32, MLP 64, 4 heads (head_dim 8), 3 layers, 32x32 images of 8x8 patches (16 + [CLS]).
 D, M, HD, LAYERS, T = 32, 64, 8, 3, 17
@@ -39,13 +39,16 @@ def test_tome_hand_count(config):
 
 
 def test_visionzip_hand_count(config):
-    # dominant 3, contextual 2: the whole tower, the selected layer's q and k on 17 tokens and its 17 x 17 scores,
-    # then 16 - 3 = 13 remaining tokens: 11 non-targets x 2 targets key similarity (head_dim 8) + assignment (width)
-    hand = EMBED + LAYERS * _layer(17, 17) + 2 * 17 * D * D + 17 * 17 * D + 11 * 2 * HD + 2 * 11 * D
-    assert visionzip_macs(config, 3, 2) == hand
+    # dominant 3, contextual 2: the tower up to layer -2 (2 layers), the selected layer's q and k on 17 tokens and
+    # its 17 x 17 scores, then 16 - 3 = 13 remaining tokens: 11 non-targets x 2 targets key similarity (head_dim 8)
+    # + assignment (width)
+    hand = EMBED + 2 * _layer(17, 17) + 2 * 17 * D * D + 17 * 17 * D + 11 * 2 * HD + 2 * 11 * D
+    assert visionzip_macs(config, 3, 2, 2) == hand
 
 
-@pytest.mark.parametrize("flag", ["tome:r=3", "tome:r=8", "visionzip:dominant=3,contextual=2"])
+@pytest.mark.parametrize(
+    "flag", ["tome:r=3", "tome:r=8", "visionzip:dominant=3,contextual=2", "visionzip:dominant=3,contextual=2,cls=true"]
+)
 @pytest.mark.parametrize("select_layer", [-2, -1])
 def test_counted_by_torch_on_the_real_forward(tiny, flag, select_layer):
     model = tiny.model("clip", mm_vision_select_layer=select_layer)
@@ -54,16 +57,18 @@ def test_counted_by_torch_on_the_real_forward(tiny, flag, select_layer):
     methods = parse_token_reduction(flag)
     images = tiny.images(2)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        encode_reduced(tower, images, methods)
+        features = encode_reduced(tower, images, methods)
     counted = counter.get_total_flops() / 2 / len(images)  # 2 flops per multiply-add, per image
-    assert replaced_tower_gmacs(tower, methods) * 1e9 == pytest.approx(counted, rel=1e-12)
+    assert [g * 1e9 for g in reduced_tower_gmacs(tower, methods, features)] == pytest.approx([counted] * 2, rel=1e-12)
 
 
-def test_the_plain_tower_count_is_the_full_clip(tiny, config):
+def test_the_plain_tower_count_is_the_clip_up_to_the_selected_layer(tiny, config):
     model = tiny.model("clip")
     tower = model.get_vision_tower()
-    assert tower.analytic_gflops(tower(tiny.images(1))) == [clip_tower_macs(config, [T] * LAYERS) / 1e9]
+    features = tower(tiny.images(1))
+    assert tower.analytic_gflops(features) == [clip_tower_macs(config, [T] * (LAYERS - 1)) / 1e9]
     assert clip_tower_macs(config, [T] * LAYERS) == EMBED + LAYERS * _layer(17, 17)
-    assert replaced_tower_gmacs(tower, parse_token_reduction("uniform:size=2")) is None  # the tower's count holds
+    uniform = parse_token_reduction("uniform:size=2")
+    assert reduced_tower_gmacs(tower, uniform, features) == tower.analytic_gflops(features)  # the tower's count
     with pytest.raises(ValueError, match="one MLP and key count per layer"):
         clip_tower_macs(config, [17, 14], [14])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
@@ -27,7 +29,9 @@ def test_parse_examples_into_dataclasses():
 
 def test_canonical_text_spells_out_every_key():
     assert canonical("fastv:ratio=0.75+random:keep=10") == "random:keep=10,seed=0+fastv:k=2,ratio=0.75"
-    assert canonical(canonical("visionzip:dominant=54,contextual=10")) == "visionzip:dominant=54,contextual=10"
+    assert (
+        canonical(canonical("visionzip:dominant=54,contextual=10")) == "visionzip:dominant=54,contextual=10,cls=false"
+    )
     assert canonical("none") is None
 
 
@@ -115,3 +119,57 @@ def test_generation_and_cli_parsers_take_the_flag():
     assert cli.token_reduction == "uniform:size=2"
     with pytest.raises(SystemExit):
         parse_args(["--model-path", "m", "--image-file", "x.png", "--token_reduction", "zip"])
+
+
+def test_a_method_added_only_to_the_spec_is_refused_at_parse_time(monkeypatch):
+    """A registry entry without an implementation (the old way: a dataclass with a name and a stage, which the flag
+    accepted, recorded, and ignored) or with an abstract method left fails when the flag is parsed."""
+    from llava.model.reduction import spec
+
+    @dataclass(frozen=True)
+    class SpecOnly:
+        name: ClassVar[str] = "planted"
+        stage: ClassVar[str] = "features"
+        keep: int
+
+    monkeypatch.setitem(spec.METHODS, "planted", SpecOnly)
+    with pytest.raises(ValueError, match="method 'planted' is not wired: it must be a dataclass subclassing"):
+        parse_token_reduction("planted:keep=3")
+
+    @dataclass(frozen=True)
+    class HalfWired(spec.TowerMethod):
+        name: ClassVar[str] = "planted"
+        summary: ClassVar[str] = "encodes, but says nothing of its cost"
+        keep: int
+
+        def encode(self, tower, images):
+            return tower(images)
+
+    monkeypatch.setitem(spec.METHODS, "planted", HalfWired)
+    with pytest.raises(ValueError, match="'planted' is not wired: HalfWired does not implement tower_gmacs"):
+        parse_token_reduction("planted:keep=3")
+    with pytest.raises(ValueError, match="not wired"):
+        ModelArguments(token_reduction="planted:keep=3")  # the training flag, before any model is loaded
+
+
+def test_every_registered_method_is_wired_and_listed_in_help(capsys):
+    from llava.model.reduction.spec import METHODS, check_wired
+
+    for cls in METHODS.values():
+        check_wired(cls)
+    parser = argparse.ArgumentParser()
+    add_token_reduction_arg(parser)
+    help_text = " ".join(parser.format_help().split())
+    train_help = " ".join(ModelArguments.__dataclass_fields__["token_reduction"].metadata["help"].split())
+    for name in METHODS:
+        assert f"{name}:" in help_text and f"{name}:" in train_help
+
+
+def test_booleans_and_keyless_methods():
+    from llava.model.reduction.spec import PruMerge, PruMergePlus
+
+    assert parse_token_reduction("visionzip:dominant=54,contextual=10,cls=true") == (VisionZip(54, 10, True),)
+    assert parse_token_reduction("prumerge+prumerge_plus") == (PruMerge(), PruMergePlus())
+    assert canonical("prumerge_plus") == "prumerge_plus"
+    with pytest.raises(ValueError, match="cls='yes' is not true or false"):
+        parse_token_reduction("visionzip:dominant=54,contextual=10,cls=yes")

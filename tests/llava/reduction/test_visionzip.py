@@ -25,10 +25,13 @@ def eager_layer_outputs(clip, images: torch.Tensor, layer_index: int):
 
 
 def naive_visionzip(hidden, attention, keys, heads: int, dominant: int, contextual: int) -> torch.Tensor:
-    """One image. hidden [T, D] ([CLS] first), attention [heads, T, T], keys [T, D] (heads side by side)."""
+    """One image, as the official code (dvlab-research/VisionZip) computes it. hidden [T, D] ([CLS] first),
+    attention [heads, T, T], keys [T, D] (heads side by side); ``dominant`` patches besides [CLS] (the official
+    ``dominant_num``, its flag value minus one). -> [1 + dominant + contextual, D]: [CLS], the dominant patches in
+    RASTER order (the official code gathers them with a boolean mask), the contextual tokens."""
     t = hidden.shape[0]
     score = {p: float(sum(attention[h, 0, p] for h in range(heads))) for p in range(1, t)}
-    top = sorted(score, key=lambda p: -score[p])[:dominant]
+    top = sorted(sorted(score, key=lambda p: -score[p])[:dominant])
     out = [hidden[0]] + [hidden[p] for p in top]
     rest = [p for p in range(1, t) if p not in top]
     head_keys = keys.view(t, heads, -1)
@@ -47,8 +50,11 @@ def naive_visionzip(hidden, attention, keys, heads: int, dominant: int, contextu
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("cls", [False, True])
 @pytest.mark.parametrize("select_feature, select_layer", [("patch", -2), ("cls_patch", -1), ("patch", 1)])
-def test_visionzip_matches_naive_per_sample(tiny, select_feature, select_layer):
+def test_visionzip_matches_naive_per_sample(tiny, select_feature, select_layer, cls):
+    """cls=false: 5 dominant patches (+ [CLS] only with cls_patch); cls=true: the official composition, dominant=5
+    is [CLS] + 4 patches and [CLS] reaches the LLM whatever the select feature."""
     model = tiny.model(mm_vision_select_feature=select_feature, mm_vision_select_layer=select_layer)
     tower = model.get_vision_tower()
     assert tower.vision_tower.config._attn_implementation != "eager"  # the method must not need eager weights
@@ -56,14 +62,14 @@ def test_visionzip_matches_naive_per_sample(tiny, select_feature, select_layer):
     layer_index = select_layer % (tower.config.num_hidden_layers + 1) - 1
     with torch.no_grad():
         hidden_states, attention, keys = eager_layer_outputs(tower.vision_tower, images, layer_index)
-        apply_token_reduction(model, "visionzip:dominant=5,contextual=3")
+        apply_token_reduction(model, f"visionzip:dominant=5,contextual=3,cls={str(cls).lower()}")
         got = model.encode_image_features(images)
         heads = tower.config.num_attention_heads
         hidden = hidden_states[layer_index + 1]
-        want = [naive_visionzip(hidden[i], attention[i], keys[i], heads, 5, 3) for i in range(3)]
-        cut = 0 if select_feature == "cls_patch" else 1
+        want = [naive_visionzip(hidden[i], attention[i], keys[i], heads, 5 - int(cls), 3) for i in range(3)]
+        cut = 0 if select_feature == "cls_patch" or cls else 1
         want = [model.get_model().mm_projector(w[cut:]) for w in want]
-    assert got.token_counts.tolist() == [8 + 1 - cut] * 3
+    assert got.token_counts.tolist() == [8 + 1 - cut - int(cls)] * 3
     for g, w in zip(got.features, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
@@ -75,7 +81,7 @@ def test_visionzip_refuses_drip_and_oversized_budgets(tiny):
         model.encode_image_features(tiny.images(1))
     drip = tiny.model("drip")
     apply_token_reduction(drip, "visionzip:dominant=2,contextual=1")
-    with pytest.raises(ValueError, match="visionzip needs a CLIP vision tower"):
+    with pytest.raises(ValueError, match="visionzip reads a ViT's blocks on its patches; the DRIP tower .* pools"):
         drip.encode_image_features(tiny.images(1, "drip"))
 
 
