@@ -161,3 +161,16 @@ def left_pad(rows):
     for i, r in enumerate(rows):
         ids[i, length - len(r) :], mask[i, length - len(r) :] = r, 1
     return ids, mask
+
+
+def test_web_demo_reports_pooled_tokens_and_draws_the_connectors_segments(tiny):
+    from PIL import Image
+
+    from llava.serve.web import tower_figures
+
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    for text, drawn in [("pool1d:k=4", True), ("pool2d:k=2", False)]:
+        model = tiny.model("clip", mm_connector=text)
+        tokens, gflops, overlay = tower_figures(model, tiny.images(1), image)
+        assert tokens == 4 and gflops > 0
+        assert (overlay is not None) == drawn  # 1-D runs are segments; 2-D windows draw none
