@@ -20,9 +20,13 @@ def test_flag_round_trip_and_errors():
     assert spec == DripConnectorSpec(rate=0.125, estimator="local", hidden=16)
     assert parse_connector(canonical(spec)) == spec
     assert parse_connector("pool1d:k=4") == Pool1dSpec(4) and parse_connector("none") is None
-    for bad, message in [("drip:rate=2", "rate must lie in"), ("drip:estimator=st", "estimator must be one of"),
-                         ("pool3d:k=2", "unknown connector"), ("pool1d:size=2", "KEY=VALUE with KEY one of k"),
-                         ("pool2d:k=x", "is not an integer")]:  # fmt: skip
+    for bad, message in [
+        ("drip:rate=2", "rate must lie in"),
+        ("drip:estimator=st", "estimator must be one of"),
+        ("pool3d:k=2", "unknown connector"),
+        ("pool1d:size=2", "KEY=VALUE with KEY one of k"),
+        ("pool2d:k=x", "is not an integer"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parse_connector(bad)
 
@@ -142,8 +146,10 @@ def test_batched_generation_and_sidecar_counts_follow_the_connector(tiny):
     prompts = [tiny.prompt(5 + i, image_at=(1,), seed=i) for i in range(4)]
     with torch.no_grad():
         expected = connector(model.get_vision_tower()(images)).token_counts.tolist()
-        single = [model.generate(p[None], images=images[i : i + 1], max_new_tokens=3, do_sample=False)
-                  for i, p in enumerate(prompts)]  # fmt: skip
+        single = [
+            model.generate(p[None], images=images[i : i + 1], max_new_tokens=3, do_sample=False)
+            for i, p in enumerate(prompts)
+        ]
         ids, mask = left_pad(prompts)
         with VisionProbe(model) as probe:
             batched = model.generate(ids, attention_mask=mask, images=images, max_new_tokens=3, do_sample=False)

@@ -18,16 +18,8 @@ CONNECTOR = "drip:rate=0.25,estimator=box"
 
 
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory) -> Path:
-    """A tiny random HF CLIPVisionModel at the demo's image size (64 px, 8 px patches: an 8x8 grid)."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    out = tmp_path_factory.mktemp("clip")
-    torch.manual_seed(0)
-    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                           image_size=64, patch_size=8, projection_dim=16)  # fmt: skip
-    CLIPVisionModel(cfg).save_pretrained(out)
-    return out
+def clip_dir(clip_dir_64) -> Path:
+    return clip_dir_64
 
 
 def args_for(run_args, world: Path, clip_dir: Path, out: Path, stage: int, *extra: str) -> list[str]:
@@ -36,8 +28,18 @@ def args_for(run_args, world: Path, clip_dir: Path, out: Path, stage: int, *extr
     if stage == 1:
         args[args.index("--version") + 1] = "plain"
         extra = ("--tune_mm_mlp_adapter", "True", *extra)
-    return [*args, "--mm_connector", CONNECTOR, "--mm_vision_select_layer", "-2", "--max_steps", "2",
-            "--save_strategy", "no", *extra]  # fmt: skip
+    return [
+        *args,
+        "--mm_connector",
+        CONNECTOR,
+        "--mm_vision_select_layer",
+        "-2",
+        "--max_steps",
+        "2",
+        "--save_strategy",
+        "no",
+        *extra,
+    ]
 
 
 def counts_and_logits(model, pixels: torch.Tensor, bos: int) -> tuple[list[int], torch.Tensor]:
@@ -74,8 +76,9 @@ def test_stage1_trains_the_connector_saves_it_beside_the_projector_and_calibrate
 
 
 @pytest.mark.parametrize("layout", ["full", "lora"])
-def test_stage2_from_the_stage1_file_saves_reloads_and_keeps_token_counts(stage1, run_args, world, clip_dir,
-                                                                          base_llm, tmp_path, layout):  # fmt: skip
+def test_stage2_from_the_stage1_file_saves_reloads_and_keeps_token_counts(
+    stage1, run_args, world, clip_dir, base_llm, tmp_path, layout
+):
     trainer1, out1 = stage1
     extra = ("--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8") if layout == "lora" else ()
     adapter = str(out1 / "mm_projector.bin")
@@ -109,8 +112,17 @@ def test_a_released_llava_projector_file_loads_into_a_connector_model(run_args, 
     hidden = LlamaConfig.from_pretrained(run_args(tmp_path)[1]).hidden_size
     projector = build_vision_projector("mlp2x_gelu", 32, hidden)
     torch.save({f"model.mm_projector.{k}": v for k, v in projector.state_dict().items()}, tmp_path / "llava.bin")
-    args = args_for(run_args, world, clip_dir, tmp_path / "out", 2, "--pretrain_mm_mlp_adapter",
-                    str(tmp_path / "llava.bin"), "--learning_rate", "0")  # fmt: skip
+    args = args_for(
+        run_args,
+        world,
+        clip_dir,
+        tmp_path / "out",
+        2,
+        "--pretrain_mm_mlp_adapter",
+        str(tmp_path / "llava.bin"),
+        "--learning_rate",
+        "0",
+    )
     trainer = train(args)
     torch.testing.assert_close(trainer.model.get_model().mm_projector[0].weight, projector[0].weight)
     assert "holds no connector weights" in caplog.text
