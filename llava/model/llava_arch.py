@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN, IMAGE_TOKEN_INDEX
 from llava.model.config import MultimodalConfig
-from llava.model.connector.build import build_connector, connector_text
+from llava.model.connector.build import connector_for_tower, connector_text, load_connector_weights
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_projector.builder import build_vision_projector
@@ -72,9 +72,8 @@ class LlavaMetaModel:
 
     def set_connector(self, text: str | None) -> None:
         """Build the connector ``text`` names (``mm_connector``; None removes it) between tower and projector."""
-        tower, mm = self.get_vision_tower(), MultimodalConfig.from_config(self.config)
-        has_cls = mm.select_feature == "cls_patch"
-        self.mm_connector = build_connector(text, tower.hidden_size, tower.num_patches_per_side, has_cls)
+        select = MultimodalConfig.from_config(self.config).select_feature
+        self.mm_connector = connector_for_tower(text, self.get_vision_tower(), select)
 
     def get_connector(self) -> nn.Module | None:
         return getattr(self, "mm_connector", None)
@@ -159,20 +158,6 @@ def projector_weights(path: str) -> dict[str, Tensor]:
     if not found:
         raise ValueError(f"{path}: no 'mm_projector.*' keys (found {sorted(weights)[:5]} ...)")
     return found
-
-
-def load_connector_weights(connector: nn.Module | None, path: str) -> None:
-    """The connector's weights from a stage-1 ``mm_projector.bin`` (keys ``model.mm_connector.*``, saved beside the
-    projector's); a file without them (LLaVA's, or a run without a connector) leaves a connector as initialised."""
-    weights = torch.load(path, map_location="cpu", weights_only=True)
-    found = {k.split("mm_connector.", 1)[1]: v for k, v in weights.items() if "mm_connector." in k}
-    if found and connector is None:
-        raise ValueError(f"{path} holds connector weights ({sorted(found)[:3]}) but this model has no --mm_connector")
-    if connector is not None and next(connector.parameters(), None) is not None:
-        if not found:
-            logger.warning("%s holds no connector weights: the connector starts from its initialisation", path)
-            return
-        connector.load_state_dict(found)
 
 
 # Tower settings that change no weight and no feature the projector was trained on (eval-time DRIP choices).
