@@ -46,6 +46,7 @@ def test_fixed_pooling_connectors_average_runs_and_windows(tiny, text, counts):
         raw = torch.stack(model.get_vision_tower()(images).features)  # [2, 16, 32], a 4x4 grid
         pooled = model.get_model().get_connector()(model.get_vision_tower()(images))
     assert pooled.token_counts.tolist() == counts
+    assert model.get_model().get_connector().expected_tokens() == counts[0]  # what length-aware batching counts
     if text == "pool1d:k=3":  # runs 0-2, 3-5, ..., 15 alone
         torch.testing.assert_close(pooled.features[0][1], raw[0, 3:6].mean(0))
         torch.testing.assert_close(pooled.features[0][5], raw[0, 15])
@@ -59,6 +60,7 @@ def test_cls_token_passes_unpooled_in_front(tiny):
         raw = model.get_vision_tower()(tiny.images(1))
         pooled = model.get_model().get_connector()(raw)
     assert pooled.token_counts.tolist() == [5]
+    assert model.get_model().get_connector().expected_tokens() == 5
     torch.testing.assert_close(pooled.features[0][0], raw.features[0][0])
     torch.testing.assert_close(pooled.features[0][1], raw.features[0][1:5].mean(0))
 

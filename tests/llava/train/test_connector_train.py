@@ -59,6 +59,7 @@ def test_stage1_trains_the_connector_saves_it_beside_the_projector_and_calibrate
     trainer, out = stage1
     connector = trainer.model.get_model().get_connector()
     assert connector.predictor.fc1.weight.requires_grad
+    assert trainer.train_dataset.opts.expected_image_tokens == 16  # rate 0.25 x 64 patches, not the tower's 64
     assert not any(p.requires_grad for p in trainer.model.get_model().layers.parameters())  # LLM frozen
     saved = torch.load(out / "mm_projector.bin", weights_only=True)
     assert {k for k in saved if "mm_connector" in k} == {f"model.mm_connector.{k}" for k in connector.state_dict()}
