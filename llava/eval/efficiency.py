@@ -32,6 +32,7 @@ from llava.model.packing import padding_share_of
 
 logger = logging.getLogger(__name__)
 
+SHOW_SKIPPED = 100  # skipped question ids the sidecar lists
 FLOPS_UNIT = "multiply-adds (fvcore convention, as drip.flops and PyramidDrop)"
 
 
@@ -162,9 +163,12 @@ def efficiency_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     visual = [m["visual_tokens"] for m in images]
     tower = [m.get("tower_gflops") for m in images]
     prefill = _mean([m["prefill_gflops"] for m in meta])
+    skipped = [r for r in records if isinstance(r.get("metadata"), dict) and r["metadata"].get("skipped")]
     return {
         "answers": len(records),
         "answers_with_costs": len(meta),
+        "skipped": len(skipped),  # questions longer than the context, not answered (llava.eval.generation)
+        "skipped_ids": [r.get("question_id") for r in skipped][:SHOW_SKIPPED],
         "images": len(images),
         "visual_tokens_mean": _mean(visual),
         "visual_tokens_min": min(visual, default=None),

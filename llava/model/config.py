@@ -32,6 +32,7 @@ SelectFeature = Literal["patch", "cls_patch"]
 PaddingSide = Literal["left", "right"]
 PositionMode = Literal["compact", "original"]  # PyramidDrop's renumbering of kept tokens, or the original ids
 POSITION_MODES = ("compact", "original")
+PDROP_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")  # PyramidDrop passes a 4-D additive mask per stage, which these take
 DRIP_PREFIX = "drip:"  # ``mm_vision_tower`` values starting with this name a DRIP tower (preset or checkpoint dir)
 
 

@@ -238,7 +238,7 @@ class LlavaMetaForCausalLM(ABC):
         """Tower then projector: one [N_i, H] tensor per image (H = the LLM's hidden size), counts, DRIP loss.
 
         ``boundaries`` [num_images, N] forces a DRIP tower's segmentation (the boundary-signal measurement,
-        ``llava.model.lm_row_loss``); no ``--token_reduction`` method runs then.
+        ``llava.tools.lm_row_loss``); no ``--token_reduction`` method runs then.
         """
         tower = self.get_vision_tower()
         if tower is None:

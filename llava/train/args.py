@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import transformers
 
 from llava.constants import check_aspect_ratio
-from llava.model.config import POSITION_MODES, PDropConfig, parse_number_list
+from llava.model.config import PDROP_ATTN_IMPLEMENTATIONS, POSITION_MODES, PDropConfig, parse_number_list
 from llava.model.connector.spec import parse_connector
 from llava.model.multimodal_encoder.base import check_train_mode
 from llava.model.reduction.spec import parse_token_reduction
@@ -54,6 +54,12 @@ class ModelArguments:
 
     def __post_init__(self) -> None:
         self.pdrop = pdrop_config(self)  # bad PyramidDrop values fail at parse time, before any model is loaded
+        if self.pdrop is not None and self.attn_implementation not in PDROP_ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"--attn_implementation {self.attn_implementation} does not work with PyramidDrop "
+                f"(--pdrop_layer_list): its per-stage 4-D attention masks need one of "
+                f"{', '.join(PDROP_ATTN_IMPLEMENTATIONS)}"
+            )
         t = self.drip_boundary_threshold
         if t is not None and not 0.0 < t < 1.0:
             raise ValueError(f"--drip_boundary_threshold must lie in (0, 1) (sigmoid(logit) > threshold), got {t}")

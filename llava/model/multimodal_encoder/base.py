@@ -58,6 +58,12 @@ class VisionFeatures:
         if len(self.features) != self.token_counts.shape[0]:
             raise ValueError(f"{len(self.features)} feature tensors but {self.token_counts.shape[0]} token counts")
 
+    @classmethod
+    def from_batch(cls, tokens: Tensor) -> VisionFeatures:
+        """[B, N, D] tokens, every image with the same N -> B tensors [N, D] and their counts."""
+        counts = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device)
+        return cls(features=list(tokens.unbind(0)), token_counts=counts)
+
     @property
     def boundary_loss(self) -> Tensor | None:
         """The prior loss to add to the LM loss, or None for a tower without a boundary predictor."""

@@ -1,7 +1,9 @@
 """Choose and build the vision tower named by ``mm_vision_tower``.
 
-The choice is explicit: ``drip:<preset or checkpoint dir>`` builds a DRIP tower, anything else is an HF CLIP
-directory or hub name. Nothing is inferred from words inside a path.
+The choice is explicit: ``drip:<preset or checkpoint dir>`` builds a DRIP tower; anything else is an HF directory or
+hub name whose config's ``model_type`` names the family (CLIP, SigLIP, DINOv2); a stored ``mm_vision_tower_config``
+names it by its own ``model_type`` (none: CLIP, as every checkpoint before the other families). Nothing is inferred
+from words inside a path.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from typing import Any
 
 from llava.model.config import MultimodalConfig
 from llava.model.multimodal_encoder.base import VisionTower
+
+CLIP_MODEL_TYPES = ("clip_vision_model", "clip")
 
 
 def build_vision_tower(cfg: MultimodalConfig, delay_load: bool = False, **overrides: Any) -> VisionTower:
@@ -35,7 +39,28 @@ def build_vision_tower(cfg: MultimodalConfig, delay_load: bool = False, **overri
             cfg.vision_tower, cfg.select_layer, cfg.select_feature, cfg.vision_tower_config, overrides.get("threshold")
         )
     from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+    from llava.model.multimodal_encoder.hf_encoder import HFVisionTower, family_of
 
     if any(v is not None for v in overrides.values()):
-        raise ValueError(f"CLIP tower {cfg.vision_tower!r} takes no overrides, got {sorted(overrides)}")
+        raise ValueError(f"HF tower {cfg.vision_tower!r} takes no overrides, got {sorted(overrides)}")
+    model_type = _model_type(cfg)
+    family = family_of(model_type)
+    if family is not None:
+        return HFVisionTower(
+            cfg.vision_tower, family, cfg.select_layer, cfg.select_feature, cfg.vision_tower_config, delay_load
+        )
+    if model_type not in CLIP_MODEL_TYPES:
+        raise ValueError(
+            f"mm_vision_tower {cfg.vision_tower!r}: model_type {model_type!r} is not a vision tower this LLaVA builds "
+            "(CLIP: clip_vision_model / clip, SigLIP: siglip_vision_model / siglip, DINOv2: dinov2)"
+        )
     return CLIPVisionTower(cfg.vision_tower, cfg.select_layer, cfg.select_feature, cfg.vision_tower_config, delay_load)
+
+
+def _model_type(cfg: MultimodalConfig) -> str | None:
+    """The tower's HF ``model_type``: from the stored config (absent: CLIP), else from the source's config.json."""
+    if cfg.vision_tower_config is not None:
+        return cfg.vision_tower_config.get("model_type", CLIP_MODEL_TYPES[0])
+    from transformers import PretrainedConfig
+
+    return PretrainedConfig.get_config_dict(cfg.vision_tower)[0].get("model_type")

@@ -97,7 +97,7 @@ def test_random_prunes_drip_tokens_and_uniform_refuses_drip(tiny):
         got = model.encode_image_features(images)
     assert got.token_counts.tolist() == [min(3, f.shape[0]) for f in plain]
     apply_token_reduction(model, "uniform:size=2")
-    with pytest.raises(ValueError, match="uniform needs a CLIP vision tower"):
+    with pytest.raises(ValueError, match="uniform needs a tower with a fixed patch grid"):
         model.encode_image_features(images)
 
 
