@@ -1,6 +1,7 @@
-"""Done-when for the DRIP connector on CPU: a LLaVA with an HF CLIP tower (tiny, random) trains stage 1 and stage 2
-with ``--mm_connector``, saves every layout (stage-1 ``mm_projector.bin``, full, LoRA), calibrates the eval threshold
-at the end of training (and by command), reloads, and answers with the same per-image token counts."""
+"""Done-when for the DRIP connector on CPU: a LLaVA with an HF CLIP, SigLIP or DINOv2 tower (tiny, random) trains
+stage 1 and stage 2 with ``--mm_connector``, saves every layout (stage-1 ``mm_projector.bin``, full, LoRA),
+calibrates the eval threshold at the end of training (and by command), reloads, and answers with the same per-image
+token counts."""
 
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ def test_a_released_llava_projector_file_loads_into_a_connector_model(run_args, 
 def test_calibrate_command_rewrites_the_recorded_threshold(stage1, base_llm, world, tmp_path):
     import shutil
 
-    from llava.model.connector.calibrate import main
+    from llava.tools.calibrate_connector import main
 
     _, out1 = stage1
     ckpt = tmp_path / "ckpt"
@@ -143,3 +144,35 @@ def test_calibrate_command_rewrites_the_recorded_threshold(stage1, base_llm, wor
     main(["--model-path", str(ckpt), "--model-base", str(base_llm), "--images", str(world / "images"), "--count", "8"])
     recorded = json.loads((ckpt / "config.json").read_text())["mm_connector"]
     assert recorded.startswith("drip:rate=0.25,estimator=box,tau=1.0,threshold=") and not recorded.endswith("=0.5")
+
+
+# --- the HF SigLIP / DINOv2 towers: the same connector, no CLS (SigLIP) or CLS dropped / kept (DINOv2) ------------
+@pytest.fixture(scope="module", params=["siglip", "dinov2"])
+def hf_tower_dir(request, tmp_path_factory) -> tuple[str, Path]:
+    """A tiny random SigLIP or DINOv2 vision model at 64 px with 8 px patches (an 8x8 grid)."""
+    from transformers import Dinov2Config, Dinov2Model, SiglipVisionConfig, SiglipVisionModel
+
+    common = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, image_size=64, patch_size=8)
+    out = tmp_path_factory.mktemp(request.param)
+    torch.manual_seed(0)
+    if request.param == "siglip":
+        SiglipVisionModel(SiglipVisionConfig(**common, intermediate_size=64)).save_pretrained(out)
+    else:
+        Dinov2Model(Dinov2Config(**common, mlp_ratio=2)).save_pretrained(out)
+    return request.param, out
+
+
+def test_stage1_and_stage2_with_siglip_and_dinov2_towers(hf_tower_dir, run_args, world, base_llm, tmp_path):
+    family, tower_dir = hf_tower_dir
+    extra = ("--mm_vision_select_feature", "cls_patch") if family == "dinov2" else ()  # DINOv2 keeps its CLS
+    stage1 = train(args_for(run_args, world, tower_dir, tmp_path / "s1", 1, *extra))
+    adapter = ("--pretrain_mm_mlp_adapter", str(tmp_path / "s1" / "mm_projector.bin"))
+    trainer = train(args_for(run_args, world, tower_dir, tmp_path / "s2", 2, *adapter, *extra))
+    assert stage1.model.get_model().get_connector().has_cls == (family == "dinov2")
+    _, loaded, _, _ = load_pretrained_model(str(tmp_path / "s2"))
+    pixels = torch.randn(3, 3, 64, 64)
+    bos = trainer.processing_class.bos_token_id
+    expected = counts_and_logits(trainer.model.eval(), pixels, bos)
+    got = counts_and_logits(loaded, pixels, bos)
+    assert got[0] == expected[0] and all(1 + (family == "dinov2") <= c <= 64 + (family == "dinov2") for c in got[0])
+    torch.testing.assert_close(got[1], expected[1], atol=1e-4, rtol=1e-4)
