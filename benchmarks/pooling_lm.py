@@ -2,7 +2,7 @@
 
 The corpus is the ASCII docstrings of a fixed list of standard-library modules (their classes and functions),
 split 90/10 into train and test text. Each model trains for the same number of steps on random windows; the
-vanilla transformer's depth is chosen so its analytic MACs per character (``drip.pooling_lm.lm_macs_per_char``)
+vanilla transformer's depth is chosen so its analytic MACs per character (``drip.lm.model.lm_macs_per_char``)
 are closest to the pooling LM's at its prior rate. Reports test bits-per-character, the eval boundary rate,
 training and inference characters per second, and which model wins.
 
@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from drip.lm_boundaries import CharVocab, entropy_spike_targets, train_unigram, unigram_targets
-from drip.pooling_lm import (
+from drip.lm.boundaries import CharVocab, entropy_spike_targets, train_unigram, unigram_targets
+from drip.lm.model import (
     PoolingLM,
     PoolingLMConfig,
     calibrate_threshold,

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from drip.flops import text_tower_macs
-from drip.text import DripTextConfig, text_preset
-from drip.text_clip import create_model
-from drip.text_weights import drip_text_tower, text_weights
+from drip.text.clip import create_model
+from drip.text.model import DripTextConfig, text_preset
+from drip.text.weights import drip_text_tower, text_weights
 
 MODELS = ("ViT-tiny", "DRIP-tiny", "DRIP-tiny-T2x")
 

@@ -1,6 +1,6 @@
 """Benchmark: every token-reduction method at matched visual-token budgets, on one table and one plot (issue 17).
 
-    python benchmarks/token_budget.py --demo-root DIR [--budgets 16,7] [--seeds 0,1] [--limit N] [--out DIR]
+    python benchmarks/token_budget_run.py --demo-root DIR [--budgets 16,7] [--seeds 0,1] [--limit N] [--out DIR]
 
 The training-free methods (``--token_reduction`` uniform, random, VisionZip, ToMe, Patch Slimming, FastV, and a
 PyramidDrop schedule) run on the ViT-trained LLaVA (``--vit-model``, the demo's ``checkpoints/demo/llava-clip``);
@@ -14,10 +14,10 @@ or PyramidDrop.
 
 VisionZip, ToMe and Patch Slimming read HF CLIP's layers, and the demo's ViT is a drip-package ViT (``drip:DIR``). So
 the ViT model is first copied with its tower exported as an HF ``CLIPVisionModel``
-(``llava.model.tower_export.export_tower_to_clip``: same projector, LLM and features; ``mm_vision_tower`` names the
+(``llava.tools.tower_export.export_tower_to_clip``: same projector, LLM and features; ``mm_vision_tower`` names the
 exported directory), and the copy's unreduced answers are checked to equal the original's (printed; a mismatch stops
 the run). A ViT model whose tower is already an HF CLIP (a real LLaVA-1.5 checkpoint) is used as it is. Patch
-Slimming's schedule is searched per budget (``python -m llava.model.reduction.patch_slimming_search --keep B
+Slimming's schedule is searched per budget (``python -m llava.tools.patch_slimming_search --keep B
 --finetune_steps 0``) on the first 64 of ``--calibration-images`` (the demo's training images). A PyramidDrop schedule
 has no answer-time flag: it is written into a copy of the checkpoint's config (``pdrop_layer_list`` /
 ``pdrop_image_token_ratio_list``, what training records), weights linked.
@@ -27,7 +27,8 @@ letter prompt, batched, efficiency sidecar) then ``eval.eval_science_qa`` (IMG a
 the demo's question templates); with the LLaVA-Bench questions present ``llava.eval.model_vqa`` then
 ``eval.rule_score`` and ``eval.summarize_gpt_review`` (the offline rule score; the LLM judge needs an API and is
 left out). Outputs under ``--out``: one folder per run, ``token_budget.md`` (the table) and ``token_budget.png``
-(SQA-IMG accuracy vs LLM prefill cost, ``eval.results_table``'s plot).
+(SQA-IMG accuracy vs LLM prefill cost, ``eval.results_table``'s plot). This file holds the pure parts (budgets ->
+runs, flags, the table); ``token_budget_run.py`` is the command that runs them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,13 +263,3 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.output_md = args.output_md or str(Path(args.out) / "token_budget.md")
     args.output_png = args.output_png or str(Path(args.out) / "token_budget.png")
     return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    from token_budget_run import run_benchmark  # a sibling script: the part that loads models
-
-    return run_benchmark(parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

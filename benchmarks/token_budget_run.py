@@ -1,5 +1,7 @@
-"""The part of ``benchmarks/token_budget.py`` that touches models and files: derived checkpoints (the HF CLIP copy
-of a drip-ViT model, PyramidDrop configs), the Patch Slimming search, and each run through the entry points."""
+"""The matched-budget benchmark's command (``python benchmarks/token_budget_run.py --demo-root DIR ...``, flags and
+outputs in ``benchmarks/token_budget.py``) and the part that touches models and files: derived checkpoints (the HF
+CLIP copy of a drip-ViT model, PyramidDrop configs), the Patch Slimming search, and each run through the entry
+points. ``token_budget.py`` holds the pure parts and never imports this file."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from token_budget import (
     best_per_budget,
     drip_runs,
     markdown_table,
+    parse_args,
     plot_runs,
     reference_runs,
     vit_runs,
@@ -67,7 +71,7 @@ def hf_tower_copy(vit_model: str, work: Path) -> str:
     if not str(config.get("mm_vision_tower", "")).startswith("drip:"):
         return vit_model
     from llava.model.builder import load_pretrained_model
-    from llava.model.tower_export import export_tower_to_clip
+    from llava.tools.tower_export import export_tower_to_clip
 
     tokenizer, model, _, _ = load_pretrained_model(vit_model, device="cpu")
     hf_dir = export_tower_to_clip(model.get_model(), str(work / "checkpoints/hf-clip-tower"))
@@ -104,7 +108,7 @@ def pdrop_copy(model_dir: str, schedule: tuple[tuple[int, ...], tuple[float, ...
 
 def slimming_schedule(tower: str, shape: TowerShape, budget: int, args: argparse.Namespace, work: Path) -> str:
     """Patch Slimming's schedule for ``budget`` kept patches, searched on the calibration images (no fine-tuning)."""
-    from llava.model.reduction import patch_slimming_search
+    from llava.tools import patch_slimming_search
 
     path = (work / f"schedules/patch_slimming_keep{budget}.json").resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +116,7 @@ def slimming_schedule(tower: str, shape: TowerShape, budget: int, args: argparse
     argv = ["--vision_tower", tower, "--images", args.calibration_images, "--keep", str(budget), "--epsilon",
             str(args.epsilon), "--r0", str(args.r0), "--select_layer", str(select), "--finetune_steps", "0",
             "--output", str(path)] + (["--device", args.device] if args.device else [])  # fmt: skip
-    print("[token_budget] python -m llava.model.reduction.patch_slimming_search " + shlex.join(argv))
+    print("[token_budget] python -m llava.tools.patch_slimming_search " + shlex.join(argv))
     if patch_slimming_search.main(argv) != 0:
         raise RuntimeError(f"Patch Slimming search for keep={budget} failed")
     return str(path)
@@ -214,3 +218,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
     print(table, end="")
     print(f"[token_budget] wrote {args.output_md} and {args.output_png}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_benchmark(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -74,8 +74,8 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from drip import DripVisionTransformer, get_preset
 from drip.calibration import calibrated_threshold
 from drip.checkpoint import load_drip, save_drip
-from drip.files import load_images
 from drip.flops import batch_macs
+from drip.tools.files import load_images
 from llava.model import LlavaLlamaForCausalLM, PDropConfig
 from llava.model.flops import decoder_layer_macs, rank_macs
 from llava.train.args import ModelArguments

@@ -1,4 +1,5 @@
-"""Boundary-gradient estimators other than pooling's straight-through one: the local split/merge estimate.
+"""Boundary-gradient estimators other than pooling's straight-through one: the local split/merge estimate, and DRIP's
+authors' two (integer boundaries; box-function membership), all four behind ``pool_with_estimator``.
 
 DRIP's straight-through assignment (``drip.pooling.assignment_matrix``) differentiates the segment ids, which are a
 prefix sum of the boundaries: flipping boundary k shifts every later patch to the next slot, and the backward pass
@@ -24,6 +25,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
+from drip.pooling import Pooled, force_last_boundary, pool_segments
 
 BoundaryEstimator = Literal["straight_through", "local"]
 BOUNDARY_ESTIMATORS = ("straight_through", "local")
@@ -104,3 +107,66 @@ def local_pooled_tokens(x: Tensor, boundaries: Tensor, valid: Tensor, tokens: Te
     used (its ``Pooled.boundaries``); valid: [B, N] bool. Same values as ``tokens``; gradients as described above.
     """
     return _LocalPool.apply(x, boundaries, valid, tokens)
+
+
+# --- the estimators of DRIP's authors, and one entry point for all four -------------------------------------------
+PoolingEstimator = Literal["original", "box", "straight_through", "local"]
+POOLING_ESTIMATORS = ("original", "box", "straight_through", "local")
+
+
+def box(x: Tensor) -> Tensor:
+    """box(x) = relu(x) - relu(x - 1): 0 below 0, x on [0, 1], 1 above (a ramp whose slope is 1 only on (0, 1])."""
+    return torch.relu(x) - torch.relu(x - 1)
+
+
+def box_assignment(boundaries: Tensor, valid: Tensor, num_segments: int) -> Tensor:
+    """Segment membership M[b, s, n] = box(C_n - s) - box(C_n - s - 1), the authors' later pooling.
+
+    boundaries: [B, N] hard 0/1 (may carry a straight-through gradient) with each row's last valid position set;
+    valid: [B, N] bool. C_n = 1 + sum_{m < n} b_m is the 1-based segment of position n, written so that only the
+    position's own start indicator b_{n-1} keeps its gradient (the sum over the earlier past is detached). On
+    integers M is the exact one-hot assignment; backward, relu's slopes give dM[id_n, n] / dC_n = +1 and
+    dM[id_n - 1, n] / dC_n = -1 (zero elsewhere), a gradient local to the boundary before each position.
+    Returns [B, S, N] fp32, zero on invalid positions.
+    """
+    b = boundaries.float()
+    start = torch.cat([torch.zeros_like(b[:, :1]), b[:, :-1]], dim=1)  # [B, N] b_{n-1}: position n starts a segment
+    past = start.detach().cumsum(-1) - start.detach()  # [B, N] sum_{m < n-1} b_m, no gradient
+    c = 1 + past + start  # [B, N] value id_n + 1; gradient only through start
+    s = torch.arange(num_segments, device=b.device, dtype=b.dtype)[None, :, None]  # [1, S, 1]
+    member = box(c.unsqueeze(1) - s) - box(c.unsqueeze(1) - s - 1)  # [B, S, N]
+    return member * valid.unsqueeze(1).to(member.dtype)
+
+
+def _closed(boundaries: Tensor, valid: Tensor) -> Tensor:
+    """The boundaries with each row's last valid position set (keeps the gradient): what the prior loss counts."""
+    return force_last_boundary(boundaries.float(), valid)
+
+
+def pool_with_estimator(x: Tensor, boundaries: Tensor, valid: Tensor, estimator: PoolingEstimator) -> Pooled:
+    """Segment means of ``x`` [B, N, D] under ``boundaries`` [B, N] (valid: [B, N] bool), with ``estimator``'s
+    boundary gradient. Forward values are the same for every estimator (``drip.pooling.pool_segments``):
+
+    * ``original``: the authors' first code casts the boundaries to integers before pooling, so the task loss never
+      reaches them; ``Pooled.boundaries`` keeps the straight-through gradient, so only the prior loss trains the
+      predictor;
+    * ``box``: the authors' later box-function membership (``box_assignment``), normalised by the detached segment
+      sizes;
+    * ``straight_through``: ``pool_segments``' triangle-kernel slopes of the segment ids;
+    * ``local``: the first-order split/merge estimate of this module (``local_pooled_tokens``).
+    """
+    if estimator not in POOLING_ESTIMATORS:
+        raise ValueError(f"boundary estimator must be one of {POOLING_ESTIMATORS}, got {estimator!r}")
+    if estimator in ("straight_through", "local"):
+        pooled = pool_segments(x, boundaries, valid)
+        if estimator == "local":
+            pooled.tokens = local_pooled_tokens(x, pooled.boundaries, valid, pooled.tokens)
+        return pooled
+    pooled = pool_segments(x, boundaries.detach().round().long().to(x.dtype), valid)  # integer boundaries
+    closed = _closed(boundaries, valid)
+    if estimator == "box":
+        member = box_assignment(closed, valid, pooled.tokens.shape[1])  # [B, S, N]
+        weights = member / member.detach().sum(-1, keepdim=True).clamp(min=1)  # detached count
+        pooled.tokens = torch.bmm(weights.to(x.dtype), x)  # [B, S, D], same values as before
+    pooled.boundaries = closed
+    return pooled

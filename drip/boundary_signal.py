@@ -9,7 +9,7 @@ predictor. The report: sign agreement, Spearman rank correlation and sign agreem
 Each row's last valid position is always a boundary, so it cannot flip and is left out. Single pooling stage only.
 
 The loss is any ``RowLoss`` callable: ``measure`` builds the CLIP contrastive and regression ones here; LLaVA's LM
-loss through the tower comes from ``llava.model.lm_row_loss`` (``python -m llava.train.boundary_signal``), which
+loss through the tower comes from ``llava.tools.lm_row_loss`` (``python -m llava.tools.boundary_signal``), which
 hands its callable to ``signal_report`` via the LLaVA DRIP tower (``drip`` never imports ``llava``).
 """
 

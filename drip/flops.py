@@ -47,7 +47,7 @@ from drip.model import DripOutput, DripVisionTransformer
 from drip.pooling import simulated_boundaries
 
 if TYPE_CHECKING:
-    from drip.text import DripTextConfig
+    from drip.text.model import DripTextConfig
 
 DEFAULT_MODELS = (
     "ViT-B-32",
@@ -181,7 +181,8 @@ def tower_gmacs(cfg: DripConfig, token_counts: Tensor | Sequence, blocks: int | 
 
 
 def text_tower_macs(cfg: DripTextConfig, lengths: Sequence[int], segments: Sequence[int] | None = None) -> float:
-    """Analytic MACs per caption of a (pooled) CLIP text tower, ``drip.text.DripTextConfig``, averaged over captions.
+    """Analytic MACs per caption of a (pooled) CLIP text tower (``drip.text.model.DripTextConfig``), averaged over
+    captions.
 
     lengths: tokens each caption runs on before pooling (up to end-of-text for ``DripTextTransformer``; pass
     ``context_length`` for open_clip's TextTransformer, which runs every position); segments: segment tokens after

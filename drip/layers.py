@@ -4,8 +4,9 @@ Two layouts of a batch of variable-length sequences (CLS + segment tokens per im
 * padded: x [B, L, D] with an additive float key mask [B, 1, 1, L] (0 = attend, -inf = pad). Padded query rows
   still see the CLS key, so they never become NaN; their outputs are ignored downstream.
 * packed: x [T, D] holding only real tokens, images sorted by length (``PackedLayout``). Linear layers and the
-  MLP run on T rows (no padding waste). Attention, the only part that needs per-image sequences, runs with
-  flash-attn's varlen kernel on CUDA when installed; otherwise per group of equal-length images (each group a
+  MLP run on T rows (no padding waste). Attention, the only part that needs per-image sequences, runs with a
+  varlen kernel on CUDA in fp16 / bf16 (flash-attn's when it imports, else torch's ``varlen_attn``, torch >= 2.10;
+  ``packed_attention_kernel`` decides); otherwise per group of equal-length images (each group a
   contiguous slice reshaped to [n, l, ...], no mask) when there are at most two groups (fixed-rate boundaries),
   else as one masked SDPA call over the images padded to the longest: many small SDPA calls cost far more than
   their FLOPs on CPU, while padding inside attention only touches the two attention matmuls (~1% of a block's
@@ -16,10 +17,10 @@ Both give the same result (tested); ``DripConfig.post_layout`` picks one.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,24 +40,47 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
+PackedKernel = Literal["flash_attn", "varlen_attn", "sdpa"]
+
+
+def packed_attention_kernel(device_type: str, dtype: torch.dtype) -> PackedKernel:
+    """The kernel ``Attention.forward_packed`` runs for this device and compute dtype: flash-attn's varlen kernel
+    (CUDA, fp16 / bf16, ``flash_attn`` imports), else torch's ``varlen_attn`` (same conditions, torch >= 2.10),
+    else SDPA (per group of equal lengths, or padded with a key mask)."""
+    if device_type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return "sdpa"
+    if flash_varlen() is not None:
+        return "flash_attn"
+    return "varlen_attn" if torch_varlen() is not None else "sdpa"
+
+
 def use_flash(device_type: str, dtype: torch.dtype) -> bool:
-    """flash-attn's varlen kernel applies: CUDA, fp16 / bf16 compute, flash_attn installed."""
-    return device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _flash_installed()
-
-
-def _flash_installed() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
+    """flash-attn's varlen kernel applies: CUDA, fp16 / bf16 compute, and ``flash_attn`` really imports."""
+    return packed_attention_kernel(device_type, dtype) == "flash_attn"
 
 
 @functools.cache  # import once per process, so a broken install warns once instead of at every block
 def flash_varlen() -> Callable | None:
-    """flash-attn's ``flash_attn_varlen_func``, or None (one warning) when the installed package fails to import."""
+    """flash-attn's ``flash_attn_varlen_func``, or None: not installed, or (one warning) installed but failing to
+    import (a wheel built for another torch / CUDA, or flash-attn 4's ``flash_attn.cute`` only)."""
     try:
         from flash_attn import flash_attn_varlen_func
-    except Exception as e:  # a wheel built for another torch / CUDA raises ImportError, OSError or RuntimeError
+    except Exception as e:  # ImportError (a missing name or extension), OSError (a CUDA library), RuntimeError
+        if isinstance(e, ModuleNotFoundError) and e.name == "flash_attn":  # not installed: nothing to warn about
+            return None
         logger.warning("flash-attn is installed but does not import (%s: %s); DRIP attention uses SDPA", type(e), e)
         return None
     return flash_attn_varlen_func
+
+
+@functools.cache
+def torch_varlen() -> Callable | None:
+    """torch's ``torch.nn.attention.varlen.varlen_attn`` (torch >= 2.10; CUDA only), or None on older torch."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
 
 
 class QuickGELU(nn.Module):
@@ -151,11 +175,13 @@ class Attention(nn.Module):
         """x: [T, D] packed real tokens -> [T, D]. No padding enters any matmul."""
         t, d = x.shape
         qkv = self.qkv(x).view(t, 3, self.heads, self.head_dim)  # [T, 3, H, hd]
-        flash = flash_varlen() if use_flash(x.device.type, compute_dtype(x)) else None
-        if flash is not None:
+        kernel = packed_attention_kernel(x.device.type, compute_dtype(x))
+        if kernel != "sdpa":
+            varlen = flash_varlen() if kernel == "flash_attn" else torch_varlen()
             q, k, v = (qkv[:, i].to(compute_dtype(x)) for i in range(3))  # autocast does not reach a custom kernel
             cu, m = layout.cu_seqlens, layout.max_seqlen
-            out = flash(q, k, v, cu, cu, m, m)  # [T, H, hd]
+            # both take (q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k); default: non-causal, scale hd^-0.5
+            out = varlen(q, k, v, cu, cu, m, m)  # [T, H, hd]
             return self.proj(out.reshape(t, d))
         if len(layout.groups) > 2:
             g = qkv.view(t, 3 * d)[layout.pad_index]  # [B, L, 3D], images padded to the longest

@@ -73,23 +73,32 @@ class DripFeatures:
 
 
 def _note_thresholds_in_state(tower: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
-    """Before load_state_dict: whether this tower's own ``eval_thresholds`` key is in the state dict (the post-hook
-    sees only the whole load's missing keys, which name every tower of a model holding several)."""
-    tower._loading_thresholds = prefix + "eval_thresholds" in state_dict
+    """Before load_state_dict: the dtype of this tower's own ``eval_thresholds`` in the state dict, or None when it
+    lacks them (the post-hook sees only the whole load's missing keys, which name every tower of a model holding
+    several)."""
+    incoming = state_dict.get(prefix + "eval_thresholds")
+    tower._loading_thresholds = None if incoming is None else incoming.dtype
 
 
 def _threshold_config_follows_buffer(tower: nn.Module, incompatible_keys) -> None:
     """After load_state_dict: cfg.threshold takes the loaded eval_thresholds. When the state dict lacked them (a
     partial load, e.g. LLaVA's projector file, or a checkpoint from before they were saved), the buffer is set from
-    the config instead: it may hold uninitialised memory (HF materialises a model's buffers empty)."""
-    loaded = tower.__dict__.pop("_loading_thresholds", True)
-    if not loaded:
+    the config instead: it may hold uninitialised memory (HF materialises a model's buffers empty). When the loaded
+    values are the config's rounded to a half-precision checkpoint's dtype, the config's exact values stay (and the
+    buffer takes them): rounding a threshold moves boundaries."""
+    dtype = tower.__dict__.pop("_loading_thresholds", torch.float32)
+    exact = torch.tensor(tower.cfg.stage_thresholds, dtype=torch.float32)
+    if dtype is None:
         with torch.no_grad():
-            tower.eval_thresholds.copy_(torch.tensor(tower.cfg.stage_thresholds, dtype=torch.float32))
+            tower.eval_thresholds.copy_(exact)
         return
     values = tower.eval_thresholds.tolist()
-    if any(abs(a - b) > 1e-6 for a, b in zip(tower.cfg.stage_thresholds, values, strict=True)):
-        tower.cfg = tower.cfg.replace(threshold=tuple(values))
+    rounded = exact.to(dtype).float().tolist()  # what a checkpoint of this dtype holds for the config's values
+    if all(abs(a - b) <= 1e-6 for a, b in zip(rounded, values, strict=True)):
+        with torch.no_grad():
+            tower.eval_thresholds.copy_(exact)
+        return
+    tower.cfg = tower.cfg.replace(threshold=tuple(values))
 
 
 class DripVisionTransformer(nn.Module):
@@ -126,6 +135,15 @@ class DripVisionTransformer(nn.Module):
         self.prior_loss_weight = cfg.prior_loss_weight  # set_prior_loss_weight; cfg keeps the preset's value
         self.boundary_mode = LEARNED  # set_boundary_mode: the ablation's uniform / random boundaries (not saved)
         self.grad_checkpointing = False
+
+    def _apply(self, fn, recurse: bool = True):
+        """``.to(dtype)``, ``.half()``, ``.bfloat16()`` (and DeepSpeed's casts) pass through here: the eval thresholds
+        follow the device but stay fp32 (0.25682 in bf16 is 0.25586, which moves boundaries and token counts)."""
+        thresholds = self.eval_thresholds
+        out = super()._apply(fn, recurse)
+        if self.eval_thresholds.dtype != torch.float32:
+            self.eval_thresholds = thresholds.to(device=self.eval_thresholds.device)
+        return out
 
     # --- what a training loop sets --------------------------------------------------------------------------------
     def set_grad_checkpointing(self, enable: bool = True) -> None:

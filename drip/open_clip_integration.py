@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from drip.checkpoint import check_state_dict, load_drip_state_dict, read_state_dict
 from drip.config import get_preset
 from drip.model import DripVisionTransformer
-from drip.text_weights import drip_text_tower, load_text_state
+from drip.text.weights import drip_text_tower, load_text_state
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ __all__ = [
     "DripLoss",
     "DripTrunk",
     "StepRecord",
-    "create_clip",
     "drip_tower",
     "drip_trunk",
     "load_weights",
@@ -212,20 +211,6 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     names the offending keys (``drip.checkpoint``).
     """
     load_drip_state_dict(model, read_state_dict(path), what=str(path))
-
-
-def create_clip(name: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"):
-    """open_clip model (after ``register_open_clip()``), train / val transforms and tokenizer, optionally loaded
-    from ``checkpoint`` (see ``load_weights``). Returns (model, preprocess_train, preprocess_val, tokenizer)."""
-    import open_clip
-
-    from drip import text_clip  # pooled text towers (Fast-CLIP) for the *-T2x names; it imports this module
-
-    register_open_clip()  # DRIP-* and ViT-tiny model names (idempotent)
-    model, preprocess_train, preprocess_val = text_clip.create_model_and_transforms(name, device=device)
-    if checkpoint is not None:
-        load_weights(model, checkpoint)
-    return model.to(device), preprocess_train, preprocess_val, open_clip.get_tokenizer(name)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from drip.images import to_rgb
+
 GOLDEN = 0.618033988749895
 
 
@@ -49,7 +51,7 @@ def draw_segments(
     image: any size (patch cells are image_size / grid pixels); boundaries: [grid*grid] 0/1, boundary at n = patch n
     ends its segment. Returns a new RGB image of the same size.
     """
-    img = np.asarray(image.convert("RGB"), dtype=np.float32)  # [H, W, 3]
+    img = np.asarray(to_rgb(image), dtype=np.float32)  # [H, W, 3]
     h, w = img.shape[:2]
     ids = segment_id_map(boundaries, grid, h, w)  # [H, W]
     colors = segment_colors(int(ids.max()) + 1).astype(np.float32)

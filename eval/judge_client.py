@@ -7,12 +7,19 @@ retried up to ``max_retries`` times with exponential backoff (``backoff_s``, ``2
 
 Time is bounded twice:
 
-* each request as a whole: ``timeout_s`` covers connecting, sending, waiting and reading the reply. A socket
-  timeout alone bounds each read, so a server sending one byte every few seconds would hold a request forever; a
-  watchdog shuts the request's socket down at its deadline instead.
+* each request as a whole: ``timeout_s`` covers connecting, sending, waiting and reading the reply, an error
+  reply's body included. A socket timeout alone bounds each read, so a server sending one byte every few seconds
+  would hold a request forever; a watchdog shuts the request's socket down at its deadline instead.
 * each run's retries together: a ``RetryBudget`` (one per run, shared by all its questions) holds the seconds left
   for backoff waits and retried requests. A retry whose wait does not fit in what is left is not made, and a retried
   request gets at most what is left, so a run spends at most ``timeout_s`` per question plus the budget once.
+
+Size is bounded: a reply over ``max_reply_bytes`` is refused without being read further (a chat completion is a few
+kB), and of an error reply only the first ``ERROR_BODY_BYTES`` are read.
+
+The key stays with the endpoint: it is sent only to ``base_url``, redirects are not followed (urllib would send the
+``Authorization`` header on to wherever one points), and it is cut out of every message this module builds from what
+the endpoint sent back (an endpoint that echoes the request would otherwise put the key in the logs).
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 
 _RETRYABLE_STATUS = {408, 409, 429}  # plus every 5xx
+ERROR_BODY_BYTES = 64 * 1024  # read of an error reply: redacted, then its start shown
+ERROR_DETAIL_CHARS = 200  # shown of an error reply or an unexpected reply
 
 
 class JudgeAPIError(RuntimeError):
@@ -47,6 +56,7 @@ class JudgeConfig:
     max_retries: int = 5  # retries after the first attempt, for transient errors only
     backoff_s: float = 1.0  # wait before the first retry; doubles each retry
     backoff_max_s: float = 60.0
+    max_reply_bytes: int = 16 * 2**20  # a longer reply is refused, not read whole
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -57,6 +67,8 @@ class JudgeConfig:
             raise ValueError(f"max retries: {self.max_retries}; expected 0 or more")
         if self.backoff_s < 0 or self.backoff_max_s < 0:
             raise ValueError(f"retry backoff: {self.backoff_s} s (cap {self.backoff_max_s} s); expected >= 0")
+        if self.max_reply_bytes < 1:
+            raise ValueError(f"max reply bytes: {self.max_reply_bytes}; expected a positive number of bytes")
 
 
 @dataclass
@@ -135,20 +147,60 @@ def _request(config: JudgeConfig, messages: list[dict[str, str]]) -> urllib.requ
     return urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
 
 
-def post_within(request: urllib.request.Request, timeout_s: float) -> bytes:
-    """Send ``request`` and read the whole reply body within ``timeout_s`` seconds in all (proxies from the
-    environment are honoured, as by ``urlopen``). Raises TimeoutError past the deadline, ``urllib.error.HTTPError``
-    for an HTTP error status, other OSError / HTTPException for connection failures."""
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are refused: following one would send the request, and its key, to another address."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's signature)
+        fp.close()
+        raise JudgeAPIError(
+            f"HTTP {code} from {req.full_url}: redirected to {newurl}, which is not followed (the API key would go "
+            "with it); set the base URL to the address that answers"
+        )
+
+
+class HTTPStatusError(OSError):
+    """An HTTP error status, with the start of its body (read within the request's deadline)."""
+
+    def __init__(self, code: int, body: bytes) -> None:
+        super().__init__(f"HTTP {code}")
+        self.code = code
+        self.body = body
+
+
+class ReplyTooLarge(ValueError):
+    """A reply longer than the configured cap."""
+
+
+def _read_capped(response: http.client.HTTPResponse, cap: int) -> bytes:
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > cap:
+        raise ReplyTooLarge(f"the reply is {int(length)} bytes, over the cap of {cap} bytes")
+    data = response.read(cap + 1)  # reads at most cap + 1 bytes, also of a chunked reply without a length
+    if len(data) > cap:
+        raise ReplyTooLarge(f"the reply is over the cap of {cap} bytes")
+    return data
+
+
+def post_within(request: urllib.request.Request, timeout_s: float, max_bytes: int = 16 * 2**20) -> bytes:
+    """Send ``request`` and read the reply body (at most ``max_bytes``) within ``timeout_s`` seconds in all (proxies
+    from the environment are honoured, as by ``urlopen``; redirects are refused with JudgeAPIError). Raises
+    TimeoutError past the deadline, ReplyTooLarge over the cap, HTTPStatusError for an HTTP error status (its body's
+    first ``ERROR_BODY_BYTES`` read within the deadline too), other OSError / HTTPException for connection failures.
+    """
     watch = _Watch()
-    opener = urllib.request.build_opener(_HTTPHandler(watch), _HTTPSHandler(watch))
+    opener = urllib.request.build_opener(_HTTPHandler(watch), _HTTPSHandler(watch), _NoRedirect())
     watchdog = threading.Timer(timeout_s, watch.expire)
     watchdog.daemon = True
     watchdog.start()
     try:
-        with opener.open(request, timeout=timeout_s) as response:
-            data = response.read()
+        try:
+            with opener.open(request, timeout=timeout_s) as response:
+                data = _read_capped(response, max_bytes)
+        except urllib.error.HTTPError as e:
+            with e:
+                raise HTTPStatusError(e.code, e.read(ERROR_BODY_BYTES)) from None
     except (OSError, http.client.HTTPException) as e:
-        if watch.expired.is_set() and not isinstance(e, urllib.error.HTTPError):
+        if watch.expired.is_set():
             raise TimeoutError(f"no complete reply within {timeout_s:g} s") from e
         raise
     finally:
@@ -158,27 +210,42 @@ def post_within(request: urllib.request.Request, timeout_s: float) -> bytes:
     return data
 
 
-def _reply_text(raw: bytes) -> str:
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with every occurrence of ``secret`` (the API key) replaced."""
+    return text.replace(secret, "<API key>") if secret else text
+
+
+def _shown(raw: bytes, secret: str | None) -> str:
+    """The start of what the endpoint sent, safe to print."""
+    return redact(raw.decode("utf-8", "replace"), secret)[:ERROR_DETAIL_CHARS]
+
+
+def _reply_text(raw: bytes, secret: str | None) -> str:
     try:
         reply: Any = json.loads(raw.decode("utf-8"))
         content = reply["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError) as e:
-        raise ValueError(f"unexpected reply: {raw[:200]!r}") from e
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise ValueError(f"unexpected reply: {_shown(raw, secret)!r}") from None
     if not isinstance(content, str):
-        raise ValueError(f"unexpected reply content: {content!r}")
+        raise ValueError(f"unexpected reply content: {_shown(repr(content).encode(), secret)!r}")
     return content
 
 
 def _attempt(config: JudgeConfig, messages: list[dict[str, str]], timeout_s: float) -> str:
     """One request. Returns the reply text; raises JudgeAPIError (permanent) or ValueError/OSError (transient)."""
+    key = config.api_key
     try:
-        return _reply_text(post_within(_request(config, messages), timeout_s))
-    except urllib.error.HTTPError as e:
-        detail = e.read()[:200].decode("utf-8", "replace")
+        return _reply_text(post_within(_request(config, messages), timeout_s, config.max_reply_bytes), key)
+    except ReplyTooLarge as e:
+        raise JudgeAPIError(f"{config.base_url}: {e}") from None
+    except JudgeAPIError as e:  # a refused redirect
+        raise JudgeAPIError(redact(str(e), key)) from None
+    except HTTPStatusError as e:
+        detail = _shown(e.body, key)
         if e.code in _RETRYABLE_STATUS or e.code >= 500:
-            raise OSError(f"HTTP {e.code}: {detail}") from e
+            raise OSError(f"HTTP {e.code}: {detail}") from None
         hint = f" (does the endpoint serve model {config.model!r}?)" if e.code == 404 else ""
-        raise JudgeAPIError(f"HTTP {e.code} from {config.base_url}{hint}: {detail}") from e
+        raise JudgeAPIError(f"HTTP {e.code} from {config.base_url}{hint}: {detail}") from None
 
 
 def chat_completion(

@@ -8,15 +8,15 @@ Instruction Tuning", 2023), so LLaVA's training and evaluation code paths carry 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase, StoppingCriteria
 
+from drip.images import load_image as load_image  # re-exported: the project's one image loader
+from drip.images import to_rgb
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX, AspectRatio, check_aspect_ratio
 
 
@@ -96,27 +96,15 @@ def process_images(
     elif model_cfg is not None:
         raise TypeError("process_images takes aspect_ratio or model_cfg, not both")
     if check_aspect_ratio(aspect_ratio) == "square":
-        return image_processor.preprocess(list(images), return_tensors="pt")["pixel_values"]
+        return image_processor.preprocess([to_rgb(image) for image in images], return_tensors="pt")["pixel_values"]
     background = tuple(int(channel * 255) for channel in image_processor.image_mean)
     pixels = []
     for image in images:
-        square = expand2square(image.convert("RGB"), background)
+        square = expand2square(to_rgb(image), background)
         pixels.append(image_processor.preprocess(square, return_tensors="pt")["pixel_values"][0])
     if pixels and all(p.shape == pixels[0].shape for p in pixels):
         return torch.stack(pixels, dim=0)
     return pixels
-
-
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open an image file as RGB; a missing or unreadable file raises an error that names it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
-        raise ValueError(f"cannot read image file {path}: {err}") from err
 
 
 def get_model_name_from_path(model_path: str) -> str:

@@ -1,6 +1,7 @@
 """scripts/v1_5 pass TOKEN_REDUCTION on as ``--token_reduction`` (one argument, commas and ``+`` kept) to the
-answer commands of eval/sqa.sh and eval/llavabench.sh and to the trainer of drip_finetune.sh / drip_finetune_lora.sh;
-without it they pass nothing (the checkpoint's own ``mm_token_reduction`` holds). A stand-in interpreter records the
+answer commands of eval/sqa.sh and eval/llavabench.sh and to the trainer of drip_finetune.sh / drip_finetune_lora.sh,
+and CONNECTOR as ``--mm_connector`` to the training scripts (connector_grid.sh: both stages per connector);
+without them they pass nothing (the checkpoint's own ``mm_token_reduction`` holds). A stand-in interpreter records the
 argument lists instead of running anything."""
 
 import os
@@ -35,3 +36,25 @@ def test_token_reduction_reaches_the_command(tmp_path, script):
     first = _calls(tmp_path, script, TOKEN_REDUCTION=FLAG)[0]  # answering (eval) / training (stage 2)
     assert first[first.index("--token_reduction") + 1] == FLAG
     assert "--token_reduction" not in _calls(tmp_path, script)[0]
+
+
+@pytest.mark.parametrize(
+    "script", ["drip_pretrain.sh", "drip_finetune.sh", "drip_finetune_lora.sh", "clip_pretrain.sh"]
+)
+def test_connector_reaches_the_trainer(tmp_path, script):
+    connector = "drip:rate=0.25,estimator=box"
+    first = _calls(tmp_path, script, CONNECTOR=connector)[0]
+    assert first[first.index("--mm_connector") + 1] == connector
+    assert "--mm_connector" not in _calls(tmp_path, script)[0]
+
+
+def test_connector_grid_trains_both_stages_per_connector(tmp_path):
+    calls = _calls(tmp_path, "connector_grid.sh", CONNECTORS="drip:rate=0.125 pool1d:k=8", OUT_ROOT="/grid")
+    assert len(calls) == 4  # stage 1 and stage 2 of each connector
+    for call, (connector, name) in zip(calls, [("drip:rate=0.125", "drip_rate_0.125")] * 2
+                                       + [("pool1d:k=8", "pool1d_k_8")] * 2, strict=True):  # fmt: skip
+        assert call[call.index("--mm_connector") + 1] == connector
+        assert call[call.index("--output_dir") + 1].startswith(f"/grid/{name}")
+    assert (
+        calls[1][calls[1].index("--pretrain_mm_mlp_adapter") + 1] == "/grid/drip_rate_0.125-pretrain/mm_projector.bin"
+    )

@@ -18,23 +18,31 @@ import json
 import torch
 
 from drip.checkpoint import load_drip, save_drip
-from drip.files import load_images
+from drip.tools.arguments import positive_float, positive_int
+from drip.tools.files import load_images
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tower", required=True, help="DRIP checkpoint dir (model.safetensors + drip_config.json)")
     p.add_argument("--images", required=True, help="folder of sample images (searched recursively)")
-    p.add_argument("--num-images", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=None, help="training temperature whose rate to keep "
-                   "(default: the config's temperature_final, else its temperature)")
+    p.add_argument("--num-images", type=positive_int, default=256, help="images used, at most (default 256)")
+    p.add_argument(
+        "--temperature",
+        type=positive_float,
+        default=None,
+        help="training temperature (> 0) whose rate to keep (default: the config's temperature_final, else its "
+        "temperature)",
+    )
     p.add_argument("--out", required=True, help="where the calibrated tower is written")
     args = p.parse_args(argv)
     tower = load_drip(args.tower).eval()
     report: dict = {"tower": args.tower, "thresholds_before": tower.eval_thresholds.tolist()}
     if tower.cfg.pool_at:
         cfg = tower.cfg
-        tau = args.temperature or (cfg.temperature_final if cfg.temperature_final is not None else cfg.temperature)
+        tau = args.temperature
+        if tau is None:
+            tau = cfg.temperature_final if cfg.temperature_final is not None else cfg.temperature
         images = load_images(args.images, cfg.image_size, args.num_images)
         thresholds = tower.calibrate_eval_thresholds(images, temperature=tau)
         with torch.no_grad():

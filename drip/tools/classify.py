@@ -28,9 +28,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from drip.boundary import temperature_at
-from drip.files import image_folder, write_json
-from drip.open_clip_integration import create_clip
-from drip.stats import DripTokenStats, find_drip_towers
+from drip.text.clip import create_clip
+from drip.tools.files import image_folder, write_json
+from drip.tools.stats import DripTokenStats, find_drip_towers
 
 DEFAULT_LR = {"linear": 1e-2, "finetune": 1e-4}
 

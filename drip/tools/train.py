@@ -44,6 +44,7 @@ from torch import nn
 from drip.boundary import temperature_at
 from drip.checkpoint import save_drip
 from drip.open_clip_integration import DripLoss, drip_tower, register_open_clip, upcycle_clip
+from drip.tools.arguments import nonnegative_float, positive_float
 from drip.tools.rng_state import capture_rng, restore_rng
 from drip.tools.train_checkpoints import latest_checkpoints, resume_run, save_checkpoint
 from drip.weights import upcycle
@@ -64,8 +65,15 @@ _UNSUPPORTED = (
 def parse_drip_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Split our options from open_clip_train's (which are returned untouched, plus ViT optimizer defaults)."""
     p = argparse.ArgumentParser(prog="python -m drip.tools.train", add_help=False)
-    p.add_argument("--drip-boundary-loss-weight", type=float, default=1.0, help="weight of the boundary prior loss")
-    p.add_argument("--drip-temperature-final", type=float, default=None, help="anneal the Gumbel temperature to T")
+    p.add_argument(
+        "--drip-boundary-loss-weight",
+        type=nonnegative_float,
+        default=1.0,
+        help="weight (>= 0) of the boundary prior loss",
+    )
+    p.add_argument(
+        "--drip-temperature-final", type=positive_float, default=None, help="anneal the Gumbel temperature to T (> 0)"
+    )
     p.add_argument("--upcycle-from", default=None, help="open_clip CLIP checkpoint file or HF CLIP directory")
     p.add_argument("--freeze-except-predictor-epochs", type=int, default=0, help="train only predictors first")
     drip_args, rest = p.parse_known_args(argv)
@@ -126,7 +134,7 @@ def _setup_run(args: argparse.Namespace) -> bool:
 
 
 def _build_model(args: argparse.Namespace, drip_args: argparse.Namespace, device: torch.device):
-    from drip.text_clip import create_model_and_transforms  # open_clip's, plus Fast-CLIP's pooled text towers
+    from drip.text.clip import create_model_and_transforms  # open_clip's, plus Fast-CLIP's pooled text towers
 
     _random_seed(args.seed, 0)
     if isinstance(args.force_image_size, (tuple, list)) and len(args.force_image_size) == 1:

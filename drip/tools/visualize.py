@@ -23,6 +23,7 @@ from torch import Tensor
 
 from drip.boundary_modes import BOUNDARY_MODES
 from drip.config import get_preset
+from drip.images import load_image, to_rgb
 from drip.model import DripOutput, DripVisionTransformer
 from drip.segments import draw_segments, patch_boundaries
 
@@ -32,7 +33,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def preprocess(image: Image.Image, size: int) -> tuple[Tensor, Image.Image]:
     """Resize the short side to ``size`` (bicubic), centre-crop; -> ([1, 3, size, size] CLIP-normalised, crop)."""
-    image = image.convert("RGB")
+    image = to_rgb(image)
     scale = size / min(image.size)
     w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
     image = image.resize((w, h), Image.BICUBIC)
@@ -74,14 +75,15 @@ def load_tower(preset: str | None, checkpoint: str | None) -> DripVisionTransfor
     return DripVisionTransformer(get_preset(preset))
 
 
-def load_image(path: str | None, skimage_name: str | None) -> Image.Image:
+def image_source(path: str | None, skimage_name: str | None) -> Image.Image:
+    """The image file at ``path`` (``drip.images.load_image``), else scikit-image's sample ``skimage_name``."""
     if path is not None:
-        return Image.open(path)
+        return load_image(path)
     from skimage import data
 
     if not hasattr(data, skimage_name):
         raise ValueError(f"skimage.data has no image {skimage_name!r} (try astronaut, coffee, chelsea, rocket)")
-    return Image.fromarray(getattr(data, skimage_name)()).convert("RGB")
+    return to_rgb(Image.fromarray(getattr(data, skimage_name)()))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -108,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     tower.set_boundary_mode(args.boundary_mode, args.seed)
     if args.threshold is not None:
         tower.set_eval_thresholds(args.threshold)
-    picture, out = render(tower, load_image(args.image, args.skimage), args.stochastic, args.display_size or None)
+    picture, out = render(tower, image_source(args.image, args.skimage), args.stochastic, args.display_size or None)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     picture.save(args.out)
     print(f"{args.out}: {int(out.token_counts[0])} segments over {tower.cfg.num_patches} patches ({picture.size})")

@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from drip.boundary_modes import BOUNDARY_MODES
-from drip.files import image_folder, read_lines, write_json
-from drip.open_clip_integration import create_clip
-from drip.stats import DripTokenStats, find_drip_towers
+from drip.text.clip import create_clip
+from drip.tools.files import image_folder, read_lines, write_json
+from drip.tools.stats import DripTokenStats, find_drip_towers
 
 Template = str | Callable[[str], str]  # a format string with "{}" or open_clip's lambda templates
 TEMPLATE_SETS = {"openai": open_clip.OPENAI_IMAGENET_TEMPLATES, "simple": open_clip.SIMPLE_IMAGENET_TEMPLATES}

@@ -3,5 +3,4 @@
 
 ``model_vqa`` (open-ended, LLaVA-Bench) and ``model_vqa_science`` (ScienceQA) keep LLaVA-1.5's module paths and
 flags (``command``); they share prompts, batching and resume (``generation``), the answers file's identity and lock
-(``answers``) and the efficiency sidecar (``efficiency``). ``image_reliance`` checks that a model's answers depend
-on its image."""
+(``answers``) and the efficiency sidecar (``efficiency``)."""

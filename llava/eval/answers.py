@@ -2,9 +2,14 @@
 
 The file itself stays LLaVA-1.5's JSONL (Liu et al., "Improved Baselines with Visual Instruction Tuning", 2023), one
 answer per line, so LLaVA's scorers and ``eval`` read it unchanged. What produced it goes into a sidecar beside it,
-``<answers>.run.json``: the model (path, base, name, a fingerprint of its config and weight files), the template and
-prompt settings (``use_im_start_end`` and a hash of every question's exact prompt text and image, which covers
-``--single-pred-prompt`` and ``--blind``), and the decoding settings (temperature, top-p, beams, max new tokens, seed).
+``<answers>.run.json``: the model (path, base, name, a fingerprint of its config and weight files' contents), the
+template and prompt settings (``use_im_start_end`` and a hash of every question's exact prompt text and image file
+name, which covers ``--single-pred-prompt`` and ``--blind``), a hash of the images' contents, and the decoding
+settings (temperature, top-p, beams, max new tokens, seed).
+
+Content, not names: a file up to ``FULL_HASH_BYTES`` is hashed whole; a larger one (a weights shard) by its size, its
+first MiB (a safetensors header and the first tensors) and ``SAMPLES`` blocks spread evenly over the rest, which any
+retraining changes, at the cost of a few MiB read per shard.
 
 * A rerun resumes the file only when the sidecar says the same run wrote it; anything else fails with a message that
   names what differs (or ``--overwrite`` starts afresh). A non-empty answers file without a sidecar is refused too:
@@ -27,7 +32,10 @@ from typing import Any
 from llava.jsonl import drop_partial_last_line, split_partial_last_line
 
 IDENTITY_FORMAT = "llava-drip answers identity 1"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".pt", ".pth", ".model")
+FULL_HASH_BYTES = 64 * 2**20  # files up to this size are hashed whole
+HEAD_BYTES = 2**20  # of a larger file: its first MiB, then SAMPLES blocks of SAMPLE_BYTES spread over the rest
+SAMPLES, SAMPLE_BYTES = 256, 4096
 
 
 class InputFileError(ValueError):
@@ -55,21 +63,49 @@ def check_answers_path(path: str) -> None:
         )
 
 
+def content_sha1(path: str) -> str:
+    """A hash of the file's content: whole up to FULL_HASH_BYTES, else its size, head and evenly spread samples."""
+    h = hashlib.sha1()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_BYTES:
+            for block in iter(lambda: f.read(2**20), b""):
+                h.update(block)
+            return h.hexdigest()
+        h.update(f"{size}\n".encode() + f.read(HEAD_BYTES))
+        stride = (size - HEAD_BYTES - SAMPLE_BYTES) // (SAMPLES - 1)
+        for i in range(SAMPLES):  # the last sample ends at the file's end
+            f.seek(HEAD_BYTES + i * stride)
+            h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()
+
+
 def model_fingerprint(model_path: str) -> str | None:
-    """A short hash of a checkpoint folder's ``config.json`` bytes and its weight files' names and sizes (None when
-    ``model_path`` is not a folder): a checkpoint retrained in place gets a new one, a copied folder keeps it."""
+    """A short hash of a checkpoint folder's ``config.json`` and weight, tokenizer and JSON files' names and contents
+    (``content_sha1``; None when ``model_path`` is not a folder): weights retrained or replaced in place get a new
+    one, a copied folder keeps it."""
     if not os.path.isdir(model_path):
         return None
     h = hashlib.sha1()
-    config = os.path.join(model_path, "config.json")
-    if os.path.isfile(config):
-        with open(config, "rb") as f:
-            h.update(f.read())
     for name in sorted(os.listdir(model_path)):
         full = os.path.join(model_path, name)
         if name.endswith(WEIGHT_SUFFIXES) and os.path.isfile(full):
-            h.update(f"\n{name}\t{os.path.getsize(full)}".encode())
+            h.update(f"\n{name}\t{content_sha1(full)}".encode())
     return h.hexdigest()[:16]
+
+
+def images_sha1(image_folder: str, image_files: Sequence[str | None]) -> str | None:
+    """A hash of the questions' image files by name and content (None without image files): another folder holding
+    the same names with other pictures gets another hash."""
+    names = sorted({f for f in image_files if f})
+    if not names:
+        return None
+    h = hashlib.sha1()
+    for name in names:
+        full = os.path.join(image_folder, name)
+        digest = content_sha1(full) if os.path.isfile(full) else "missing"
+        h.update(f"{name}\t{digest}\n".encode())
+    return h.hexdigest()
 
 
 def prompts_sha1(prompts: Sequence[Sequence[Any]]) -> str:

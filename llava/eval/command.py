@@ -14,6 +14,7 @@ import torch
 from llava.conversation import conv_templates
 from llava.eval.answers import InputFileError, check_answers_path, model_fingerprint
 from llava.eval.generation import (
+    OVERLONG,
     AnswerGenerator,
     GenerationSettings,
     Question,
@@ -45,6 +46,13 @@ def add_generation_args(parser: argparse.ArgumentParser, conv_mode: str, tempera
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--seed", type=int, default=0, help="torch seed (matters only for sampling)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--overlong",
+        choices=OVERLONG,
+        default="skip",
+        help="a question whose prompt (images spliced in) is longer than the model's context: skip it (an empty "
+        "answer marked skipped in its metadata, scored wrong) or stop with an error naming it (default skip)",
+    )
     parser.add_argument(
         "--packed_prefill",
         "--packed-prefill",
@@ -111,13 +119,17 @@ def run_eval(args: argparse.Namespace, questions: Sequence[Question]) -> dict[st
     tokenizer, model, image_processor, model_name = load_model(args.model_path, args.model_base, args.device)
     apply_token_reduction(model, args.token_reduction)
     model.set_packed_prefill(args.packed_prefill)
-    settings = GenerationSettings(args.conv_mode, args.temperature, args.top_p, args.num_beams, args.max_new_tokens)
+    settings = GenerationSettings(
+        args.conv_mode, args.temperature, args.top_p, args.num_beams, args.max_new_tokens, args.overlong
+    )
     generator = AnswerGenerator(model, tokenizer, image_processor, settings, args.image_folder)
     model_path = os.path.abspath(os.path.expanduser(args.model_path))
+    base = os.path.abspath(os.path.expanduser(args.model_base)) if args.model_base else None
     source = {
         "model_path": model_path,
-        "model_base": os.path.abspath(os.path.expanduser(args.model_base)) if args.model_base else None,
+        "model_base": base,
         "model_fingerprint": model_fingerprint(model_path),
+        "model_base_fingerprint": model_fingerprint(base) if base else None,
         "seed": args.seed,
     }
     return generate_answers(
@@ -141,4 +153,11 @@ def main(args: argparse.Namespace, load_questions: Callable[[], Sequence[Questio
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"answers: {summary['answers']} -> {args.answers_file}", file=sys.stderr)
+    if summary["skipped"]:
+        ids = ", ".join(str(i) for i in summary["skipped_ids"])
+        print(
+            f"skipped: {summary['skipped']} question(s) longer than the model's context, answered empty (scored "
+            f"wrong): {ids}",
+            file=sys.stderr,
+        )
     return 0

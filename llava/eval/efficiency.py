@@ -10,7 +10,8 @@ Costs are multiply-adds ("FLOPs" in fvcore's convention, as ``drip.flops`` and P
 prefill count is ``llava.model.flops.prefill_macs`` (projections, attention over the full L x L scores, MLP, and the
 LM head on the last token), with PyramidDrop's shorter stages when the model uses it. The tower count comes from
 the tower's ``analytic_gflops(features)`` when it offers one (for VisionZip and ToMe, which run the tower's layers
-themselves, from ``llava.model.reduction.tower.VisionReduction.analytic_gflops``), and is null otherwise.
+themselves, from ``llava.model.reduction.tower.VisionReduction.analytic_gflops``), and is null otherwise; with a
+``--mm_connector`` the connector's pooled counts replace the tower's and its GMACs (predictor, means) add to them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from llava.model.packing import padding_share_of
 
 logger = logging.getLogger(__name__)
 
+SHOW_SKIPPED = 100  # skipped question ids the sidecar lists
 FLOPS_UNIT = "multiply-adds (fvcore convention, as drip.flops and PyramidDrop)"
 
 
@@ -46,6 +48,7 @@ class VisionProbe:
         self.token_counts: list[int] = []  # one per image, in the order the images were given
         self.gflops: list[float | None] = []  # one per image; None when the tower has no analytic count
         self.reduction = getattr(model.get_model(), "vision_reduction", None)  # llava.model.reduction's module
+        self.connector = getattr(model.get_model(), "mm_connector", None)  # llava.model.connector's, or None
         self._handle: Any = None
         self._start = 0
 
@@ -57,6 +60,8 @@ class VisionProbe:
                     self.reduction.register_forward_pre_hook(self._mark),
                     self.reduction.register_forward_hook(self._record_reduced),
                 ]
+            if self.connector is not None:  # --mm_connector: its pooled counts replace the tower's, its GMACs add up
+                self._handle.append(self.connector.register_forward_hook(self._record_connector))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -78,6 +83,16 @@ class VisionProbe:
         if replaced is None:
             replaced = ran if len(ran) == len(counts) else [None] * len(counts)
         self.gflops.extend(replaced)
+
+    def _record_connector(self, module: Any, args: Any, output: Any) -> None:
+        """The connector's pooled counts; GMACs of the tower (recorded just before, for the same images) plus the
+        connector's."""
+        start = len(self.token_counts) - len(output.features)
+        tower = self.gflops[start:]
+        del self.token_counts[start:], self.gflops[start:]
+        self.token_counts.extend(int(c) for c in output.token_counts)
+        own = module.analytic_gflops(output)
+        self.gflops.extend(None if t is None else t + c for t, c in zip(tower, own, strict=True))
 
     def _record(self, module: Any, args: Any, output: Any) -> None:
         counts = [int(c) for c in output.token_counts]
@@ -148,9 +163,12 @@ def efficiency_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     visual = [m["visual_tokens"] for m in images]
     tower = [m.get("tower_gflops") for m in images]
     prefill = _mean([m["prefill_gflops"] for m in meta])
+    skipped = [r for r in records if isinstance(r.get("metadata"), dict) and r["metadata"].get("skipped")]
     return {
         "answers": len(records),
         "answers_with_costs": len(meta),
+        "skipped": len(skipped),  # questions longer than the context, not answered (llava.eval.generation)
+        "skipped_ids": [r.get("question_id") for r in skipped][:SHOW_SKIPPED],
         "images": len(images),
         "visual_tokens_mean": _mean(visual),
         "visual_tokens_min": min(visual, default=None),

@@ -18,6 +18,11 @@ question has an image; ScienceQA's IMG-accuracy is computed from that). What is 
   it ends with the file an uninterrupted run writes, batched or not. ``answer_id`` is a hash of (model, question,
   answer) instead of LLaVA's random ``shortuuid``, so reruns agree. The file must have been written by the same
   model and settings, and one run at a time writes it (``llava.eval.answers``: identity sidecar and lock).
+* Over-long questions. A question whose prompt, images spliced in, is longer than the model's context cannot be
+  answered. By default (``overlong="skip"``, ``--overlong skip``) the rest of its batch is answered without it and its
+  line says so: ``text`` is empty (LLaVA's scorers count it wrong, as a FAILED answer) and ``metadata`` holds
+  ``{"skipped": "overlong", "prompt_tokens": N, "context": C}``; the sidecar counts such lines (``skipped``) and a
+  rerun resumes past them. ``overlong="error"`` stops the run with an error naming the question ids.
 * Efficiency. Each answer's ``metadata`` records its visual and text token counts and analytic costs; the sidecar
   ``<answers>.efficiency.json`` aggregates them over the whole file (resumed parts included) and adds the
   seconds per answer and peak memory (``llava.eval.efficiency``).
@@ -45,6 +50,8 @@ from llava.eval.answers import (
     answers_lock,
     check_answers_path,
     claim_answers_file,
+    content_sha1,
+    images_sha1,
     prompts_sha1,
     resume_answers,
 )
@@ -52,11 +59,18 @@ from llava.eval.efficiency import RunClock, VisionProbe, efficiency_path, reset_
 from llava.mm_utils import load_image, process_images, tokenizer_image_token
 from llava.model.config import MultimodalConfig
 from llava.model.flops import prefill_macs
+from llava.model.language_model.llava_llama import PromptTooLong
 from llava.model.packed_prefill import prefill_padding
+from llava.model.reduction.spec import PatchSlimming, parse_token_reduction
 from llava.prompting import Decoding, PromptStyle, cut_at_stop, pad_token_id, with_image
 
 T = TypeVar("T")
+OVERLONG = ("skip", "error")  # what happens to a question longer than the model's context (module docstring)
 WINDOW_BATCHES = 4  # batches grouped by length at a time: bigger groups pad less, a kill loses more unwritten work
+
+
+class OverlongQuestion(InputFileError):
+    """A question longer than the model's context, with ``overlong="error"`` (the message names its id)."""
 
 
 # --- questions and prompts ---------------------------------------------------------------------------------------
@@ -128,6 +142,11 @@ class GenerationSettings:
     top_p: float | None = None
     num_beams: int = 1
     max_new_tokens: int = 1024  # LLaVA's fixed value
+    overlong: str = "skip"  # a prompt longer than the context: skip (an empty, marked answer) | error
+
+    def __post_init__(self) -> None:
+        if self.overlong not in OVERLONG:
+            raise ValueError(f"overlong must be one of {', '.join(OVERLONG)}, got {self.overlong!r}")
 
     @property
     def decoding(self) -> Decoding:
@@ -143,8 +162,15 @@ class Generated:
     text_tokens: int  # prompt tokens besides the visual ones
     tower_gflops: float | None  # analytic GMACs of the vision tower on this question's image (None: unknown)
     prefill_gflops: float  # analytic GMACs of the LLM prefill
+    skipped: int | None = None  # the context length, when the prompt did not fit it (not answered; text is "")
 
     def metadata(self) -> dict[str, Any]:
+        if self.skipped is not None:  # no costs: nothing ran (the efficiency summary leaves the line out)
+            return {
+                "skipped": "overlong",
+                "prompt_tokens": self.visual_tokens + self.text_tokens,
+                "context": self.skipped,
+            }
         return {
             "visual_tokens": self.visual_tokens,
             "text_tokens": self.text_tokens,
@@ -188,8 +214,41 @@ class AnswerGenerator:
         """Answer ``batch`` in one left-padded ``generate`` call; results in the batch's order.
 
         ``images``: the pictures of the batch's image questions, in batch order, when the caller holds them in memory
-        (lmms-eval's documents); None reads each ``image_file`` from the image folder.
+        (lmms-eval's documents); None reads each ``image_file`` from the image folder. A question longer than the
+        context is skipped or raises ``OverlongQuestion`` (``settings.overlong``).
         """
+        try:
+            return self._generate(batch, images)
+        except PromptTooLong as err:
+            return self._without_overlong(batch, images, err)
+
+    def _without_overlong(
+        self, batch: Sequence[Question], images: Sequence[Image.Image] | None, err: PromptTooLong
+    ) -> list[Generated]:
+        """The batch answered without the questions ``err`` names (each gets a skipped ``Generated``)."""
+        long = dict(err.samples)  # batch position -> spliced prompt length
+        names = ", ".join(f"{batch[i].question_id} ({n} tokens)" for i, n in err.samples)
+        if self.settings.overlong == "error":
+            raise OverlongQuestion(
+                f"question {names}: the prompt is longer than the model's context of "
+                f"{err.context} tokens; --overlong skip answers the other questions"
+            ) from None
+        keep = [i for i in range(len(batch)) if i not in long]
+        pictures = None
+        if images is not None:  # the pictures of the kept image questions, in batch order
+            with_image = [i for i, q in enumerate(batch) if q.image_file is not None]
+            pictures = [img for i, img in zip(with_image, images, strict=True) if i not in long]
+        answered = iter(self._generate([batch[i] for i in keep], pictures) if keep else [])
+        out = []
+        for i, q in enumerate(batch):
+            if i in long:
+                text_tokens = int((self.prompt_ids(q) != IMAGE_TOKEN_INDEX).sum())
+                out.append(Generated("", long[i] - text_tokens, text_tokens, None, 0.0, skipped=err.context))
+            else:
+                out.append(next(answered))
+        return out
+
+    def _generate(self, batch: Sequence[Question], images: Sequence[Image.Image] | None) -> list[Generated]:
         ids = [self.prompt_ids(q) for q in batch]
         width = max(x.shape[0] for x in ids)
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)  # [B, L], left-padded
@@ -220,7 +279,8 @@ class AnswerGenerator:
     def prefill_positions(self, answers: Sequence[Generated]) -> tuple[int, int]:
         """(real, padding) positions the LLM prefill of one batch computed: every beam's copy of the spliced prompts,
         and the padding between them (the pack's filler with a packed prefill, else the left padding)."""
-        lengths = [a.text_tokens + a.visual_tokens for a in answers for _ in range(self.settings.num_beams)]
+        ran = [a for a in answers if a.skipped is None]
+        lengths = [a.text_tokens + a.visual_tokens for a in ran for _ in range(self.settings.num_beams)]
         packed = self.prefill_layout == "packed"
         return sum(lengths), prefill_padding(self.model.config, lengths, packed, self.model.packing_single_row)
 
@@ -298,12 +358,16 @@ def run_identity(
     questions: Sequence[Question], generator: AnswerGenerator, model_id: str, source: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """What an answers file records about the run that writes it (``llava.eval.answers``): the model (``source``:
-    path, base, fingerprint, seed; default the model's ``name_or_path``), template, exact prompts, decoding, and the
-    token reduction and PyramidDrop schedule the model runs with (answer-time flags can replace the checkpoint's)."""
+    path, base, fingerprint, seed; default the model's ``name_or_path``), template, exact prompts, the images'
+    contents, decoding, and the token reduction (with the contents of the files it names) and PyramidDrop schedule
+    the model runs with (answer-time flags can replace the checkpoint's)."""
     use = generator.style.use_im_start_end
     prompts = [(q.question_id, q.query(use), q.image_file, q.prompt) for q in questions]
     mm = MultimodalConfig.from_config(generator.model.config)
+    schedules = [m.schedule for m in parse_token_reduction(mm.token_reduction) if isinstance(m, PatchSlimming)]
     return {
+        "images_sha1": images_sha1(generator.image_folder, [q.image_file for q in questions]),
+        "token_reduction_files": {path: content_sha1(path) for path in schedules},
         "model_id": model_id,
         **(source if source is not None else {"model_path": getattr(generator.model, "name_or_path", None)}),
         "conv_mode": generator.settings.conv_mode,
@@ -379,7 +443,7 @@ def _answer_window(
         t0 = time.perf_counter()
         answers = generator.generate([part[i] for i in idx])
         clock.seconds += time.perf_counter() - t0
-        clock.answers += len(idx)
+        clock.answers += sum(a.skipped is None for a in answers)
         real, padding = generator.prefill_positions(answers)
         clock.prompt_tokens += real
         clock.padding_tokens += padding

@@ -20,6 +20,9 @@ cut and per-answer costs. What lmms-eval adds:
 * ``loglikelihood``: the sum of the continuation's token log-probabilities after the templated prompt, and whether
   greedy decoding would produce it (``AnswerGenerator.score_continuation``).
 * ``generate_until_multi_round``: each round is asked as a new single-turn question, as lmms-eval's own models do.
+* Over-long questions (prompt longer than the model's context): ``overlong=skip`` (default) answers them with an
+  empty text (scored wrong) and logs their document ids; ``overlong=error`` ends the run with a non-zero exit code
+  naming them (a SystemExit, which lmms-eval's CLI does not swallow, so no run ends with exit code 0 and no results).
 * Efficiency: every answer returns lmms-eval's ``TokenCounts`` (input = text + visual tokens of the prompt,
   output = the answer's tokens) and logs through lmms-eval's ``log_metrics`` its visual tokens, the tower's and the
   LLM prefill's analytic GMACs (multiply-adds, ``llava.eval.efficiency``); the results JSON's ``throughput`` holds
@@ -29,6 +32,7 @@ cut and per-answer costs. What lmms-eval adds:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -39,11 +43,20 @@ from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 
 from llava.eval.command import load_model
-from llava.eval.generation import AnswerGenerator, Generated, GenerationSettings, Question, plan_batches
+from llava.eval.generation import (
+    OVERLONG,
+    AnswerGenerator,
+    Generated,
+    GenerationSettings,
+    OverlongQuestion,
+    Question,
+    plan_batches,
+)
 from llava.model.config import PDropConfig, parse_number_list
 from llava.model.reduction.apply import apply_token_reduction
 from llava.prompting import cut_at_stop
 
+logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ENTRY_POINT = "llava_drip"  # the name lmms-eval's --model takes
 
@@ -78,6 +91,7 @@ class LlavaDripArgs:
     dtype: str | None = None  # float32 | float16 | bfloat16; default fp16 on GPU, fp32 on CPU (the loader's)
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
     max_new_tokens: int = 1024  # when the task sets none (LLaVA's value)
+    overlong: str = "skip"  # a prompt longer than the context: skip (empty answer, logged) | error (exit code 1)
     batch_size: int = 1
     device: str | None = None  # default: cuda when available, else cpu
 
@@ -86,6 +100,8 @@ class LlavaDripArgs:
             raise ValueError(f"dtype={self.dtype!r}: expected one of {', '.join(DTYPES)}")
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.overlong not in OVERLONG:
+            raise ValueError(f"overlong={self.overlong!r}: expected one of {', '.join(OVERLONG)}")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> LlavaDripArgs:
@@ -126,7 +142,9 @@ def load_generator(args: LlavaDripArgs) -> AnswerGenerator:
     if args.pdrop is not None:
         model.set_pdrop(args.pdrop)
     apply_token_reduction(model, args.token_reduction)
-    settings = GenerationSettings(args.conv_mode, temperature=0.0, max_new_tokens=args.max_new_tokens)
+    settings = GenerationSettings(
+        args.conv_mode, temperature=0.0, max_new_tokens=args.max_new_tokens, overlong=args.overlong
+    )
     return AnswerGenerator(model, tokenizer, processor, settings, image_folder="")
 
 
@@ -219,8 +237,18 @@ class LlavaDrip(lmms):
         self, generator: AnswerGenerator, asked: Sequence[tuple[Question, list[Any]]], until: Sequence[str]
     ) -> list[GenerationResult]:
         t0 = time.perf_counter()
-        answers = generator.generate([q for q, _ in asked], images=[v for _, vs in asked for v in vs])
+        try:
+            answers = generator.generate([q for q, _ in asked], images=[v for _, vs in asked for v in vs])
+        except OverlongQuestion as err:  # lmms-eval's CLI logs an exception and exits 0: stop it for real
+            raise SystemExit(f"llava_drip: {err}") from None
         seconds = time.perf_counter() - t0
+        skipped = [str(q.question_id) for (q, _), a in zip(asked, answers, strict=True) if a.skipped is not None]
+        if skipped:
+            logger.warning(
+                "llava_drip: skipped %d document(s) longer than the model's context (answered empty): %s",
+                len(skipped),
+                ", ".join(skipped),
+            )
         return [self._result(a, cut_at_until(a.text, until), seconds / len(answers)) for a in answers]
 
     def _result(self, answer: Generated, text: str, seconds: float) -> GenerationResult:

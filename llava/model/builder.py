@@ -14,6 +14,7 @@ The vision tower's weights come from the checkpoint when it holds them, otherwis
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -57,12 +58,32 @@ def checkpoint_kind(model_path: str) -> CheckpointKind:
     )
 
 
+@functools.cache  # one import attempt per process
+def flash_attention_2_usable() -> bool:
+    """transformers can run the LLM with ``flash_attention_2``: its own check (flash-attn 2 >= 2.3.3 installed, CUDA)
+    passes and ``flash_attn`` really imports (a wheel built for another torch, or flash-attn 4's ``flash_attn.cute``
+    alone, is installed but fails at the first forward)."""
+    from transformers.utils import is_flash_attn_2_available
+
+    if not is_flash_attn_2_available():
+        return False
+    try:
+        from flash_attn import flash_attn_func, flash_attn_varlen_func  # noqa: F401  (what transformers imports)
+    except Exception as e:  # ImportError, OSError (a CUDA library), RuntimeError
+        logger.warning("flash-attn is installed but does not import (%s: %s)", type(e).__name__, e)
+        return False
+    return True
+
+
 def resolve_attn_implementation(name: str) -> str:
-    """``sdpa`` / ``eager`` as given; ``flash_attention_2`` only when flash-attn is installed (else sdpa + warning)."""
+    """``sdpa`` / ``eager`` as given; ``flash_attention_2`` only when it is usable (else sdpa + warning)."""
     if name not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {name!r}")
-    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-        logger.warning("flash_attention_2 needs flash-attn (pip install 'llava-drip[flash]'); using sdpa instead")
+    if name == "flash_attention_2" and not flash_attention_2_usable():
+        logger.warning(
+            "flash_attention_2 needs a CUDA GPU and flash-attn 2 that imports (pip install 'llava-drip[flash]'); "
+            "using sdpa instead"
+        )
         return "sdpa"
     return name
 

@@ -9,6 +9,8 @@ names, defaults and checks live here only. Two keys are ours:
   a checkpoint rebuilds its tower offline and takes the tower weights from its own shards; without it (released
   LLaVA checkpoints) the tower is read from ``mm_vision_tower`` (a local dir, a hub name, or ``drip:<preset|dir>``).
 * ``mm_token_reduction``: the ``--token_reduction`` methods and budgets (``llava.model.reduction.spec``).
+* ``mm_connector``: the pooling between tower and projector, e.g. ``drip:rate=0.25,estimator=box`` or ``pool1d:k=4``
+  (``llava.model.connector.spec``); absent in released LLaVA checkpoints (no connector).
 * ``pdrop_layer_list`` / ``pdrop_image_token_ratio_list``: PyramidDrop (Xing et al., 2024) in the LLM — after layer
   ``layer_list[k]`` keep the fraction ``image_token_ratio_list[k]`` of each sample's image tokens;
   ``pdrop_position_mode``: "compact" (PyramidDrop's renumbering, the default) or "original" position ids.
@@ -22,12 +24,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from llava.constants import AspectRatio, check_aspect_ratio
+from llava.model.connector.spec import canonical as connector_canonical
+from llava.model.connector.spec import parse_connector
 from llava.model.reduction.spec import canonical
 
 SelectFeature = Literal["patch", "cls_patch"]
 PaddingSide = Literal["left", "right"]
 PositionMode = Literal["compact", "original"]  # PyramidDrop's renumbering of kept tokens, or the original ids
 POSITION_MODES = ("compact", "original")
+PDROP_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")  # PyramidDrop passes a 4-D additive mask per stage, which these take
 DRIP_PREFIX = "drip:"  # ``mm_vision_tower`` values starting with this name a DRIP tower (preset or checkpoint dir)
 
 
@@ -105,6 +110,7 @@ class MultimodalConfig:
     tokenizer_padding_side: PaddingSide = "right"  # tokenizer_padding_side: batch padding in training
     pdrop: PDropConfig | None = None  # pdrop_layer_list + pdrop_image_token_ratio_list
     token_reduction: str | None = None  # mm_token_reduction (ours): the --token_reduction text, llava.model.reduction
+    connector: str | None = None  # mm_connector (ours): pooling between tower and projector, llava.model.connector
     # What training did, recorded as LLaVA records it (read by nothing at inference):
     tune_mm_mlp_adapter: bool = False  # tune_mm_mlp_adapter: stage 1 (only the projector trained)
     freeze_mm_mlp_adapter: bool = False  # freeze_mm_mlp_adapter: the projector was frozen
@@ -123,6 +129,7 @@ class MultimodalConfig:
         check_aspect_ratio(self.image_aspect_ratio)
         if self.token_reduction is not None:
             object.__setattr__(self, "token_reduction", canonical(self.token_reduction))
+        object.__setattr__(self, "connector", connector_canonical(parse_connector(self.connector)))
         if self.tokenizer_model_max_length is not None and self.tokenizer_model_max_length < 1:
             raise ValueError(f"tokenizer_model_max_length must be positive, got {self.tokenizer_model_max_length}")
 
@@ -152,6 +159,7 @@ class MultimodalConfig:
             tokenizer_padding_side=get("tokenizer_padding_side", "right"),
             pdrop=None if layers is None else PDropConfig(layers, ratios, get("pdrop_position_mode", "compact")),
             token_reduction=get("mm_token_reduction"),
+            connector=get("mm_connector"),
             tune_mm_mlp_adapter=bool(get("tune_mm_mlp_adapter", False)),
             freeze_mm_mlp_adapter=bool(get("freeze_mm_mlp_adapter", False)),
             projector_lr=get("mm_projector_lr"),
@@ -175,6 +183,7 @@ class MultimodalConfig:
         config.pdrop_layer_list = None if self.pdrop is None else list(self.pdrop.layer_list)
         config.pdrop_image_token_ratio_list = None if self.pdrop is None else list(self.pdrop.image_token_ratio_list)
         config.mm_token_reduction = self.token_reduction
+        config.mm_connector = self.connector
         config.tune_mm_mlp_adapter = self.tune_mm_mlp_adapter
         config.freeze_mm_mlp_adapter = self.freeze_mm_mlp_adapter
         config.mm_projector_lr = self.projector_lr

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN, IMAGE_TOKEN_INDEX
 from llava.model.config import MultimodalConfig
+from llava.model.connector.build import build_connector, connector_text
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_projector.builder import build_vision_projector
@@ -67,6 +68,16 @@ class LlavaMetaModel:
             self.vision_tower = build_vision_tower(mm, delay_load=True)
             mm_hidden = mm.mm_hidden_size or self.vision_tower.hidden_size
             self.mm_projector = build_vision_projector(mm.projector_type, mm_hidden, config.hidden_size)
+            self.set_connector(mm.connector)
+
+    def set_connector(self, text: str | None) -> None:
+        """Build the connector ``text`` names (``mm_connector``; None removes it) between tower and projector."""
+        tower, mm = self.get_vision_tower(), MultimodalConfig.from_config(self.config)
+        has_cls = mm.select_feature == "cls_patch"
+        self.mm_connector = build_connector(text, tower.hidden_size, tower.num_patches_per_side, has_cls)
+
+    def get_connector(self) -> nn.Module | None:
+        return getattr(self, "mm_connector", None)
 
     def get_vision_tower(self) -> VisionTower | None:
         tower = getattr(self, "vision_tower", None)
@@ -93,10 +104,12 @@ class LlavaMetaModel:
         mm.replace(vision_tower=tower.vision_tower_name, vision_tower_config=tower.config_dict()).write_to(self.config)
 
     def _init_weights(self, module: nn.Module) -> None:
-        # The tower initialises itself when built (DRIP: boundary bias = logit(prior)); HF's generic init would
-        # overwrite that, and its tower weights come from a checkpoint or load_model() anyway.
-        tower = self.get_vision_tower()
-        if tower is not None and any(module is m for m in tower.modules()):
+        # The tower and connector initialise themselves when built (DRIP: boundary bias = logit(prior)); HF's
+        # generic init would overwrite that, and the tower's weights come from a checkpoint or load_model() anyway.
+        owners = [m for m in (self.get_vision_tower(), self.get_connector()) if m is not None]
+        if any(module is m for owner in owners for m in owner.modules()):
+            if module is self.get_connector():  # HF leaves non-persistent buffers empty when it loads on meta
+                module.reset_buffers()
             return
         super()._init_weights(module)
 
@@ -124,7 +137,10 @@ class LlavaMetaModel:
         elif not tower.is_loaded:
             tower.load_model()
         mm = mm.replace(mm_hidden_size=tower.hidden_size, vision_tower_config=tower.config_dict())
+        mm = mm.replace(connector=arg("mm_connector", mm.connector))
         mm.write_to(self.config)
+        if connector_text(self.get_connector()) != mm.connector:
+            self.set_connector(mm.connector)
         if getattr(self, "mm_projector", None) is None:
             self.mm_projector = build_vision_projector(mm.projector_type, tower.hidden_size, self.config.hidden_size)
         else:
@@ -132,6 +148,7 @@ class LlavaMetaModel:
         adapter = arg("pretrain_mm_mlp_adapter")
         if adapter is not None:
             self.mm_projector.load_state_dict(projector_weights(adapter))
+            load_connector_weights(self.get_connector(), adapter)
             check_projector_tower(adapter, mm)
 
 
@@ -142,6 +159,20 @@ def projector_weights(path: str) -> dict[str, Tensor]:
     if not found:
         raise ValueError(f"{path}: no 'mm_projector.*' keys (found {sorted(weights)[:5]} ...)")
     return found
+
+
+def load_connector_weights(connector: nn.Module | None, path: str) -> None:
+    """The connector's weights from a stage-1 ``mm_projector.bin`` (keys ``model.mm_connector.*``, saved beside the
+    projector's); a file without them (LLaVA's, or a run without a connector) leaves a connector as initialised."""
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    found = {k.split("mm_connector.", 1)[1]: v for k, v in weights.items() if "mm_connector." in k}
+    if found and connector is None:
+        raise ValueError(f"{path} holds connector weights ({sorted(found)[:3]}) but this model has no --mm_connector")
+    if connector is not None and next(connector.parameters(), None) is not None:
+        if not found:
+            logger.warning("%s holds no connector weights: the connector starts from its initialisation", path)
+            return
+        connector.load_state_dict(found)
 
 
 # Tower settings that change no weight and no feature the projector was trained on (eval-time DRIP choices).
@@ -222,7 +253,7 @@ class LlavaMetaForCausalLM(ABC):
         """Tower then projector: one [N_i, H] tensor per image (H = the LLM's hidden size), counts, DRIP loss.
 
         ``boundaries`` [num_images, N] forces a DRIP tower's segmentation (the boundary-signal measurement,
-        ``llava.model.lm_row_loss``); no ``--token_reduction`` method runs then.
+        ``llava.tools.lm_row_loss``); no ``--token_reduction`` method runs then.
         """
         tower = self.get_vision_tower()
         if tower is None:
@@ -242,6 +273,9 @@ class LlavaMetaForCausalLM(ABC):
                 out = tower(pixels, boundaries=boundaries)  # a DRIP tower only (CLIP takes no boundaries)
             else:
                 out = self.get_model().vision_reduction(tower, pixels, methods) if methods else tower(pixels)
+        connector = self.get_model().get_connector()
+        if connector is not None:  # learned pooling trains with the LM loss, so it runs outside the frozen context
+            out = connector(out)
         projector = self.get_model().mm_projector
         p = next(projector.parameters(), None)
         joined = torch.cat(out.features)  # [sum N_i, D]: one projector call for the whole batch

@@ -50,7 +50,7 @@ from transformers import DynamicCache
 
 from llava.constants import IGNORE_INDEX
 from llava.model import packing
-from llava.model.config import PDropConfig, PositionMode
+from llava.model.config import PDROP_ATTN_IMPLEMENTATIONS, PDropConfig, PositionMode
 from llava.model.pdrop_ranking import image_mask, query_mask, rank_scores
 from llava.model.pdrop_schedule import keep_counts
 from llava.model.splice import ImageTokenLayout
@@ -162,7 +162,7 @@ def pdrop_forward(
     """
     b, t, _ = _check_embeds(inputs_embeds)
     check_layers(cfg, llama_model.config.num_hidden_layers)
-    if llama_model.config._attn_implementation not in ("eager", "sdpa"):
+    if llama_model.config._attn_implementation not in PDROP_ATTN_IMPLEMENTATIONS:
         raise NotImplementedError(
             f"pdrop_forward builds 4-D additive masks per stage: use attn_implementation 'sdpa' or 'eager', "
             f"not {llama_model.config._attn_implementation!r}"

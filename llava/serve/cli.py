@@ -7,8 +7,10 @@ As in LLaVA-1.5 (Liu et al., "Improved Baselines with Visual Instruction Tuning"
 the image token in front (``<image>\\n``, or ``<im_start><image><im_end>\\n`` for models trained with start/end
 tokens), later messages are plain text, the whole conversation is the prompt of every turn (so the image goes with
 every ``generate`` call), and the answer streams to the terminal as it is decoded. An empty line or end of input
-(Ctrl-D, or the end of piped stdin) ends the chat. Unlike LLaVA the template is never guessed from words in the
-model's path: ``--conv-mode`` defaults to ``vicuna_v1``, LLaVA-1.5's template.
+(Ctrl-D, or the end of piped stdin) ends the chat. A message that would make the conversation longer than the
+model's context is refused (not added to the history) and the chat goes on; LLaVA's CLI ends there. Unlike LLaVA
+the template is never guessed from words in the model's path: ``--conv-mode`` defaults to ``vicuna_v1``, LLaVA-1.5's
+template.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from transformers import TextStreamer
 from llava.conversation import DEFAULT_CONV_MODE, conv_templates
 from llava.mm_utils import get_model_name_from_path, load_image, process_images
 from llava.model.config import MultimodalConfig
+from llava.model.language_model.llava_llama import PromptTooLong
 from llava.model.reduction.apply import add_token_reduction_arg, apply_token_reduction, check_token_reduction_arg
 from llava.prompting import Decoding, PromptStyle, cut_at_stop
 
@@ -66,9 +69,12 @@ class ImageChat:
         return self.style.prompt_ids([*self.turns, self.style.user_turn(message, not self.turns)], self.tokenizer)
 
     def reply(self, message: str, temperature: float, max_new_tokens: int) -> tuple[str, str]:
-        """Append ``message``, stream the model's answer to ``out``; returns (prompt, answer)."""
+        """Stream the model's answer to ``message`` to ``out`` and add both to the history; returns (prompt, answer).
+
+        Raises:
+            PromptTooLong: the conversation with ``message`` does not fit the model's context (history unchanged).
+        """
         input_ids = self.prompt_ids(message).unsqueeze(0)  # [1, L]
-        self.turns.append(self.style.user_turn(message, not self.turns))
         decoding = Decoding(temperature=temperature, max_new_tokens=max_new_tokens)
         streamer = StreamPrinter(self.tokenizer, self.out, skip_special_tokens=True)
         with torch.inference_mode():
@@ -80,6 +86,7 @@ class ImageChat:
                 **decoding.generate_kwargs(self.tokenizer, self.stop),
             )
         answer = cut_at_stop(self.tokenizer.decode(output_ids[0], skip_special_tokens=True), self.stop)
+        self.turns.append(self.style.user_turn(message, not self.turns))
         prompt = "".join(text for text, _ in self.style.pieces(self.turns))
         self.turns.append(answer)
         return prompt, answer
@@ -105,7 +112,15 @@ def chat_loop(
             return turns
         chat.out.write(f"{assistant}: ")
         chat.out.flush()
-        prompt, answer = chat.reply(message, temperature, max_new_tokens)
+        try:
+            prompt, answer = chat.reply(message, temperature, max_new_tokens)
+        except PromptTooLong as err:
+            n = err.samples[0][1]
+            chat.out.write(
+                f"(not sent: with this message the conversation is {n} tokens, longer than the model's "
+                f"context of {err.context}; ask something shorter, or an empty line ends the chat)\n"
+            )
+            continue
         turns += 1
         if debug:
             chat.out.write(f"\n{ {'prompt': prompt, 'outputs': answer} }\n\n")

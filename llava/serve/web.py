@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from PIL import Image
 from transformers import TextIteratorStreamer
 
 from llava.conversation import DEFAULT_CONV_MODE
-from llava.mm_utils import process_images
+from llava.mm_utils import process_images, to_rgb
 from llava.model.config import MultimodalConfig
 from llava.model.flops import prefill_macs
 from llava.prompting import Decoding, PromptStyle, cut_at_stop
@@ -68,21 +68,29 @@ def sample_image(name: str) -> Image.Image:
 
     if name not in SAMPLE_IMAGES:
         raise ValueError(f"unknown sample image {name!r}; known: {', '.join(SAMPLE_IMAGES)}")
-    return Image.fromarray(getattr(data, name)()).convert("RGB")
+    return to_rgb(Image.fromarray(getattr(data, name)()))
 
 
 def tower_figures(model: Any, pixels: torch.Tensor, image: Image.Image) -> tuple[int, float | None, Any]:
     """(visual tokens, tower GMACs or None, segment overlay or None) of ``pixels`` [1, 3, S, S] from one tower call;
     the overlay is drawn on ``image`` resized to S x S, by towers that can draw their segments (DRIP)."""
-    tower = model.get_vision_tower()
+    tower, connector = model.get_vision_tower(), getattr(model.get_model(), "mm_connector", None)
     with torch.no_grad():
         features = tower(pixels)
+        pooled = features if connector is None else connector(features)  # --mm_connector: pooled after the tower
     cost = getattr(tower, "analytic_gflops", None)  # optional capability of a VisionTower
     gflops = float(cost(features)[0]) if cost is not None else None
-    draw = getattr(tower, "draw_segments", None)  # DRIP towers only
+    if gflops is not None and connector is not None:
+        gflops += connector.analytic_gflops(pooled)[0]
     size = tower.image_size
-    overlay = draw(pixels, image.convert("RGB").resize((size, size), Image.BICUBIC)) if draw is not None else None
-    return int(features.token_counts[0]), gflops, overlay
+    shown = to_rgb(image).resize((size, size), Image.BICUBIC)
+    if connector is not None:  # the connector's segments (DRIP connector, 1-D runs); 2-D windows draw none
+        draw = getattr(connector, "draw_segments", None)
+        overlay = draw(features, shown) if draw is not None else None
+    else:
+        draw = getattr(tower, "draw_segments", None)  # DRIP towers only
+        overlay = draw(pixels, shown) if draw is not None else None
+    return int(pooled.token_counts[0]), gflops, overlay
 
 
 def answer_request(
@@ -150,7 +158,30 @@ def stream_request(
 
 
 def _pick_image(upload: Any, sample: str) -> Image.Image:
-    return upload.convert("RGB") if upload is not None else sample_image(sample)
+    return to_rgb(upload) if upload is not None else sample_image(sample)
+
+
+def respond(
+    models: Sequence[LoadedModel],
+    decoding: Decoding,
+    request: tuple[Any, str, str, bool],
+    user_error: Callable[[str], Exception],
+) -> Iterator[list[Any]]:
+    """The demo's outputs (answer, segments, summary per model) as they stream, for ``request`` = (upload or None,
+    sample name, question, compare both models). Bad input (an empty or over-long question, an unreadable image)
+    raises ``user_error(reason)``: the app passes ``gr.Error``, which shows the reason instead of a bare "Error"."""
+    upload, sample, question, compare = request
+    outputs: list[Any] = [None, None, ""] * len(models)
+    try:
+        image = _pick_image(upload, sample)
+        for i, loaded in enumerate(models[: 2 if compare else 1]):
+            for text, done in stream_request(loaded, image, question, decoding):
+                outputs[3 * i] = text
+                if done is not None:
+                    outputs[3 * i + 1], outputs[3 * i + 2] = done.segments, done.summary()
+                yield list(outputs)
+    except (ValueError, OSError) as err:  # PromptTooLong is a ValueError; PIL's decoding errors are OSErrors
+        raise user_error(str(err)) from None
 
 
 def build_demo(models: Sequence[LoadedModel], decoding: Decoding) -> Any:
@@ -160,21 +191,14 @@ def build_demo(models: Sequence[LoadedModel], decoding: Decoding) -> Any:
     if not models:
         raise ValueError("build_demo needs at least one model")
 
-    def respond(upload: Any, sample: str, question: str, compare: bool) -> Iterator[list[Any]]:
-        image = _pick_image(upload, sample)
-        shown = models[: 2 if compare else 1]
-        outputs: list[Any] = [None, None, ""] * len(models)
-        for i, loaded in enumerate(shown):
-            for text, done in stream_request(loaded, image, question, decoding):
-                outputs[3 * i] = text
-                if done is not None:
-                    outputs[3 * i + 1], outputs[3 * i + 2] = done.segments, done.summary()
-                yield list(outputs)
+    def answer(upload: Any, sample: str, question: str, compare: bool) -> Iterator[list[Any]]:
+        yield from respond(models, decoding, (upload, sample, question, compare), gr.Error)
 
     with gr.Blocks(title="LLaVA-DRIP") as demo:
         gr.Markdown("# LLaVA-DRIP\nAsk about an image; DRIP's segments and the costs appear beside the answer.")
         with gr.Row():
-            upload = gr.Image(type="pil", label="image (upload, or leave empty for a sample)")
+            # image_mode=None: gradio hands over the file's own mode (its default "RGB" clips 16-bit images)
+            upload = gr.Image(type="pil", image_mode=None, label="image (upload, or leave empty for a sample)")
             sample = gr.Dropdown(list(SAMPLE_IMAGES), value=SAMPLE_IMAGES[0], label="sample photo")
         question = gr.Textbox(label="question", value="What is in this image?")
         compare = gr.Checkbox(value=len(models) > 1, label="compare both models", visible=len(models) > 1)
@@ -185,7 +209,7 @@ def build_demo(models: Sequence[LoadedModel], decoding: Decoding) -> Any:
                 outs.append(gr.Textbox(label=f"answer: {loaded.name}", elem_id=f"answer-{i}"))
                 outs.append(gr.Image(type="pil", label=f"segments: {loaded.name}", elem_id=f"segments-{i}", height=320))
                 outs.append(gr.Markdown(elem_id=f"summary-{i}"))
-        ask.click(respond, [upload, sample, question, compare], outs, api_name="ask")
+        ask.click(answer, [upload, sample, question, compare], outs, api_name="ask")
     return demo
 
 

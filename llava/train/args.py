@@ -5,7 +5,7 @@ LLaVA users keep their scripts: every LLaVA flag below keeps its name and defaul
 ``--drip_boundary_threshold``, ``--drip_prior_loss_weight``, ``--pdrop_layer_list 8,16,24``,
 ``--pdrop_image_token_ratio_list 0.5,0.25,0.125`` (PyramidDrop's own ``--layer_list '[8,16,24]'
 --image_token_ratio_list "[0.5,0.25,0.125]"`` are accepted too), ``--pdrop_position_mode compact|original``,
-``--token_reduction``,
+``--token_reduction``, ``--mm_connector`` (pooling between tower and projector, trained with the projector),
 ``--attn_implementation``, ``--packing`` (default True: padding-free LLM batches) and ``--max_tokens_per_batch``.
 """
 
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import transformers
 
 from llava.constants import check_aspect_ratio
-from llava.model.config import POSITION_MODES, PDropConfig, parse_number_list
+from llava.model.config import PDROP_ATTN_IMPLEMENTATIONS, POSITION_MODES, PDropConfig, parse_number_list
+from llava.model.connector.spec import parse_connector
 from llava.model.multimodal_encoder.base import check_train_mode
 from llava.model.reduction.spec import parse_token_reduction
 
@@ -46,15 +47,24 @@ class ModelArguments:
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
     # --- token-reduction baselines, e.g. "visionzip:dominant=54,contextual=10" (llava.model.reduction.spec) ---
     token_reduction: str | None = field(default=None, metadata={"help": "METHOD:key=val,... joined by +; none"})
+    # --- pooling between tower and projector, e.g. "drip:rate=0.25,estimator=box" | "pool1d:k=4" | "pool2d:k=2" ---
+    mm_connector: str | None = field(default=None, metadata={"help": "drip:... | pool1d:k=K | pool2d:k=K | none"})
     # the PyramidDrop schedule parsed from the three pdrop_* flags (not a flag itself)
     pdrop: PDropConfig | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.pdrop = pdrop_config(self)  # bad PyramidDrop values fail at parse time, before any model is loaded
+        if self.pdrop is not None and self.attn_implementation not in PDROP_ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"--attn_implementation {self.attn_implementation} does not work with PyramidDrop "
+                f"(--pdrop_layer_list): its per-stage 4-D attention masks need one of "
+                f"{', '.join(PDROP_ATTN_IMPLEMENTATIONS)}"
+            )
         t = self.drip_boundary_threshold
         if t is not None and not 0.0 < t < 1.0:
             raise ValueError(f"--drip_boundary_threshold must lie in (0, 1) (sigmoid(logit) > threshold), got {t}")
         parse_token_reduction(self.token_reduction)  # a bad flag fails before any model is loaded
+        parse_connector(self.mm_connector)
 
 
 @dataclass

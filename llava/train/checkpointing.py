@@ -1,6 +1,7 @@
 """What to save after LLaVA training, under LLaVA's file names and key names.
 
-* stage 1 (``--tune_mm_mlp_adapter``): ``mm_projector.bin``, keys as in LLaVA (``model.mm_projector.0.weight``...);
+* stage 1 (``--tune_mm_mlp_adapter``): ``mm_projector.bin``, keys as in LLaVA (``model.mm_projector.0.weight``...),
+  plus a learned connector's (``model.mm_connector.*``; LLaVA's loaders read only the ``mm_projector.`` keys);
 * LoRA: the peft adapter (``adapter_config.json`` + weights) and ``non_lora_trainables.bin`` (projector, trained
   tower parts), as LLaVA writes them;
 * otherwise: HF shards (safetensors) with the config (which carries the vision tower's spec).
@@ -52,7 +53,8 @@ def save_mm_projector(model: nn.Module, output_dir: str, write: bool = True) -> 
     ``mm_use_im_start_end`` it also holds the input embeddings those tokens were added to, as LLaVA's does.
 
     Call on every rank (ZeRO-3 gathers); only a rank with ``write=True`` writes. Returns the file's path."""
-    keys = ["mm_projector"] + (["embed_tokens"] if getattr(model.config, "mm_use_im_start_end", False) else [])
+    start_end = getattr(model.config, "mm_use_im_start_end", False)
+    keys = ["mm_projector", "mm_connector"] + (["embed_tokens"] if start_end else [])
     state = {llava_key(n): t for n, t in state_matching(model.named_parameters(), keys).items()}
     if not state:
         raise ValueError("model has no mm_projector parameters to save")

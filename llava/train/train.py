@@ -22,6 +22,7 @@ import transformers
 from transformers import AutoTokenizer, HfArgumentParser
 
 from llava.model import LlavaLlamaForCausalLM
+from llava.model.connector.calibrate import calibrate_connector
 from llava.model.reduction.apply import apply_token_reduction
 from llava.train.args import DataArguments, ModelArguments, TrainingArguments
 from llava.train.checkpointing import refuse_untrained_save, save_lora, save_mm_projector
@@ -31,7 +32,7 @@ from llava.train.data import (
     LazySupervisedDataset,
     expected_visual_tokens,
 )
-from llava.train.resume import resume_point, verify_checkpoint
+from llava.train.resume import LAST_OUTPUT, CheckpointError, finished_run, resume_point, verify_checkpoint
 from llava.train.trainer import LLaVATrainer
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,24 @@ def dtype_of(training_args: TrainingArguments) -> torch.dtype:
     return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
 
 
+def cast_parameters_for_deepspeed(model: torch.nn.Module, training_args: TrainingArguments) -> None:
+    """Under DeepSpeed with ``--bf16`` / ``--fp16``: every parameter in the training dtype before it starts.
+
+    DeepSpeed flattens the parameters it partitions into one buffer per group and requires one dtype; ZeRO-3 does not
+    cast a model built under ``zero.Init``. The LLM loads in the training dtype, but the tower and projector are built
+    after it in fp32 (and peft keeps LoRA weights in fp32), so they are cast here, as LLaVA casts its model after
+    peft. Parameters only: buffers keep their dtype (DRIP's fp32 eval thresholds). DeepSpeed's optimizer holds fp32
+    master weights; without DeepSpeed nothing is cast (the Trainer's autocast runs fp32 parameters as they are).
+    """
+    dtype = dtype_of(training_args)
+    if not training_args.deepspeed or dtype == torch.float32:
+        return
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+
+
 def set_trainable(model: torch.nn.Module, model_args: ModelArguments, training_args: TrainingArguments) -> None:
     """LLaVA's freezing rules, plus the tower's (which LLaVA always froze). Decided here, never inside a module."""
     inner = model.get_model()
@@ -83,6 +102,11 @@ def set_trainable(model: torch.nn.Module, model_args: ModelArguments, training_a
     if model_args.tune_mm_mlp_adapter:
         model.requires_grad_(False)
     inner.mm_projector.requires_grad_(not training_args.freeze_mm_mlp_adapter)
+    connector = inner.get_connector()
+    if connector is not None:  # trains with the projector (stage 1 and 2); a DRIP connector adds its prior loss
+        connector.requires_grad_(not training_args.freeze_mm_mlp_adapter)
+        if hasattr(connector, "set_prior_loss_weight"):
+            connector.set_prior_loss_weight(training_args.drip_prior_loss_weight)
     if model_args.tune_mm_mlp_adapter and model_args.mm_use_im_start_end:
         # LLaVA: stage 1 also trains the input embeddings that <im_start>/<im_end> were added to (saved with the
         # projector in mm_projector.bin); the output embeddings stay frozen.
@@ -100,7 +124,7 @@ def lora_target_modules(model: torch.nn.Module) -> list[str]:
     peft matches a bare name such as ``q_proj`` as a suffix, which would also catch a CLIP tower's attention
     projections; full names leave the tower (trained or not, it is saved whole in ``non_lora_trainables.bin``) alone.
     """
-    skip = ("mm_projector", "vision_tower", "lm_head")
+    skip = ("mm_projector", "mm_connector", "vision_tower", "lm_head")
     return sorted(
         n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not any(s in n for s in skip)
     )
@@ -147,7 +171,19 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, to
     if training_args.lora_enable:
         model = apply_lora(model, training_args)
         set_trainable(model.base_model.model, model_args, training_args)  # projector/tower choices survive peft
+    cast_parameters_for_deepspeed(model, training_args)
     return model
+
+
+def calibration_pixels(dataset: LazySupervisedDataset, count: int = 32) -> list[torch.Tensor]:
+    """The processed images of the first ``count`` training samples that have one (the calibration set)."""
+    pixels = []
+    for i, record in enumerate(dataset.records):
+        if len(pixels) == count:
+            break
+        if "image" in record and "image" in (sample := dataset[i]):  # a skipped sample hands on the next one
+            pixels.append(sample["image"])
+    return pixels
 
 
 def loss_summary(log_history: list[dict]) -> dict:
@@ -190,13 +226,37 @@ def save_outputs(trainer: LLaVATrainer, model, model_args: ModelArguments, train
             )
 
 
-def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVATrainer:
-    """Parse ``argv`` (default: sys.argv), build model and data, train, save; returns the trainer."""
+def already_finished(resume: str, training_args: TrainingArguments) -> bool:
+    """True when the run resumed at ``resume`` has nothing left to train and its final model is saved (a rerun is
+    then a no-op); raises CheckpointError when it is finished but its final save never completed."""
+    done = finished_run(resume, training_args.max_steps, training_args.num_train_epochs)
+    if done is None:
+        return False
+    out = Path(training_args.output_dir)
+    if not (out / LAST_OUTPUT).is_file():
+        raise CheckpointError(
+            f"{resume} is the end of this run ({done}), but its final model was never saved to {out} (killed while "
+            "saving?). The checkpoint holds the trained weights; pass --overwrite_output_dir True to train afresh, "
+            "or raise --max_steps / --num_train_epochs to train on"
+        )
+    print(
+        f"[train] {out} holds the finished run ({Path(resume).name}: {done}): nothing to train; raise --max_steps / "
+        "--num_train_epochs to train on, or pass --overwrite_output_dir True to train afresh",
+        flush=True,
+    )
+    return True
+
+
+def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVATrainer | None:
+    """Parse ``argv`` (default: sys.argv), build model and data, train, save; returns the trainer (None when the run
+    was already finished)."""
     model_args, data_args, training_args = parse_args(list(sys.argv[1:] if argv is None else argv))
     args = training_args  # a rerun resumes from the latest checkpoint (LLaVA); llava.train.resume has the rules
     resume = resume_point(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
     if resume is not None:
         verify_checkpoint(resume, trust=training_args.trust_checkpoint)  # before DeepSpeed unpickles it
+        if already_finished(resume, training_args):
+            return None
     if training_args.deepspeed and not torch.cuda.is_available():
         # accelerate's CPU path starts torch.distributed but not deepspeed.comm; ZeRO-3's zero.Init inside
         # from_pretrained would then see a world size of 1 and reject the batch-size arithmetic.
@@ -231,6 +291,7 @@ def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVA
     )
     trainer.train(resume_from_checkpoint=resume)
     model.config.use_cache = True
+    calibrate_connector(model, calibration_pixels(dataset))  # on every rank (ZeRO-3 gathers): same images, same value
     save_outputs(trainer, model, model_args, training_args)
     if dataset.skipped:
         print(f"[train] skipped {len(dataset.skipped)} sample(s) longer than model_max_length", flush=True)

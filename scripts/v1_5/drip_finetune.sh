@@ -10,6 +10,8 @@
 #   TUNE_VISION_TOWER none | predictor | all                  (default none, as LLaVA)
 #   TOKEN_REDUCTION train with token reduction on, e.g. "visionzip:dominant=54,contextual=10" (recorded as
 #                  mm_token_reduction; llava.model.reduction.spec)
+#   CONNECTOR     pooling between tower and projector, trained with the projector: "drip:rate=0.25,estimator=box"
+#                 | "pool1d:k=4" | "pool2d:k=2" (--mm_connector; stage 2 takes its weights from PROJECTOR)
 #   EXTRA_ARGS     more flags, appended last (e.g. --pdrop_layer_list 8,16,24 --pdrop_image_token_ratio_list 0.5,0.25,0.125)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -33,4 +35,4 @@ fi
   --tune_vision_tower "${TUNE_VISION_TOWER:-none}" \
   "${MM_ARGS[@]}" --image_aspect_ratio pad --group_by_modality_length True \
   --output_dir "$OUTPUT_DIR" "${TRAINER_ARGS[@]}" "${HP[@]}" \
-  ${TOKEN_REDUCTION:+--token_reduction "$TOKEN_REDUCTION"} ${EXTRA_ARGS:-}
+  ${TOKEN_REDUCTION:+--token_reduction "$TOKEN_REDUCTION"} ${CONNECTOR:+--mm_connector "$CONNECTOR"} ${EXTRA_ARGS:-}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stage 2 with LoRA (LLaVA-1.5's finetune_lora.sh): LoRA on the LLM's linear layers, the projector trained fully.
 # Writes the peft adapter + non_lora_trainables.bin; load with --model-path OUTPUT_DIR --model-base MODEL.
-# Environment: as drip_finetune.sh, TOKEN_REDUCTION included (OUTPUT_DIR demo default:
+# Environment: as drip_finetune.sh, TOKEN_REDUCTION and CONNECTOR included (OUTPUT_DIR demo default:
 # checkpoints/demo/llava-drip-lora); LORA_R, LORA_ALPHA.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -26,4 +26,4 @@ fi
   --vision_tower "$VISION_TOWER" --pretrain_mm_mlp_adapter "$PROJECTOR" --mm_projector_type mlp2x_gelu \
   "${MM_ARGS[@]}" --image_aspect_ratio pad --group_by_modality_length True \
   --output_dir "$OUTPUT_DIR" "${TRAINER_ARGS[@]}" "${HP[@]}" \
-  ${TOKEN_REDUCTION:+--token_reduction "$TOKEN_REDUCTION"} ${EXTRA_ARGS:-}
+  ${TOKEN_REDUCTION:+--token_reduction "$TOKEN_REDUCTION"} ${CONNECTOR:+--mm_connector "$CONNECTOR"} ${EXTRA_ARGS:-}

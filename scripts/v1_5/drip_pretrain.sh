@@ -6,6 +6,8 @@
 #   DATA_PATH     LLaVA stage-1 JSON                    (LLaVA: playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json)
 #   IMAGE_FOLDER  images of DATA_PATH                   (LLaVA: playground/data/LLaVA-Pretrain/images)
 #   OUTPUT_DIR    where mm_projector.bin goes           (demo: checkpoints/demo/llava-drip-pretrain)
+#   CONNECTOR     pooling between tower and projector, trained with the projector: "drip:rate=0.25,estimator=box"
+#                 | "pool1d:k=4" | "pool2d:k=2" (--mm_connector; stage 2 takes its weights from PROJECTOR)
 #   EXTRA_ARGS    more flags, appended last
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -25,4 +27,5 @@ fi
   --model_name_or_path "$MODEL" --version plain \
   --data_path "$DATA_PATH" --image_folder "$IMAGE_FOLDER" \
   --vision_tower "$VISION_TOWER" --mm_projector_type mlp2x_gelu --tune_mm_mlp_adapter True \
-  "${MM_ARGS[@]}" --output_dir "$OUTPUT_DIR" "${TRAINER_ARGS[@]}" "${HP[@]}" ${EXTRA_ARGS:-}
+  "${MM_ARGS[@]}" --output_dir "$OUTPUT_DIR" "${TRAINER_ARGS[@]}" "${HP[@]}" \
+  ${CONNECTOR:+--mm_connector "$CONNECTOR"} ${EXTRA_ARGS:-}

@@ -124,3 +124,70 @@ def test_partial_load_tells_two_towers_apart():
     assert pair["a"].eval_thresholds.tolist() == pytest.approx([0.3]) and pair["a"].cfg.stage_thresholds == (0.3,)
     assert pair["b"].eval_thresholds.tolist() == pytest.approx([0.6])
     assert pair["b"].cfg.stage_thresholds == pytest.approx((0.6,))
+
+
+def _calibrated_tiny(name: str = "H-DRIP-tiny") -> tuple[DripVisionTransformer, torch.Tensor]:
+    torch.manual_seed(0)
+    tower = DripVisionTransformer(get_preset(name)).eval()
+    with torch.no_grad():
+        for p in tower.predictors:  # spread-out probabilities, so many lie near the calibrated thresholds
+            p.fc2.weight.normal_(std=1.0)
+    images = synthetic_images(64, batch=32, seed=3)
+    tower.calibrate_eval_thresholds(images)
+    return tower, images
+
+
+def _cast_copy(tower: DripVisionTransformer, dtype: torch.dtype) -> DripVisionTransformer:
+    half = DripVisionTransformer(tower.cfg).eval()
+    half.load_state_dict(tower.state_dict())
+    return half.to(dtype)
+
+
+def _threshold_rounding_would_move(probs: torch.Tensor, dtype: torch.dtype) -> float:
+    """A threshold just above one of ``probs`` that ``dtype`` rounds below it: the exact rule leaves that position
+    alone, the rounded one marks a boundary there."""
+    for v in probs.flatten().tolist():
+        t = v + 1e-6
+        if 0.2 < v < 0.8 and float(torch.tensor(t).to(dtype)) <= v and not (probs > v).logical_and(probs < t).any():
+            return t
+    raise AssertionError("no probability to place the threshold at")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_thresholds_stay_fp32_through_a_dtype_cast(dtype):
+    """Evaluating a projector-only / LoRA checkpoint casts the tower (``.to(dtype)``, ``.half()``); a threshold
+    rounded to the weights' dtype moved boundaries (bf16: 246 of 256 images changed their token count)."""
+    tower, images = _calibrated_tiny()
+    with torch.no_grad():
+        probs = torch.sigmoid(_cast_copy(tower, dtype)(images.to(dtype)).stage_logits[0][:, :-1])  # fp32 logits
+    tower.set_eval_thresholds([_threshold_rounding_would_move(probs, dtype), float(tower.eval_thresholds[1])])
+    exact = tower.eval_thresholds.clone()
+    method = "half" if dtype == torch.float16 else "bfloat16"
+    for cast in (lambda m: m.to(dtype), lambda m: m.to(dtype=dtype, device="cpu"), lambda m: getattr(m, method)()):
+        half = cast(_cast_copy(tower, torch.float32))
+        assert half.eval_thresholds.dtype == torch.float32 and torch.equal(half.eval_thresholds, exact)
+        assert half.conv1.weight.dtype == dtype
+    with torch.no_grad():
+        out = half(images.to(dtype))
+    # each stage's boundaries are the rule on its own fp32 logits at the exact threshold (the row's last real
+    # position always closes a segment), so the first stage's token counts are the rule's
+    for k, (b, logits, valid) in enumerate(zip(out.stage_boundaries, out.stage_logits, out.stage_valid, strict=True)):
+        rule = (torch.sigmoid(logits) > exact[k]) & valid
+        rule[torch.arange(len(rule)), valid.sum(-1) - 1] = True
+        assert torch.equal(b.bool() & valid, rule), k
+    assert torch.equal(out.stage_boundaries[0].sum(-1), ((probs > exact[0]).sum(-1) + 1).float())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_loading_a_half_precision_checkpoint_keeps_the_configs_exact_thresholds(dtype):
+    """A checkpoint written by a cast model (before thresholds stayed fp32) holds them rounded: the config keeps its
+    exact values and the buffer takes them; a checkpoint whose thresholds really differ still sets the config."""
+    tower, _ = _calibrated_tiny()
+    exact = tower.eval_thresholds.clone()
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tower.state_dict().items()}
+    fresh = DripVisionTransformer(tower.cfg)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.eval_thresholds, exact) and fresh.cfg.stage_thresholds == tuple(exact.tolist())
+    state["eval_thresholds"] = torch.tensor([0.125, 0.75], dtype=dtype)
+    fresh.load_state_dict(state)
+    assert fresh.cfg.stage_thresholds == (0.125, 0.75) and fresh.eval_thresholds.tolist() == [0.125, 0.75]

@@ -8,9 +8,19 @@ import types
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.nn.attention.varlen import varlen_attn
 
 from drip import DripVisionTransformer, get_preset
-from drip.layers import compute_dtype, flash_varlen, use_flash
+from drip.layers import (
+    Attention,
+    PackedLayout,
+    compute_dtype,
+    flash_varlen,
+    packed_attention_kernel,
+    torch_varlen,
+    use_flash,
+)
 from drip.pooling import pool_segments
 
 
@@ -24,9 +34,70 @@ def test_flash_gate_reads_the_autocast_dtype_not_the_layernorm_output():
 
 
 def test_use_flash_needs_cuda_and_half_precision(monkeypatch):
-    monkeypatch.setattr("drip.layers._flash_installed", lambda: True)
+    monkeypatch.setattr("drip.layers.flash_varlen", lambda: lambda *args: None)
     assert use_flash("cuda", torch.bfloat16) and use_flash("cuda", torch.float16)
     assert not use_flash("cuda", torch.float32) and not use_flash("cpu", torch.float16)
+
+
+@pytest.fixture
+def broken_flash_attn(tmp_path, monkeypatch):
+    """A ``flash_attn`` package on sys.path that is found but fails to import (built for another torch)."""
+    pkg = tmp_path / "flash_attn"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise ImportError('flash_attn_2_cuda: undefined symbol _ZN3c10')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
+    flash_varlen.cache_clear()
+    yield
+    sys.modules.pop("flash_attn", None)
+    flash_varlen.cache_clear()
+
+
+def test_a_flash_attn_that_fails_to_import_is_not_used(broken_flash_attn, monkeypatch):
+    assert not use_flash("cuda", torch.bfloat16)
+    assert packed_attention_kernel("cuda", torch.bfloat16) == "varlen_attn"  # torch's kernel instead
+    monkeypatch.setattr("drip.layers.torch_varlen", lambda: None)  # torch < 2.10
+    assert packed_attention_kernel("cuda", torch.float16) == "sdpa"
+
+
+def test_packed_kernel_dispatch(monkeypatch):
+    flash = lambda *args: None
+    monkeypatch.setattr("drip.layers.flash_varlen", lambda: flash)
+    for dtype in (torch.float16, torch.bfloat16):
+        assert packed_attention_kernel("cuda", dtype) == "flash_attn"
+        assert packed_attention_kernel("cpu", dtype) == "sdpa"  # neither varlen kernel runs on CPU
+    assert packed_attention_kernel("cuda", torch.float32) == "sdpa"  # both kernels take fp16 / bf16 only
+    monkeypatch.setattr("drip.layers.flash_varlen", lambda: None)  # no flash-attn (the GPU machine)
+    assert packed_attention_kernel("cuda", torch.bfloat16) == "varlen_attn"
+    assert torch_varlen() is varlen_attn  # torch >= 2.10 has it
+    assert packed_attention_kernel("cuda", torch.float32) == packed_attention_kernel("cpu", torch.bfloat16) == "sdpa"
+
+
+def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
+    """What a varlen kernel computes, per sequence with SDPA: [T, H, hd] -> [T, H, hd] (the CPU stand-in)."""
+    assert cu_q.dtype == torch.int32 and isinstance(max_q, int) and isinstance(max_k, int)
+    assert cu_q is cu_k and max_q == max_k == int((cu_q[1:] - cu_q[:-1]).max())
+    outs = []
+    for start, end in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True):
+        seq = [t[start:end].transpose(0, 1) for t in (q, k, v)]  # [H, l, hd]
+        outs.append(F.scaled_dot_product_attention(*seq).transpose(0, 1))
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_attention_through_the_varlen_path_equals_sdpa(monkeypatch, dtype):
+    """The varlen call (arguments, layout, output reshape) gives the SDPA path's result for a stand-in kernel."""
+    torch.manual_seed(0)
+    attn = Attention(32, 4).to(dtype)
+    lengths = [5, 3, 7, 3, 1]
+    layout = PackedLayout.from_lengths(lengths, 7, torch.device("cpu"))
+    x = torch.randn(sum(lengths), 32, dtype=dtype)
+    with torch.no_grad():
+        expected = attn.forward_packed(x, layout)  # SDPA on CPU
+        monkeypatch.setattr("drip.layers.packed_attention_kernel", lambda device, dt: "varlen_attn")
+        monkeypatch.setattr("drip.layers.torch_varlen", lambda: _reference_varlen)
+        got = attn.forward_packed(x, layout)
+    torch.testing.assert_close(got, expected, atol=1e-5 if dtype == torch.float32 else 2e-2, rtol=1e-2)
 
 
 def test_broken_flash_attn_falls_back_with_one_warning(monkeypatch, caplog):

@@ -18,7 +18,7 @@ from drip.open_clip_integration import (
     timm_name,
     upcycle_clip,
 )
-from drip.text import list_text_presets
+from drip.text.model import list_text_presets
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,7 +62,7 @@ def test_registration_is_idempotent_and_shadows_no_open_clip_name():
     assert set(names) <= set(open_clip.list_models()) and not set(names) & builtin
 
 
-@pytest.mark.parametrize(  # pooled-text configs (drip/text_presets) are checked in tests/drip/test_text.py
+@pytest.mark.parametrize(  # pooled-text configs (drip/text/presets) are checked in tests/drip/test_text.py
     "path", sorted(p for p in CONFIG_DIR.glob("*.json") if p.stem not in list_text_presets()), ids=lambda p: p.stem
 )
 def test_open_clip_configs_agree_with_drip_presets(path):

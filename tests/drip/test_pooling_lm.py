@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from drip.lm_boundaries import CharVocab, entropy_spike_targets, ngram_entropy, train_unigram, unigram_targets
-from drip.pooling_lm import PoolingLM, PoolingLMConfig, calibrate_threshold, evaluate_bpc, lm_loss, train_lm
+from drip.lm.boundaries import CharVocab, entropy_spike_targets, ngram_entropy, train_unigram, unigram_targets
+from drip.lm.model import PoolingLM, PoolingLMConfig, calibrate_threshold, evaluate_bpc, lm_loss, train_lm
 
 TEXT = "the cat sat on the mat. the dog sat on the log. a cat and a dog met on a mat.\n" * 40
 

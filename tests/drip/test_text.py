@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from drip.flops import fvcore_analysis, text_tower_macs
-from drip.open_clip_integration import CONFIG_DIR, DripLoss, create_clip, register_open_clip, upcycle_clip
-from drip.text import DripTextConfig, DripTextTransformer, list_text_presets, text_preset
-from drip.text_clip import create_model
-from drip.text_weights import drip_text_tower, upcycle_text
+from drip.open_clip_integration import CONFIG_DIR, DripLoss, register_open_clip, upcycle_clip
+from drip.text.clip import create_clip, create_model
+from drip.text.model import DripTextConfig, DripTextTransformer, list_text_presets, text_preset
+from drip.text.weights import drip_text_tower, upcycle_text
 from drip.tools.train import epoch_metrics, make_optimizer, parse_drip_args
 
 CAPTIONS = ["a photo of a red square", "two", "a big blue circle on the left of a small cat"]

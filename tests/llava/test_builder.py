@@ -3,10 +3,10 @@ LoRA, and a checkpoint laid out like a released LLaVA-1.5 one) that must give id
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,12 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from drip.checkpoint import save_drip
-from llava.model.builder import checkpoint_kind, load_pretrained_model, resolve_attn_implementation
+from llava.model.builder import (
+    checkpoint_kind,
+    flash_attention_2_usable,
+    load_pretrained_model,
+    resolve_attn_implementation,
+)
 from llava.model.config import MultimodalConfig, PDropConfig
 from llava.model.language_model.llava_llama import LlavaLlamaConfig, LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.builder import build_vision_tower
@@ -399,9 +404,36 @@ def test_attn_implementation_choice(caplog):
     assert resolve_attn_implementation("eager") == "eager"
     with pytest.raises(ValueError, match="attn_implementation must be one of"):
         resolve_attn_implementation("flash")
-    if importlib.util.find_spec("flash_attn") is not None:
+    if flash_attention_2_usable():
         assert resolve_attn_implementation("flash_attention_2") == "flash_attention_2"
         return
     with caplog.at_level(logging.WARNING):
         assert resolve_attn_implementation("flash_attention_2") == "sdpa"
     assert "llava-drip[flash]" in caplog.text
+
+
+def _flash_attn_package(root, body: str) -> None:
+    (root / "flash_attn").mkdir()
+    (root / "flash_attn" / "__init__.py").write_text(body)
+
+
+@pytest.mark.parametrize("imports", [False, True])
+def test_flash_attention_2_is_chosen_by_the_real_import(tmp_path, monkeypatch, caplog, imports):
+    """A flash_attn package that is found but fails to import (built for another torch) gives sdpa, even where
+    transformers' own check (package metadata, CUDA) passes; one that imports gives flash_attention_2."""
+    body = "flash_attn_func = flash_attn_varlen_func = None\n" if imports else "raise ImportError('undefined symbol')\n"
+    _flash_attn_package(tmp_path, body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
+    flash_attention_2_usable.cache_clear()
+    try:
+        assert resolve_attn_implementation("flash_attention_2") == "sdpa"  # on CPU transformers' check fails
+        flash_attention_2_usable.cache_clear()
+        monkeypatch.setattr("transformers.utils.is_flash_attn_2_available", lambda: True)  # a CUDA machine
+        with caplog.at_level(logging.WARNING):
+            got = resolve_attn_implementation("flash_attention_2")
+        assert got == ("flash_attention_2" if imports else "sdpa")
+        assert ("does not import" in caplog.text) == (not imports)
+    finally:
+        sys.modules.pop("flash_attn", None)
+        flash_attention_2_usable.cache_clear()

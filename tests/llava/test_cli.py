@@ -110,3 +110,13 @@ def test_piped_stdin_subprocess(ckpt):
     done = subprocess.run(cmd, input="Hello?\n", capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert "USER: ASSISTANT: " in done.stdout and done.stdout.rstrip().endswith("exit...")
+
+
+def test_an_over_long_turn_is_refused_and_the_chat_goes_on(ckpt):
+    """A message that does not fit the 1,024-token context: told so, left out of the history, the next turn works."""
+    script, output = run_chat(ckpt, "What is in the image?", "red " * 1100, "And the colour?")
+    assert script.prompts == ["USER: "] * 4
+    assert "(not sent: with this message the conversation is " in output and "context of 1024" in output
+    first, second = debug_turns(output)
+    assert "red red" not in second["prompt"]  # the refused message is not in the history
+    assert second["prompt"] == f"{first['prompt']} {first['outputs']}</s>USER: And the colour? ASSISTANT:"

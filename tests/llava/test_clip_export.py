@@ -1,12 +1,12 @@
 """A LLaVA model whose tower is a drip-package ViT answers the same with that tower's HF CLIP export
-(``llava.model.tower_export.export_tower_to_clip``), in memory and after save_pretrained / from_pretrained."""
+(``llava.tools.tower_export.export_tower_to_clip``), in memory and after save_pretrained / from_pretrained."""
 
 import pytest
 import torch
 
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
-from llava.model.tower_export import export_tower_to_clip
+from llava.tools.tower_export import export_tower_to_clip
 
 VIT = dict(pool_at=(), prior=())  # DRIP-tiny's shape without pooling: a plain ViT
 

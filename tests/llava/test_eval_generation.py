@@ -6,7 +6,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,17 @@ from PIL import Image
 from eval.results_table import load_run
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates
-from llava.eval import model_vqa, model_vqa_science
-from llava.eval.answers import AnswersFileBusy, InputFileError, answer_id, answers_lock, identity_path, resume_answers
+from llava.eval import answers, model_vqa, model_vqa_science
+from llava.eval.answers import (
+    AnswersFileBusy,
+    InputFileError,
+    answer_id,
+    answers_lock,
+    claim_answers_file,
+    identity_path,
+    model_fingerprint,
+    resume_answers,
+)
 from llava.eval.generation import (
     AnswerGenerator,
     Generated,
@@ -27,6 +38,7 @@ from llava.eval.generation import (
     check_questions,
     generate_answers,
     get_chunk,
+    run_identity,
     split_list,
 )
 from llava.eval.model_vqa_science import SINGLE_PRED_PROMPT, load_science_questions
@@ -342,7 +354,7 @@ def test_bad_inputs_fail_with_the_file_named(ckpt, data, tmp_path, capsys):
 
 
 def test_image_reliance_compares_own_and_shifted_images(ckpt, loaded, data, tmp_path):
-    from llava.eval.image_reliance import image_reliance, main
+    from llava.tools.image_reliance import image_reliance, main
 
     questions = [q for q in sqa_questions(data) if q.image_file is not None]
     gen = generator(loaded, data)
@@ -490,3 +502,122 @@ def test_eval_scripts_default_run_names_are_unique_per_checkpoint(tmp_path):
     assert len(set(names)) == 3 and names[0].startswith("x_checkpoint-564-") and names[2].startswith("llava-")
     for name in ("sqa.sh", "llavabench.sh"):
         assert 'CKPT=${CKPT:-$(eval_run_name "$MODEL_PATH")}' in (script.parent / "eval" / name).read_text()
+
+
+def test_model_fingerprint_follows_the_weights_content(tmp_path, monkeypatch):
+    """Issue 30: weights replaced in place with the same sizes kept the fingerprint (names and sizes only)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    rng = np.random.default_rng(0)
+    (model / "config.json").write_text('{"model_type": "llava_llama"}')
+    (model / "model.safetensors").write_bytes(rng.bytes(3 * 2**20))
+    first = model_fingerprint(str(model))
+    assert model_fingerprint(str(shutil.copytree(model, tmp_path / "copy"))) == first  # a copy keeps it
+    (model / "model.safetensors").write_bytes(rng.bytes(3 * 2**20))  # retrained in place: same size
+    assert model_fingerprint(str(model)) != first
+    monkeypatch.setattr(answers, "FULL_HASH_BYTES", 2**20)  # now the shard is sampled, not hashed whole
+    sampled = model_fingerprint(str(model))
+    weights = bytearray((model / "model.safetensors").read_bytes())
+    weights[2**20 :] = rng.bytes(len(weights) - 2**20)  # the header kept, every tensor byte after it new
+    (model / "model.safetensors").write_bytes(bytes(weights))
+    assert model_fingerprint(str(model)) != sampled
+
+
+def test_resume_refuses_weights_replaced_with_the_same_sizes(loaded, data, tmp_path):
+    model = shutil.copytree(Path(loaded[1].name_or_path), tmp_path / "ckpt")
+    path = tmp_path / "a.jsonl"
+
+    def run():
+        source = {"model_path": str(model), "model_base": None, "model_fingerprint": model_fingerprint(str(model))}
+        generate_answers(sqa_questions(data), generator(loaded, data), str(path), "m", source=source, progress=False)
+
+    run()
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:2]))  # as if killed after 2 answers
+    weights = bytearray((model / "model.safetensors").read_bytes())
+    weights[-64:] = bytes(64)  # other weights, same size
+    (model / "model.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(InputFileError, match="written by another run.*model_fingerprint: file"):
+        run()
+    assert len(read_lines(path)) == 2
+
+
+def test_resume_refuses_another_image_folder_with_the_same_names(loaded, data, tmp_path):
+    other = shutil.copytree(data["root"], tmp_path / "other")
+    for image in other.glob("*.png"):  # the same names, other pictures
+        Image.fromarray(255 - np.asarray(Image.open(image))).save(image)
+    path = tmp_path / "a.jsonl"
+    generate_answers(sqa_questions(data), generator(loaded, data), str(path), "m", progress=False)
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:2]))
+    tokenizer, model, processor = loaded
+    elsewhere = AnswerGenerator(model, tokenizer, processor, GenerationSettings("vicuna_v1", 0.0, max_new_tokens=4),
+                                str(other))  # fmt: skip
+    with pytest.raises(InputFileError, match="written by another run.*images_sha1: file"):
+        generate_answers(sqa_questions(data), elsewhere, str(path), "m", progress=False)
+    generate_answers(sqa_questions(data), generator(loaded, data), str(path), "m", progress=False)  # same images
+    assert len(read_lines(path)) == len(SQA)
+
+
+def test_resume_refuses_a_patch_slimming_schedule_changed_in_place(loaded, data, tmp_path):
+    from llava.model.reduction.apply import apply_token_reduction
+
+    schedule, path = tmp_path / "schedule.json", tmp_path / "a.jsonl"
+    kept = {"format": "patch_slimming_schedule", "num_patches": 16, "kept_patches": [[0, 1, 2, 3], [0, 1]]}
+    schedule.write_text(json.dumps(kept))
+    try:
+        apply_token_reduction(loaded[1], f"patch_slimming:schedule={schedule}")
+        claim_answers_file(str(path), run_identity(sqa_questions(data), generator(loaded, data), "m"), False)
+        path.write_text('{"question_id": "q0", "text": "A"}\n')  # an answer of the first run
+        claim_answers_file(str(path), run_identity(sqa_questions(data), generator(loaded, data), "m"), False)
+        schedule.write_text(json.dumps({**kept, "kept_patches": [[0, 1, 2, 3], [2, 3]]}))  # the same path
+        with pytest.raises(InputFileError, match="written by another run.*token_reduction_files: file"):
+            claim_answers_file(str(path), run_identity(sqa_questions(data), generator(loaded, data), "m"), False)
+    finally:
+        apply_token_reduction(loaded[1], "none")
+
+
+def test_an_overlong_question_is_skipped_with_its_id_and_the_run_finishes(ckpt, data, tmp_path, capsys):
+    """A question longer than the 1,024-token context between ordinary ones: skipped (empty text, marked in its
+    metadata, counted in the sidecar and the summary line), the rest answered, a rerun resumes past it; with
+    --overlong error the run stops naming the question id."""
+    from eval.eval_science_qa import FAILED, parse_answer
+
+    items = json.loads(data["sqa"].read_text())
+    long = "Context: " + "red blue " * 700 + "\nWhich is red?\nA. circle\nB. square"
+    items.insert(3, {"id": "99", "conversations": [{"from": "human", "value": long}, {"from": "gpt", "value": "A"}]})
+    (tmp_path / "sqa.json").write_text(json.dumps(items))
+    answers = tmp_path / "answers.jsonl"
+    argv = cli_args(ckpt, data, tmp_path / "sqa.json", answers, "--batch-size", "2", "--single-pred-prompt")
+    assert model_vqa_science.main(argv) == 0
+    lines = read_lines(answers)
+    assert [line["question_id"] for line in lines] == [item["id"] for item in items]
+    skipped = lines[3]
+    assert list(skipped) == LINE_KEYS and skipped["text"] == "" and parse_answer(skipped["text"]) == FAILED
+    assert skipped["metadata"]["skipped"] == "overlong" and skipped["metadata"]["context"] == 1024
+    assert skipped["metadata"]["prompt_tokens"] > 1024
+    assert all("prefill_gflops" in line["metadata"] for i, line in enumerate(lines) if i != 3)
+    assert "skipped: 1 question(s) longer than the model's context" in capsys.readouterr().err
+    sidecar = json.loads((tmp_path / "answers.jsonl.efficiency.json").read_text())
+    assert sidecar["skipped"] == 1 and sidecar["skipped_ids"] == ["99"] and sidecar["answers_with_costs"] == 7
+    assert model_vqa_science.main(argv) == 0  # a rerun resumes past the skipped question
+    assert read_lines(answers) == lines
+    stopped = cli_args(ckpt, data, tmp_path / "sqa.json", tmp_path / "err.jsonl", "--overlong", "error")
+    assert model_vqa_science.main(stopped) == 2
+    assert "question 99 (" in capsys.readouterr().err
+
+
+def test_skipping_keeps_the_other_questions_and_their_pictures_in_step(loaded, data):
+    """Pictures handed over in memory (lmms-eval's way): the over-long image question's picture is dropped with it,
+    so every other question is answered with its own picture, as in a batch without the long one."""
+    gen = generator(loaded, data)
+    short = [Question(q, text, image) for q, text, image in SQA if image]
+    long = Question("99", "red blue " * 700, "b.png")
+    batch = [short[0], long, short[1], short[2]]
+    pictures = gen.load_images([q.image_file for q in batch])
+    got = gen.generate(batch, images=pictures)
+    want = gen.generate([short[0], short[1], short[2]], images=[pictures[0], pictures[2], pictures[3]])
+    assert [a.text for a in got] == [want[0].text, "", want[1].text, want[2].text]
+    assert got[1].skipped == 1024 and got[1].metadata()["prompt_tokens"] > 1024
+    assert [got[i].visual_tokens for i in (0, 2, 3)] == [w.visual_tokens for w in want]
+    strict = AnswerGenerator(gen.model, gen.tokenizer, gen.image_processor, replace(gen.settings, overlong="error"), "")
+    with pytest.raises(InputFileError, match=r"question 99 \(\d+ tokens\): the prompt is longer than"):
+        strict.generate(batch, images=pictures)

@@ -165,3 +165,15 @@ def test_keywords_stopping_criteria_skips_the_prompt(bos_tokenizer):
     stop = KeywordsStoppingCriteria(["</s>"], bos_tokenizer, prompt)
     assert stop(torch.cat([prompt, torch.tensor([[ID["hi"]]])], dim=1), None).tolist() == [False]
     assert stop(torch.cat([prompt, torch.tensor([[ID["</s>"]]])], dim=1), None).tolist() == [True]
+
+
+@pytest.mark.parametrize("aspect_ratio", ["pad", "square"])
+def test_a_16_bit_image_reaches_the_processor_scaled_not_white(tmp_path, aspect_ratio):
+    """A 16-bit greyscale PNG at half range is mid grey (128) when loaded and when handed over in memory."""
+    Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16)).save(tmp_path / "deep.png")
+    assert np.asarray(load_image(tmp_path / "deep.png")).tolist() == [[[128] * 3] * 4] * 4
+    processor = _StubProcessor()
+    with Image.open(tmp_path / "deep.png") as raw:
+        process_images([raw], processor, aspect_ratio=aspect_ratio)
+    handed = processor.calls[0][0]
+    assert handed.mode == "RGB" and handed.getpixel((0, 0)) == (128, 128, 128)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import socket
@@ -338,6 +339,22 @@ def test_zero3_step_with_a_text_only_rank_matches_ddp(launch):
     assert zero[0]["losses"] == pytest.approx(ddp[0]["losses"], rel=1e-4), (ddp[0]["losses"], zero[0]["losses"])
     for name, p in ddp_params.items():  # both optimizers now see a (zero) projector gradient on text-only steps
         torch.testing.assert_close(zero_params[name], p, rtol=1e-4, atol=5e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_zero3_trains_in_bf16_with_a_text_only_rank(launch):
+    """``--bf16 True`` (the GPU preset): the LLM loads in bf16 under zero.Init, tower and projector are built after
+    it; every parameter DeepSpeed partitions must share one dtype, on the rank without images too. (``--fp16 True``
+    cannot run here: DeepSpeed's CPU accelerator refuses it in ``DeepSpeedEngine._do_sanity_check``, "Type fp16 is
+    not supported on your device"; tests/llava/test_train.py checks the fp16 cast itself.)"""
+    reports, trainable, _ = launch("zero3", "bf16", ("--bf16", "True"), "mixed.json")
+    assert [r["world_size"] for r in reports] == [2, 2] and all(r["global_step"] == STEPS for r in reports)
+    assert reports[0]["sha256"] == reports[1]["sha256"] and reports[0]["losses"] == reports[1]["losses"]
+    mixed = [a and not b for a, b in zip(reports[0]["image_batches"], reports[1]["image_batches"], strict=True)]
+    assert any(mixed), (reports[0]["image_batches"], reports[1]["image_batches"])
+    losses = reports[0]["losses"]
+    assert all(math.isfinite(v) for v in losses) and losses[0] != losses[-1], losses
+    assert any("mm_projector" in n for n in trainable)
 
 
 if __name__ == "__main__":

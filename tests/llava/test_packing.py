@@ -170,6 +170,31 @@ def test_gradient_checkpointing_with_packing(tiny):
     assert_same(model, batch(tiny, "drip"))
 
 
+def test_gradient_checkpointing_reaches_the_drip_tower(tiny):
+    """--gradient_checkpointing with --tune_vision_tower all: the DRIP blocks recompute in the backward pass (each
+    block's forward runs twice per step) instead of keeping every tower activation."""
+    model = tiny.model("drip").train()
+    tower = model.get_vision_tower()
+    tower.set_trainable("all")
+    calls = []
+    tower.vision_tower.blocks[0].mlp.register_forward_pre_hook(lambda *args: calls.append(1))  # the blocks call it
+
+    def block_forwards() -> int:
+        calls.clear()
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        model(**batch(tiny, "drip")).loss.backward()
+        return len(calls)
+
+    assert block_forwards() == 1
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert block_forwards() == 2  # the forward, and its recomputation in the backward pass
+    assert tower.gradient_checkpointing and tower.vision_tower.grad_checkpointing
+    assert tower.vision_tower.blocks[0].ln_1.weight.grad is not None
+    model.gradient_checkpointing_disable()
+    assert not tower.vision_tower.grad_checkpointing and block_forwards() == 1
+
+
 def test_lora_with_packing(tiny):
     peft = pytest.importorskip("peft")
     model = tiny.model("clip").train()

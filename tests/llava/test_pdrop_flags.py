@@ -54,3 +54,12 @@ def test_bad_values_name_the_flag(argv, message):
         parse(*argv)
     with pytest.raises(ValueError, match="pdrop_position_mode"):
         PDropConfig((1,), (0.5,), "renumber")
+
+
+@pytest.mark.parametrize("attn", ["flash_attention_2", "flash_attention_3", "flex_attention"])
+def test_pyramiddrop_refuses_an_attention_without_4d_masks_at_parse_time(attn):
+    with pytest.raises(ValueError, match=rf"--attn_implementation {attn} does not work with PyramidDrop.*sdpa, eager"):
+        parse("--layer_list", "[1]", "--image_token_ratio_list", "[0.5]", "--attn_implementation", attn)
+    assert parse("--attn_implementation", attn).pdrop is None  # without PyramidDrop the flag stays as it was
+    for works in ("sdpa", "eager"):
+        assert parse("--layer_list", "[1]", "--image_token_ratio_list", "[0.5]", "--attn_implementation", works).pdrop

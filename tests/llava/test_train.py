@@ -289,3 +289,23 @@ def test_patch_slimming_trains_and_the_checkpoint_records_it(tmp_path, world, ba
     with torch.no_grad():
         counts = trainer.model.encode_image_features(torch.randn(2, 3, 32, 32)).token_counts
     assert counts.tolist() == [3, 3]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_deepspeed_half_precision_casts_every_parameter_but_no_buffer(tiny, precision):
+    """Under DeepSpeed the LLM loads in the training dtype but tower and projector are built after it in fp32 (ZeRO-3
+    then fails: one dtype per partition); they are cast, DRIP's fp32 thresholds stay. Without DeepSpeed nothing is
+    cast (the Trainer's autocast keeps fp32 master weights)."""
+    from types import SimpleNamespace
+
+    from llava.train.train import cast_parameters_for_deepspeed
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    model = tiny.model("drip")
+    model.model.layers.to(dtype)  # the LLM as from_pretrained(dtype=...) loads it; tower and projector stay fp32
+    flags = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    cast_parameters_for_deepspeed(model, SimpleNamespace(deepspeed=None, **flags))
+    assert {p.dtype for p in model.parameters()} == {torch.float32, dtype}
+    cast_parameters_for_deepspeed(model, SimpleNamespace(deepspeed="scripts/zero3.json", **flags))
+    assert {p.dtype for p in model.parameters()} == {dtype}
+    assert model.get_vision_tower().vision_tower.eval_thresholds.dtype == torch.float32

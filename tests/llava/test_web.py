@@ -45,3 +45,27 @@ def test_build_demo_constructs(loaded):
     gr = pytest.importorskip("gradio")
     demo = build_demo([loaded, loaded], Decoding(temperature=0.0, max_new_tokens=2))
     assert isinstance(demo, gr.Blocks)
+
+
+class Shown(Exception):
+    """Stands in for gr.Error (what the app passes): the reason the browser shows."""
+
+
+@pytest.mark.parametrize(
+    "question, reason",
+    [("  ", "the question is empty"), ("red " * 1100, "longer than the model's context of 1024 tokens")],
+)
+def test_bad_input_is_shown_with_its_reason(loaded, question, reason):
+    from llava.serve.web import respond
+
+    request = (None, "astronaut", question, False)
+    with pytest.raises(Shown, match=reason):
+        list(respond([loaded], Decoding(temperature=0.0, max_new_tokens=2), request, Shown))
+
+
+def test_an_unknown_sample_is_shown_with_its_reason(loaded):
+    from llava.serve.web import respond
+
+    request = (None, "nope", "What is it?", False)  # the API takes any sample name
+    with pytest.raises(Shown, match="unknown sample image 'nope'"):
+        list(respond([loaded], Decoding(temperature=0.0, max_new_tokens=2), request, Shown))

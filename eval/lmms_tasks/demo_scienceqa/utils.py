@@ -33,8 +33,9 @@ def sqa_doc_to_visual(doc: dict[str, Any], lmms_eval_specific_kwargs: dict[str, 
     if not doc.get("image"):
         return []
     path = os.path.join(lmms_eval_specific_kwargs["image_folder"], doc["image"])
-    with Image.open(path) as img:
-        return [img.convert("RGB")]
+    from llava.mm_utils import load_image  # the project's one image loader (lmms-eval runs it with llava)
+
+    return [load_image(path)]
 
 
 def sqa_doc_to_text(doc: dict[str, Any], lmms_eval_specific_kwargs: dict[str, Any]) -> str:

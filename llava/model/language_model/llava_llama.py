@@ -68,6 +68,22 @@ def llava_config_dict(config_dict: dict[str, Any], source: Any) -> dict[str, Any
     return {**config_dict, "model_type": LlavaLlamaConfig.model_type}
 
 
+class PromptTooLong(ValueError):
+    """A batch of ``generate`` holds prompts longer than the model's context once their images are spliced in.
+
+    ``samples``: (batch position, spliced length) of each such prompt; ``context``: the model's context length. The
+    caller maps positions to its own names (answer generation: question ids) and may answer the rest without them.
+    """
+
+    def __init__(self, samples: list[tuple[int, int]], context: int) -> None:
+        self.samples, self.context = samples, context
+        where = ", ".join(f"sample {i} ({n} tokens)" for i, n in samples)
+        super().__init__(
+            f"{where}: longer than the model's context of {context} tokens (max_position_embeddings) "
+            "after splicing the images"
+        )
+
+
 class LlavaLlamaConfig(LlamaConfig):
     """A ``LlamaConfig`` plus LLaVA's flat ``mm_*`` keys (read through ``llava.model.config.MultimodalConfig``)."""
 
@@ -320,7 +336,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         the splice. ``attention_mask`` marks the tokenizer's padding, if any. Other kwargs go to HF ``generate``.
 
         Raises:
-            ValueError: image count and placeholders disagree, or a spliced prompt is longer than the context.
+            ValueError: image count and placeholders disagree. PromptTooLong (a ValueError): spliced prompts longer
+                than the context (every such sample of the batch is listed).
         """
         if inputs is None:
             raise ValueError("generate needs `inputs` (token ids with IMAGE_TOKEN_INDEX placeholders)")
@@ -332,11 +349,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         )
         too_long = [(i, lay.seq_len) for i, lay in enumerate(mm.layouts) if lay.seq_len > self.context_length]
         if too_long:
-            i, n = too_long[0]
-            raise ValueError(
-                f"sample {i}: the prompt is {n} tokens after splicing its images, longer than the model's context "
-                f"of {self.context_length} tokens (max_position_embeddings)"
-            )
+            raise PromptTooLong(too_long, self.context_length)
         return super().generate(
             inputs_embeds=mm.inputs_embeds,
             attention_mask=mm.attention_mask,

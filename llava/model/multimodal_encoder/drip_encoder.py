@@ -23,11 +23,9 @@ from torch import Tensor
 
 from drip import DripConfig, DripVisionTransformer, get_preset, list_presets
 from drip.boundary_modes import BoundaryMode
-from drip.boundary_signal import RowLoss, SignalReport, prior_boundaries, signal_report
 from drip.checkpoint import load_drip
 from drip.flops import tower_gmacs
 from drip.segments import draw_segments, patch_boundaries
-from drip.weights import export_hf_clip_vision
 from llava.model.config import DRIP_PREFIX
 from llava.model.multimodal_encoder.base import DripExtras, TrainMode, VisionFeatures, VisionTower, check_train_mode
 
@@ -136,6 +134,17 @@ class DripVisionTower(VisionTower):
         self.vision_tower.set_trainable(mode)
 
     @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether DRIP's blocks recompute their activations in the backward pass. HF's
+        ``gradient_checkpointing_enable`` (``--gradient_checkpointing``) sets this attribute on every module that has
+        it; it reaches the tower's ``set_grad_checkpointing`` (torch's non-reentrant checkpoint, per block)."""
+        return self.vision_tower.grad_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enable: bool) -> None:
+        self.vision_tower.set_grad_checkpointing(bool(enable))
+
+    @property
     def prior_loss_weight(self) -> float:
         return self.vision_tower.prior_loss_weight
 
@@ -157,21 +166,6 @@ class DripVisionTower(VisionTower):
             out = self.vision_tower(images.to(device=self.device, dtype=self.dtype))
         stages = [b[0] for b in out.stage_boundaries] or [torch.ones(self.config.num_patches)]
         return draw_segments(shown, patch_boundaries(stages), self.config.grid_size)
-
-    def measure_boundary_signal(
-        self, loss_rows: RowLoss, batch: int, estimator: str, generator: torch.Generator, chunk: int = 64
-    ) -> SignalReport:
-        """``drip.boundary_signal`` on ``loss_rows`` (e.g. ``llava.model.lm_row_loss``): random boundaries at the
-        prior rate for ``batch`` images, ``estimator``'s gradient vs the finite difference of every flip."""
-        self.vision_tower.set_boundary_estimator(estimator)
-        b, flippable = prior_boundaries(self.vision_tower, batch, generator)
-        return signal_report(loss_rows, b.to(self.device), flippable.to(self.device), chunk)
-
-    def export_clip(self, out_dir: str) -> str:
-        """Write this tower as an HF ``CLIPVisionModel`` directory (a ViT only: ``pool_at=()``), whose hidden states
-        equal this tower's, so a CLIP tower (``CLIPVisionTower``) can stand in for it; returns the directory.
-        Raises ValueError for a tower that pools (``drip.weights.export_hf_clip_vision``)."""
-        return str(export_hf_clip_vision(self.vision_tower, out_dir))
 
     @property
     def config(self) -> DripConfig:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from llava.model.config import MultimodalConfig
+from llava.model.config import MultimodalConfig, PDropConfig
 from llava.model.reduction.fastv import fastv_schedule
 from llava.model.reduction.patch_slimming import load_schedule
 from llava.model.reduction.spec import FLAG, FastV, Method, PatchSlimming, canonical, parse_token_reduction
@@ -38,13 +38,17 @@ def apply_token_reduction(model: Any, text: str | None) -> None:
     previous_fastv = [m for m in parse_token_reduction(mm.token_reduction) if isinstance(m, FastV)]
     fastv = [m for m in methods if isinstance(m, FastV)]
     pdrop = mm.pdrop
-    if previous_fastv and pdrop == fastv_schedule(previous_fastv[0]):
-        pdrop = None  # the schedule the old flag set, not one the user chose
+    if previous_fastv and pdrop is not None and _same_stages(pdrop, fastv_schedule(previous_fastv[0])):
+        pdrop = None  # the schedule the old flag set (in either position mode), not one the user chose
     if fastv and pdrop is not None:
         raise ValueError(f"{FLAG} fastv cannot run beside the model's PyramidDrop schedule {pdrop}; use one of them")
     mm.replace(token_reduction=canonical(text)).write_to(model.config)
     if fastv or previous_fastv:
         model.set_pdrop(fastv_schedule(fastv[0]) if fastv else pdrop)
+
+
+def _same_stages(a: PDropConfig, b: PDropConfig) -> bool:
+    return (a.layer_list, a.image_token_ratio_list) == (b.layer_list, b.image_token_ratio_list)
 
 
 def add_token_reduction_arg(parser: argparse.ArgumentParser) -> None:

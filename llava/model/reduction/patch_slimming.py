@@ -84,7 +84,7 @@ def load_schedule(path: str) -> SlimmingSchedule:
     """Read and validate a schedule JSON file (FileNotFoundError / ValueError naming ``path``)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"patch_slimming schedule {path}: no such file (write one with python -m "
-                                "llava.model.reduction.patch_slimming_search)")  # fmt: skip
+                                "llava.tools.patch_slimming_search)")  # fmt: skip
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)

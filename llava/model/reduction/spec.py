@@ -80,7 +80,7 @@ class PatchSlimming:
 
     name: ClassVar[str] = "patch_slimming"
     stage: ClassVar[Stage] = "tower"
-    schedule: str  # JSON written by ``python -m llava.model.reduction.patch_slimming_search``
+    schedule: str  # JSON written by ``python -m llava.tools.patch_slimming_search``
 
     def __post_init__(self) -> None:
         if not self.schedule:

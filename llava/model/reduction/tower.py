@@ -20,7 +20,13 @@ from torch import Tensor, nn
 
 from llava.model.flops import clip_tokens, clip_tower_macs, tome_macs, visionzip_macs
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
-from llava.model.reduction.patch_slimming import check_fits, load_schedule, query_positions, slim_layer
+from llava.model.reduction.patch_slimming import (
+    SlimmingSchedule,
+    check_fits,
+    load_schedule,
+    query_positions,
+    slim_layer,
+)
 from llava.model.reduction.random import random_prune
 from llava.model.reduction.spec import (
     DripBoundaries,
@@ -138,14 +144,23 @@ def _tome(tower: VisionTower, images: Tensor, spec: ToMe) -> VisionFeatures:
     return VisionFeatures(features=list(x.unbind(0)), token_counts=counts)
 
 
-def _patch_slimming(tower: VisionTower, images: Tensor, spec: PatchSlimming) -> VisionFeatures:
+Schedules = dict[str, SlimmingSchedule]  # Patch Slimming schedule path -> its parsed file
+
+
+def load_schedules(methods: tuple[Method, ...]) -> Schedules:
+    """Read the schedule file of each Patch Slimming method in ``methods``; the caller holds the result, so a file is
+    parsed once, not on every batch."""
+    return {m.schedule: load_schedule(m.schedule) for m in methods if isinstance(m, PatchSlimming)}
+
+
+def _patch_slimming(tower: VisionTower, images: Tensor, spec: PatchSlimming, schedules: Schedules) -> VisionFeatures:
     """Run the CLIP blocks up to the selected layer, each on the tokens its predecessor kept, outputs gathered to the
     schedule's kept tokens (shorter sequences layer by layer); reports the GMACs of what ran."""
     model = _clip_model(tower, spec)
     vision = getattr(model, "vision_model", model)
     layers = clip_layers(model)
     index = _selected(tower, len(layers))
-    schedule = _fitting_schedule(tower, spec, index)
+    schedule = _fitting_schedule(tower, spec, index, schedules)
     x = vision.pre_layrnorm(vision.embeddings(images.to(device=tower.device, dtype=tower.dtype)))  # [B, 1 + N, D]
     for layer, queries in zip(layers[:index], query_positions(schedule, x.device), strict=True):
         x = slim_layer(layer, x, queries)  # [B, 1 + |m_l|, D]
@@ -155,16 +170,16 @@ def _patch_slimming(tower: VisionTower, images: Tensor, spec: PatchSlimming) -> 
     return VisionFeatures(features=list(x.unbind(0)), token_counts=counts)
 
 
-def _fitting_schedule(tower: VisionTower, spec: PatchSlimming, index: int):
-    schedule = load_schedule(spec.schedule)
+def _fitting_schedule(tower: VisionTower, spec: PatchSlimming, index: int, schedules: Schedules) -> SlimmingSchedule:
+    schedule = schedules[spec.schedule]
     check_fits(schedule, spec.schedule, clip_tokens(tower.config) - 1, index)
     return schedule
 
 
-def _patch_slimming_gmacs(tower: VisionTower, spec: PatchSlimming) -> float:
+def _patch_slimming_gmacs(tower: VisionTower, spec: PatchSlimming, schedules: Schedules) -> float:
     """The layers that ran, each querying its kept tokens over the layer below's (static masks: no scoring)."""
     index = _selected(tower, tower.config.num_hidden_layers)
-    schedule = _fitting_schedule(tower, spec, index)
+    schedule = _fitting_schedule(tower, spec, index, schedules)
     queries, keys = [schedule.tokens(i) for i in range(index)], [schedule.tokens(i - 1) for i in range(index)]
     return clip_tower_macs(tower.config, queries, key_tokens=keys) / 1e9
 
@@ -197,8 +212,12 @@ def _post_process(tower: VisionTower, features: VisionFeatures, method: Method) 
     return dataclasses.replace(features, features=out, token_counts=counts)
 
 
-def encode_reduced(tower: VisionTower, images: Tensor, methods: tuple[Method, ...]) -> VisionFeatures:
+def encode_reduced(
+    tower: VisionTower, images: Tensor, methods: tuple[Method, ...], schedules: Schedules | None = None
+) -> VisionFeatures:
     """images [B, C, H, W] -> the tower's features after the vision-side ``methods`` (in data-flow order).
+
+    ``schedules``: the parsed Patch Slimming schedules (``load_schedules``; read here when not given).
 
     Raises:
         ValueError: a method the tower cannot run (see the module docstring), or two methods that both replace
@@ -208,8 +227,12 @@ def encode_reduced(tower: VisionTower, images: Tensor, methods: tuple[Method, ..
     if len(replacing) > 1:
         raise ValueError(f"--token_reduction: {' and '.join(m.name for m in replacing)} cannot be combined")
     if replacing:
-        run = {VisionZip: _visionzip, ToMe: _tome, PatchSlimming: _patch_slimming, DripBoundaries: _drip_ablation}
-        features = run[type(replacing[0])](tower, images, replacing[0])
+        if isinstance(replacing[0], PatchSlimming):
+            schedules = load_schedules(methods) if schedules is None else schedules
+            features = _patch_slimming(tower, images, replacing[0], schedules)
+        else:
+            run = {VisionZip: _visionzip, ToMe: _tome, DripBoundaries: _drip_ablation}
+            features = run[type(replacing[0])](tower, images, replacing[0])
     else:
         features = tower(images)
     for method in methods:
@@ -218,15 +241,18 @@ def encode_reduced(tower: VisionTower, images: Tensor, methods: tuple[Method, ..
     return features
 
 
-def replaced_tower_gmacs(tower: VisionTower, methods: tuple[Method, ...]) -> float | None:
+def replaced_tower_gmacs(
+    tower: VisionTower, methods: tuple[Method, ...], schedules: Schedules | None = None
+) -> float | None:
     """Analytic GMACs per image of a tower run that VisionZip, ToMe or Patch Slimming replaced (``llava.model.flops``);
-    None when no method replaced the tower's own forward (uniform pooling, random pruning: the tower's count holds)."""
+    None when no method replaced the tower's own forward (uniform pooling, random pruning: the tower's count holds).
+    ``schedules`` as for ``encode_reduced``."""
     replacing = [m for m in methods if isinstance(m, VisionZip | ToMe | PatchSlimming)]
     if not replacing:
         return None
     config = tower.config
     if isinstance(replacing[0], PatchSlimming):
-        return _patch_slimming_gmacs(tower, replacing[0])
+        return _patch_slimming_gmacs(tower, replacing[0], load_schedules(methods) if schedules is None else schedules)
     if isinstance(replacing[0], VisionZip):
         return visionzip_macs(config, replacing[0].dominant, replacing[0].contextual) / 1e9
     schedule = token_schedule(clip_tokens(config), replacing[0].r, _selected(tower, config.num_hidden_layers))
@@ -240,15 +266,27 @@ def vision_methods(text: str | None) -> tuple[Method, ...]:
 
 class VisionReduction(nn.Module):
     """``encode_reduced`` as a parameterless module held by the LLaVA base model (``vision_reduction``), so forward
-    hooks (the efficiency sidecar's probe) see the reduced tokens; it adds no checkpoint key."""
+    hooks (the efficiency sidecar's probe) see the reduced tokens; it adds no checkpoint key. It holds the Patch
+    Slimming schedules of the methods it last ran, so each file is parsed once per model, not on every batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._schedules: Schedules = {}
+
+    def schedules(self, methods: tuple[Method, ...]) -> Schedules:
+        """The parsed schedules ``methods`` name: the held ones, a file read only when a method names a new one."""
+        paths = {m.schedule for m in methods if isinstance(m, PatchSlimming)}
+        if not paths <= self._schedules.keys():
+            self._schedules = load_schedules(methods)
+        return self._schedules
 
     def forward(self, tower: VisionTower, images: Tensor, methods: tuple[Method, ...]) -> VisionFeatures:
-        return encode_reduced(tower, images, methods)
+        return encode_reduced(tower, images, methods, self.schedules(methods))
 
     def analytic_gflops(
         self, tower: VisionTower, methods: tuple[Method, ...], features: VisionFeatures
     ) -> list[float] | None:
         """GMACs per image of ``features`` when a method replaced the tower's forward, else None (see
         ``replaced_tower_gmacs``)."""
-        gmacs = replaced_tower_gmacs(tower, methods)
+        gmacs = replaced_tower_gmacs(tower, methods, self.schedules(methods))
         return None if gmacs is None else [gmacs] * len(features.features)

@@ -14,7 +14,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from drip import DripVisionTransformer, get_preset
-from drip.files import image_folder
 from drip.tools.classify import (
     TowerClassifier,
     check_same_classes,
@@ -23,6 +22,7 @@ from drip.tools.classify import (
     run,
     train_linear_probe,
 )
+from drip.tools.files import image_folder
 
 
 @pytest.fixture(autouse=True)

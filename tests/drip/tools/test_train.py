@@ -218,3 +218,21 @@ def test_resume_latest_after_a_kill_equals_the_uninterrupted_run(tmp_path):
     a = torch.load(full / "logs/run/checkpoints/epoch_3.pt", weights_only=True)["state_dict"]
     b = torch.load(ckpts / "epoch_3.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--drip-boundary-loss-weight", "-1", ">= 0"),
+        ("--drip-boundary-loss-weight", "nan", "finite"),
+        ("--drip-boundary-loss-weight", "inf", "finite"),
+        ("--drip-temperature-final", "0", "> 0"),
+        ("--drip-temperature-final", "-0.5", "> 0"),
+    ],
+)
+def test_bad_drip_numbers_are_usage_errors(capsys, flag, value, expected):
+    with pytest.raises(SystemExit) as stop:
+        parse_drip_args(["--model", "DRIP-tiny", flag, value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and expected in err, err

@@ -9,14 +9,14 @@ from PIL import Image
 from drip import DripVisionTransformer, get_preset
 from drip.checkpoint import save_drip
 from drip.segments import draw_segments, patch_boundaries, segment_id_map
-from drip.tools.visualize import CLIP_MEAN, load_image, load_tower, main, preprocess, render
+from drip.tools.visualize import CLIP_MEAN, image_source, load_tower, main, preprocess, render
 
 OUTLINE = (255, 255, 255)
 
 
 @pytest.fixture(scope="module")
 def photo() -> Image.Image:
-    return load_image(None, "astronaut").resize((128, 128))  # a real 512x512 photo, shipped offline
+    return image_source(None, "astronaut").resize((128, 128))  # a real 512x512 photo, shipped offline
 
 
 def outline_pixels(img: Image.Image) -> int:

@@ -13,9 +13,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from drip import DripVisionTransformer, get_preset
-from drip.files import image_folder
 from drip.open_clip_integration import load_weights
-from drip.stats import DripTokenStats
+from drip.tools.files import image_folder
+from drip.tools.stats import DripTokenStats
 from drip.tools.zero_shot import check_classes, evaluate_zero_shot, load_templates, resolve_prompts, topk_correct
 
 
@@ -184,7 +184,7 @@ def test_drip_token_stats(tmp_path, bias, tokens):
 
 
 def test_cli_loads_checkpoint_and_writes_json(tmp_path):
-    from drip.open_clip_integration import create_clip
+    from drip.text.clip import create_clip
     from drip.tools.zero_shot import main
 
     root = grey_folder(tmp_path / "zs", {0: [0.1, 0.3], 1: [0.1], 2: [0.2]})
@@ -215,7 +215,7 @@ def test_cli_loads_checkpoint_and_writes_json(tmp_path):
 
 
 def test_cli_boundary_modes_keep_the_learned_token_count(tmp_path):
-    from drip.open_clip_integration import create_clip
+    from drip.text.clip import create_clip
     from drip.tools.zero_shot import main
 
     root = grey_folder(tmp_path / "zs", {0: [0.1, 0.3], 1: [0.1], 2: [0.2]})

@@ -181,3 +181,20 @@ def test_missing_or_mismatched_schedule(tiny, tmp_path):
     apply_token_reduction(model, f"patch_slimming:schedule={tmp_path / 's.json'}+tome:r=2")
     with pytest.raises(ValueError, match="cannot be combined"):
         model.encode_image_features(tiny.images(1))
+
+
+def test_the_schedule_file_is_parsed_once_not_per_batch(tiny, tmp_path, monkeypatch):
+    """Three batches under the efficiency probe (which asks for the GMACs of each) read the schedule file once."""
+    from llava.eval.efficiency import VisionProbe
+    from llava.model.reduction import patch_slimming
+
+    model = tiny.model()
+    apply_token_reduction(model, f"patch_slimming:schedule={write_schedule(tmp_path / 's.json', [[1, 3, 5], [3]])}")
+    parsed = []
+    parse = patch_slimming.schedule_from_dict
+    monkeypatch.setattr(patch_slimming, "schedule_from_dict", lambda *a: parsed.append(a[1]) or parse(*a))
+    with torch.no_grad(), VisionProbe(model) as probe:
+        for _ in range(3):
+            model.encode_image_features(tiny.images(2))
+    assert probe.token_counts == [1] * 6 and all(g is not None and g > 0 for g in probe.gflops)
+    assert len(parsed) == 1, parsed

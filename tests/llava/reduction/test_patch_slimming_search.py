@@ -101,8 +101,8 @@ def test_bad_search_config(clip, tiny):
 
 
 def test_command_line_writes_a_schedule_the_model_runs(clip, tiny, tmp_path):
-    from llava.model.reduction import patch_slimming_search
     from llava.model.reduction.apply import apply_token_reduction
+    from llava.tools import patch_slimming_search
 
     clip.save_pretrained(tmp_path / "clip")
     rng = np.random.default_rng(0)

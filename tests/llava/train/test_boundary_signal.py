@@ -1,4 +1,4 @@
-"""LLaVA's LM loss as the boundary-signal loss (llava.model.lm_row_loss) and its tool (llava.train.boundary_signal)."""
+"""LLaVA's LM loss as the boundary-signal loss (llava.tools.lm_row_loss) and its tool (llava.tools.boundary_signal)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from llava.constants import IGNORE_INDEX
-from llava.model.lm_row_loss import lm_row_loss, per_sample_lm_loss
-from llava.train import boundary_signal
+from llava.tools import boundary_signal
+from llava.tools.lm_row_loss import lm_row_loss, per_sample_lm_loss
 
 
 def test_per_sample_lm_loss_hand_computed():

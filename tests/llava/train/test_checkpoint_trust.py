@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -66,6 +67,63 @@ def test_every_loadable_file_is_checked_but_training_args(tmp_path):
     (ckpt / "model.safetensors").write_bytes(b"not a pickle")
     names = [p.relative_to(ckpt).as_posix() for p in checkpoint_pickles(ckpt)]
     assert names == ["global_step3/mp_rank_00_model_states.pt", "rng_state.pth"]
+
+
+def outside_payload(out: Path, marker: Path, how: str) -> Path:
+    """A clean checkpoint whose DeepSpeed states live outside it: (a) ``latest`` names a tag that climbs out of the
+    folder, (b) the tag folder is a link to an outside folder (a walk of the checkpoint does not enter it)."""
+    ckpt = crafted_checkpoint(out, out.parent / "unused-marker")
+    shutil.rmtree(ckpt / "global_step3")
+    evil = out.parent / "evil" / "global_step3"
+    evil.mkdir(parents=True)
+    torch.save({"module": {}, "client_state": Payload(marker)}, evil / "mp_rank_00_model_states.pt")
+    if how == "tag":
+        (ckpt / "latest").write_text(os.path.relpath(evil, ckpt))  # ../../evil/global_step3
+    else:
+        (ckpt / "global_step3").symlink_to(evil, target_is_directory=True)
+    return ckpt
+
+
+def deepspeed_reads(ckpt: Path) -> Path:
+    """The states file DeepSpeed's ``load_checkpoint(ckpt)`` opens: ``<ckpt>/<tag from latest>/mp_rank_00_...``."""
+    return Path(os.path.join(ckpt, (ckpt / "latest").read_text().strip(), "mp_rank_00_model_states.pt"))
+
+
+@pytest.mark.parametrize("how", ["tag", "link"])
+def test_states_outside_the_checkpoint_are_refused(tmp_path, how):
+    marker = tmp_path / "payload-ran"
+    ckpt = outside_payload(tmp_path / "run", marker, how)
+    expected = (
+        r"latest: the DeepSpeed tag '\.\./\.\./evil/global_step3' leads to"
+        if how == "tag"
+        else "global_step3: a link to"
+    )
+    with pytest.raises(UntrustedCheckpoint, match=expected):
+        verify_checkpoint(ckpt)
+    assert not marker.exists()
+    torch.load(deepspeed_reads(ckpt), weights_only=False)  # the payload is real and where DeepSpeed looks
+    assert marker.is_dir()
+
+
+def test_links_and_tags_inside_the_checkpoint_pass(tmp_path):
+    ckpt = crafted_checkpoint(tmp_path / "run", tmp_path / "m")
+    torch.save({"module": {"w": torch.ones(2)}}, ckpt / "global_step3" / "mp_rank_00_model_states.pt")
+    (ckpt / "global_step3" / "again").symlink_to(ckpt / "global_step3", target_is_directory=True)
+    (ckpt / "latest").write_text("global_step3/again/../global_step3\n")
+    verify_checkpoint(ckpt)  # nothing leaves the folder: every file DeepSpeed can reach was checked
+    (ckpt / "global_step3" / "mp_rank_00_model_states.pt").unlink()
+    (ckpt / "global_step3" / "mp_rank_00_model_states.pt").symlink_to(tmp_path / "m.pt")
+    with pytest.raises(UntrustedCheckpoint, match="mp_rank_00_model_states.pt: a link to"):
+        verify_checkpoint(ckpt)  # a single linked file out is refused too
+
+
+@pytest.mark.parametrize("how", ["tag", "link"])
+def test_rerun_refuses_states_outside_the_checkpoint(tmp_path, run_args, how):
+    out, marker = tmp_path / "run", tmp_path / "payload-ran"
+    outside_payload(out, marker, how)
+    with pytest.raises(UntrustedCheckpoint, match="outside the checkpoint"):
+        train(run_args(out, "--max_steps", "3"))
+    assert not marker.exists()
 
 
 def test_rerun_refuses_a_crafted_checkpoint_before_loading_anything(tmp_path, run_args):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from llava.train.resume import CheckpointError, latest_checkpoint, resume_point
+from llava.train.resume import CheckpointError, finished_run, latest_checkpoint, resume_point
 from llava.train.train import train
 
 
@@ -104,7 +104,7 @@ def test_empty_data_is_an_error_before_anything_is_written(tmp_path, run_args):
     (out / "mm_projector.bin").write_bytes(b"a trained projector")
     (tmp_path / "empty.json").write_text("[]")
     with pytest.raises(ValueError, match="the list of records is empty"):
-        train(run_args(out, "--max_steps", "3", data=tmp_path / "empty.json"))
+        train(run_args(out, "--max_steps", "3", "--overwrite_output_dir", "True", data=tmp_path / "empty.json"))
     assert snapshot(out) == {"mm_projector.bin": b"a trained projector"}
 
 
@@ -113,5 +113,42 @@ def test_a_run_of_zero_steps_saves_nothing(tmp_path, run_args):
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"a trained model")
     with pytest.raises(RuntimeError, match="training ran 0 steps, so nothing is saved"):
-        train(run_args(out, "--num_train_epochs", "0"))
+        train(run_args(out, "--num_train_epochs", "0", "--overwrite_output_dir", "True"))
     assert snapshot(out) == {"model.safetensors": b"a trained model"}
+
+
+def test_rerunning_a_finished_run_does_nothing(tmp_path, run_args):
+    """Issue 30: a rerun resumed at the last step trained one step past --max_steps (checkpoint-5 for 4)."""
+    out = tmp_path / "run"
+    assert train(run_args(out, "--max_steps", "4")) is not None
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    before = snapshot(out)
+    rerun = train(run_args(out, "--max_steps", "4"))  # finished: nothing trained, nothing written
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    assert snapshot(out) == before and rerun is None
+    (out / "loss_curve.json").unlink()  # as if killed after the last checkpoint, during the final save
+    with pytest.raises(CheckpointError, match="end of this run .step 4 of --max_steps 4.*never saved"):
+        train(run_args(out, "--max_steps", "4"))
+
+
+def test_finished_run_rules(tmp_path):
+    ckpt = fake_checkpoint(tmp_path, 9)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 9, "epoch": 1.5}))
+    assert finished_run(ckpt, max_steps=9, num_train_epochs=3) == "step 9 of --max_steps 9"
+    assert finished_run(ckpt, max_steps=12, num_train_epochs=3) is None  # more steps asked: train on
+    assert finished_run(ckpt, max_steps=-1, num_train_epochs=1.5) == "epoch 1.5 of --num_train_epochs 1.5"
+    assert finished_run(ckpt, max_steps=-1, num_train_epochs=2) is None
+
+
+@pytest.mark.parametrize("final", ["model.safetensors", "mm_projector.bin", "adapter_model.safetensors"])
+def test_a_fresh_run_never_replaces_another_runs_final_model(tmp_path, run_args, final):
+    """Issue 30: a folder holding a final model and no checkpoint was silently written over."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / final).write_bytes(b"the final model of another run")
+    other = str(fake_checkpoint(tmp_path / "other", 3))
+    for flag in ([], ["--resume_from_checkpoint", "False"], ["--resume_from_checkpoint", other]):
+        with pytest.raises(CheckpointError, match=rf"holds the final model of another run \({final}\).*--overwrite"):
+            train(run_args(out, "--max_steps", "3", *flag))
+    assert snapshot(out) == {final: b"the final model of another run"}
+    assert resume_point(out, None, overwrite=True) is None  # told to replace it

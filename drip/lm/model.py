@@ -6,7 +6,7 @@ The character-level LM that DRIP's image pooling grew from, built from DRIP's ow
     chars -> embedding (+ dropout) -> pre-layers -> boundary predictor -> downsample (segment means)
     -> [null group, segments] -> shortened layers -> upsample -> + pre-layer output -> post-layers -> dense
 
-Causality: every block is causal (``drip.text.causal_bias``), and the downsampled representation of a segment is
+Causality: every block is causal (``drip.text.model.causal_bias``), and the downsampled representation of a segment is
 used only by positions *after* the segment ends: position t reads the shortened output at index
 ``segment_ids(b)[t]`` = the number of segments that ended before t, where index 0 is a learned null group (the
 shift by one of the paper and of Hourglass transformers). Segment s's mean only holds tokens <= its end, and the
@@ -14,7 +14,7 @@ boundaries before t come from the causal pre-layers, so no logit at t depends on
 
 Boundary options (``boundary``): ``"gumbel"`` (default) samples Gumbel-sigmoid boundaries trained with the
 binomial prior loss at rate ``prior``; ``"entropy"`` and ``"unigram"`` are supervised: training uses target
-boundaries (``drip.lm_boundaries``: entropy spikes of a character n-gram model, or the ends of a unigram
+boundaries (``drip.lm.boundaries``: entropy spikes of a character n-gram model, or the ends of a unigram
 tokenizer's pieces) and trains the predictor with binary cross-entropy; evaluation uses the predictor's own
 thresholded boundaries. ``"none"`` is the vanilla transformer baseline (pre-layers only).
 """
@@ -35,7 +35,7 @@ from drip.boundary import BoundaryPredictor, binomial_prior_loss, sample_boundar
 from drip.flops import block_macs, predictor_macs
 from drip.layers import Block
 from drip.pooling import pool_segments, segment_ids
-from drip.text import causal_bias
+from drip.text.model import causal_bias
 
 BoundaryKind = Literal["gumbel", "entropy", "unigram", "none"]
 

@@ -15,7 +15,7 @@ With every token a boundary this computes open_clip's ``encode_text`` exactly (t
 
 The pooling, boundary predictor, prior loss and blocks are DRIP's own (``drip.pooling``, ``drip.boundary``,
 ``drip.layers``). Parameter names follow open_clip's TextTransformer where they exist (token_embedding,
-positional_embedding, ln_final, text_projection); blocks use DRIP's names (see ``drip.text_weights``).
+positional_embedding, ln_final, text_projection); blocks use DRIP's names (see ``drip.text.weights``).
 """
 
 from __future__ import annotations
@@ -86,18 +86,18 @@ class DripTextConfig:
 
 
 def list_text_presets() -> list[str]:
-    """Models with a pooled text tower: ``drip/text_presets/<name>.json`` (pooling fields only)."""
-    files = resources.files("drip").joinpath("text_presets").iterdir()
+    """Models with a pooled text tower: ``drip/text/presets/<name>.json`` (pooling fields only)."""
+    files = resources.files("drip.text").joinpath("presets").iterdir()
     return sorted(f.name[: -len(".json")] for f in files if f.name.endswith(".json"))
 
 
 def text_preset(name: str) -> dict[str, Any] | None:
     """The pooling fields of model ``name``'s text tower, or None when its text tower does not pool."""
-    path = resources.files("drip").joinpath("text_presets", f"{name}.json")
+    path = resources.files("drip.text").joinpath("presets", f"{name}.json")
     if not path.is_file():
         return None
     d = json.loads(path.read_text())
-    DripTextConfig.from_dict(d, source=f"drip/text_presets/{name}.json")  # validate the keys now
+    DripTextConfig.from_dict(d, source=f"drip/text/presets/{name}.json")  # validate the keys now
     return d
 
 

@@ -10,7 +10,7 @@ A target boundary at position t means "character t ends a segment" (the ``drip.p
   boundary.
 
 Targets may depend on the character after t (H_t does not, the piece split can); the LM reads a segment only after
-it ends, so a target at t is seen from position t + 1 on and leaks nothing (``drip.pooling_lm``).
+it ends, so a target at t is seen from position t + 1 on and leaks nothing (``drip.lm.model``).
 """
 
 from __future__ import annotations

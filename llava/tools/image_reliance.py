@@ -1,6 +1,6 @@
 """Image reliance: does a LLaVA model's answer depend on the image it is shown?
 
-    python -m llava.eval.image_reliance --model-path CKPT [--model-base BASE] \\
+    python -m llava.tools.image_reliance --model-path CKPT [--model-base BASE] \\
         --question-file playground/data/eval/scienceqa/llava_test_CQM-A.json \\
         --image-folder playground/data/eval/scienceqa/images/test [--conv-mode vicuna_v1] \\
         [--limit 200] [--shift 1] [--json reliance.json]

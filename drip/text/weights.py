@@ -18,7 +18,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from drip.checkpoint import load_drip_state_dict, read_state_dict
-from drip.text import DripTextConfig, DripTextTransformer
+from drip.text.model import DripTextConfig, DripTextTransformer
 from drip.weights import OPEN_CLIP_BLOCK_RULES, rename_keys
 
 _TEXT_RULES = [

@@ -1,6 +1,6 @@
 """Command line of the Patch Slimming search (Tang et al., CVPR 2022): calibration images in, a schedule file out.
 
-``python -m llava.model.reduction.patch_slimming_search --vision_tower openai/clip-vit-large-patch14-336 --images
+``python -m llava.tools.patch_slimming_search --vision_tower openai/clip-vit-large-patch14-336 --images
 DIR --keep 144 --epsilon 0.05 --r0 16 --output schedule.json`` runs ``slimming_search.search_schedule`` (the
 library) on the images of DIR (CLIP preprocessing: resize, centre crop) and writes the schedule that
 ``--token_reduction patch_slimming:schedule=schedule.json`` reads. With ``--finetune_steps S > 0`` the layers are
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from llava.mm_utils import load_image
 from llava.model.multimodal_encoder.base import clip_image_processor
 from llava.model.reduction.patch_slimming import save_schedule
 from llava.model.reduction.slimming_search import SearchConfig, search_schedule
@@ -45,14 +46,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def load_images(folder: str, image_size: int, limit: int) -> torch.Tensor:
     """[B, 3, S, S] CLIP-preprocessed pixels of the first ``limit`` images of ``folder``."""
-    from PIL import Image
-
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"--images {folder}: no such folder")
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES))[:limit]
     if not names:
         raise ValueError(f"--images {folder}: no {'/'.join(IMAGE_SUFFIXES)} images")
-    images = [Image.open(os.path.join(folder, n)).convert("RGB") for n in names]
+    images = [load_image(os.path.join(folder, n)) for n in names]
     return clip_image_processor(image_size)(images, return_tensors="pt")["pixel_values"]
 
 

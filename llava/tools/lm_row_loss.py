@@ -8,15 +8,13 @@ sample's answer tokens (``labels != IGNORE_INDEX``), as ``LlavaLlamaForCausalLM`
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
 
+from drip.boundary_signal import RowLoss
 from llava.constants import IGNORE_INDEX
-
-RowLoss = Callable[[Tensor, Tensor], Tensor]  # (boundaries [R, N], sample index [R] long) -> per-row loss [R]
 
 
 def per_sample_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:

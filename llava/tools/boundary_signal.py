@@ -1,11 +1,11 @@
 """Does DRIP's boundary predictor get a task signal from LLaVA's LM loss? Estimator gradient vs finite differences.
 
-    python -m llava.train.boundary_signal --data-path D/instruct.json --image-folder D/images \\
+    python -m llava.tools.boundary_signal --data-path D/instruct.json --image-folder D/images \\
         --base-llm BASE_LLM_DIR --vision-tower drip:DRIP-tiny --seeds 0 1 2
-    python -m llava.train.boundary_signal --data-path ... --image-folder ... --model-path LLAVA_CHECKPOINT
+    python -m llava.tools.boundary_signal --data-path ... --image-folder ... --model-path LLAVA_CHECKPOINT
 
 ``drip.tools.boundary_signal`` does this for CLIP's contrastive loss; here the loss is the LM loss through the
-tower (``llava.model.lm_row_loss``): a batch of image + conversation records, tokenised as training tokenises them
+tower (``llava.tools.lm_row_loss``): a batch of image + conversation records, tokenised as training tokenises them
 (``LazySupervisedDataset``), boundaries drawn at the tower's prior rate and forced, every boundary of every image
 flipped one at a time (all flips batched), and each estimator's linear prediction ``grad_b * (1 - 2 b)`` compared
 with the true change of the sample's LM loss (sign agreement, Spearman, sign agreement by position). The model is a
@@ -23,9 +23,11 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
+from drip.boundary_signal import RowLoss, SignalReport, prior_boundaries, signal_report
 from llava.model.builder import load_pretrained_model
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
-from llava.model.lm_row_loss import lm_row_loss
+from llava.model.multimodal_encoder.drip_encoder import DripVisionTower
+from llava.tools.lm_row_loss import lm_row_loss
 from llava.train.args import ModelArguments
 from llava.train.data import DataCollatorForSupervisedDataset, DatasetOptions, LazySupervisedDataset
 
@@ -61,6 +63,19 @@ def _with_autograd(model: Any) -> Any:
     return model
 
 
+def measure_boundary_signal(
+    tower: DripVisionTower, loss_rows: RowLoss, batch: int, estimator: str, generator: torch.Generator, chunk: int = 64
+) -> SignalReport:
+    """``drip.boundary_signal`` on ``loss_rows`` (``lm_row_loss``) through LLaVA's DRIP ``tower``: random boundaries
+    at the prior rate for ``batch`` images, ``estimator``'s gradient vs the finite difference of every flip."""
+    if not isinstance(tower, DripVisionTower):
+        raise ValueError(f"the boundary signal needs a DRIP tower (drip:<preset|dir>), got {tower.vision_tower_name!r}")
+    drip_vit = tower.vision_tower  # the DripVisionTransformer inside the LLaVA tower
+    drip_vit.set_boundary_estimator(estimator)
+    b, flippable = prior_boundaries(drip_vit, batch, generator)
+    return signal_report(loss_rows, b.to(tower.device), flippable.to(tower.device), chunk)
+
+
 def image_batch(dataset: LazySupervisedDataset, tokenizer: Any, size: int, seed: int) -> dict[str, Any]:
     """``size`` records with an image, drawn with ``seed``, collated as training collates them."""
     with_image = [i for i, r in enumerate(dataset.records) if "image" in r]
@@ -89,12 +104,12 @@ def run(args: argparse.Namespace) -> list[tuple[str, int, Any]]:
         loss_rows = lm_row_loss(model, batch)
         for est in args.estimators:
             gen = torch.Generator().manual_seed(seed)  # the same boundaries for every estimator
-            reports.append((est, seed, tower.measure_boundary_signal(loss_rows, args.batch, est, gen, args.chunk)))
+            reports.append((est, seed, measure_boundary_signal(tower, loss_rows, args.batch, est, gen, args.chunk)))
     return reports
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m llava.train.boundary_signal", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m llava.tools.boundary_signal", description=__doc__.splitlines()[0])
     ap.add_argument("--data-path", required=True, help="LLaVA JSON list of conversation records (with images)")
     ap.add_argument("--image-folder", required=True)
     src = ap.add_mutually_exclusive_group(required=True)

@@ -41,8 +41,9 @@ def load_images(folder: str | Path, size: int, limit: int) -> torch.Tensor:
     """Up to ``limit`` images found recursively in ``folder``, resized / centre-cropped to ``size`` and normalised
     with OpenAI CLIP's mean and std: [B, 3, size, size] fp32."""
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-    from PIL import Image
     from torchvision import transforms
+
+    from drip.images import load_image
 
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not files:
@@ -55,7 +56,7 @@ def load_images(folder: str | Path, size: int, limit: int) -> torch.Tensor:
             transforms.Normalize(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD),
         ]
     )
-    return torch.stack([tf(Image.open(f).convert("RGB")) for f in files])
+    return torch.stack([tf(load_image(f)) for f in files])
 
 
 def write_json(path: str | Path, result: dict[str, Any]) -> None:

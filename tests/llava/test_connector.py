@@ -1,0 +1,163 @@
+"""The connector between tower and projector (``--mm_connector``): the flag, the DRIP connector's estimators and
+threshold, the fixed-pooling baselines, and its composition with packing, PyramidDrop, generation and the sidecar."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.eval.efficiency import VisionProbe
+from llava.model import PDropConfig
+from llava.model.config import MultimodalConfig
+from llava.model.connector.spec import DripConnectorSpec, Pool1dSpec, canonical, parse_connector
+
+DRIP = "drip:rate=0.25,estimator=box"
+
+
+def test_flag_round_trip_and_errors():
+    spec = parse_connector("drip:rate=0.125, estimator=local,hidden=16")
+    assert spec == DripConnectorSpec(rate=0.125, estimator="local", hidden=16)
+    assert parse_connector(canonical(spec)) == spec
+    assert parse_connector("pool1d:k=4") == Pool1dSpec(4) and parse_connector("none") is None
+    for bad, message in [("drip:rate=2", "rate must lie in"), ("drip:estimator=st", "estimator must be one of"),
+                         ("pool3d:k=2", "unknown connector"), ("pool1d:size=2", "KEY=VALUE with KEY one of k"),
+                         ("pool2d:k=x", "is not an integer")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            parse_connector(bad)
+
+
+def test_released_config_has_no_connector_and_a_recorded_one_is_canonical(tiny):
+    model = tiny.model("clip")
+    assert MultimodalConfig.from_config(model.config).connector is None and model.get_model().get_connector() is None
+    cfg = MultimodalConfig(connector="drip:estimator=box")
+    assert cfg.connector == "drip:rate=0.25,estimator=box,tau=1.0,threshold=0.5"
+
+
+@pytest.mark.parametrize("text,counts", [("pool1d:k=4", [4, 4]), ("pool1d:k=3", [6, 6]), ("pool2d:k=2", [4, 4])])
+def test_fixed_pooling_connectors_average_runs_and_windows(tiny, text, counts):
+    model = tiny.model("clip", mm_connector=text)
+    images = tiny.images(2)
+    with torch.no_grad():
+        raw = torch.stack(model.get_vision_tower()(images).features)  # [2, 16, 32], a 4x4 grid
+        pooled = model.get_model().get_connector()(model.get_vision_tower()(images))
+    assert pooled.token_counts.tolist() == counts
+    if text == "pool1d:k=3":  # runs 0-2, 3-5, ..., 15 alone
+        torch.testing.assert_close(pooled.features[0][1], raw[0, 3:6].mean(0))
+        torch.testing.assert_close(pooled.features[0][5], raw[0, 15])
+    if text == "pool2d:k=2":  # window (0, 1): patches 2, 3, 6, 7
+        torch.testing.assert_close(pooled.features[1][1], raw[1, [2, 3, 6, 7]].mean(0))
+
+
+def test_cls_token_passes_unpooled_in_front(tiny):
+    model = tiny.model("clip", mm_connector="pool1d:k=4", mm_vision_select_feature="cls_patch")
+    with torch.no_grad():
+        raw = model.get_vision_tower()(tiny.images(1))
+        pooled = model.get_model().get_connector()(raw)
+    assert pooled.token_counts.tolist() == [5]
+    torch.testing.assert_close(pooled.features[0][0], raw.features[0][0])
+    torch.testing.assert_close(pooled.features[0][1], raw.features[0][1:5].mean(0))
+
+
+def test_connector_refuses_a_tower_that_pools(tiny):
+    model = tiny.model("drip", mm_connector=DRIP)  # DRIP-tiny pools inside the tower
+    with pytest.raises(ValueError, match="pools the full 8x8 patch grid"):
+        model.encode_image_features(tiny.images(2, "drip"))
+
+
+def lm_batch(tiny, n: int = 3):
+    rows = [tiny.prompt(8 + 3 * i, image_at=(2,), seed=i) for i in range(n)]
+    ids, mask = tiny.right_pad(rows)
+    labels = torch.where(mask & (ids != IMAGE_TOKEN_INDEX), ids, IGNORE_INDEX)
+    return dict(input_ids=ids, attention_mask=mask, labels=labels, images=tiny.images(n))
+
+
+@pytest.mark.parametrize("estimator", ["original", "box", "straight_through", "local"])
+def test_lm_loss_gradient_reaches_the_predictor_except_for_the_original(tiny, estimator):
+    model = tiny.model("clip", mm_connector=f"drip:rate=0.25,estimator={estimator}").train()
+    model.get_vision_tower().requires_grad_(False)
+    connector = model.get_model().get_connector()
+    connector.set_prior_loss_weight(0.0)  # the LM loss alone
+    torch.manual_seed(0)
+    out = model(**lm_batch(tiny))
+    assert out.boundary_loss is not None and out.boundary_loss.requires_grad  # the prior joins the loss
+    out.loss.backward()
+    grad = connector.predictor.fc1.weight.grad
+    if estimator == "original":
+        assert not grad.any()  # integer boundaries: only the prior (weight 0 here) reaches the predictor
+    else:
+        assert grad is not None and grad.abs().sum() > 0
+    assert model.get_model().mm_projector[0].weight.grad.abs().sum() > 0
+
+
+def test_threshold_stays_fp32_through_bf16_and_calibration_keeps_the_training_rate(tiny):
+    from llava.model.connector.calibrate import calibrate_connector
+
+    model = tiny.model("clip", mm_connector=DRIP)
+    connector = model.get_model().get_connector()
+    images = tiny.images(16, seed=3)
+    threshold = calibrate_connector(model, list(images))
+    assert MultimodalConfig.from_config(model.config).connector.endswith(f"threshold={threshold!r}")
+    model.to(torch.bfloat16)
+    assert connector.eval_threshold.dtype == torch.float32 and connector.predictor.fc1.weight.dtype == torch.bfloat16
+    assert connector.eval_threshold.item() == threshold  # not rounded to bf16
+    with torch.no_grad():
+        counts = model.encode_image_features(images.to(torch.bfloat16)).token_counts
+    # eval keeps the rate training samples (0.25 at init: logit(0.25) bias, tiny weights) up to the last-patch rule
+    assert 0.15 < counts.float().mean().item() / 16 < 0.4, counts.tolist()
+
+
+def test_packed_training_forward_equals_padded_with_the_drip_connector(tiny):
+    model = tiny.model("clip", mm_connector=DRIP).train()
+    model.get_vision_tower().requires_grad_(False)
+    inputs = lm_batch(tiny, 4)
+    results = {}
+    for packing in (False, True):
+        model.set_packing(packing)
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # same boundary draws
+        out = model(**inputs)
+        out.loss.backward()
+        results[packing] = (out, model.get_model().get_connector().predictor.fc1.weight.grad.clone())
+    (padded, g_padded), (packed, g_packed) = results[False], results[True]
+    assert packed.packed is not None and padded.packed is None
+    torch.testing.assert_close(packed.loss, padded.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_packed, g_padded, rtol=1e-4, atol=1e-6)
+
+
+def test_pyramiddrop_composes_with_the_connector(tiny):
+    model = tiny.model("clip", mm_connector="pool1d:k=2")
+    model.set_pdrop(PDropConfig((1,), (0.5,)))
+    with torch.no_grad():
+        out = model(**{k: v for k, v in lm_batch(tiny).items() if k != "labels"})
+    assert torch.isfinite(out.logits).all()
+    assert [layout.num_image_tokens for layout in out.image_layouts] == [8, 8, 8]
+
+
+def test_batched_generation_and_sidecar_counts_follow_the_connector(tiny):
+    model = tiny.model("clip", mm_connector=DRIP, initializer_range=0.1)
+    connector = model.get_model().get_connector()
+    connector.set_eval_threshold(0.25)  # roughly half the patches close a segment: counts vary per image
+    images = tiny.images(4, seed=7)
+    prompts = [tiny.prompt(5 + i, image_at=(1,), seed=i) for i in range(4)]
+    with torch.no_grad():
+        expected = connector(model.get_vision_tower()(images)).token_counts.tolist()
+        single = [model.generate(p[None], images=images[i : i + 1], max_new_tokens=3, do_sample=False)
+                  for i, p in enumerate(prompts)]  # fmt: skip
+        ids, mask = left_pad(prompts)
+        with VisionProbe(model) as probe:
+            batched = model.generate(ids, attention_mask=mask, images=images, max_new_tokens=3, do_sample=False)
+    assert len(set(expected)) > 1
+    assert probe.token_counts == expected
+    tower_only = model.get_vision_tower().analytic_gflops(model.get_vision_tower()(images[:1]))[0]
+    assert probe.gflops[0] > tower_only  # tower + the predictor's GMACs
+    assert [row.tolist() for row in batched] == [s[0].tolist() for s in single]
+
+
+def left_pad(rows):
+    length = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, length - len(r) :], mask[i, length - len(r) :] = r, 1
+    return ids, mask
