@@ -117,3 +117,24 @@ def test_the_final_training_save_names_the_folder_on_a_full_disk(tmp_path):
     args = SimpleNamespace(output_dir=str(tmp_path / "run"), lora_enable=False)
     with pytest.raises(OSError, match=r"run: could not be written: the disk is full"):
         save_outputs(trainer, None, SimpleNamespace(tune_mm_mlp_adapter=False), args)
+
+
+def test_a_training_checkpoint_save_on_a_full_disk_names_its_folder(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from transformers import Trainer
+
+    from llava.train.trainer import LLaVATrainer
+
+    def disk_full(self, model, trial):
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+            "data/3: file write failed"
+        )
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", disk_full)
+    trainer = object.__new__(LLaVATrainer)  # only what _save_checkpoint reads
+    trainer.args, trainer.state = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=5)
+    trainer.tune_mm_mlp_adapter = False
+    with pytest.raises(OSError, match=r"checkpoint-5: could not be written: is the disk full"):
+        trainer._save_checkpoint(None, None)
