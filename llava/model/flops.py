@@ -163,10 +163,10 @@ def tome_macs(config: Any, attention_tokens: Sequence[int], mlp_tokens: Sequence
 
 
 def visionzip_macs(config: Any, dominant: int, contextual: int) -> int:
-    """VisionZip on one image: the whole tower (every layer on 1 + N tokens), the selected layer's explicit
-    q / k projections and T x T scores for its [CLS] attention, and the contextual merge: the remaining
-    N - dominant tokens' key similarity to the ``contextual`` targets (over head_dim) and the one-hot assignment
-    matmul that sums them (over the width)."""
+    """VisionZip on one image: the tower's ``config.num_hidden_layers`` layers on 1 + N tokens (those that run: up to
+    the selected one), the selected layer's explicit q / k projections and T x T scores for its [CLS] attention, and
+    the contextual merge: the remaining N - dominant tokens' key similarity to the ``contextual`` targets (over
+    head_dim) and the one-hot assignment matmul that sums them (over the width)."""
     t, d = clip_tokens(config), config.hidden_size
     head_dim = d // config.num_attention_heads
     rest = t - 1 - dominant

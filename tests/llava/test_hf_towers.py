@@ -200,5 +200,49 @@ def test_uniform_and_random_reduce_a_dinov2_tower_visionzip_refuses(tmp_path):
     torch.testing.assert_close(torch.stack(pooled.features)[:, 1:], expected)
     torch.testing.assert_close(torch.stack(pooled.features)[:, 0], full[:, 0])  # [CLS] kept as is
     assert pooled.token_counts.tolist() == [5, 5] and kept.token_counts.tolist() == [6, 6]
-    with pytest.raises(ValueError, match="visionzip needs a CLIP vision tower"):
-        encode_reduced(tower, pixels(), vision_methods("visionzip:dominant=3,contextual=1"))
+    siglip_dir = tmp_path / "siglip"
+    save_random("siglip", siglip_dir)
+    siglip = build_vision_tower(MultimodalConfig(vision_tower=str(siglip_dir)))
+    for method in ("visionzip:dominant=3,contextual=1", "tome:r=2"):
+        with pytest.raises(ValueError, match="needs a CLIP or DINOv2 vision tower .* the \\[CLS\\] token"):
+            encode_reduced(siglip, pixels(), vision_methods(method))
+
+
+def test_tome_without_merges_is_the_dinov2_tower_and_merges_count(tmp_path):
+    """ToMe's own block (proportional attention, layer scale) with r=0 reproduces the tower; r=2 merges 2 per block."""
+    from llava.model.flops import tome_macs
+    from llava.model.reduction.tome import token_schedule
+    from llava.model.reduction.tower import _tome_block, encode_reduced, replaced_tower_gmacs, vision_methods
+    from llava.model.reduction.vit_blocks import tower_stem
+
+    save_random("dinov2", tmp_path)
+    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path), select_feature="cls_patch"))
+    stem, layers = tower_stem(tower, "tome")
+    with torch.no_grad():
+        plain = torch.stack(tower(pixels()).features)
+        x = stem(pixels())
+        size = torch.ones_like(x[..., :1])
+        for layer in layers:
+            x, size = _tome_block(layer, x, size, 0)
+        merged = encode_reduced(tower, pixels(), vision_methods("tome:r=2"))
+    torch.testing.assert_close(x, plain, rtol=1e-5, atol=1e-5)
+    assert merged.token_counts.tolist() == [17 - 2 * 2] * 2  # two blocks run (select -2 of 3)
+    expected = tome_macs(macs_config(tower.config, 32, 2), *token_schedule(17, 2, 2)) / 1e9
+    assert replaced_tower_gmacs(tower, vision_methods("tome:r=2")) == pytest.approx(expected)
+
+
+def test_visionzip_keeps_the_patches_dinov2s_cls_attends_most(tmp_path):
+    from llava.model.reduction.tower import encode_reduced, vision_methods
+
+    reference = save_random("dinov2", tmp_path)
+    reference.set_attn_implementation("eager")
+    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path)))
+    with torch.no_grad():
+        out = reference(pixels(), output_hidden_states=True, output_attentions=True)
+        zipped = torch.stack(
+            encode_reduced(tower, pixels(), vision_methods("visionzip:dominant=3,contextual=1")).features
+        )
+    top = out.attentions[1][:, :, 0, 1:].sum(1).topk(3).indices  # layer 2 of 3 is selected (-2); descending
+    expected = torch.stack([out.hidden_states[2][b, 1:][top[b]] for b in range(2)])  # [B, 3, D]
+    assert zipped.shape == (2, 4, 32)
+    torch.testing.assert_close(zipped[:, :3], expected, rtol=1e-5, atol=1e-5)

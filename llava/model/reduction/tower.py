@@ -1,14 +1,14 @@
 """Glue between the reduction methods and LLaVA's vision towers: run the tower, then the vision-side methods.
 
 ``encode_reduced`` is what ``LlavaMetaForCausalLM.encode_image_features`` calls in place of ``tower(images)`` when the
-config names vision-side methods (``mm_token_reduction``). Methods that need the tower's internals (VisionZip's
-[CLS] attention and keys, ToMe's merging inside the blocks, Patch Slimming's pruned blocks) need an HF CLIP tower
-(``CLIPVisionTower``); uniform pooling needs a square patch grid (an HF CLIP, SigLIP or DINOv2 tower), random
-pruning works on any tower, DRIP included; the DRIP ablation (``drip_boundaries``) needs a DRIP tower, which places
-its boundaries by that mode.
+config names vision-side methods (``mm_token_reduction``). Methods that need the tower's internals need an HF tower
+whose blocks ``vit_blocks`` can read: VisionZip's [CLS] attention and keys and ToMe's merging inside the blocks run
+on a CLIP or DINOv2 tower, Patch Slimming's pruned blocks on a CLIP tower (``CLIPVisionTower``); uniform pooling
+needs a square patch grid (an HF CLIP, SigLIP or DINOv2 tower), random pruning works on any tower, DRIP included;
+the DRIP ablation (``drip_boundaries``) needs a DRIP tower, which places its boundaries by that mode.
 
-VisionZip's scores are computed here explicitly from the selected layer's input (its ``layer_norm1``, ``q_proj``,
-``k_proj``), so the tower may run with SDPA or flash attention, which return no attention weights.
+VisionZip's scores are computed here explicitly from the selected layer's input (its first norm, query and key
+projections), so the tower may run with SDPA or flash attention, which return no attention weights.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from llava.model.reduction.spec import (
 from llava.model.reduction.tome import merge_weighted, token_schedule
 from llava.model.reduction.uniform import uniform_pool
 from llava.model.reduction.visionzip import visionzip_merge
+from llava.model.reduction.vit_blocks import attention_and_keys, block_parts, split_heads, tower_stem
 
 
 def _clip_model(tower: VisionTower, method: Method):
@@ -73,20 +74,9 @@ def clip_layers(model) -> list:
 
 
 def layer_attention_and_keys(layer, hidden_in: Tensor) -> tuple[Tensor, Tensor]:
-    """Explicit softmax(q k^T * scale) of one HF ``CLIPEncoderLayer`` and its keys, whatever the backend.
-
-    Args:
-        layer: the encoder layer. hidden_in: [B, T, D] the states entering it.
-
-    Returns:
-        attention [B, heads, T, T] fp32 and keys [B, heads, T, head_dim] (fp32).
-    """
-    attn = layer.self_attn
-    x = layer.layer_norm1(hidden_in)
-    b, t, _ = x.shape
-    q = attn.q_proj(x).view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2).float()  # [B, h, T, hd]
-    k = attn.k_proj(x).view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2).float()  # [B, h, T, hd]
-    return ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1), k
+    """Explicit softmax(q k^T * scale) of one HF ``CLIPEncoderLayer`` (or ``Dinov2Layer``) and its keys, whatever the
+    backend: hidden_in [B, T, D] -> attention [B, heads, T, T] fp32, keys [B, heads, T, head_dim] fp32."""
+    return attention_and_keys(block_parts(layer), hidden_in)
 
 
 def _selected(tower: VisionTower, num_layers: int) -> int:
@@ -95,53 +85,47 @@ def _selected(tower: VisionTower, num_layers: int) -> int:
 
 
 def _visionzip(tower: VisionTower, images: Tensor, spec: VisionZip) -> VisionFeatures:
-    model = _clip_model(tower, spec)
-    out = model(images.to(device=tower.device, dtype=tower.dtype), output_hidden_states=True)
-    index = _selected(tower, len(out.hidden_states) - 1)
+    """The tower's blocks up to the selected one, its [CLS] attention and keys, then VisionZip's merge."""
+    stem, layers = tower_stem(tower, spec.name)
+    index = _selected(tower, tower.config.num_hidden_layers)
     if index == 0:
         raise ValueError("--token_reduction visionzip needs mm_vision_select_layer to name a block, not the embeddings")
-    layer = clip_layers(model)[index - 1]
-    attention, keys = layer_attention_and_keys(layer, out.hidden_states[index - 1])
-    hidden = out.hidden_states[index]  # [B, 1 + N, D]
+    x = stem(images.to(device=tower.device, dtype=tower.dtype))  # [B, 1 + N, D]
+    for layer in layers[: index - 1]:
+        x = layer(x, None)  # no attention mask: every token is real
+    attention, keys = attention_and_keys(block_parts(layers[index - 1]), x)
+    hidden = layers[index - 1](x, None)  # [B, 1 + N, D], the selected hidden state
     cls_attention = attention[:, :, 0, 1:].sum(1)  # [B, N]
     merged = visionzip_merge(hidden, cls_attention, keys.mean(1).to(hidden.dtype), spec.dominant, spec.contextual)
     if tower.select_feature == "patch":
         merged = merged[:, 1:]  # [B, dominant + contextual, D]
-    counts = torch.full((merged.shape[0],), merged.shape[1], dtype=torch.long, device=merged.device)
-    return VisionFeatures(features=list(merged.unbind(0)), token_counts=counts)
+    return VisionFeatures.from_batch(merged)
 
 
-def _tome_block(layer, x: Tensor, size: Tensor, r: int) -> tuple[Tensor, Tensor]:
-    """One HF ``CLIPEncoderLayer`` with proportional attention, then ToMe's merge before its MLP.
-
-    x [B, T, D], size [B, T, 1] -> ([B, T - r', D], [B, T - r', 1]).
-    """
-    attn = layer.self_attn
-    h = layer.layer_norm1(x)
-    b, t, d = h.shape
-    split = lambda y: y.view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2)  # [B, h, T, hd]
-    q, k, v = split(attn.q_proj(h)), split(attn.k_proj(h)), split(attn.v_proj(h))
-    logits = (q @ k.transpose(-1, -2)) * attn.scale + size.log()[:, None, None, :, 0]  # [B, h, T, T]
-    mixed = (logits.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
-    x = x + attn.out_proj(mixed)
+def _tome_block(layer: nn.Module, x: Tensor, size: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """One HF ViT block (``vit_blocks.block_parts``) with proportional attention, then ToMe's merge before its MLP
+    (layer scale where the block has it). x [B, T, D], size [B, T, 1] -> ([B, T - r', D], [B, T - r', 1])."""
+    parts = block_parts(layer)
+    h = parts.norm1(x)
+    q, k, v = (split_heads(parts, proj(h)) for proj in (parts.q, parts.k, parts.v))  # [B, h, T, hd] each
+    logits = (q @ k.transpose(-1, -2)) * parts.scaling + size.log()[:, None, None, :, 0]  # [B, h, T, T]
+    mixed = (logits.softmax(-1) @ v).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)  # [B, T, h * hd]
+    x = x + parts.scale1(parts.out(mixed))
     x, size = merge_weighted(x, size, k.mean(1), r)
-    return x + layer.mlp(layer.layer_norm2(x)), size
+    return x + parts.scale2(parts.mlp(parts.norm2(x))), size
 
 
 def _tome(tower: VisionTower, images: Tensor, spec: ToMe) -> VisionFeatures:
-    """Run the CLIP blocks up to the selected layer with ``spec.r`` merges in each (nothing after it is needed)."""
-    model = _clip_model(tower, spec)
-    vision = getattr(model, "vision_model", model)
-    layers = clip_layers(model)
-    index = _selected(tower, len(layers))
-    x = vision.pre_layrnorm(vision.embeddings(images.to(device=tower.device, dtype=tower.dtype)))  # [B, 1 + N, D]
+    """Run the blocks up to the selected layer with ``spec.r`` merges in each (nothing after it is needed)."""
+    stem, layers = tower_stem(tower, spec.name)
+    index = _selected(tower, tower.config.num_hidden_layers)
+    x = stem(images.to(device=tower.device, dtype=tower.dtype))  # [B, 1 + N, D]
     size = torch.ones_like(x[..., :1])  # [B, 1 + N, 1]
     for layer in layers[:index]:
         x, size = _tome_block(layer, x, size, spec.r)
     if tower.select_feature == "patch":
         x = x[:, 1:]
-    counts = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
-    return VisionFeatures(features=list(x.unbind(0)), token_counts=counts)
+    return VisionFeatures.from_batch(x)
 
 
 Schedules = dict[str, SlimmingSchedule]  # Patch Slimming schedule path -> its parsed file
@@ -250,13 +234,21 @@ def replaced_tower_gmacs(
     replacing = [m for m in methods if isinstance(m, VisionZip | ToMe | PatchSlimming)]
     if not replacing:
         return None
-    config = tower.config
+    config = _cost_config(tower)
     if isinstance(replacing[0], PatchSlimming):
         return _patch_slimming_gmacs(tower, replacing[0], load_schedules(methods) if schedules is None else schedules)
     if isinstance(replacing[0], VisionZip):
         return visionzip_macs(config, replacing[0].dominant, replacing[0].contextual) / 1e9
-    schedule = token_schedule(clip_tokens(config), replacing[0].r, _selected(tower, config.num_hidden_layers))
+    schedule = token_schedule(clip_tokens(config), replacing[0].r, _selected(tower, tower.config.num_hidden_layers))
     return tome_macs(config, *schedule) / 1e9
+
+
+def _cost_config(tower: VisionTower):
+    """What ``llava.model.flops`` counts a VisionZip or ToMe run from: the tower's width, MLP and heads at its input
+    side, with the layers that run (up to the selected one; ``hf_encoder.macs_config``)."""
+    from llava.model.multimodal_encoder.hf_encoder import macs_config
+
+    return macs_config(tower.config, tower.image_size, _selected(tower, tower.config.num_hidden_layers))
 
 
 def vision_methods(text: str | None) -> tuple[Method, ...]:

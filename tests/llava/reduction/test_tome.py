@@ -90,7 +90,7 @@ def test_tome_block_without_merges_is_the_clip_layer(tiny):
 def test_tome_refuses_drip_and_visionzip_together(tiny):
     drip = tiny.model("drip")
     apply_token_reduction(drip, "tome:r=2")
-    with pytest.raises(ValueError, match="tome needs a CLIP vision tower"):
+    with pytest.raises(ValueError, match="tome needs a CLIP or DINOv2 vision tower"):
         drip.encode_image_features(tiny.images(1, "drip"))
     model = tiny.model()
     apply_token_reduction(model, "tome:r=2+visionzip:dominant=2,contextual=1")

@@ -75,7 +75,7 @@ def test_visionzip_refuses_drip_and_oversized_budgets(tiny):
         model.encode_image_features(tiny.images(1))
     drip = tiny.model("drip")
     apply_token_reduction(drip, "visionzip:dominant=2,contextual=1")
-    with pytest.raises(ValueError, match="visionzip needs a CLIP vision tower"):
+    with pytest.raises(ValueError, match="visionzip needs a CLIP or DINOv2 vision tower"):
         drip.encode_image_features(tiny.images(1, "drip"))
 
 
