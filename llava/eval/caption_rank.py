@@ -117,12 +117,13 @@ def rank_captions(
     picks = distractor_indices(len(items), k, seed)
     os.makedirs(os.path.dirname(os.path.abspath(rows_file)), exist_ok=True)
     start = time.time()
+    ranked = list(zip(items, picks, strict=True))[:limit]
     with open(rows_file, "w", encoding="utf-8") as f:
-        for item, others in list(zip(items, picks, strict=True))[:limit]:
+        for item, others in ranked:
             row = rank_row(generator, item, [item.caption] + [items[j].caption for j in others])
             f.write(json.dumps(row) + "\n")
             f.flush()
-    clock = RunClock(seconds=time.time() - start, answers=len(items))
+    clock = RunClock(seconds=time.time() - start, answers=len(ranked))
     extra = {"k": k, "seed": seed, "conv_mode": generator.settings.conv_mode}
     return write_sidecar(efficiency_path(rows_file), rows_file, generator.model, clock, extra)
 

@@ -258,9 +258,9 @@ class HFVisionTower(VisionTower):
         return self.image_size // self.config.patch_size
 
 
-def macs_config(config: PretrainedConfig, image_size: int) -> SimpleNamespace:
-    """The fields ``llava.model.flops.clip_tower_macs`` reads, for a SigLIP or DINOv2 config at ``image_size``
-    (DINOv2 states its MLP as ``mlp_ratio``; SwiGLU variants are not counted)."""
+def macs_config(config: PretrainedConfig, image_size: int, layers: int | None = None) -> SimpleNamespace:
+    """The fields ``llava.model.flops`` reads, for a SigLIP or DINOv2 config at ``image_size`` with ``layers`` layers
+    running (default all; DINOv2 states its MLP as ``mlp_ratio``; SwiGLU variants are not counted)."""
     if getattr(config, "use_swiglu_ffn", False):
         raise ValueError("MAC counts of DINOv2's SwiGLU MLP are not implemented")
     mlp = getattr(config, "intermediate_size", None) or int(config.hidden_size * config.mlp_ratio)
@@ -271,4 +271,5 @@ def macs_config(config: PretrainedConfig, image_size: int) -> SimpleNamespace:
         patch_size=config.patch_size,
         num_channels=config.num_channels,
         num_attention_heads=config.num_attention_heads,
+        num_hidden_layers=config.num_hidden_layers if layers is None else layers,
     )
