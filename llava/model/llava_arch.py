@@ -35,7 +35,7 @@ from llava.model.connector.build import build_connector, connector_text
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_projector.builder import build_vision_projector
-from llava.model.reduction.tower import VisionReduction, vision_methods
+from llava.model.reduction.registry import VisionReduction, vision_methods
 from llava.model.splice import ImageTokenLayout, splice_image_features
 
 logger = logging.getLogger(__name__)

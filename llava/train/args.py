@@ -19,7 +19,8 @@ from llava.constants import check_aspect_ratio
 from llava.model.config import PDROP_ATTN_IMPLEMENTATIONS, POSITION_MODES, PDropConfig, parse_number_list
 from llava.model.connector.spec import parse_connector
 from llava.model.multimodal_encoder.base import check_train_mode
-from llava.model.reduction.spec import methods_help, parse_token_reduction
+from llava.model.reduction.registry import parse_wired
+from llava.model.reduction.spec import methods_help
 
 
 @dataclass
@@ -65,7 +66,7 @@ class ModelArguments:
         t = self.drip_boundary_threshold
         if t is not None and not 0.0 < t < 1.0:
             raise ValueError(f"--drip_boundary_threshold must lie in (0, 1) (sigmoid(logit) > threshold), got {t}")
-        parse_token_reduction(self.token_reduction)  # a bad flag fails before any model is loaded
+        parse_wired(self.token_reduction)  # a bad or unwired flag fails before any model is loaded
         parse_connector(self.mm_connector)
 
 

@@ -27,6 +27,7 @@ Deliberate differences:
 from __future__ import annotations
 
 from llava.model.config import PDropConfig
+from llava.model.reduction.base import LLMMethod
 from llava.model.reduction.spec import FastV
 
 
@@ -34,3 +35,8 @@ def fastv_schedule(spec: FastV) -> PDropConfig:
     """FastV(k, ratio) -> the PyramidDrop schedule that keeps ``int(N * (1 - ratio))`` image tokens from layer k,
     at their original position ids."""
     return PDropConfig(layer_list=(spec.k,), image_token_ratio_list=(1.0 - spec.ratio,), position_mode="original")
+
+
+class FastVMethod(LLMMethod):
+    def pdrop_schedule(self, spec: FastV) -> PDropConfig:
+        return fastv_schedule(spec)
