@@ -61,4 +61,4 @@ class LLMMethod(ABC):
 
     @abstractmethod
     def pdrop_schedule(self, spec: Any) -> PDropConfig:
-        """The PyramidDrop schedule (``llava.model.pdrop``) that runs this method."""
+        """The PyramidDrop schedule (``llava.model.reduction.pdrop``) that runs this method."""

@@ -3,7 +3,7 @@
 Chen et al., "An Image is Worth 1/2 Tokens After Layer 2: Plug-and-Play Inference Acceleration for Large
 Vision-Language Models", arXiv 2403.06764 (ECCV 2024). FastV ranks each image token by the attention the last token
 of the prompt pays it (mean over heads) and keeps the top ``int(N * (1 - R))`` from layer K on (K=2, R=50 % / 75 %),
-in their original order. PyramidDrop's machinery (``llava.model.pdrop``) does this with one stage
+in their original order. PyramidDrop's machinery (``llava.model.reduction.pdrop``) does this with one stage
 ``layer_list=(K,)``, ratio ``1 - R``, its inference queries being the last prompt token.
 
 Matched to the official code (pkunlp-icler/FastV: the in-place ``fastv_forward`` and its lmms-eval KV-cache port):
