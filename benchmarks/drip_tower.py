@@ -13,7 +13,8 @@ Boundary modes: "fixed" forces proportion-based boundaries (every image keeps ma
 "realistic" (issue 7) sets each predictor's output bias so it fires at rate prior on a random calibration batch
 (the (1 - prior) quantile of its logits) and then lets the predictor decide in eval, so counts vary per image.
 DRIP: arXiv 2025. Run: ``python benchmarks/drip_tower.py [--batch 8 32] [--models B-32 B-16] [--quick]``;
-``--graph-breaks [PRESET ...]`` reports only what ``torch._dynamo.explain`` finds (graphs, breaks, reasons).
+``--graph-breaks [PRESET ...] [--compile-batches 3]`` reports only torch.compile's graphs, graph breaks and recompiles
+over batches of different token counts, compiling the whole tower and with ``tower.compile_blocks()``.
 """
 
 from __future__ import annotations
@@ -195,23 +196,58 @@ def check_targets(rows: list[dict]) -> list[str]:
     return out
 
 
-def graph_breaks(names: list[str], batch: int = 4, seed: int = 0) -> list[dict]:
-    """torch._dynamo.explain of each preset's eval forward: graphs and graph breaks (what torch.compile splits)."""
+def _dynamo_stats() -> dict[str, int]:
+    from torch._dynamo.utils import counters
+
+    return {
+        "compiles": counters["frames"]["total"],
+        "graphs": counters["stats"]["unique_graphs"],
+        "breaks": sum(counters["graph_break"].values()),
+    }
+
+
+def graph_breaks(names: list[str], batch: int = 4, seed: int = 0, batches: int = 3) -> list[dict]:
+    """torch.compile of each preset's eval forward, two ways: the whole tower (``torch.compile(tower)``) and
+    ``tower.compile_blocks()`` (the block runs only). Each runs ``batches`` batches whose token counts differ;
+    reported: graphs, graph breaks, frame compiles after the first batch (recompiles), and the distinct count sets.
+    Backend "eager": dynamo's graph capture only, which is what decides graphs, breaks and recompiles."""
     import torch._dynamo
+    from torch._dynamo.utils import counters
 
     rows = []
-    for name in names:
+    for name, way in ((n, w) for n in names for w in ("whole tower", "compile_blocks")):
+        torch._dynamo.reset()
+        counters.clear()
         torch.manual_seed(seed)
         cfg = get_preset(name)
         tower = DripVisionTransformer(cfg).eval()
         with torch.no_grad():
             for p in tower.predictors:  # varied counts per image, as a trained predictor gives
                 p.fc2.weight.normal_(std=1.0)
-            x = torch.randn(batch, cfg.in_chans, cfg.image_size, cfg.image_size)
-            ex = torch._dynamo.explain(tower)(x)
-        reasons = sorted({r.reason.splitlines()[0][:90] for r in ex.break_reasons})
-        rows.append({"model": name, "graphs": ex.graph_count, "breaks": ex.graph_break_count, "reasons": reasons})
-        torch._dynamo.reset()
+        if way == "compile_blocks":
+            tower.compile_blocks(backend="eager")
+        run = torch.compile(tower, backend="eager") if way == "whole tower" else tower
+        seen, first = set(), {}
+        for k in range(batches):
+            x = torch.randn(
+                batch, cfg.in_chans, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(k)
+            )
+            with torch.no_grad():
+                seen.add(tuple(run(x).token_counts.tolist()))
+            first = first or _dynamo_stats()
+        last = _dynamo_stats()
+        rows.append(
+            {
+                "model": name,
+                "way": way,
+                "batches": batches,
+                "count_sets": len(seen),
+                **last,
+                "recompiles": last["compiles"] - first["compiles"],
+                "first_batch": first,
+            }
+        )
+    torch._dynamo.reset()
     return rows
 
 
@@ -233,13 +269,22 @@ def main() -> None:
     ap.add_argument("--json", help="also write every row to this JSON file")
     ap.add_argument("--quick", action="store_true", help="smoke run: batch 8, 4x only, 2 repeats")
     ap.add_argument(
-        "--graph-breaks", nargs="*", metavar="PRESET", default=None,
+        "--graph-breaks",
+        nargs="*",
+        metavar="PRESET",
+        default=None,
         help="only report torch.compile graphs / graph breaks of these presets (default DRIP-tiny H-DRIP-tiny)",
-    )  # fmt: skip
+    )
+    ap.add_argument("--compile-batches", type=int, default=3, help="--graph-breaks: batches of other token counts")
     args = ap.parse_args()
     if args.graph_breaks is not None:
-        for row in graph_breaks(args.graph_breaks or ["DRIP-tiny", "H-DRIP-tiny"]):
-            print(f"{row['model']}: {row['graphs']} graphs, {row['breaks']} graph breaks; reasons: {row['reasons']}")
+        for row in graph_breaks(args.graph_breaks or ["DRIP-tiny", "H-DRIP-tiny"], batches=args.compile_batches):
+            first = row["first_batch"]
+            print(
+                f"{row['model']}, {row['way']}: first batch {first['graphs']} graphs / {first['breaks']} graph "
+                f"breaks; over {row['batches']} batches ({row['count_sets']} distinct count sets) {row['graphs']} "
+                f"graphs / {row['breaks']} breaks / {row['recompiles']} recompiles"
+            )
         return
     if args.quick:
         args.batch, args.rates, args.repeats = [8], ["4x"], 2

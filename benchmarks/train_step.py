@@ -6,9 +6,11 @@ Run (from the repository root):
     python benchmarks/train_step.py [--towers-from checkpoints/demo/towers] [--model checkpoints/demo/base-llm]
                                     [--rounds 10] [--warmup 2] [--batch 16] [--threads 1] [--no-memory]
                                     [--layouts padded,packed[,packed-1row]] [--no-analytic]
+                                    [--llm-shape smollm2-135m --pdrop-layers 8,16,24] [--configs ViT,DRIP-4x]
 
 What one step is: the demo-size LLaVA (the demo's base LLM when ``checkpoints/demo/base-llm`` exists, else a random
-Llama of the same shape: hidden 128, 4 layers, 4 heads, MLP 384) with an ``mlp2x_gelu`` projector, fully fine-tuned
+Llama of the same shape: hidden 128, 4 layers, 4 heads, MLP 384; ``--llm-shape smollm2-135m``: a random Llama of
+SmolLM2-135M's shape) with an ``mlp2x_gelu`` projector, fully fine-tuned
 (LLM + projector, tower frozen, as in stage 2): forward + loss, backward, gradient clipping at 1.0, AdamW step. The
 batch is the same for every tower: 16 image conversations of a small freshly generated demo world
 (``llava_drip_demo.demo_world``), preprocessed with LLaVA's v1 template (``LazySupervisedDataset`` + the collator).
@@ -68,8 +70,9 @@ import torch
 import transformers
 from llava15_step import print_llava15_section  # a sibling script of this benchmark
 from torch import Tensor, nn
+from train_step_llm import LLM_SHAPES, prepare_llm  # a sibling script of this benchmark
 from train_step_report import print_table  # a sibling script of this benchmark
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from drip import DripVisionTransformer, get_preset
 from drip.calibration import calibrated_threshold
@@ -80,11 +83,8 @@ from llava.model import LlavaLlamaForCausalLM, PDropConfig
 from llava.model.flops import decoder_layer_macs, rank_macs
 from llava.train.args import ModelArguments
 from llava.train.data import DataCollatorForSupervisedDataset, DatasetOptions, LazySupervisedDataset
-from llava_drip_demo.base_llm import demo_texts, train_tokenizer
 from llava_drip_demo.demo_world import WorldConfig, generate
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO_LLM = REPO / "checkpoints" / "demo" / "base-llm"
 MAX_LEN = 256  # the demo's --model_max_length
 CONFIGS = {"ViT": "ViT-tiny", "DRIP-2x": "DRIP-2x-tiny", "DRIP-4x": "DRIP-tiny", "DRIP-4x+PDrop": "DRIP-tiny"}
 PDROP_RATIOS = (0.5, 0.25, 0.125)
@@ -103,26 +103,6 @@ def prepare_world(work: Path, batch: int) -> Path:
         raise ValueError(f"--batch {batch}: the generated world has only {len(records)} image conversations")
     (work / "batch.json").write_text(json.dumps(records))
     return world
-
-
-def prepare_llm(work: Path, world: Path, model: str) -> tuple[str, str]:
-    """(LLM directory, note): ``model`` when it is a directory, else a random Llama of the demo base LLM's shape."""
-    if model != "auto":
-        if not Path(model).is_dir():
-            raise FileNotFoundError(f"--model {model}: not a directory (an HF Llama checkpoint with its tokenizer)")
-        return model, f"LLM {model}"
-    if DEMO_LLM.is_dir():
-        return str(DEMO_LLM), f"LLM {DEMO_LLM.relative_to(REPO)} (the demo's base LLM)"
-    tok = train_tokenizer(demo_texts(world, "v1"), vocab_size=1024)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=False)  # fmt: skip
-    torch.manual_seed(0)
-    out = work / "llm"
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out), "LLM random Llama (hidden 128, 4 layers; the demo base LLM's shape)"
 
 
 def calibrate(tower: DripVisionTransformer, images: Tensor, prior: float) -> DripVisionTransformer:
@@ -172,8 +152,11 @@ class Run:
     opt: torch.optim.Optimizer | None = None
 
 
-def pdrop_schedule(num_layers: int) -> PDropConfig:
-    """PyramidDrop at 1/4, 1/2, 3/4 of the depth (layers 1/2/3 of 4), ratios 1/2, 1/4, 1/8 of the original."""
+def pdrop_schedule(num_layers: int, layers: list[int] | None = None) -> PDropConfig:
+    """PyramidDrop at ``layers``, by default 1/4, 1/2, 3/4 of the depth (layers 1/2/3 of 4); ratios 1/2, 1/4, 1/8
+    of the original."""
+    if layers:
+        return PDropConfig(tuple(layers), PDROP_RATIOS[: len(layers)])
     layers = sorted({max(1, round(k * num_layers / 4)) for k in (1, 2, 3)} - {num_layers})
     return PDropConfig(tuple(layers), PDROP_RATIOS[: len(layers)])
 
@@ -188,7 +171,7 @@ def build_run(name: str, plan: dict, device: torch.device, layout: str = "padded
     model.get_model().initialize_vision_modules(args)
     model.config.tokenizer_padding_side, model.config.tokenizer_model_max_length = "right", MAX_LEN
     if name.endswith("+PDrop"):
-        model.set_pdrop(pdrop_schedule(model.config.num_hidden_layers))
+        model.set_pdrop(pdrop_schedule(model.config.num_hidden_layers, plan.get("pdrop_layers")))
     model.set_packing(layout != "padded", single_row=True if layout == "packed-1row" else None)
     model.requires_grad_(True)
     model.get_vision_tower().requires_grad_(False)
@@ -337,22 +320,29 @@ def time_rounds(runs: list[Run], batch: dict[str, Tensor], rounds: int, warmup: 
 def benchmark(args: argparse.Namespace, work: Path) -> None:
     device = torch.device(args.device)
     layouts = [x for x in args.layouts.split(",") if x]
-    if not layouts or set(layouts) - set(LAYOUTS) or "padded" not in layouts:
-        raise ValueError(f"--layouts must list 'padded' and any of {LAYOUTS}, got {args.layouts!r}")
+    if not layouts or set(layouts) - set(LAYOUTS):
+        raise ValueError(f"--layouts must list some of {LAYOUTS}, got {args.layouts!r}")
+    configs = [c for c in args.configs.split(",") if c]
+    if set(configs) - set(CONFIGS) or "ViT" not in configs:
+        raise ValueError(f"--configs must list ViT and any of {list(CONFIGS)}, got {args.configs!r}")
     world = prepare_world(work, args.batch)
-    llm, llm_note = prepare_llm(work, world, args.model)
+    llm, llm_note = prepare_llm(work, world, args.model, args.llm_shape)
     towers = prepare_towers(work, world, args.towers_from)
     plan = {"llm": llm, "towers": {k: v[0] for k, v in towers.items()}, "batch_json": str(work / "batch.json"),
             "images": str(world / "images")}  # fmt: skip
+    plan["pdrop_layers"] = [int(x) for x in args.pdrop_layers.split(",") if x]
     (work / "plan.json").write_text(json.dumps(plan))
     precision = "fp32 + bf16 autocast" if args.bf16 else "fp32"
     print(f"[train_step] {llm_note}; device {device}, {torch.get_num_threads()} thread(s), {precision}")
     for _, note in towers.values():
         print(f"[train_step] tower {note}")
     # PyramidDrop plans its stages' rows itself (packed-1row would repeat its packed run)
-    pairs = [(n, lay) for n in CONFIGS for lay in layouts if not (n.endswith("+PDrop") and lay == "packed-1row")]
+    pairs = [(n, lay) for n in configs for lay in layouts if not (n.endswith("+PDrop") and lay == "packed-1row")]
     runs = [build_run(name, plan, device, layout) for name, layout in pairs]
-    print(f"[train_step] DRIP-4x+PDrop: {runs[-1].model.pdrop}")
+    for run in runs:
+        if run.model.pdrop is not None:
+            print(f"[train_step] {run.name}: {run.model.pdrop}")
+            break
     batch = load_batch(plan, runs[0], device)
     rows: dict[str, dict] = {}
     for run in runs:
@@ -365,7 +355,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
         for key, mib in measure_memory(work / "plan.json", args, list(rows)).items():
             rows[key]["mem"] = mib
     print_table(rows, args.rounds, layouts)
-    if not args.no_analytic:
+    if not args.no_analytic and "DRIP-4x@padded" in rows:
         print_llava15_section(rows["DRIP-4x@padded"]["trace"].counts.tolist())
 
 
@@ -374,6 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--model", default="auto", help="HF Llama dir (auto: checkpoints/demo/base-llm if present, else random)"
     )
+    ap.add_argument("--llm-shape", default="demo", choices=list(LLM_SHAPES), help="random LLM's shape (--model auto)")
+    ap.add_argument("--pdrop-layers", default="", help="PyramidDrop layers, e.g. 8,16,24 (default 1/4, 1/2, 3/4)")
     ap.add_argument("--towers-from", help="directory of trained DRIP-format towers (e.g. checkpoints/demo/towers)")
     ap.add_argument("--rounds", type=int, default=10, help="timed rounds (median)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
@@ -381,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights)")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, ViT and any of {list(CONFIGS)}")
     ap.add_argument("--layouts", default="padded,packed", help=f"comma-separated, from {LAYOUTS}")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory subprocesses")
     ap.add_argument("--no-analytic", action="store_true", help="skip the analytic LLaVA-1.5-7B section")

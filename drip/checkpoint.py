@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from drip.config import DripConfig, get_preset
+from drip.file_io import load_safetensors, load_torch_weights, writing
 from drip.model import DripVisionTransformer
 
 WEIGHTS_NAME = "model.safetensors"
@@ -39,12 +40,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd: Any = load_file(str(path), device="cpu")
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd: Any = load_safetensors(path) if path.suffix == ".safetensors" else load_torch_weights(path)
     if isinstance(sd, Mapping) and "state_dict" in sd:
         sd = sd["state_dict"]
     if not isinstance(sd, Mapping) or not all(isinstance(v, Tensor) for v in sd.values()):
@@ -111,8 +107,10 @@ def save_drip(model: DripVisionTransformer, path: str | Path) -> Path:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt", "model": "DripVisionTransformer"})
-    (out / CONFIG_NAME).write_text(json.dumps(model.cfg.to_dict(), indent=2) + "\n")
+    with writing(out / WEIGHTS_NAME):
+        save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt", "model": "DripVisionTransformer"})
+    with writing(out / CONFIG_NAME):
+        (out / CONFIG_NAME).write_text(json.dumps(model.cfg.to_dict(), indent=2) + "\n")
     return out
 
 
@@ -126,6 +124,11 @@ def load_drip(
     overrides: DripConfig fields to change, e.g. ``post_layout="padded"`` or ``stochastic_eval=True``.
     """
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"DRIP tower {path}: no such file or folder (expected a folder save_drip wrote, "
+            f"holding {WEIGHTS_NAME} and {CONFIG_NAME}, or its {WEIGHTS_NAME})"
+        )
     weights = path / WEIGHTS_NAME if path.is_dir() else path
     if cfg_or_preset is None:
         cfg_file = weights.parent / CONFIG_NAME

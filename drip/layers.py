@@ -94,6 +94,9 @@ def make_activation(name: str) -> nn.Module:
     return QuickGELU() if name == "quick_gelu" else nn.GELU()
 
 
+SEQLEN_BUCKET = 64  # a compiled layout's max_seqlen is a multiple of this
+
+
 @dataclass
 class PackedLayout:
     """How a padded batch maps to packed rows. Built once per pooling stage (from lengths already on the host, so
@@ -108,10 +111,17 @@ class PackedLayout:
     pad_valid: Tensor  # [B, L] bool, True on real positions, images in packed (sorted) order
     unpad_index: Tensor  # [T] flat index (sorted image * L + position) of each packed row in a sorted [B * L] view
     pack_index: Tensor  # [T] flat index (original image * L + position) of each packed row in an [B * L] view
+    per_group: bool = True  # SDPA without flash: one call per group of equal lengths (<= 2 groups), else one masked
 
     @classmethod
-    def from_lengths(cls, lengths: list[int], max_len: int, device: torch.device) -> PackedLayout:
-        """lengths: real tokens per image (host ints, real tokens first in each row); max_len: padded length L."""
+    def from_lengths(
+        cls, lengths: list[int], max_len: int, device: torch.device, compiled: bool = False
+    ) -> PackedLayout:
+        """lengths: real tokens per image (host ints, real tokens first in each row); max_len: padded length L.
+
+        ``compiled``: a layout for blocks under ``torch.compile`` with dynamic shapes: no per-group path (its loop
+        over the groups would make a graph per set of lengths) and ``max_seqlen`` rounded up to a multiple of
+        ``SEQLEN_BUCKET`` (an integer the flash kernel takes; a bucket keeps the graphs' guards few)."""
         order_host = sorted(range(len(lengths)), key=lambda i: lengths[i])  # stable sort by length
         sorted_len = [lengths[i] for i in order_host]
         groups: list[tuple[int, int]] = []
@@ -121,8 +131,9 @@ class PackedLayout:
             else:
                 groups.append((length, 1))
         total = sum(sorted_len)
-        order = torch.tensor(order_host, dtype=torch.long, device=device)  # [B]
-        len_t = torch.tensor(sorted_len, dtype=torch.long, device=device)  # [B] sorted lengths
+        # Asynchronous uploads: a blocking host -> device copy would wait for every queued kernel.
+        order = torch.tensor(order_host, dtype=torch.long).to(device, non_blocking=True)  # [B]
+        len_t = torch.tensor(sorted_len, dtype=torch.long).to(device, non_blocking=True)  # [B] sorted lengths
         cu = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=device)
         cu[1:] = torch.cumsum(len_t, 0)
         pos = torch.arange(max_len, device=device)[None, :]  # [1, L]
@@ -132,7 +143,11 @@ class PackedLayout:
         position = torch.arange(total, device=device) - cu[:-1].long()[image]  # [T]
         unpad = image * max_len + position
         pack = order[image] * max_len + position
-        return cls(order, groups, cu, max_len, max(sorted_len), pad_index, pad_valid, unpad, pack)
+        longest = max(sorted_len)
+        if compiled:
+            longest = -(-longest // SEQLEN_BUCKET) * SEQLEN_BUCKET
+        per_group = len(groups) <= 2 and not compiled
+        return cls(order, groups, cu, max_len, longest, pad_index, pad_valid, unpad, pack, per_group)
 
     @classmethod
     def from_mask(cls, mask: Tensor) -> PackedLayout:
@@ -145,8 +160,9 @@ class PackedLayout:
 
     def unpack(self, packed: Tensor, batch: int) -> Tensor:
         """[T, D] -> [B, L, D] (zeros on padding), original image order."""
-        out = packed.new_zeros(batch * self.max_len, packed.shape[-1])
-        return out.index_copy(0, self.pack_index, packed).view(batch, self.max_len, -1)
+        length = self.pad_valid.shape[1]  # = max_len, read from a shape (symbolic under dynamic-shape compile)
+        out = packed.new_zeros(batch * length, packed.shape[-1])
+        return out.index_copy(0, self.pack_index, packed).view(batch, length, -1)
 
 
 def key_padding_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -183,7 +199,7 @@ class Attention(nn.Module):
             # both take (q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k); default: non-causal, scale hd^-0.5
             out = varlen(q, k, v, cu, cu, m, m)  # [T, H, hd]
             return self.proj(out.reshape(t, d))
-        if len(layout.groups) > 2:
+        if not layout.per_group:
             g = qkv.view(t, 3 * d)[layout.pad_index]  # [B, L, 3D], images padded to the longest
             b, length = g.shape[:2]
             g = g.view(b, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, L, hd]

@@ -135,6 +135,7 @@ class DripVisionTransformer(nn.Module):
         self.prior_loss_weight = cfg.prior_loss_weight  # set_prior_loss_weight; cfg keeps the preset's value
         self.boundary_mode = LEARNED  # set_boundary_mode: the ablation's uniform / random boundaries (not saved)
         self.grad_checkpointing = False
+        self.compiled_stack = None  # compile_blocks: the block runs under torch.compile
 
     def _apply(self, fn, recurse: bool = True):
         """``.to(dtype)``, ``.half()``, ``.bfloat16()`` (and DeepSpeed's casts) pass through here: the eval thresholds
@@ -148,6 +149,14 @@ class DripVisionTransformer(nn.Module):
     # --- what a training loop sets --------------------------------------------------------------------------------
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+    def compile_blocks(self, **compile_kwargs) -> None:
+        """Compile the runs of blocks between pooling stages (regional compilation) with dynamic shapes; the rest of
+        the forward (embedding, predictor, pooling, head) stays eager. A pooling stage's host work (its one count
+        read, the packed layout) thus stays outside every graph, and batches with new token counts reuse the graphs
+        (one per run of blocks, plus at most a few shape re-specialisations) instead of compiling new ones.
+        ``compile_kwargs`` go to ``torch.compile`` (``backend``, ``mode``, ...)."""
+        self.compiled_stack = torch.compile(self._stack, dynamic=True, **compile_kwargs)
 
     def set_temperature(self, temperature: float) -> None:
         """Gumbel temperature of training-mode sampling (scales the exploration noise; see drip.boundary)."""
@@ -306,18 +315,33 @@ class DripVisionTransformer(nn.Module):
 
     def _run_blocks(self, start: int, end: int, st: DripFeatures) -> None:
         if st.mask is None or self.cfg.post_layout == "padded":
-            bias = None if st.mask is None else key_padding_bias(st.mask, st.x.dtype)
+            context = None if st.mask is None else key_padding_bias(st.mask, st.x.dtype)
+        else:
+            context = st.layout
+        stack = self._stack if self.compiled_stack is None else self.compiled_stack
+        st.x, hidden = stack(st.x, context, start, end, st.hidden is not None)
+        for h in hidden:
+            st.record(h)
+
+    def _stack(
+        self, x: Tensor, context: Tensor | PackedLayout | None, start: int, end: int, record: bool
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Blocks start..end-1 on x [B, L, D]; context: an additive key bias [B, 1, 1, L], the stage's
+        PackedLayout (the blocks then run on its packed [T, D] real tokens) or None. Returns x [B, L, D] and, when
+        ``record``, the [B, L, D] state after every block."""
+        hidden: list[Tensor] = []
+        if not isinstance(context, PackedLayout):
             for i in range(start, end):
-                st.x = self._block(i, st.x, bias)
-                st.record(st.x)
-            return
-        layout = st.layout
-        xp = layout.pack(st.x)  # [T, D]
+                x = self._block(i, x, context)
+                if record:
+                    hidden.append(x)
+            return x, hidden
+        batch, xp = x.shape[0], context.pack(x)  # [T, D]
         for i in range(start, end):
-            xp = self._block(i, xp, layout)
-            if st.hidden is not None:
-                st.record(layout.unpack(xp, st.x.shape[0]))
-        st.x = layout.unpack(xp, st.x.shape[0])
+            xp = self._block(i, xp, context)
+            if record:
+                hidden.append(context.unpack(xp, batch))
+        return context.unpack(xp, batch), hidden
 
     def _pool_stage(self, k: int, st: DripFeatures, forced: Tensor | None, mode: BoundaryMode = LEARNED) -> None:
         cfg = self.cfg
@@ -347,7 +371,8 @@ class DripVisionTransformer(nn.Module):
         st.x = torch.cat([st.x[:, :1], pooled.tokens], dim=1)  # [B, 1 + S_max, D]
         st.mask = torch.cat([ones, pooled.mask], dim=1)
         if cfg.post_layout == "packed":  # built from host counts: no further sync in this stage's blocks
-            st.layout = PackedLayout.from_lengths([c + 1 for c in pooled.counts_host], st.x.shape[1], st.x.device)
+            lengths, compiled = [c + 1 for c in pooled.counts_host], self.compiled_stack is not None
+            st.layout = PackedLayout.from_lengths(lengths, st.x.shape[1], st.x.device, compiled)
         st.boundaries.append(pooled.boundaries), st.logits.append(logits), st.valid.append(valid)
         st.losses.append(loss * self.prior_loss_weight), st.rates.append(rate)
 

@@ -21,7 +21,10 @@ The protocol is LLaVA's (Liu et al., "Visual Instruction Tuning", NeurIPS 2023; 
 ``--max-tokens`` 1024, as LLaVA sends them. The scores are read from the reply's first line by LLaVA's rule
 (``eval.reviews.parse_score_pair``). The rule and system texts are this project's own by default (``eval/rule.json``,
 ``DEFAULT_SYSTEM``); pass LLaVA's ``rule.json`` with ``--rule`` and its system sentence with ``--system`` /
-``--system-file`` (one trailing newline of the file is dropped) to send LLaVA's requests byte for byte.
+``--system-file`` (one trailing newline of the file is dropped) to send LLaVA's requests byte for byte. With either
+of the project's texts the scores are not comparable with LLaVA-1.5's published ones, whatever the judge model: the
+run says so on stderr and every review line records ``"judge_texts": "project"`` (``"given"`` when both texts were
+passed), with ``judge_texts_sha1`` of the texts sent.
 
 The judge model is never guessed: ``--model`` or ``$LLAVA_JUDGE_MODEL`` (LLaVA-1.5 reported ``gpt-4-0314``), and
 every review line records it as ``judge_model``; resuming a file written by another judge model is refused. The API
@@ -31,7 +34,11 @@ is any OpenAI-compatible ``/chat/completions`` at ``--base-url`` (default ``$OPE
 Robustness:
 * resumable: question_ids already in ``--output`` are skipped; a last line cut short by a kill is dropped (and that
   question asked again); a reply without two scores on its first line is recorded with tuple ``[-1, -1]`` (summaries
-  exclude and count it) and kept on a rerun: delete its line to ask again;
+  exclude and count it) and kept on a rerun: delete its line to ask again. A resume is refused when the file's
+  reviews judged other answers than the answer files now hold (answer ids or texts changed), were asked with other
+  rule/system texts or another judge model, or repeat a question; ``--overwrite`` starts the file afresh;
+* one writer: ``<output>.lock`` is held while the run writes (as for answer files), so a second judge run on the
+  same file fails at once instead of reviewing every question twice;
 * time: ``--timeout`` bounds each request as a whole (also against a server that trickles bytes), ``--retry-budget``
   the seconds the whole run may spend on retries (``eval.judge_client``);
 * API errors are retried with exponential backoff; when retries or the budget run out, ``stop`` (default) ends the
@@ -42,6 +49,7 @@ Robustness:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -50,7 +58,17 @@ from typing import Any
 
 from eval.io_utils import EvalInputError, read_json, read_jsonl
 from eval.judge_client import JudgeAPIError, JudgeConfig, RetryBudget, chat_completion
-from eval.reviews import ReviewItem, load_review_items, parse_score_pair, resume_reviews, review_record
+from eval.reviews import (
+    ReviewItem,
+    answers_sha1,
+    load_review_items,
+    parse_score_pair,
+    repeated_question_ids,
+    resume_reviews,
+    review_record,
+    stale_reviews,
+)
+from llava.jsonl import writer_lock
 
 DEFAULT_RULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rule.json")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -119,17 +137,49 @@ def _prepare(
             raise EvalInputError(f"{paths.rule}: no rule for category {item.category!r}")
 
 
-def _done_question_ids(output: str, judge_model: str) -> set[str]:
-    """question_ids reviewed in an earlier run of ``output``; refuses a file another judge model wrote."""
+def judge_texts(args: argparse.Namespace, rules: dict[str, dict[str, str]], system: str) -> dict[str, str]:
+    """What the review lines record about the rule and system texts: "project" when either is this project's own
+    (the scores are then not LLaVA-comparable), else "given"; and a hash of the texts sent."""
+    own = os.path.abspath(args.rule) == DEFAULT_RULE or system == DEFAULT_SYSTEM
+    sent = json.dumps([rules, system], sort_keys=True).encode("utf-8")
+    return {"judge_texts": "project" if own else "given", "judge_texts_sha1": hashlib.sha1(sent).hexdigest()[:16]}
+
+
+def warn_not_comparable(model: str) -> None:
+    print(
+        f"WARNING: the judge ({model}) is asked with this project's own rule and/or system texts (eval/rule.json, "
+        "DEFAULT_SYSTEM), not LLaVA's: its scores are NOT comparable with LLaVA-1.5's published LLaVA-Bench numbers, "
+        "whatever the judge model. Pass LLaVA's rule.json with --rule and its system sentence with --system-file for "
+        'comparable scores. The review lines record "judge_texts": "project".',
+        file=sys.stderr,
+    )
+
+
+def _refuse(output: str, what: str) -> EvalInputError:
+    return EvalInputError(f"{output}: {what}; pass --overwrite to review afresh, or write to a new --output")
+
+
+def _done_question_ids(output: str, identity: dict[str, str], items: list[ReviewItem]) -> set[str]:
+    """question_ids reviewed in an earlier run of ``output``; refuses a file another judge model or other judge
+    texts wrote, reviews of answers that changed since, and repeated question_ids."""
     earlier, cut = resume_reviews(output)
     if cut:
         print(f"{output}: dropped a partial last line ({cut} bytes) left by an interrupted run", file=sys.stderr)
+    judge_model = identity["judge_model"]
     others = sorted({str(r["judge_model"]) for r in earlier if r.get("judge_model", judge_model) != judge_model})
     if others:
         raise EvalInputError(
             f"{output}: reviewed by judge model(s) {', '.join(others)}, not {judge_model}; "
             "pass the same --model to resume it, or write to a new --output"
         )
+    sha1 = identity["judge_texts_sha1"]
+    if any(r.get("judge_texts_sha1", sha1) != sha1 for r in earlier):
+        raise _refuse(output, "reviewed with other rule/system texts than this run's")
+    if repeated := repeated_question_ids(earlier):
+        raise _refuse(output, f"question_id(s) {', '.join(repeated)} reviewed more than once")
+    if stale := stale_reviews(earlier, items):
+        changed = ", ".join(stale)
+        raise _refuse(output, f"the reviews of question_id(s) {changed} judged other answers than the files now hold")
     return {str(r["question_id"]) for r in earlier}
 
 
@@ -139,18 +189,43 @@ def run_reviews(args: argparse.Namespace, ask: Ask) -> dict[str, Any]:
     captions, rules = load_captions(args.context), load_rules(args.rule)
     system = load_system(args.system, args.system_file)
     _prepare(items, captions, rules, args)
-    done = _done_question_ids(args.output, args.model)
+    identity = {"judge_model": args.model, **judge_texts(args, rules, system)}
+    if identity["judge_texts"] == "project":
+        warn_not_comparable(args.model)
+
+    def busy(holder: str) -> EvalInputError:
+        return EvalInputError(
+            f"{args.output} is being written by another judge run ({holder}); wait for it or write to another --output"
+        )
+
+    with writer_lock(args.output, busy):
+        if args.overwrite and os.path.isfile(args.output):
+            open(args.output, "w", encoding="utf-8").close()
+        done = _done_question_ids(args.output, identity, items)
+        prompts = {
+            id(item): judge_prompt(item, captions[item.question["image"]], rules[item.category]) for item in items
+        }
+        return _review_all(args, ask, items, done, system, prompts, identity)
+
+
+def _review_all(
+    args: argparse.Namespace,
+    ask: Ask,
+    items: list[ReviewItem],
+    done: set[str],
+    system: str,
+    prompts: dict[int, str],
+    identity: dict[str, str],
+) -> dict[str, Any]:
+    """Ask the judge about every item not in ``done``, appending one review line each (``run_reviews``' loop)."""
     stats: dict[str, Any] = {"reviewed": 0, "skipped": 0, "malformed": 0, "api_failed": []}
-    if os.path.dirname(args.output):
-        os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "a", encoding="utf-8") as out:
         for item in items:
             if str(item.question["question_id"]) in done:
                 stats["skipped"] += 1
                 continue
-            prompt = judge_prompt(item, captions[item.question["image"]], rules[item.category])
             try:
-                content, _ = ask(system, prompt)
+                content, _ = ask(system, prompts[id(item)])
             except JudgeAPIError as e:
                 print(f"question_id {item.question['question_id']}: {e}", file=sys.stderr)
                 stats["api_failed"].append(item.question["question_id"])
@@ -160,7 +235,9 @@ def run_reviews(args: argparse.Namespace, ask: Ask) -> dict[str, Any]:
             scores = parse_score_pair(content)
             stats["malformed"] += scores[0] < 0
             stats["reviewed"] += 1
-            out.write(json.dumps(review_record(item, content, scores, judge_model=args.model)) + "\n")
+            record = review_record(item, content, scores, judge_model=args.model)
+            record.update(answers_sha1=answers_sha1(item), **{k: v for k, v in identity.items() if k != "judge_model"})
+            out.write(json.dumps(record) + "\n")
             out.flush()
     return stats
 
@@ -201,6 +278,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--retry-backoff", type=_count(0, float), default=1.0, help="first retry wait (s); doubles")
     p.add_argument("--retry-budget", type=_count(0, float), default=300.0, help="seconds the run may spend retrying")
     p.add_argument("--on-api-error", choices=["stop", "skip"], default="stop")
+    p.add_argument("--overwrite", action="store_true", help="start --output afresh instead of resuming it")
     args = p.parse_args(argv)
     if args.api_key is not None:
         p.error("--api-key is not accepted (a key on the command line lands in shell history); set OPENAI_API_KEY")

@@ -24,14 +24,18 @@ Outputs: ``--output-file`` holds LLaVA's ``{"correct": [...], "incorrect": [...]
 LLaVA's ``{"acc", "correct", "count", "results", "outputs"}``. ``--metrics-json`` (ours) holds::
 
     {"split", "gold_source", "total", "correct", "accuracy", "img_total", "img_correct", "img_accuracy",
-     "failed", "missing", "beyond_options", "duplicates", "unmatched_predictions",
+     "failed", "failed_whitespace", "missing", "beyond_options", "duplicates", "unmatched_predictions",
      "breakdown": {"NAT": {"count", "correct", "accuracy"}, ..., "G7-12": {...}} or null,
      "img_categories": {"<category>": {"count", "correct", "accuracy"}, ...} or null}
 
 ``img_categories``: accuracy per ``problems.json`` ``category`` over the image problems (the demo world's question
 templates: color, number, size); null when the gold source has no categories.
 
-Accuracies are percentages; ``img_accuracy`` is null when the split has no image problem.
+Accuracies are percentages; ``img_accuracy`` is null when the split has no image problem. ``failed`` counts the
+problems without a parsed letter (missing ones included), ``failed_whitespace`` the answers among them that would
+parse once stripped of surrounding whitespace (``"B "``, ``"B\\n"``, as other tools write them). They count as wrong,
+as in LLaVA, so the score stays LLaVA's; when more than ``MANY_FAILED`` of the answers give no letter, a warning
+on stderr says how many (and how many only for whitespace).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from eval.io_utils import EvalInputError, read_jsonl, write_json
 from eval.sqa_data import OPTIONS, SqaProblem, load_split_problems
 
 FAILED = "FAILED"
+MANY_FAILED = 0.1  # share of the answers that give no letter above which the scorer warns
 # LLaVA's pattern ends in an unescaped ".", i.e. any character but a newline; "[^\n]" says so explicitly.
 _ANSWER_IS = re.compile(r"The answer is ([A-Z])[^\n]")
 
@@ -161,7 +166,7 @@ def evaluate(problems: dict[str, SqaProblem], predictions: dict[str, dict[str, A
     dict, "metrics": our metrics dict}`` (formats in the module docstring)."""
     analysis: dict[str, list[dict[str, Any]]] = {"correct": [], "incorrect": []}
     result: dict[str, Any] = {"acc": None, "correct": None, "count": None, "results": {}, "outputs": {}}
-    counts = {"failed": 0, "missing": 0, "beyond_options": 0, "img_total": 0, "img_correct": 0}
+    counts = {"failed": 0, "failed_whitespace": 0, "missing": 0, "beyond_options": 0, "img_total": 0, "img_correct": 0}
     for pid, problem in problems.items():
         record = score_problem(problem, predictions.get(pid))
         pred_idx, is_correct = record.pop("pred_idx"), record.pop("is_correct")
@@ -170,6 +175,7 @@ def evaluate(problems: dict[str, SqaProblem], predictions: dict[str, dict[str, A
         result["outputs"][pid] = record["pred"]
         counts["missing"] += pid not in predictions
         counts["failed"] += record["parsed_ans"] == FAILED
+        counts["failed_whitespace"] += record["parsed_ans"] == FAILED and parse_answer(record["pred"].strip()) != FAILED
         counts["beyond_options"] += record["parsed_ans"] != FAILED and pred_idx == -1
         counts["img_total"] += record["is_multimodal"]
         counts["img_correct"] += record["is_multimodal"] and is_correct
@@ -211,6 +217,26 @@ def breakdown_lines(table: dict[str, dict[str, Any]] | None) -> list[str]:
     return lines
 
 
+def unparsed_warning(metrics: dict[str, Any], metrics_json: str | None) -> str | None:
+    """A warning when more than MANY_FAILED of the answers give no option letter (None otherwise)."""
+    answered = metrics["total"] - metrics["missing"]
+    unparsed = metrics["failed"] - metrics["missing"]
+    if not answered or unparsed <= MANY_FAILED * answered:
+        return None
+    spaced = metrics["failed_whitespace"]
+    why = (
+        f"; {spaced} of them only for surrounding whitespace (e.g. 'B ' or 'B\\n'), which LLaVA's rules do not strip"
+        if spaced
+        else ""
+    )
+    where = f"--metrics-json {metrics_json}" if metrics_json else "--metrics-json"
+    return (
+        f"warning: {unparsed} of {answered} answers ({unparsed / answered:.0%}) give no option letter by LLaVA's "
+        f"parsing rules and count as wrong{why}. The score is kept LLaVA-identical; see 'failed' and "
+        f"'failed_whitespace' in {where} and the answer file's format"
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Score a LLaVA ScienceQA answer file (LLaVA-1.5 parsing rules).")
     parser.add_argument("--base-dir", required=True, help="holds pid_splits.json and problems.json or llava_*_CQM-A")
@@ -237,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary_line(metrics))
     for line in breakdown_lines(metrics["breakdown"]):
         print(line)
+    warning = unparsed_warning(metrics, args.metrics_json)
+    if warning:
+        print(warning, file=sys.stderr)
     if metrics["missing"] or duplicates:
         print(
             f"note: {metrics['missing']} problem(s) without prediction, {duplicates} duplicate id(s)", file=sys.stderr

@@ -38,6 +38,7 @@ from typing import Any
 
 _RETRYABLE_STATUS = {408, 409, 429}  # plus every 5xx
 ERROR_BODY_BYTES = 64 * 1024  # read of an error reply: redacted, then its start shown
+MAX_REPLY_BYTES = 16 * 2**20  # a chat completion is a few kB
 ERROR_DETAIL_CHARS = 200  # shown of an error reply or an unexpected reply
 
 
@@ -56,7 +57,7 @@ class JudgeConfig:
     max_retries: int = 5  # retries after the first attempt, for transient errors only
     backoff_s: float = 1.0  # wait before the first retry; doubles each retry
     backoff_max_s: float = 60.0
-    max_reply_bytes: int = 16 * 2**20  # a longer reply is refused, not read whole
+    max_reply_bytes: int = MAX_REPLY_BYTES  # a longer reply is refused, not read whole
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -181,7 +182,7 @@ def _read_capped(response: http.client.HTTPResponse, cap: int) -> bytes:
     return data
 
 
-def post_within(request: urllib.request.Request, timeout_s: float, max_bytes: int = 16 * 2**20) -> bytes:
+def post_within(request: urllib.request.Request, timeout_s: float, max_bytes: int = MAX_REPLY_BYTES) -> bytes:
     """Send ``request`` and read the reply body (at most ``max_bytes``) within ``timeout_s`` seconds in all (proxies
     from the environment are honoured, as by ``urlopen``; redirects are refused with JudgeAPIError). Raises
     TimeoutError past the deadline, ReplyTooLarge over the cap, HTTPStatusError for an HTTP error status (its body's

@@ -7,11 +7,15 @@ A review line (LLaVA's ``eval_gpt_review_bench`` format, also written by ``eval.
 
 Answer 1 is the reference (LLaVA's GPT-4 answers), answer 2 the candidate. ``tuple`` is ``[-1, -1]`` when the
 judge's first line does not hold two scores; summaries exclude such reviews and count them. The LLM judge adds
-``"judge_model"`` (the model that wrote ``content``) at the end of each line; LLaVA's tools ignore the extra key.
+at the end of each line ``"judge_model"`` (the model that wrote ``content``), ``"answers_sha1"`` (``answers_sha1``:
+the two answer texts judged, so a resume notices answers that changed) and ``"judge_texts"`` / ``"judge_texts_sha1"``
+(whose rule and system texts it was asked with); LLaVA's tools ignore the extra keys.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -73,6 +77,40 @@ def review_record(
     if judge_model is not None:
         record["judge_model"] = judge_model
     return record
+
+
+def answers_sha1(item: ReviewItem) -> str:
+    """A hash of the two answer texts a review judges (reference, candidate)."""
+    texts = json.dumps([str(item.reference["text"]), str(item.candidate["text"])])
+    return hashlib.sha1(texts.encode("utf-8")).hexdigest()[:16]
+
+
+def stale_reviews(earlier: list[dict[str, Any]], items: list[ReviewItem]) -> list[str]:
+    """question_ids whose earlier review judged other answers than ``items`` now hold (answer ids, or the texts'
+    hash where the review records one)."""
+    by_id = {str(item.question["question_id"]): item for item in items}
+    stale = []
+    for review in earlier:
+        item = by_id.get(str(review["question_id"]))
+        if item is None:
+            continue
+        now = review_record(item, "", [])
+        ids_differ = any(str(review.get(k)) != str(now[k]) for k in ("answer1_id", "answer2_id"))
+        if ids_differ or review.get("answers_sha1", answers_sha1(item)) != answers_sha1(item):
+            stale.append(str(review["question_id"]))
+    return stale
+
+
+def repeated_question_ids(reviews: list[dict[str, Any]]) -> list[str]:
+    """question_ids reviewed more than once (two judge runs on one file), in file order."""
+    seen: set[str] = set()
+    repeated = []
+    for review in reviews:
+        qid = str(review["question_id"])
+        if qid in seen and qid not in repeated:
+            repeated.append(qid)
+        seen.add(qid)
+    return repeated
 
 
 def parse_score_pair(review: str) -> list[float]:

@@ -17,7 +17,8 @@ where the means of the two tuple columns are first rounded to 3 decimals, relati
 mean reference * 100, 1) and the other two are round(mean * 10, 1) (Python's ``round``, as LLaVA), and a line
 of ``=`` closes the file. Reviews whose question_id is in ``-i`` are left out; reviews with an invalid tuple (the
 judge's ``[-1, -1]``) are excluded from every mean and their count is reported on stderr. A line without
-``tuple`` falls back to its ``score`` pair, as in LLaVA.
+``tuple`` falls back to its ``score`` pair, as in LLaVA. Unlike LLaVA's, a file that reviews a question_id more than
+once (two judge runs on one file) is refused, naming the file and the question_ids, instead of averaged.
 
 ``--json OUT`` (ours, one file only) writes the numbers for ``eval.results_table``::
 
@@ -25,7 +26,9 @@ judge's ``[-1, -1]``) are excluded from every mean and their count is reported o
      "categories": {"all": {"relative", "reference", "candidate", "count"}, "llava_bench_conv": {...}, ...}}
 
 ``judge_models`` lists the ``judge_model`` values the review lines record (``eval.eval_gpt_review_bench`` writes
-one per line; empty for LLaVA's own review files and for ``eval.rule_score``'s).
+one per line; empty for LLaVA's own review files and for ``eval.rule_score``'s), ``judge_texts`` their
+``judge_texts`` values (``"project"``: judged with this project's rule/system texts, not LLaVA-comparable, which is
+also said on stderr).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from eval.io_utils import EvalInputError, read_jsonl, write_json
-from eval.reviews import is_valid_scores
+from eval.reviews import is_valid_scores, repeated_question_ids
 
 SEPARATOR = "================================="
 
@@ -73,11 +76,16 @@ def summarize_file(path: str, ignore: set[str]) -> dict[str, Any]:
     scores: dict[str, list[list[float]]] = defaultdict(list)
     excluded = 0
     judges: set[str] = set()
-    for review in read_jsonl(path, required=("question_id",)):
-        if str(review["question_id"]) in ignore:
-            continue
-        if "judge_model" in review:
-            judges.add(str(review["judge_model"]))
+    texts: set[str] = set()
+    reviews = [r for r in read_jsonl(path, required=("question_id",)) if str(r["question_id"]) not in ignore]
+    if repeated := repeated_question_ids(reviews):
+        raise EvalInputError(
+            f"{path}: question_id(s) {', '.join(repeated)} reviewed more than once (two judge runs on one file?); "
+            "the means would count them twice. Review into a new file"
+        )
+    for review in reviews:
+        judges.update([str(review["judge_model"])] if "judge_model" in review else [])
+        texts.update([str(review["judge_texts"])] if "judge_texts" in review else [])
         pair = review.get("tuple", review.get("score"))
         if not is_valid_scores(pair):
             excluded += 1
@@ -86,7 +94,12 @@ def summarize_file(path: str, ignore: set[str]) -> dict[str, Any]:
             scores[review["category"]].append(pair)
         scores["all"].append(pair)
     categories = {k: category_stats(v) for k, v in sorted(scores.items())}
-    return {"excluded": excluded, "judge_models": sorted(judges), "categories": categories}
+    return {
+        "excluded": excluded,
+        "judge_models": sorted(judges),
+        "judge_texts": sorted(texts),
+        "categories": categories,
+    }
 
 
 def category_stats(pairs: list[list[float]]) -> dict[str, Any]:
@@ -141,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(summary_lines(config, summary)))
         if summary["excluded"]:
             print(f"{config}: excluded {summary['excluded']} review(s) with invalid scores", file=sys.stderr)
+        if "project" in summary["judge_texts"]:
+            own = "judged with this project's rule/system texts, not LLaVA's"
+            print(f"WARNING: {config}: {own}: the scores are not LLaVA-1.5-comparable", file=sys.stderr)
     if args.json:
         config, summary = summaries[0]
         write_json(args.json, {"config": config, **summary})

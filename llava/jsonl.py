@@ -4,14 +4,17 @@ The one JSONL reader of ``llava`` and of the torch-free scorers in ``eval/``: qu
 user-supplied, so a bad one must stop the run with ``answers.jsonl:17: not valid JSON (...)`` rather than a bare
 traceback from inside ``json``. It lives at the bottom of ``llava`` (beside ``constants``) because ``llava`` may not
 import ``eval``, and ``llava/__init__`` imports nothing, so ``eval`` can use it without pulling torch. ``drip``, which
-imports neither, keeps its own small reader in ``drip.tools.report``.
+imports neither, keeps its own small reader in ``drip.tools.report``. Writers that append to such a file (answers,
+reviews) hold ``writer_lock`` while they write, so a second run on the same file fails at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+import socket
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 
@@ -71,3 +74,31 @@ def drop_partial_last_line(path: str) -> int:
         if keep < len(data):
             f.truncate(keep)
     return len(data) - keep
+
+
+@contextlib.contextmanager
+def writer_lock(path: str, busy: Callable[[str], Exception]) -> Iterator[None]:
+    """Hold ``<path>.lock`` (an advisory ``flock``) exclusively while the body runs; when another process holds it,
+    raise ``busy(holder)`` (holder: "pid N on HOST" as the lock file records it). The OS drops the lock when the
+    holder dies, so a killed run is resumed simply by rerunning it."""
+    import fcntl  # POSIX only: imported where used
+
+    lock_path = os.path.expanduser(path) + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+    f = open(lock_path, "a+", encoding="utf-8")  # closed in the finally below
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise busy(f.read().strip() or "another process") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        f.close()

@@ -89,6 +89,11 @@ def process_images(
     Returns:
         pixel values [B, 3, H, W]; a list of [3, H_i, W_i] if padded images come out with different sizes.
     """
+    if image_processor is None:  # what load_pretrained_model returns for a model without a tower
+        raise ValueError(
+            "no image processor: the model has no vision tower (its config.json has no "
+            "mm_vision_tower), so it takes no images"
+        )
     if aspect_ratio is None:
         if model_cfg is None:
             raise TypeError("process_images needs aspect_ratio='pad'|'square' or a model config (model_cfg)")

@@ -8,3 +8,4 @@ py=python; [[ -n "${VIRTUAL_ENV:-${CONDA_PREFIX:-}}" ]] && python -c "import dri
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions} DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
 $py -m ruff check drip llava eval llava_drip_demo tests benchmarks
 $py -m pytest "$@"
+if [[ $# -eq 0 ]]; then bash scripts/test_oldest_transformers.sh -q; fi  # the full run: also the transformers floor

@@ -46,6 +46,13 @@ CASES: list[tuple[Callable[[Repo], list[str]], str, str, str]] = [
     (rule_in_package_order, "llava/model/splice.py", "\nfrom llava.model.llava_arch import LlavaMetaModel\n", "above"),
     (rule_in_package_order, "drip/pooling.py", "\ndef f():\n    from drip.text.model import causal_bias\n", "above"),
     (rule_in_package_order, "drip/model.py", "\nfrom drip import get_preset\n", "imports drip, above it"),
+    (
+        rule_in_package_order,
+        "llava_drip_demo/world/scene.py",
+        "\ndef g():\n    from llava_drip_demo import demo_world\n",
+        "above",
+    ),
+    (rule_in_package_order, "eval/io_utils.py", "\ndef g():\n    from eval.sqa_data import load_problems\n", "above"),
     (rule_library_never_imports_tools, "drip/model.py", "\nfrom drip.tools.files import load_images\n", "tool"),
     (rule_library_never_imports_tools, "llava/model/builder.py", "\nimport llava.tools.tower_export\n", "tool"),
     (rule_llava_layers, "llava/model/splice.py", "\nfrom llava.train.data import LazySupervisedDataset\n", "above"),

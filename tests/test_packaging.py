@@ -8,6 +8,7 @@ from another temporary folder, with only that install on PYTHONPATH, so nothing 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,8 @@ def test_every_package_and_its_data_is_installed(site: Path) -> None:
         assert (site / name / "__init__.py").is_file(), name
     assert (site / "eval" / "rule.json").is_file()  # eval_gpt_review_bench's default --rule
     assert (site / "llava_drip_demo" / "world" / "scene.py").is_file()
+    for data in ("presets/DRIP-tiny.json", "open_clip_configs/DRIP-tiny.json", "text/presets/DRIP-tiny-T2x.json"):
+        assert (site / "drip" / data).is_file(), data  # what drip's preset readers open
     assert not (site / "playground").exists()  # data only, never a package
 
 
@@ -71,3 +74,15 @@ def test_demo_package_runs_as_module_from_any_directory(site: Path, tmp_path: Pa
                          "--n-zeroshot-per-class", "1")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "manifest.json").is_file()
+
+
+def test_the_oldest_transformers_tested_is_the_floor_pyproject_states() -> None:
+    """scripts/test_oldest_transformers.sh installs constraints/oldest-transformers.txt: that pin must be the floor
+    ``transformers>=X`` of pyproject.toml, or the floor would be claimed untested."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (spec,) = [d for d in deps if re.match(r"transformers\b", d)]
+    floor = re.search(r">=\s*([\d.]+)", spec).group(1)
+    pins = (ROOT / "constraints" / "oldest-transformers.txt").read_text()
+    pinned = re.search(r"^transformers==([\d.]+)$", pins, re.M).group(1)
+    assert pinned in (floor, f"{floor}.0"), (floor, pinned)

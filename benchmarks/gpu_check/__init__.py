@@ -23,5 +23,6 @@ time. Sections, cheapest and most informative first:
   fwd+bwd, a text-only batch through the zero-contribution path, PyramidDrop packed vs padded, fp16 generation
   with a packed vs padded prefill (equal greedy tokens, prefill time).
 * G ``llm``: the LLM packing rows (1.3B Llama in bf16 built on the GPU: tokens/s, peak memory per layout).
-* H ``compiled``: torch.compile speed-up on one batch, then recompiles and wall time over 3 different batches.
+* H ``compiled``: ``tower.compile_blocks()`` speed-up on one batch, then recompiles, graphs and wall time over 3
+  batches of other token counts.
 """

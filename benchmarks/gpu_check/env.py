@@ -69,6 +69,12 @@ def _decisions(ctx: Context, report: Report) -> None:
     from llava.model.builder import resolve_attn_implementation
 
     report.row("drip packed attention takes flash-attn (bf16)", use_flash(ctx.device.type, torch.bfloat16))
+    try:
+        from drip.layers import packed_attention_kernel
+    except ImportError as e:  # a checkout without the kernel dispatch
+        report.row("drip packed attention kernel (bf16)", f"n/a ({e})")
+    else:
+        report.row("drip packed attention kernel (bf16)", packed_attention_kernel(ctx.device.type, torch.bfloat16))
     report.row("transformers is_flash_attn_2_available()", is_flash_attn_2_available())
     report.row(
         "LLaVA --attn_implementation flash_attention_2 resolves to", resolve_attn_implementation("flash_attention_2")

@@ -3,7 +3,7 @@
     python -m drip.tools.boundary_signal --preset DRIP-tiny --seeds 0 1 2 --loss clip
 
 For every estimator and seed: a fresh tower (seeded), synthetic blob images, random boundaries at the prior rate and
-random text embeddings; see ``drip.boundary_signal.measure``. Prints one row per run and the mean per estimator.
+random text embeddings; see ``drip.tools.flip_signal.measure``. Prints one row per run and the mean per estimator.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import torch
 
 from drip.boundary_estimators import BOUNDARY_ESTIMATORS
-from drip.boundary_signal import SignalReport, measure, synthetic_images
 from drip.config import get_preset
 from drip.model import DripVisionTransformer
+from drip.tools.flip_signal import SignalReport, measure, synthetic_images
 
 
 def run(preset: str, estimator: str, seed: int, loss: str, batch: int) -> SignalReport:

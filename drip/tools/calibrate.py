@@ -36,6 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--out", required=True, help="where the calibrated tower is written")
     args = p.parse_args(argv)
+    try:
+        calibrate(args)
+    except (OSError, ValueError) as e:  # a missing tower or folder, a corrupt file, a full disk: messages name them
+        p.exit(2, f"error: {e}\n")
+
+
+def calibrate(args: argparse.Namespace) -> None:
+    """Calibrate the tower ``args.tower`` on ``args.images`` and write it to ``args.out`` (module docstring)."""
     tower = load_drip(args.tower).eval()
     report: dict = {"tower": args.tower, "thresholds_before": tower.eval_thresholds.tolist()}
     if tower.cfg.pool_at:

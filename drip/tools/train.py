@@ -345,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("drip.tools.train needs --train-data or --dataset-type synthetic")
     args.save_logs = bool(args.logs) and args.logs.lower() != "none" and is_master(args)
     steps_per_epoch = data["train"].dataloader.num_batches // args.accum_freq
+    if steps_per_epoch < 1:
+        samples = getattr(data["train"].dataloader, "num_samples", "too few")
+        raise SystemExit(
+            f"--train-data {args.train_data}: {samples} sample(s) make no full training step of --batch-size "
+            f"{args.batch_size} x {args.world_size} rank(s) x --accum-freq {args.accum_freq} (the last partial batch "
+            "is dropped); give more samples or a smaller --batch-size"
+        )
     total = steps_per_epoch * args.epochs
     lr_fn = _lr_fn(args, optimizer, total, steps_per_epoch)
     schedule = DripSchedule(

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from drip.file_io import RefusedPickle, load_torch_weights, writing
+
 
 def latest_checkpoints(args: argparse.Namespace) -> list[str] | None:
     """Newest first: epoch_latest.pt (with --save-most-recent, as open_clip_train), then epoch_N.pt by falling N;
@@ -26,15 +28,18 @@ def latest_checkpoints(args: argparse.Namespace) -> list[str] | None:
 
 
 def load_resume_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
-    """pt_load(args.resume); under --resume latest a file that does not load (a save cut short by a kill) is
-    skipped with a warning for the next older one (``args.resume_fallbacks``)."""
+    """Load args.resume (a local file weights-only through ``drip.file_io``, a remote one with open_clip_train's
+    pt_load); under --resume latest a file that does not load (a save cut short by a kill) is skipped with a warning
+    for the next older one (``args.resume_fallbacks``). A file refused for safety stops the run, naming it."""
     from open_clip_train.file_utils import pt_load
 
     candidates = [args.resume, *getattr(args, "resume_fallbacks", [])]
     for i, path in enumerate(candidates):
         try:
-            ckpt = pt_load(path, map_location="cpu")
-        except (RuntimeError, EOFError) as e:  # torch's zip reader raises RuntimeError on a truncated file
+            ckpt = load_torch_weights(path) if os.path.exists(path) else pt_load(path, map_location="cpu")
+        except RefusedPickle as e:
+            raise SystemExit(f"cannot resume: {e}") from None
+        except (ValueError, RuntimeError, EOFError) as e:  # a truncated file (torch's zip reader: RuntimeError)
             if i + 1 == len(candidates):
                 raise SystemExit(f"cannot resume: checkpoint {path} does not load ({e})") from e
             logging.warning("checkpoint %s does not load (%s); resuming from %s", path, e, candidates[i + 1])
@@ -87,11 +92,14 @@ def save_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer, scale
     if scaler is not None:
         ckpt["scaler"] = scaler.state_dict()
     if completed == args.epochs or (args.save_frequency > 0 and completed % args.save_frequency == 0):
-        torch.save(ckpt, os.path.join(args.checkpoint_path, f"epoch_{completed}.pt"))
+        path = os.path.join(args.checkpoint_path, f"epoch_{completed}.pt")
+        with writing(path):
+            torch.save(ckpt, path)
     previous = os.path.join(args.checkpoint_path, f"epoch_{completed - 1}.pt")
     if args.delete_previous_checkpoint and os.path.exists(previous):
         os.remove(previous)
     if args.save_most_recent:
         tmp = os.path.join(args.checkpoint_path, "tmp.pt")
-        torch.save(ckpt, tmp)
+        with writing(tmp):
+            torch.save(ckpt, tmp)
         os.replace(tmp, os.path.join(args.checkpoint_path, "epoch_latest.pt"))

@@ -25,11 +25,11 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from llava.jsonl import drop_partial_last_line, split_partial_last_line
+from drip.file_io import unwritable
+from llava.jsonl import drop_partial_last_line, split_partial_last_line, writer_lock
 
 IDENTITY_FORMAT = "llava-drip answers identity 1"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".pt", ".pth", ".model")
@@ -56,11 +56,14 @@ def answer_id(model_id: str, question_id: Any, text: str) -> str:
 
 
 def check_answers_path(path: str) -> None:
-    """Refuse an answers path that cannot be a file (a directory), naming the flag."""
+    """Refuse an answers path that cannot be a file (a directory) or cannot be written, naming the flag."""
     if os.path.isdir(path):
         raise InputFileError(
             f"--answers-file {path} is a directory; give a file path, e.g. {os.path.join(path, 'answers.jsonl')}"
         )
+    problem = unwritable(path)
+    if problem is not None:
+        raise InputFileError(f"--answers-file {path} cannot be written: {problem}")
 
 
 def content_sha1(path: str) -> str:
@@ -157,31 +160,14 @@ def claim_answers_file(path: str, identity: dict[str, Any], overwrite: bool) -> 
 @contextlib.contextmanager
 def answers_lock(path: str) -> Iterator[None]:
     """Hold ``<path>.lock`` exclusively while the body runs; raises AnswersFileBusy if another run holds it."""
-    import fcntl  # POSIX only: imported where used
 
-    lock_path = path + ".lock"
-    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
-    f = open(lock_path, "a+", encoding="utf-8")  # closed in the finally below
-    try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise AnswersFileBusy(
-                f"{path} is being written by another run ({holder}); wait for it to finish or choose another "
-                "--answers-file"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-    finally:
-        f.close()
+    def busy(holder: str) -> AnswersFileBusy:
+        return AnswersFileBusy(
+            f"{path} is being written by another run ({holder}); wait for it to finish or choose another --answers-file"
+        )
+
+    with writer_lock(path, busy):
+        yield
 
 
 def resume_answers(path: str, question_ids: Sequence[Any], overwrite: bool = False) -> dict[str, dict[str, Any]]:

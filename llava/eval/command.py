@@ -13,15 +13,8 @@ import torch
 
 from llava.conversation import conv_templates
 from llava.eval.answers import InputFileError, check_answers_path, model_fingerprint
-from llava.eval.generation import (
-    OVERLONG,
-    AnswerGenerator,
-    GenerationSettings,
-    Question,
-    check_questions,
-    generate_answers,
-    get_chunk,
-)
+from llava.eval.generation import AnswerGenerator, GenerationSettings, generate_answers
+from llava.eval.questions import OVERLONG, Question, check_questions, get_chunk
 from llava.mm_utils import get_model_name_from_path
 from llava.model.reduction.apply import add_token_reduction_arg, apply_token_reduction, check_token_reduction_arg
 
@@ -117,6 +110,13 @@ def run_eval(args: argparse.Namespace, questions: Sequence[Question]) -> dict[st
     check_answers_path(answers_file)  # before the model loads
     torch.manual_seed(args.seed)
     tokenizer, model, image_processor, model_name = load_model(args.model_path, args.model_base, args.device)
+    with_images = [q.question_id for q in chunk if q.image_file is not None]
+    if with_images and model.get_vision_tower() is None:
+        raise InputFileError(
+            f"--model-path {args.model_path}: the model has no vision tower (config.json has no "
+            f"mm_vision_tower), but {len(with_images)} question(s) have an image, e.g. question "
+            f"{with_images[0]}"
+        )
     apply_token_reduction(model, args.token_reduction)
     model.set_packed_prefill(args.packed_prefill)
     settings = GenerationSettings(

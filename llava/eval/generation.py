@@ -18,11 +18,9 @@ question has an image; ScienceQA's IMG-accuracy is computed from that). What is 
   it ends with the file an uninterrupted run writes, batched or not. ``answer_id`` is a hash of (model, question,
   answer) instead of LLaVA's random ``shortuuid``, so reruns agree. The file must have been written by the same
   model and settings, and one run at a time writes it (``llava.eval.answers``: identity sidecar and lock).
-* Over-long questions. A question whose prompt, images spliced in, is longer than the model's context cannot be
-  answered. By default (``overlong="skip"``, ``--overlong skip``) the rest of its batch is answered without it and its
-  line says so: ``text`` is empty (LLaVA's scorers count it wrong, as a FAILED answer) and ``metadata`` holds
-  ``{"skipped": "overlong", "prompt_tokens": N, "context": C}``; the sidecar counts such lines (``skipped``) and a
-  rerun resumes past them. ``overlong="error"`` stops the run with an error naming the question ids.
+* Over-long questions (prompt longer than the model's context): the batch is answered without them and their lines
+  have an empty ``text`` (scored wrong) and ``metadata`` ``{"skipped": "overlong", "prompt_tokens", "context"}``;
+  the sidecar counts them and a rerun resumes past them. ``overlong="error"`` stops the run naming their ids.
 * Efficiency. Each answer's ``metadata`` records its visual and text token counts and analytic costs; the sidecar
   ``<answers>.efficiency.json`` aggregates them over the whole file (resumed parts included) and adds the
   seconds per answer and peak memory (``llava.eval.efficiency``).
@@ -31,12 +29,11 @@ question has an image; ScienceQA's IMG-accuracy is computed from that). What is 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import torch
 from PIL import Image
@@ -45,7 +42,6 @@ from tqdm import tqdm
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.eval.answers import (
-    InputFileError,
     answer_id,
     answers_lock,
     check_answers_path,
@@ -56,69 +52,16 @@ from llava.eval.answers import (
     resume_answers,
 )
 from llava.eval.efficiency import RunClock, VisionProbe, efficiency_path, reset_peak_memory, write_sidecar
+from llava.eval.questions import OVERLONG, OverlongQuestion, Question
 from llava.mm_utils import load_image, process_images, tokenizer_image_token
 from llava.model.config import MultimodalConfig
 from llava.model.flops import prefill_macs
-from llava.model.language_model.llava_llama import PromptTooLong
 from llava.model.packed_prefill import prefill_padding
 from llava.model.reduction.spec import PatchSlimming, parse_token_reduction
-from llava.prompting import Decoding, PromptStyle, cut_at_stop, pad_token_id, with_image
+from llava.model.splice import PromptTooLong
+from llava.prompting import Decoding, PromptStyle, cut_at_stop, pad_token_id
 
-T = TypeVar("T")
-OVERLONG = ("skip", "error")  # what happens to a question longer than the model's context (module docstring)
 WINDOW_BATCHES = 4  # batches grouped by length at a time: bigger groups pad less, a kill loses more unwritten work
-
-
-class OverlongQuestion(InputFileError):
-    """A question longer than the model's context, with ``overlong="error"`` (the message names its id)."""
-
-
-# --- questions and prompts ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Question:
-    """One question of a question file."""
-
-    question_id: Any  # as the question file spells it (ScienceQA: str, LLaVA-Bench: int)
-    text: str  # the question, without any image token
-    image_file: str | None = None  # relative to --image-folder; None for a text-only question
-    prompt: str | None = None  # the answer line's "prompt" (LLaVA's cur_prompt); None: the text
-
-    def query(self, use_im_start_end: bool = False) -> str:
-        """The user turn for the template: LLaVA puts the image token and a newline in front of an image question."""
-        return with_image(self.text, use_im_start_end) if self.image_file is not None else self.text
-
-
-def check_questions(questions: Sequence[Question], question_file: str, image_folder: str) -> None:
-    """Fail before the model loads: question ids must be unique (resume relies on them) and images must exist."""
-    seen: set[str] = set()
-    for q in questions:
-        if str(q.question_id) in seen:
-            raise InputFileError(f"{question_file}: question_id {q.question_id} appears more than once")
-        seen.add(str(q.question_id))
-    missing = [
-        q.image_file for q in questions if q.image_file and not os.path.isfile(os.path.join(image_folder, q.image_file))
-    ]
-    if missing:
-        raise InputFileError(
-            f"{question_file}: {len(missing)} image(s) not found under --image-folder {image_folder!r}, "
-            f"e.g. {missing[0]!r}"
-        )
-
-
-def split_list(items: Sequence[T], n: int) -> list[Sequence[T]]:
-    """LLaVA's split: consecutive chunks of ceil(len / n) items (fewer than n chunks when the items run out)."""
-    if n < 1:
-        raise ValueError(f"--num-chunks must be at least 1, got {n}")
-    size = max(1, math.ceil(len(items) / n))
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def get_chunk(items: Sequence[T], num_chunks: int, chunk_idx: int) -> Sequence[T]:
-    """Chunk ``chunk_idx`` of ``split_list(items, num_chunks)``; empty when that chunk has no items."""
-    if not 0 <= chunk_idx < num_chunks:
-        raise ValueError(f"--chunk-idx must be in [0, {num_chunks}), got {chunk_idx}")
-    chunks = split_list(items, num_chunks)
-    return chunks[chunk_idx] if chunk_idx < len(chunks) else items[:0]
 
 
 # --- answers file ------------------------------------------------------------------------------------------------
@@ -227,17 +170,13 @@ class AnswerGenerator:
     ) -> list[Generated]:
         """The batch answered without the questions ``err`` names (each gets a skipped ``Generated``)."""
         long = dict(err.samples)  # batch position -> spliced prompt length
-        names = ", ".join(f"{batch[i].question_id} ({n} tokens)" for i, n in err.samples)
         if self.settings.overlong == "error":
-            raise OverlongQuestion(
-                f"question {names}: the prompt is longer than the model's context of "
-                f"{err.context} tokens; --overlong skip answers the other questions"
-            ) from None
+            raise OverlongQuestion.naming([(batch[i].question_id, n) for i, n in err.samples], err.context) from None
         keep = [i for i in range(len(batch)) if i not in long]
         pictures = None
         if images is not None:  # the pictures of the kept image questions, in batch order
-            with_image = [i for i, q in enumerate(batch) if q.image_file is not None]
-            pictures = [img for i, img in zip(with_image, images, strict=True) if i not in long]
+            shown = [i for i, q in enumerate(batch) if q.image_file is not None]
+            pictures = [img for i, img in zip(shown, images, strict=True) if i not in long]
         answered = iter(self._generate([batch[i] for i in keep], pictures) if keep else [])
         out = []
         for i, q in enumerate(batch):

@@ -43,15 +43,8 @@ from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 
 from llava.eval.command import load_model
-from llava.eval.generation import (
-    OVERLONG,
-    AnswerGenerator,
-    Generated,
-    GenerationSettings,
-    OverlongQuestion,
-    Question,
-    plan_batches,
-)
+from llava.eval.generation import AnswerGenerator, Generated, GenerationSettings, plan_batches
+from llava.eval.questions import OVERLONG, OverlongQuestion, Question
 from llava.model.config import PDropConfig, parse_number_list
 from llava.model.reduction.apply import apply_token_reduction
 from llava.prompting import cut_at_stop

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from llava.eval import command
 from llava.eval.answers import InputFileError
-from llava.eval.generation import Question
+from llava.eval.questions import Question
 from llava.jsonl import iter_jsonl
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.eval import command
 from llava.eval.answers import InputFileError
-from llava.eval.generation import Question
+from llava.eval.questions import Question
 
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
+from drip.file_io import load_torch_weights
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.model.language_model.llava_llama import LlavaLlamaConfig, LlavaLlamaForCausalLM, register_auto_classes
 
@@ -152,8 +153,35 @@ def _finish_vision(model: LlavaLlamaForCausalLM, missing_keys: list[str]) -> Non
         model.get_model().load_vision_tower()
 
 
+def check_vision_setup(model: LlavaLlamaForCausalLM, model_path: str) -> None:
+    """Say at load what the config makes of the model: a warning when ``config.json`` names no vision tower (a
+    text-only LLaVA; images are then refused, naming ``mm_vision_tower``), a ValueError when the projector takes
+    another width (``mm_hidden_size``) than the tower gives (a projector trained with another tower)."""
+    tower = model.get_vision_tower()
+    if tower is None:
+        logger.warning(
+            "%s: config.json has no mm_vision_tower: loaded as a text-only model (no vision tower, no "
+            "image processor); questions with images will be refused",
+            model_path,
+        )
+        return
+    width = model.mm_config.mm_hidden_size
+    if width is not None and width != tower.hidden_size:
+        raise ValueError(
+            f"{model_path}: the projector takes features of width {width} (mm_hidden_size), but the "
+            f"vision tower {tower.vision_tower_name!r} gives width {tower.hidden_size}: the projector was "
+            "trained with another tower"
+        )
+
+
 def _from_pretrained(path: str, config: LlavaLlamaConfig | None, kwargs: dict[str, Any]) -> tuple[Any, list[str]]:
-    model, info = LlavaLlamaForCausalLM.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    from safetensors import SafetensorError
+
+    try:
+        model, info = LlavaLlamaForCausalLM.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    except SafetensorError as err:  # transformers passes safetensors' message on, which names no file
+        shards = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+        raise ValueError(f"{path}: a weight file ({', '.join(shards)}) is truncated or corrupt ({err})") from None
     return model, list(info["missing_keys"])
 
 
@@ -178,7 +206,7 @@ def _load_model(kind: CheckpointKind, model_path: str, model_base: str | None, k
     extra_path = os.path.join(model_path, extra_file)
     if not os.path.isfile(extra_path):
         raise FileNotFoundError(f"{model_path}: {kind} checkpoint without {extra_file}")
-    extra = to_model_keys(torch.load(extra_path, map_location="cpu", weights_only=True), model)
+    extra = to_model_keys(load_torch_weights(extra_path), model)
     load_state_into(model, extra, extra_path)
     _finish_vision(model, [k for k in missing if k not in extra])
     if kind == "lora":
@@ -231,6 +259,7 @@ def load_pretrained_model(
     kind = checkpoint_kind(model_path)
     kwargs = _load_kwargs(load_8bit, load_4bit, device_map, device, torch_dtype, attn_implementation)
     model = _load_model(kind, model_path, model_base, kwargs)
+    check_vision_setup(model, model_path)
     has_tokenizer = any(os.path.isfile(os.path.join(model_path, f)) for f in TOKENIZER_FILES)
     tokenizer_dir = model_path if has_tokenizer or model_base is None else model_base
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

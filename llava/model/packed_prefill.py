@@ -25,6 +25,7 @@ from typing import Any
 from torch import Tensor
 from transformers import DynamicCache
 
+from llava.model.cache_keyword import cache_kwargs
 from llava.model.packing import (
     FLASH_BACKENDS,
     block_causal_mask,
@@ -89,8 +90,8 @@ def packed_prefill(
         inputs_embeds=packed.inputs_embeds,
         attention_mask=mask,
         position_ids=packed.position_ids,
-        cache=scratch,
         use_cache=True,
+        **cache_kwargs(llama_model, scratch),
         **extra,
     )
     copy_packed_cache(scratch, cache, packed, range(config.num_hidden_layers))

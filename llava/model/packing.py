@@ -22,6 +22,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,10 +44,11 @@ class PackedBatch:
     source_index: Tensor  # [R, C] long: index b * T + t of the slot in the padded [B, T] batch, -1 on filler
     seq_lens: Tensor  # [S] long, real tokens per sample in pack order (filler excluded)
     batch_shape: tuple[int, int]  # (B, T) of the padded batch the pack came from
+    seq_lens_host: tuple[int, ...] = ()  # the same as ``seq_lens``, on the host (no read-back to use them)
 
     @property
     def num_real(self) -> int:
-        return int((self.source_index >= 0).sum())
+        return sum(self.seq_lens_host)
 
     @property
     def padding_share(self) -> float:
@@ -125,64 +127,91 @@ def _first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[in
 
 
 def pack_batch(
-    inputs_embeds: Tensor, attention_mask: Tensor, labels: Tensor | None, rows: Sequence[Sequence[int]]
+    inputs_embeds: Tensor,
+    attention_mask: Tensor,
+    labels: Tensor | None,
+    rows: Sequence[Sequence[int]],
+    lengths: Sequence[int] | None = None,
+    starts: Sequence[int] | None = None,
 ) -> PackedBatch:
     """Copy the real tokens of a padded batch into packed rows.
+
+    The slot indices are built on the host and uploaded once; with ``lengths`` and ``starts`` given nothing is read
+    back from the device, otherwise both are read in one transfer.
 
     Args:
         inputs_embeds: [B, T, H]; attention_mask: [B, T] bool, True on real tokens (each row's real tokens
             contiguous: left or right padding); labels: [B, T] long or None.
         rows: the samples of each packed row, from ``plan_rows``.
+        lengths, starts: real tokens per sample and the slot of its first one ([B] host ints), when known.
 
     Returns:
         PackedBatch with C = the longest row's token count.
     """
     b, t, _ = inputs_embeds.shape
-    mask = attention_mask.bool()
-    lengths = mask.sum(1).tolist()  # [B]
-    starts = mask.long().argmax(1).tolist()  # [B] first real slot (0 for an all-padding row)
+    if lengths is None or starts is None:
+        lengths, starts = _lengths_and_starts(attention_mask)
     if sorted(i for row in rows for i in row) != list(range(b)):
         raise ValueError(f"rows must hold every sample 0..{b - 1} exactly once, got {[list(r) for r in rows]}")
     width = max(sum(lengths[i] for i in row) for row in rows)
-    device = inputs_embeds.device
-    source = torch.full((len(rows), width), -1, dtype=torch.long, device=device)
-    positions = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-    first = torch.zeros((len(rows), width), dtype=torch.bool, device=device)
+    source = np.full((len(rows), width), -1, dtype=np.int64)  # [R, C]
+    positions = np.zeros((len(rows), width), dtype=np.int64)
+    first = np.zeros((len(rows), width), dtype=bool)
     order = []
     for r, row in enumerate(rows):
         at = 0
         for i in row:
             n = lengths[i]
-            source[r, at : at + n] = i * t + starts[i] + torch.arange(n, device=device)
-            positions[r, at : at + n] = torch.arange(n, device=device)
+            source[r, at : at + n] = i * t + starts[i] + np.arange(n)
+            positions[r, at : at + n] = np.arange(n)
             if n > 0:
                 first[r, at] = True
             order.append(n)
             at += n
-        positions[r, at:] = torch.arange(width - at, device=device)  # filler: its own segment
-    real = source >= 0  # [R, C]
-    flat_index = source.clamp(min=0)  # [R, C]
+        positions[r, at:] = np.arange(width - at)  # filler: its own segment
+    device = inputs_embeds.device
+    source_t, flat_index = upload(source, device), upload(np.maximum(source, 0), device)  # [R, C]
+    real = source_t >= 0
     embeds = inputs_embeds.reshape(b * t, -1)[flat_index] * real[..., None].to(inputs_embeds.dtype)  # [R, C, H]
     packed_labels = None
     if labels is not None:
-        packed_labels = labels.reshape(b * t)[flat_index].masked_fill(~real | first, IGNORE_INDEX)  # [R, C]
+        ignored = upload(~(source >= 0) | first, labels.device)
+        packed_labels = labels.reshape(b * t)[flat_index].masked_fill(ignored, IGNORE_INDEX)  # [R, C]
+    kept = tuple(n for n in order if n > 0)
     return PackedBatch(
         inputs_embeds=embeds,
-        position_ids=positions,
+        position_ids=upload(positions, device),
         labels=packed_labels,
-        source_index=source,
-        seq_lens=torch.tensor([n for n in order if n > 0], dtype=torch.long, device=device),
+        source_index=source_t,
+        seq_lens=upload(np.asarray(kept, dtype=np.int64), device),
         batch_shape=(b, t),
+        seq_lens_host=kept,
     )
 
 
+def _lengths_and_starts(attention_mask: Tensor) -> tuple[list[int], list[int]]:
+    """[B, T] mask -> real tokens per sample and the slot of the first one ([B] host ints), in one read."""
+    mask = attention_mask.bool()
+    both = torch.stack([mask.sum(1), mask.long().argmax(1)]).tolist()  # [2, B]: the one device -> host read
+    return both[0], both[1]
+
+
+def upload(array: np.ndarray, device: torch.device) -> Tensor:
+    """A host array on ``device`` without waiting for the device (an asynchronous host -> device copy)."""
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=True)
+
+
 def unpack(x: Tensor, packed: PackedBatch, fill: float = 0.0) -> Tensor:
-    """Packed [R, C, ...] -> padded [B, T, ...] (the layout the pack came from); padding slots get ``fill``."""
+    """Packed [R, C, ...] -> padded [B, T, ...] (the layout the pack came from); padding slots get ``fill``.
+
+    Filler slots are written to one extra slot past the end, which is dropped: no boolean indexing, so nothing
+    is read back from the device."""
     b, t = packed.batch_shape
-    real = packed.source_index >= 0  # [R, C]
-    out = x.new_full((b * t, *x.shape[2:]), fill)
-    out = out.index_put((packed.source_index[real],), x[real])
-    return out.view(b, t, *x.shape[2:])
+    source = packed.source_index.reshape(-1)  # [R * C]
+    target = torch.where(source >= 0, source, b * t)  # filler -> the extra slot
+    out = x.new_full((b * t + 1, *x.shape[2:]), fill)
+    out = out.index_put((target,), x.reshape(-1, *x.shape[2:]))
+    return out[: b * t].view(b, t, *x.shape[2:])
 
 
 def flash_kwargs(packed: PackedBatch) -> dict[str, Tensor | int]:
@@ -191,7 +220,7 @@ def flash_kwargs(packed: PackedBatch) -> dict[str, Tensor | int]:
         raise ValueError(f"flash varlen needs a one-row pack, got {packed.inputs_embeds.shape[0]} rows")
     cu = torch.zeros(packed.seq_lens.numel() + 1, dtype=torch.int32, device=packed.seq_lens.device)
     cu[1:] = packed.seq_lens.cumsum(0)
-    longest = int(packed.seq_lens.max())
+    longest = max(packed.seq_lens_host) if packed.seq_lens_host else int(packed.seq_lens.max())
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
 
 
@@ -205,14 +234,23 @@ def decoder_costs(config) -> tuple[float, float]:
 
 
 def pack_for_model(
-    config, inputs_embeds: Tensor, attention_mask: Tensor, labels: Tensor | None, single_row: bool | None = None
+    config,
+    inputs_embeds: Tensor,
+    attention_mask: Tensor,
+    labels: Tensor | None,
+    single_row: bool | None = None,
+    lengths: Sequence[int] | None = None,
+    starts: Sequence[int] | None = None,
 ) -> tuple[PackedBatch, dict[str, Tensor | int]]:
     """Pack a padded batch for ``config``'s attention backend; returns the pack and the extra forward kwargs.
 
     ``single_row``: None lets the backend decide (one row for flash varlen, cost-planned rows for SDPA / eager);
-    True forces one row (with SDPA: one block-diagonal C x C call), False planned rows."""
-    lengths = [int(n) for n in attention_mask.bool().sum(1).tolist()]
-    packed = pack_batch(inputs_embeds, attention_mask, labels, plan_for_model(config, lengths, single_row))
+    True forces one row (with SDPA: one block-diagonal C x C call), False planned rows. ``lengths`` / ``starts``:
+    real tokens per sample and the slot of the first one, when the caller knows them (else read once)."""
+    if lengths is None or starts is None:
+        lengths, starts = _lengths_and_starts(attention_mask)
+    rows = plan_for_model(config, lengths, single_row)
+    packed = pack_batch(inputs_embeds, attention_mask, labels, rows, lengths, starts)
     return packed, (flash_kwargs(packed) if config._attn_implementation in FLASH_BACKENDS else {})
 
 
@@ -263,7 +301,7 @@ def gather_packed(x: Tensor, packed: PackedBatch, fill: float | int = 0) -> Tens
     real = packed.source_index >= 0  # [R, C]
     out = x.reshape(b * t, *x.shape[2:])[packed.source_index.clamp(min=0)]  # [R, C, ...]
     keep = real.view(*real.shape, *([1] * (x.dim() - 2)))
-    return torch.where(keep, out, torch.as_tensor(fill, dtype=x.dtype, device=x.device))
+    return torch.where(keep, out, fill)  # a Python scalar: no host -> device copy
 
 
 def padding_per_sample(lengths: Sequence[int]) -> list[int]:

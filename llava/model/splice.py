@@ -19,11 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.model.packing import upload
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,36 @@ class SpliceOutput:
     layouts: list[ImageTokenLayout]  # one per sample
 
 
-class _Sample(NamedTuple):
-    embeds: Tensor  # [L, H]
-    labels: Tensor | None  # [L]
+class _Plan(NamedTuple):
+    """One sample after splicing and truncation, as host index arrays (no device values)."""
+
+    rows: np.ndarray  # [L'] row of the gather table: text embedding, image feature row, or the zero row
+    labels: np.ndarray  # [L'] index into the flat input labels, or the IGNORE_INDEX sentinel
     spans: tuple[tuple[int, int], ...]  # (start, length) per image, unpadded positions
+
+
+class _Plan(NamedTuple):
+    """One sample after splicing and truncation, as host index arrays (no device values)."""
+
+    rows: np.ndarray  # [L'] row of the gather table: text embedding, image feature row, or the zero row
+    labels: np.ndarray  # [L'] index into the flat input labels, or the IGNORE_INDEX sentinel
+    spans: tuple[tuple[int, int], ...]  # (start, length) per image, unpadded positions
+
+
+class PromptTooLong(ValueError):
+    """A batch of ``generate`` holds prompts longer than the model's context once their images are spliced in.
+
+    ``samples``: (batch position, spliced length) of each such prompt; ``context``: the model's context length. The
+    caller maps positions to its own names (answer generation: question ids) and may answer the rest without them.
+    """
+
+    def __init__(self, samples: list[tuple[int, int]], context: int) -> None:
+        self.samples, self.context = samples, context
+        where = ", ".join(f"sample {i} ({n} tokens)" for i, n in samples)
+        super().__init__(
+            f"{where}: longer than the model's context of {context} tokens (max_position_embeddings) "
+            "after splicing the images"
+        )
 
 
 def splice_image_features(
@@ -86,6 +113,10 @@ def splice_image_features(
     padding_side: Literal["right", "left"] = "right",
 ) -> SpliceOutput:
     """Replace each ``IMAGE_TOKEN_INDEX`` by the next image's visual tokens and pad the batch again.
+
+    The ids (and the mask) are read back to the host once; every position is then planned there and the padded
+    embeddings and labels are gathered on the device with one index each, so the number of device -> host reads
+    does not grow with the batch.
 
     Args:
         input_ids: LongTensor [B, L] or a list of B LongTensors [L_i]; images appear as ``IMAGE_TOKEN_INDEX``.
@@ -111,18 +142,27 @@ def splice_image_features(
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length must be positive or None, got {max_length}")
-    ids_list, labels_list = _strip_padding(input_ids, labels, attention_mask)
-    counts = _check_image_counts(ids_list, len(image_features))
-    text_embeds = _embed_text(ids_list, embed_tokens)
-    features = _check_features(image_features, text_embeds[0])
-
-    samples, next_image = [], 0
-    for i, ids in enumerate(ids_list):
-        sample_labels = None if labels_list is None else labels_list[i]
-        own = features[next_image : next_image + counts[i]]
-        next_image += counts[i]
-        samples.append(_truncate(_splice_sample(ids, sample_labels, text_embeds[i], own), max_length))
-    return _pad_batch(samples, padding_side)
+    ids_rows, flat_labels, positions = _host_rows(input_ids, labels, attention_mask)
+    counts = _check_image_counts(ids_rows, len(image_features))
+    text_ids = [ids[ids != IMAGE_TOKEN_INDEX] for ids in ids_rows]
+    flat_text = np.concatenate(text_ids)  # [sum L_text_i]
+    if (flat_text < 0).any():
+        raise ValueError(
+            f"input ids must be >= 0 apart from IMAGE_TOKEN_INDEX ({IMAGE_TOKEN_INDEX}); got {int(flat_text.min())}"
+        )
+    device = _device_of(input_ids)
+    text_embeds = embed_tokens(upload(flat_text, device))  # [sum L_text_i, H]
+    features = _check_features(image_features, text_embeds)
+    sizes = [f.shape[0] for f in features]
+    zero_row = flat_text.shape[0] + sum(sizes)  # the gather table: text rows, image rows, one zero row
+    plans, text_at, image_at = [], 0, flat_text.shape[0]
+    for i, ids in enumerate(ids_rows):
+        own = sizes[sum(counts[:i]) : sum(counts[: i + 1])]
+        plan = _plan_sample(ids, positions[i], own, text_at, image_at)
+        plans.append(_truncate(plan, max_length))
+        text_at, image_at = text_at + text_ids[i].shape[0], image_at + sum(own)
+    table = torch.cat([text_embeds, *features, text_embeds.new_zeros(1, text_embeds.shape[1])])
+    return _assemble(plans, table, zero_row, flat_labels, padding_side)
 
 
 def _rows(x: Tensor | Sequence[Tensor], name: str) -> list[Tensor]:
@@ -133,12 +173,17 @@ def _rows(x: Tensor | Sequence[Tensor], name: str) -> list[Tensor]:
     return rows
 
 
-def _strip_padding(
+def _device_of(input_ids: Tensor | Sequence[Tensor]) -> torch.device:
+    return input_ids.device if isinstance(input_ids, Tensor) else input_ids[0].device
+
+
+def _host_rows(
     input_ids: Tensor | Sequence[Tensor],
     labels: Tensor | Sequence[Tensor] | None,
     attention_mask: Tensor | Sequence[Tensor] | None,
-) -> tuple[list[Tensor], list[Tensor] | None]:
-    """Drop masked-out positions of every sample; returns ids [L_i] and labels [L_i] (or None) per sample."""
+) -> tuple[list[np.ndarray], Tensor | None, list[np.ndarray]]:
+    """One device -> host read of the ids and the mask. Returns per sample the real ids [L_i] (host), the flat
+    [sum L] device labels (or None) and per sample the flat input index of each real position [L_i] (host)."""
     ids_rows = _rows(input_ids, "input_ids")
     if not ids_rows:
         raise ValueError("empty batch: input_ids has no samples")
@@ -148,15 +193,16 @@ def _strip_padding(
     for name, rows in (("labels", label_rows), ("attention_mask", mask_rows)):
         if rows is not None and [row.shape for row in rows] != shapes:
             raise ValueError(f"{name} must have the same shape as input_ids, sample by sample")
-    if mask_rows is not None:
-        masks = [mask.bool() for mask in mask_rows]
-        ids_rows = [ids[mask] for ids, mask in zip(ids_rows, masks, strict=True)]
-        if label_rows is not None:
-            label_rows = [lab[mask] for lab, mask in zip(label_rows, masks, strict=True)]
-    return ids_rows, label_rows
+    flat_ids = torch.cat(ids_rows).long()  # [sum L]
+    flat_mask = torch.ones_like(flat_ids) if mask_rows is None else torch.cat(mask_rows).bool().long()
+    host = torch.stack([flat_ids, flat_mask.to(flat_ids.device)]).cpu().numpy()  # [2, sum L]: the one read
+    lengths = np.cumsum([0, *(row.shape[0] for row in ids_rows)])
+    positions = [np.flatnonzero(host[1, a:b]) + a for a, b in zip(lengths[:-1], lengths[1:], strict=True)]
+    flat_labels = None if label_rows is None else torch.cat(label_rows)
+    return [host[0, p] for p in positions], flat_labels, positions
 
 
-def _check_image_counts(ids_list: list[Tensor], num_features: int) -> list[int]:
+def _check_image_counts(ids_list: list[np.ndarray], num_features: int) -> list[int]:
     """Image tokens per sample; raises if they do not use up ``num_features`` feature tensors exactly."""
     counts = [int((ids == IMAGE_TOKEN_INDEX).sum()) for ids in ids_list]
     used = 0
@@ -175,18 +221,6 @@ def _check_image_counts(ids_list: list[Tensor], num_features: int) -> list[int]:
     return counts
 
 
-def _embed_text(ids_list: list[Tensor], embed_tokens: Callable[[Tensor], Tensor]) -> list[Tensor]:
-    """One embedding call for the whole batch's text tokens; returns [L_text_i, H] per sample."""
-    text_ids = [ids[ids != IMAGE_TOKEN_INDEX] for ids in ids_list]
-    flat = torch.cat(text_ids)  # [sum L_text_i]
-    if (flat < 0).any():
-        raise ValueError(
-            f"input ids must be >= 0 apart from IMAGE_TOKEN_INDEX ({IMAGE_TOKEN_INDEX}); got {int(flat.min())}"
-        )
-    embeds = embed_tokens(flat)  # [sum L_text_i, H]
-    return list(torch.split(embeds, [t.shape[0] for t in text_ids]))
-
-
 def _check_features(image_features: Sequence[Tensor], like: Tensor) -> list[Tensor]:
     """Validate [N_j, H] shapes against the text embeddings and move the features to their device and dtype."""
     hidden = like.shape[-1]
@@ -199,63 +233,65 @@ def _check_features(image_features: Sequence[Tensor], like: Tensor) -> list[Tens
     return [feature.to(device=like.device, dtype=like.dtype) for feature in image_features]
 
 
-def _splice_sample(ids: Tensor, labels: Tensor | None, text_embeds: Tensor, features: list[Tensor]) -> _Sample:
-    """ids [L] (k image tokens), text_embeds [L - k, H], k features [N_j, H] -> embeds [L - k + sum N_j, H]."""
-    image_positions = torch.nonzero(ids == IMAGE_TOKEN_INDEX).flatten().tolist()
+def _plan_sample(ids: np.ndarray, source: np.ndarray, sizes: list[int], text_at: int, image_at: int) -> _Plan:
+    """ids [L] (k image tokens) at flat input positions ``source`` [L], k image sizes -> the spliced sample's
+    table rows and label sources [L - k + sum N_j]. The sample's text rows start at ``text_at``, its image rows
+    at ``image_at`` of the gather table."""
+    image_positions = np.flatnonzero(ids == IMAGE_TOKEN_INDEX).tolist()
     bounds = [-1, *image_positions, ids.shape[0]]  # the text runs lie strictly between consecutive bounds
-    pieces, label_pieces, spans = [], [], []
+    rows, labels, spans = [], [], []
     length = used_text = 0
     for k in range(len(bounds) - 1):
         run = bounds[k + 1] - bounds[k] - 1
-        pieces.append(text_embeds[used_text : used_text + run])
-        if labels is not None:
-            label_pieces.append(labels[bounds[k] + 1 : bounds[k + 1]])
-        used_text += run
-        length += run
-        if k < len(features):
-            num_tokens = features[k].shape[0]
-            pieces.append(features[k])
-            if labels is not None:
-                label_pieces.append(labels.new_full((num_tokens,), IGNORE_INDEX))
-            spans.append((length, num_tokens))
-            length += num_tokens
-    new_labels = torch.cat(label_pieces) if labels is not None else None
-    return _Sample(torch.cat(pieces), new_labels, tuple(spans))
+        rows.append(np.arange(text_at + used_text, text_at + used_text + run))
+        labels.append(source[bounds[k] + 1 : bounds[k + 1]])
+        used_text, length = used_text + run, length + run
+        if k < len(sizes):
+            rows.append(np.arange(image_at, image_at + sizes[k]))
+            labels.append(np.full(sizes[k], _IGNORED))
+            spans.append((length, sizes[k]))
+            image_at, length = image_at + sizes[k], length + sizes[k]
+    return _Plan(np.concatenate(rows), np.concatenate(labels), tuple(spans))
 
 
-def _truncate(sample: _Sample, max_length: int | None) -> _Sample:
+_IGNORED = -1  # label source of an image token or padding: IGNORE_INDEX
+
+
+def _truncate(plan: _Plan, max_length: int | None) -> _Plan:
     """Keep the first ``max_length`` tokens (LLaVA's rule); clip a span that is cut, drop one that is cut off."""
-    if max_length is None or sample.embeds.shape[0] <= max_length:
-        return sample
-    spans = tuple((start, min(n, max_length - start)) for start, n in sample.spans if start < max_length)
-    labels = None if sample.labels is None else sample.labels[:max_length]
-    return _Sample(sample.embeds[:max_length], labels, spans)
+    if max_length is None or plan.rows.shape[0] <= max_length:
+        return plan
+    spans = tuple((start, min(n, max_length - start)) for start, n in plan.spans if start < max_length)
+    return _Plan(plan.rows[:max_length], plan.labels[:max_length], spans)
 
 
-def _pad_batch(samples: list[_Sample], padding_side: str) -> SpliceOutput:
-    """Pad every sample to the longest one; fill masks, position ids and layouts."""
-    longest = max(s.embeds.shape[0] for s in samples)
-    device = samples[0].embeds.device
-    has_labels = samples[0].labels is not None
-    labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long, device=device)
-    attention_mask = torch.zeros((len(samples), longest), dtype=torch.bool, device=device)
-    position_ids = torch.zeros((len(samples), longest), dtype=torch.long, device=device)
-    embeds, layouts = [], []
-    for i, sample in enumerate(samples):
-        n = sample.embeds.shape[0]
+def _assemble(
+    plans: list[_Plan], table: Tensor, zero_row: int, flat_labels: Tensor | None, padding_side: str
+) -> SpliceOutput:
+    """Pad every planned sample to the longest one on the host, then gather embeddings and labels on the device."""
+    b, longest = len(plans), max(p.rows.shape[0] for p in plans)
+    rows = np.full((b, longest), zero_row, dtype=np.int64)
+    label_src = np.full((b, longest), _IGNORED, dtype=np.int64)
+    mask = np.zeros((b, longest), dtype=bool)
+    positions = np.zeros((b, longest), dtype=np.int64)
+    layouts = []
+    for i, plan in enumerate(plans):
+        n = plan.rows.shape[0]
         offset = longest - n if padding_side == "left" else 0
-        embeds.append(F.pad(sample.embeds, (0, 0, offset, longest - n - offset)))  # [longest, H], zero padding
-        if has_labels:
-            labels[i, offset : offset + n] = sample.labels
-        attention_mask[i, offset : offset + n] = True
-        position_ids[i, offset : offset + n] = torch.arange(n, device=device)
-        spans = tuple((start + offset, length) for start, length in sample.spans)
+        rows[i, offset : offset + n], label_src[i, offset : offset + n] = plan.rows, plan.labels
+        mask[i, offset : offset + n], positions[i, offset : offset + n] = True, np.arange(n)
+        spans = tuple((start + offset, length) for start, length in plan.spans)
         layouts.append(ImageTokenLayout(image_spans=spans, seq_len=n, offset=offset))
+    device = table.device
+    labels = None
+    if flat_labels is not None:  # [sum L] + one IGNORE_INDEX slot at the end, which index -1 reads
+        ignore = torch.full((1,), IGNORE_INDEX, dtype=torch.long, device=flat_labels.device)
+        labels = torch.cat([flat_labels.long(), ignore])[upload(label_src, flat_labels.device)].to(device)
     return SpliceOutput(
-        inputs_embeds=torch.stack(embeds),
-        labels=labels if has_labels else None,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
+        inputs_embeds=table[upload(rows, device)],  # [B, T, H]
+        labels=labels,
+        attention_mask=upload(mask, device),
+        position_ids=upload(positions, device),
         layouts=layouts,
     )
 

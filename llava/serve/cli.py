@@ -27,8 +27,8 @@ from transformers import TextStreamer
 from llava.conversation import DEFAULT_CONV_MODE, conv_templates
 from llava.mm_utils import get_model_name_from_path, load_image, process_images
 from llava.model.config import MultimodalConfig
-from llava.model.language_model.llava_llama import PromptTooLong
 from llava.model.reduction.apply import add_token_reduction_arg, apply_token_reduction, check_token_reduction_arg
+from llava.model.splice import PromptTooLong
 from llava.prompting import Decoding, PromptStyle, cut_at_stop
 
 
@@ -166,6 +166,13 @@ def main(argv: Sequence[str] | None = None, read: Callable[[str], str] = input, 
         )
     except FileNotFoundError as e:  # a missing or empty checkpoint folder: the message names it
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if model.get_vision_tower() is None:
+        print(
+            f"error: {args.model_path}: the model has no vision tower (config.json has no mm_vision_tower), so it "
+            f"cannot look at --image-file {args.image_file}",
+            file=sys.stderr,
+        )
         return 2
     apply_token_reduction(model, args.token_reduction)
     chat = ImageChat(model, tokenizer, image_processor, image, args.conv_mode, out)

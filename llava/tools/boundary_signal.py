@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
-from drip.boundary_signal import RowLoss, SignalReport, prior_boundaries, signal_report
+from drip.tools.flip_signal import RowLoss, SignalReport, prior_boundaries, signal_report
 from llava.model.builder import load_pretrained_model
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.drip_encoder import DripVisionTower
@@ -66,7 +66,7 @@ def _with_autograd(model: Any) -> Any:
 def measure_boundary_signal(
     tower: DripVisionTower, loss_rows: RowLoss, batch: int, estimator: str, generator: torch.Generator, chunk: int = 64
 ) -> SignalReport:
-    """``drip.boundary_signal`` on ``loss_rows`` (``lm_row_loss``) through LLaVA's DRIP ``tower``: random boundaries
+    """``drip.tools.flip_signal`` on ``loss_rows`` (``lm_row_loss``) through LLaVA's DRIP ``tower``: random boundaries
     at the prior rate for ``batch`` images, ``estimator``'s gradient vs the finite difference of every flip."""
     if not isinstance(tower, DripVisionTower):
         raise ValueError(f"the boundary signal needs a DRIP tower (drip:<preset|dir>), got {tower.vision_tower_name!r}")

@@ -27,8 +27,9 @@ import torch
 
 from llava.eval.answers import InputFileError
 from llava.eval.command import load_model
-from llava.eval.generation import AnswerGenerator, GenerationSettings, Question, check_questions
+from llava.eval.generation import AnswerGenerator, GenerationSettings
 from llava.eval.model_vqa_science import load_science_questions
+from llava.eval.questions import Question, check_questions
 
 
 @torch.inference_mode()

@@ -1,6 +1,6 @@
 """LLaVA's LM loss per sample as a function of forced DRIP boundaries: what the boundary-signal check measures.
 
-``drip.boundary_signal`` compares a boundary estimator's gradient with the true effect of flipping each boundary,
+``drip.tools.flip_signal`` compares a boundary estimator's gradient with the true effect of flipping each boundary,
 for any per-row loss ``loss_rows(boundaries [R, N], sample [R]) -> [R]``. Here that loss is the one LLaVA trains
 the tower with: tower (forced boundaries) -> projector -> splice -> LLM, mean next-token cross-entropy over each
 sample's answer tokens (``labels != IGNORE_INDEX``), as ``LlavaLlamaForCausalLM``'s training loss of a batch of one.
@@ -13,7 +13,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from drip.boundary_signal import RowLoss
+from drip.tools.flip_signal import RowLoss
 from llava.constants import IGNORE_INDEX
 
 

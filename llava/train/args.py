@@ -11,14 +11,17 @@ LLaVA users keep their scripts: every LLaVA flag below keeps its name and defaul
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import transformers
 
+from drip.file_io import unwritable
 from llava.constants import check_aspect_ratio
 from llava.model.config import PDROP_ATTN_IMPLEMENTATIONS, POSITION_MODES, PDropConfig, parse_number_list
 from llava.model.connector.spec import parse_connector
 from llava.model.multimodal_encoder.base import check_train_mode
+from llava.model.multimodal_encoder.builder import check_tower_source
 from llava.model.reduction.registry import parse_wired
 from llava.model.reduction.spec import methods_help
 
@@ -67,6 +70,7 @@ class ModelArguments:
         if t is not None and not 0.0 < t < 1.0:
             raise ValueError(f"--drip_boundary_threshold must lie in (0, 1) (sigmoid(logit) > threshold), got {t}")
         parse_wired(self.token_reduction)  # a bad or unwired flag fails before any model is loaded
+        check_tower_source(self.vision_tower)
         parse_connector(self.mm_connector)
 
 
@@ -130,6 +134,9 @@ class TrainingArguments(transformers.TrainingArguments):
                 raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
             self.warmup_steps = self.warmup_ratio
         super().__post_init__()
+        problem = "it is a file" if os.path.isfile(self.output_dir) else unwritable(os.path.join(self.output_dir, "x"))
+        if problem is not None:
+            raise ValueError(f"--output_dir {self.output_dir} cannot hold the run's files: {problem}")
         check_train_mode(self.tune_vision_tower)
         if self.drip_prior_loss_weight < 0:
             raise ValueError(f"--drip_prior_loss_weight must be >= 0, got {self.drip_prior_loss_weight}")

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from drip.file_io import writing
+
 
 def gathered_copies(named_params: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Full CPU copies of the parameters, ZeRO-3 partitioned ones gathered first (all in one collective call:
@@ -62,7 +64,8 @@ def save_mm_projector(model: nn.Module, output_dir: str, write: bool = True) -> 
     if not write:
         return path
     os.makedirs(output_dir, exist_ok=True)
-    torch.save(state, path)
+    with writing(path):
+        torch.save(state, path)
     return path
 
 
@@ -82,7 +85,9 @@ def save_lora(model: nn.Module, output_dir: str, write: bool = True) -> None:
         return
     os.makedirs(output_dir, exist_ok=True)
     model.save_pretrained(output_dir, state_dict=lora)
-    torch.save(rest, os.path.join(output_dir, "non_lora_trainables.bin"))
+    path = os.path.join(output_dir, "non_lora_trainables.bin")
+    with writing(path):
+        torch.save(rest, path)
 
 
 def refuse_untrained_save(global_step: int, output_dir: str) -> None:

@@ -108,8 +108,14 @@ def image_problem(path: str) -> str | None:
 def check_image_field(record: dict[str, Any], where: str) -> None:
     """A record's ``image`` (when present) is one file name, and its text holds at most one ``<image>`` (none: one is
     prepended). LLaVA-1.5 records carry at most one image."""
+    placeholders = sum(t["value"].count(DEFAULT_IMAGE_TOKEN) for t in record["conversations"])
     if "image" not in record:
-        return  # a text-only record with placeholders is refused by preprocess, naming it
+        if placeholders:
+            raise MalformedSample(
+                f"{where}: a text-only record (no 'image') whose text holds {placeholders} "
+                "'<image>' placeholder(s); give its 'image' or remove the placeholder"
+            )
+        return
     image = record["image"]
     if not isinstance(image, str) or not image:
         got = "null" if image is None else f"a list of {len(image)}" if isinstance(image, list) else repr(image)
@@ -117,7 +123,6 @@ def check_image_field(record: dict[str, Any], where: str) -> None:
             f"{where}: 'image' must be one image file name (a string relative to --image_folder), got {got}; "
             "leave 'image' out for a text-only record"
         )
-    placeholders = sum(t["value"].count(DEFAULT_IMAGE_TOKEN) for t in record["conversations"])
     if placeholders > 1:
         raise MalformedSample(
             f"{where}: the record has one image but {placeholders} '<image>' placeholders across its turns; "
@@ -125,40 +130,68 @@ def check_image_field(record: dict[str, Any], where: str) -> None:
         )
 
 
+def note_bad_image(bad_images: dict[int, str], i: int, message: str, exists: bool, skip: bool) -> Exception | None:
+    """Record ``i``'s image is unusable: the error to raise (FileNotFoundError unless the file ``exists``), or None
+    once it is logged and counted in ``bad_images`` (with ``skip``, i.e. ``--skip_bad_images``)."""
+    if not skip:
+        return (ValueError if exists else FileNotFoundError)(
+            message + "; --skip_bad_images True leaves such records out"
+        )
+    bad_images[i] = message
+    logger.warning("skipping %s (%d bad image(s) so far)", message, len(bad_images))
+    return None
+
+
+@dataclass
+class CheckedRecords:
+    """A data file's records after ``check_records``: each well formed, its image readable (or left out)."""
+
+    records: list[dict[str, Any]]
+    bad_images: dict[int, str]  # with skip_bad_images: record index -> what is wrong with its image
+
+
+def check_records(data_path: str, image_folder: str | None, skip_bad_images: bool = False) -> CheckedRecords:
+    """Read and check every record of ``data_path`` (turns, ``image`` field and placeholders, image files); needs no
+    model, so training runs it before loading one. Errors name the file, the record's index and id."""
+    records, bad_images = load_records(data_path), {}
+    shown = tqdm(records, desc=f"checking {data_path}", disable=len(records) < PROGRESS_FROM)
+    for i, rec in enumerate(shown):
+        where = f"{data_path} record {i} (id={rec.get('id', '?') if isinstance(rec, dict) else '?'})"
+        if not isinstance(rec, dict):
+            raise MalformedSample(f"{where}: expected an object, got {type(rec).__name__}")
+        validate_conversations(rec, where)
+        check_image_field(rec, where)
+        path = os.path.join(image_folder or "", rec["image"]) if "image" in rec else None
+        problem = image_problem(path) if path is not None else None
+        if problem is None:
+            continue
+        message = f"{where}: image file {path} {problem}"
+        error = note_bad_image(bad_images, i, message, os.path.isfile(path), skip_bad_images)
+        if error is not None:
+            raise error
+    if len(bad_images) == len(records):
+        raise ValueError(f"--data_path {data_path}: every record's image is unusable, e.g. {bad_images[0]}")
+    if bad_images:
+        logger.warning("left out %d record(s) with unusable images (--skip_bad_images)", len(bad_images))
+    return CheckedRecords(records, bad_images)
+
+
 class LazySupervisedDataset(Dataset):
-    def __init__(self, data_path: str, tokenizer: PreTrainedTokenizerBase, image_processor: Any, opts: DatasetOptions):
-        self.records = load_records(data_path)
+    def __init__(
+        self,
+        data_path: str,
+        tokenizer: PreTrainedTokenizerBase,
+        image_processor: Any,
+        opts: DatasetOptions,
+        checked: CheckedRecords | None = None,
+    ) -> None:
+        """``checked``: ``check_records``' result when the caller checked the file already (training does, before
+        the model loads); None checks it here."""
+        if checked is None:
+            checked = check_records(data_path, opts.image_folder, opts.skip_bad_images)
+        self.records, self.bad_images = checked.records, checked.bad_images
         self.tokenizer, self.image_processor, self.opts = tokenizer, image_processor, opts
         self.skipped: dict[int, str] = {}
-        self.bad_images: dict[int, str] = {}  # with opts.skip_bad_images: record index -> what is wrong
-        records = tqdm(self.records, desc=f"checking {data_path}", disable=len(self.records) < PROGRESS_FROM)
-        for i, rec in enumerate(records):
-            where = f"{data_path} record {i} (id={rec.get('id', '?') if isinstance(rec, dict) else '?'})"
-            if not isinstance(rec, dict):
-                raise MalformedSample(f"{where}: expected an object, got {type(rec).__name__}")
-            validate_conversations(rec, where)
-            check_image_field(rec, where)
-            if "image" in rec:
-                path = self._image_path(rec)
-                problem = image_problem(path)
-                if problem is not None:
-                    error = self._bad_image(i, f"{where}: image file {path} {problem}", os.path.isfile(path))
-                    if error is not None:
-                        raise error
-        if len(self.bad_images) == len(self.records):
-            raise ValueError(f"--data_path {data_path}: every record's image is unusable, e.g. {self.bad_images[0]}")
-        if self.bad_images:
-            logger.warning("left out %d record(s) with unusable images (--skip_bad_images)", len(self.bad_images))
-
-    def _bad_image(self, i: int, message: str, exists: bool) -> Exception | None:
-        """Record ``i``'s image is unusable: the error to raise, or None once it is logged and counted (with
-        skip_bad_images)."""
-        if not self.opts.skip_bad_images:
-            error = ValueError if exists else FileNotFoundError
-            return error(message + "; --skip_bad_images True leaves such records out")
-        self.bad_images[i] = message
-        logger.warning("skipping %s (%d bad image(s) so far)", message, len(self.bad_images))
-        return None
 
     def _image_path(self, rec: dict[str, Any]) -> str:
         return os.path.join(self.opts.image_folder or "", rec["image"])
@@ -215,7 +248,8 @@ class LazySupervisedDataset(Dataset):
             try:
                 image = load_image(path)
             except (OSError, ValueError) as err:
-                error = self._bad_image(j, f"record {j} (id={rec.get('id', '?')}): {err}", os.path.isfile(path))
+                message = f"record {j} (id={rec.get('id', '?')}): {err}"
+                error = note_bad_image(self.bad_images, j, message, os.path.isfile(path), self.opts.skip_bad_images)
                 if error is not None:
                     raise error from err
                 return None

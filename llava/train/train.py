@@ -21,6 +21,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer, HfArgumentParser
 
+from drip.file_io import writing
 from llava.model import LlavaLlamaForCausalLM
 from llava.model.connector.calibrate import calibrate_connector
 from llava.model.reduction.apply import apply_token_reduction
@@ -30,6 +31,7 @@ from llava.train.data import (
     DataCollatorForSupervisedDataset,
     DatasetOptions,
     LazySupervisedDataset,
+    check_records,
     expected_visual_tokens,
 )
 from llava.train.resume import LAST_OUTPUT, CheckpointError, finished_run, resume_point, verify_checkpoint
@@ -214,7 +216,8 @@ def save_outputs(trainer: LLaVATrainer, model, model_args: ModelArguments, train
         if trainer.args.should_save:
             model.base_model.model.config.save_pretrained(out)
     else:
-        trainer.save_model(out)
+        with writing(out):  # a full disk: an error naming the folder, not safetensors' or torch's bare one
+            trainer.save_model(out)
     if trainer.args.should_save:
         summary = loss_summary(trainer.state.log_history)
         Path(out, "loss_curve.json").write_text(json.dumps(summary, indent=1))
@@ -265,10 +268,11 @@ def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVA
         deepspeed.init_distributed(dist_backend="gloo")
     transformers.set_seed(training_args.seed)
     check_inputs(model_args, data_args)
+    records = check_records(data_args.data_path, data_args.image_folder, data_args.skip_bad_images)  # no model yet
     tokenizer = load_tokenizer(model_args, training_args)
     model = build_model(model_args, training_args, tokenizer)
     model.mm_config.replace(image_aspect_ratio=data_args.image_aspect_ratio).write_to(model.config)
-    tower = model.get_vision_tower()
+    tower, connector = model.get_vision_tower(), model.get_model().get_connector()
     opts = DatasetOptions(
         version=model_args.version,
         image_folder=data_args.image_folder,
@@ -276,10 +280,10 @@ def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVA
         model_max_length=training_args.model_max_length,
         image_token_budget=tower.num_patches,
         mm_use_im_start_end=model_args.mm_use_im_start_end,
-        expected_image_tokens=expected_visual_tokens(tower),
+        expected_image_tokens=expected_visual_tokens(tower) if connector is None else connector.expected_tokens(),
         skip_bad_images=data_args.skip_bad_images,
     )
-    dataset = LazySupervisedDataset(data_args.data_path, tokenizer, tower.image_processor, opts)
+    dataset = LazySupervisedDataset(data_args.data_path, tokenizer, tower.image_processor, opts, records)
     trainer = LLaVATrainer(
         model=model,
         args=training_args,

@@ -1,11 +1,13 @@
-"""The boundary-signal tool (drip.boundary_signal), the local estimator (drip.boundary_estimators) and their CLI."""
+"""The boundary-signal tool (drip.tools.flip_signal), the local estimator (drip.boundary_estimators) and their CLI."""
 
 import pytest
 import torch
 
 from drip import DripVisionTransformer, get_preset
 from drip.boundary_estimators import local_flip_estimate, local_pooled_tokens
-from drip.boundary_signal import (
+from drip.pooling import pool_segments
+from drip.tools.boundary_signal import main
+from drip.tools.flip_signal import (
     agreement,
     estimator_gradient,
     flip_effects,
@@ -13,8 +15,6 @@ from drip.boundary_signal import (
     model_row_loss,
     synthetic_images,
 )
-from drip.pooling import pool_segments
-from drip.tools.boundary_signal import main
 
 
 def test_linear_loss_gives_perfect_agreement():

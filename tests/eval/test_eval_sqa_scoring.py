@@ -203,3 +203,29 @@ def test_image_accuracy_per_category(tmp_path: Path, capsys: pytest.CaptureFixtu
     rc, _, files = _run(tmp_path / "sqa", answers, tmp_path, capsys)
     got = {key: (row["correct"], row["count"]) for key, row in files["metrics"]["img_categories"].items()}
     assert rc == 0 and got == {"color": (2, 2), "size": (0, 2)}
+
+
+def test_many_unparsed_answers_are_warned_about_and_scored_as_llava(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 30: letters with whitespace ("B ", "B\\n", as other tools write them) scored far lower without a hint."""
+    answers = _write_dataset(tmp_path / "sqa")
+    lines = [json.loads(line) for line in answers.read_text().splitlines()]
+    for record, pad in zip(lines, [" ", "\n", "", "", " ", "", "\t"], strict=False):
+        if len(record["text"]) == 1:
+            record["text"] += pad  # "1": "B " (was right), "5": "C " (was beyond the options)
+    answers.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    out = tmp_path / "out"
+    argv = ["--base-dir", str(tmp_path / "sqa"), "--result-file", str(answers), "--output-file", str(out / "a.json"),
+            "--output-result", str(out / "r.json"), "--metrics-json", str(out / "m.json")]  # fmt: skip
+    assert eval_science_qa.main(argv) == 0
+    printed = capsys.readouterr()
+    assert printed.out.splitlines()[0].startswith("Total: 7, Correct: 3,")  # LLaVA's rules: "B " is wrong
+    metrics = json.loads((out / "m.json").read_text())
+    assert (metrics["failed"], metrics["failed_whitespace"]) == (4, 2)
+    assert "warning: 3 of 6 answers (50%) give no option letter" in printed.err
+    assert "2 of them only for surrounding whitespace" in printed.err and "m.json" in printed.err
+    clean = _write_dataset(tmp_path / "clean")  # 1 of 6 unparsed (two matches): above the share, no whitespace
+    assert eval_science_qa.main([argv[0], str(clean.parent), argv[2], str(clean), *argv[4:]]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 of 6 answers (17%)" in err and "only for surrounding whitespace" not in err

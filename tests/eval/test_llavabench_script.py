@@ -1,4 +1,5 @@
-"""scripts/v1_5/eval/llavabench.sh with a judge key but no LLAVA_JUDGE_MODEL: the documented default judge model.
+"""scripts/v1_5/eval/llavabench.sh with a judge key but no LLAVA_JUDGE_MODEL: the documented default judge model,
+and, without LLaVA's rule file, the loud note that the scores are not LLaVA-comparable (recorded in the reviews).
 
 The script runs for real (rule score, judge against the fake server of ``conftest.py``, summaries); only answer
 generation is replaced, by an interpreter wrapper that writes the candidate answers where model_vqa would."""
@@ -44,5 +45,8 @@ def test_judge_runs_with_the_default_model(tmp_path: Path, judge_server: tuple[A
     assert {r["body"]["model"] for r in judge.requests} == {"gpt-4-0314"} and len(judge.requests) == 4
     reviews = bench.reviews(tmp_path / "out" / "reviews" / "judge_run1.jsonl")
     assert [r["judge_model"] for r in reviews] == ["gpt-4-0314"] * 4
+    # no LLaVA rule file given: the project's texts, which make LLaVA's judge name no promise of comparable scores
+    assert [r["judge_texts"] for r in reviews] == ["project"] * 4
+    assert "scores are NOT comparable with LLaVA-1.5's published LLaVA-Bench numbers" in done.stderr
     summary = json.loads((tmp_path / "out" / "llavabench_summary.json").read_text())
     assert summary["categories"]["all"]["candidate"] == 55.0  # mean of 4, 5, 6, 7 times 10

@@ -437,3 +437,66 @@ def test_flash_attention_2_is_chosen_by_the_real_import(tmp_path, monkeypatch, c
     finally:
         sys.modules.pop("flash_attn", None)
         flash_attention_2_usable.cache_clear()
+
+
+def test_a_projector_of_another_tower_width_is_refused_naming_both_widths(tiny, tmp_path):
+    """A stage-1 projector trained on 48-wide tower features for DRIP-tiny (64 wide): a clear refusal, not torch's
+    size mismatch."""
+    model = tiny.model("none")
+    stage1 = {"model.mm_projector.0.weight": torch.ones(64, 48), "model.mm_projector.0.bias": torch.zeros(64)}
+    stage1 |= {"model.mm_projector.2.weight": torch.ones(64, 64), "model.mm_projector.2.bias": torch.zeros(64)}
+    torch.save(stage1, tmp_path / "p.bin")
+
+    class Args:
+        vision_tower, mm_vision_select_layer, mm_projector_type = "drip:DRIP-tiny", -2, "mlp2x_gelu"
+        pretrain_mm_mlp_adapter = str(tmp_path / "p.bin")
+
+    with pytest.raises(
+        ValueError,
+        match=r"p\.bin: the projector was trained on tower features of width 48, but the "
+        r"vision tower .drip:DRIP-tiny. gives features of width 64",
+    ):
+        model.get_model().initialize_vision_modules(Args)
+
+
+def test_a_config_without_a_tower_loads_as_text_only_and_says_so(tiny, tmp_path, caplog):
+    model = tiny.model("none")
+    model.save_pretrained(tmp_path / "text")
+    _save_tokenizer(tiny, tmp_path / "text")
+    with caplog.at_level("WARNING"):
+        _, loaded, processor, _ = load_pretrained_model(str(tmp_path / "text"))
+    assert processor is None and loaded.get_vision_tower() is None
+    assert "config.json has no mm_vision_tower: loaded as a text-only model" in caplog.text
+    from PIL import Image
+
+    from llava.mm_utils import process_images
+
+    with pytest.raises(ValueError, match="no vision tower .* no mm_vision_tower"):
+        process_images([Image.new("RGB", (4, 4))], processor, loaded.config)
+
+
+def test_a_projector_width_other_than_the_towers_is_refused_at_load(tiny, tmp_path):
+    """config.json's mm_hidden_size (the projector's input) is 48, its CLIP tower gives 32: refused at load."""
+    config = tiny.config("clip", mm_hidden_size=48)
+    LlavaLlamaForCausalLM(config).save_pretrained(tmp_path / "odd")
+    _save_tokenizer(tiny, tmp_path / "odd")
+    with pytest.raises(ValueError, match=r"odd: the projector takes features of width 48 .*gives width 32"):
+        load_pretrained_model(str(tmp_path / "odd"))
+
+
+def test_a_truncated_weight_file_or_a_refused_pickle_is_named_at_load(tiny, tmp_path):
+    model = tiny.model("clip")
+    model.save_pretrained(tmp_path / "cut")
+    _save_tokenizer(tiny, tmp_path / "cut")
+    weights = tmp_path / "cut" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"cut: a weight file \(model\.safetensors\) is truncated or corrupt"):
+        load_pretrained_model(str(tmp_path / "cut"))
+    from pathlib import PurePosixPath  # any object beyond tensors and containers: unpickling it runs code
+
+    torch.save({"model.mm_projector.0.weight": PurePosixPath("x")}, tmp_path / "mm_projector.bin")
+    from llava.model.llava_arch import projector_weights
+
+    with pytest.raises(ValueError, match=r"mm_projector\.bin: refused for safety") as caught:
+        projector_weights(str(tmp_path / "mm_projector.bin"))
+    assert "weights_only=False" not in str(caught.value)

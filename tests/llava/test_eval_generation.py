@@ -30,18 +30,9 @@ from llava.eval.answers import (
     model_fingerprint,
     resume_answers,
 )
-from llava.eval.generation import (
-    AnswerGenerator,
-    Generated,
-    GenerationSettings,
-    Question,
-    check_questions,
-    generate_answers,
-    get_chunk,
-    run_identity,
-    split_list,
-)
+from llava.eval.generation import AnswerGenerator, Generated, GenerationSettings, generate_answers, run_identity
 from llava.eval.model_vqa_science import SINGLE_PRED_PROMPT, load_science_questions
+from llava.eval.questions import Question, check_questions, get_chunk, split_list
 from llava.model.builder import load_pretrained_model
 from llava.model.flops import llama_prefill_macs, prefill_macs
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
@@ -621,3 +612,37 @@ def test_skipping_keeps_the_other_questions_and_their_pictures_in_step(loaded, d
     strict = AnswerGenerator(gen.model, gen.tokenizer, gen.image_processor, replace(gen.settings, overlong="error"), "")
     with pytest.raises(InputFileError, match=r"question 99 \(\d+ tokens\): the prompt is longer than"):
         strict.generate(batch, images=pictures)
+
+
+def test_an_answers_path_that_cannot_be_written_fails_before_the_model_loads(data, tmp_path, capsys, monkeypatch):
+    """/sys refuses new files even to root (a read-only folder in a test that may run as root)."""
+    from llava.eval import command
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the answers path was checked")
+
+    monkeypatch.setattr(command, "load_model", loaded)
+    for path, reason in [
+        ("/sys/answers.jsonl", "no file can be created in /sys"),
+        (str(tmp_path / "file.txt" / "a.jsonl"), "file.txt is a file, not a folder"),
+    ]:
+        (tmp_path / "file.txt").write_text("x")
+        assert model_vqa_science.main(cli_args("unused", data, data["sqa"], path)) == 2
+        err = capsys.readouterr().err
+        assert f"--answers-file {path} cannot be written: " in err and reason in err, err
+
+
+def test_a_text_only_model_refuses_image_questions_before_answering(ckpt, data, tmp_path, capsys):
+    """A checkpoint whose config.json names no vision tower loads (text-only, with a warning); image questions are
+    then refused naming mm_vision_tower, not answered into an AttributeError."""
+    import shutil
+
+    text_only = tmp_path / "text-only"
+    shutil.copytree(ckpt, text_only)
+    config = json.loads((text_only / "config.json").read_text())
+    config = {k: v for k, v in config.items() if not k.startswith("mm_vision_tower")}
+    (text_only / "config.json").write_text(json.dumps(config))
+    assert model_vqa_science.main(cli_args(text_only, data, data["sqa"], tmp_path / "a.jsonl")) == 2
+    err = capsys.readouterr().err
+    assert "the model has no vision tower (config.json has no mm_vision_tower), but 5 question(s) have an image" in err
+    assert not (tmp_path / "a.jsonl").exists() or not (tmp_path / "a.jsonl").read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
 from llava.constants import IMAGE_TOKEN_INDEX
 
@@ -90,13 +90,30 @@ def test_loss_matches_transformers_llava_with_labels(tiny):
     assert out.boundary_loss is None  # a CLIP tower has no boundary predictor
 
 
+def _plain_llama(tiny, ours) -> LlamaForCausalLM:
+    """transformers' own LlamaForCausalLM holding our model's LLM weights (embeddings, decoder, norm, head)."""
+    plain = LlamaForCausalLM(LlamaConfig(**tiny.llama)).eval()
+    vision = ("model.vision_tower.", "model.mm_projector.")
+    llm = {k: v for k, v in ours.state_dict().items() if not k.startswith(vision)}
+    missing, unexpected = plain.load_state_dict(llm, strict=True)
+    assert not missing and not unexpected
+    return plain
+
+
 def test_text_only_batch_equals_plain_llama(tiny):
-    _, ours = _paired_models(tiny)
-    ids = torch.stack([tiny.prompt(8, seed=4), tiny.prompt(8, seed=5)])
+    hf, ours = _paired_models(tiny)
+    plain = _plain_llama(tiny, ours)
+    rows = [tiny.prompt(8, seed=4), tiny.prompt(5, seed=5)]
+    ids, mask = tiny.right_pad(rows)
     with torch.no_grad():
-        spliced = ours(input_ids=ids, images=[]).logits  # through the splice with no images
-        plain = ours(input_ids=ids).logits  # straight to the LLM
-    assert torch.allclose(spliced, plain, atol=1e-6)
+        reference = plain(input_ids=ids, attention_mask=mask).logits  # [2, 8, V], transformers' Llama alone
+        spliced = ours(input_ids=ids, attention_mask=mask, images=[]).logits  # through the splice, no images
+        direct = ours(input_ids=ids, attention_mask=mask).logits  # no images argument: straight to the LLM
+        hf_llava = hf(input_ids=ids, attention_mask=mask).logits  # transformers' Llava without pixels
+    real = mask  # padded positions are not compared
+    for logits in (spliced, direct, hf_llava):
+        assert logits.shape == reference.shape
+        torch.testing.assert_close(logits[real], reference[real], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("tower", ["clip", "drip"])

@@ -15,7 +15,8 @@ from transformers import PreTrainedTokenizerFast
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates
-from llava.eval.generation import AnswerGenerator, GenerationSettings, Question
+from llava.eval.generation import AnswerGenerator, GenerationSettings
+from llava.eval.questions import Question
 from llava.prompting import Decoding, PromptStyle, cut_at_stop, image_placeholder, pad_token_id, with_image
 from llava.serve.cli import ImageChat
 from llava.train.preprocess import preprocess

@@ -114,10 +114,16 @@ def test_llava_train_records_and_images(world: Path) -> None:
 
 
 def test_image_size_flag(tmp_path: Path) -> None:
-    cfg = WorldConfig(image_size=32, n_pretrain=3, n_instruct=3, n_sqa=3, n_bench=3, n_clip=3, n_zeroshot_per_class=1)
-    generate(tmp_path, cfg)
-    for png in tmp_path.rglob("*.png"):
-        _check_image(png, 32)
+    counts = ["--n-pretrain", "3", "--n-instruct", "3", "--n-sqa", "3", "--n-bench", "3", "--n-clip", "3"]
+    main(["--out", str(tmp_path), "--image-size", "32", *counts, "--n-zeroshot-per-class", "1"])
+    scenes = _load(tmp_path / "scenes.json")  # every image the world holds, by its path under --out
+    assert len(scenes) >= 3 + 3 + 3, "the training images alone are 9"
+    for rel in scenes:
+        _check_image(tmp_path / rel, 32)  # written, at the flag's size
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == sorted(scenes)
+    for r in _load(tmp_path / "pretrain.json") + _load(tmp_path / "instruct.json"):
+        if "image" in r:
+            _check_image(tmp_path / "images" / r["image"], 32)  # what training reads
 
 
 def _check_sqa_record(r: dict, p: dict) -> None:

@@ -33,11 +33,12 @@ from transformers import (
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from llava.model.cache_keyword import cache_fields, cache_kwargs, decoder_output, output_cache
 from llava.model.config import MultimodalConfig, PDropConfig
 from llava.model.llava_arch import Images, LlavaMetaForCausalLM, LlavaMetaModel, MultimodalInputs
 from llava.model.packed_prefill import packed_prefill, prefill_can_pack, wants_packed_prefill
 from llava.model.packing import PackedBatch, pack_for_model, supports_packing
-from llava.model.splice import ImageTokenLayout
+from llava.model.splice import ImageTokenLayout, PromptTooLong
 
 logger = logging.getLogger(__name__)
 
@@ -66,22 +67,6 @@ def llava_config_dict(config_dict: dict[str, Any], source: Any) -> dict[str, Any
             "this is not a LLaVA-1.5 checkpoint"
         )
     return {**config_dict, "model_type": LlavaLlamaConfig.model_type}
-
-
-class PromptTooLong(ValueError):
-    """A batch of ``generate`` holds prompts longer than the model's context once their images are spliced in.
-
-    ``samples``: (batch position, spliced length) of each such prompt; ``context``: the model's context length. The
-    caller maps positions to its own names (answer generation: question ids) and may answer the rest without them.
-    """
-
-    def __init__(self, samples: list[tuple[int, int]], context: int) -> None:
-        self.samples, self.context = samples, context
-        where = ", ".join(f"sample {i} ({n} tokens)" for i, n in samples)
-        super().__init__(
-            f"{where}: longer than the model's context of {context} tokens (max_position_embeddings) "
-            "after splicing the images"
-        )
 
 
 class LlavaLlamaConfig(LlamaConfig):
@@ -249,7 +234,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         return LlavaCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
+            **cache_fields(LlavaCausalLMOutputWithPast, output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             lm_loss=lm_loss,
@@ -294,15 +279,15 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             inputs_embeds, input_ids = self.model.embed_tokens(input_ids), None
         if self.pdrop is None and packed and labels is None:
             hidden = packed_prefill(self.model, inputs_embeds, attention_mask, cache, self.packing_single_row)
-            return BaseModelOutputWithPast(last_hidden_state=hidden, cache=cache), labels
+            return decoder_output(hidden, cache), labels
         if self.pdrop is None:
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                cache=cache,
                 inputs_embeds=inputs_embeds,
                 use_cache=use_cache,
+                **cache_kwargs(self.model, cache),
                 **kwargs,
             )
             return out, labels
@@ -320,7 +305,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             use_cache=bool(use_cache) and not (packed and labels is not None),  # packed training keeps no cache
             packed=packed,
         )
-        return BaseModelOutputWithPast(last_hidden_state=out.last_hidden_state, cache=out.past_key_values), out.labels
+        return decoder_output(out.last_hidden_state, out.past_key_values), out.labels
 
     @torch.no_grad()
     def generate(
@@ -362,18 +347,16 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         self,
         input_ids: Tensor,
         next_sequence_length: int | None = None,
-        cache: Cache | None = None,
         attention_mask: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
         is_first_iteration: bool | None = False,
         image_layouts: list[ImageTokenLayout] | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        # The layouts describe the prompt only: they go to the prefill step, never to the decoding steps.
+        # The layouts go to the prefill step only; the KV cache passes through kwargs under this transformers' name.
         inputs = super().prepare_inputs_for_generation(
             input_ids,
             next_sequence_length=next_sequence_length,
-            cache=cache,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
             is_first_iteration=is_first_iteration,

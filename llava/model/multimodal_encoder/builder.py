@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llava.model.config import MultimodalConfig
+from llava.model.config import DRIP_PREFIX, MultimodalConfig
 from llava.model.multimodal_encoder.base import VisionTower
 
 CLIP_MODEL_TYPES = ("clip_vision_model", "clip")
@@ -55,6 +55,15 @@ def build_vision_tower(cfg: MultimodalConfig, delay_load: bool = False, **overri
             "(CLIP: clip_vision_model / clip, SigLIP: siglip_vision_model / siglip, DINOv2: dinov2)"
         )
     return CLIPVisionTower(cfg.vision_tower, cfg.select_layer, cfg.select_feature, cfg.vision_tower_config, delay_load)
+
+
+def check_tower_source(name: str | None) -> None:
+    """ValueError for a ``drip:`` source that names neither a DRIP preset nor a checkpoint folder (a typo), before
+    any model loads; other sources are read when the tower is built."""
+    if name and name.startswith(DRIP_PREFIX):
+        from llava.model.multimodal_encoder.drip_encoder import check_drip_source
+
+        check_drip_source(name)
 
 
 def _model_type(cfg: MultimodalConfig) -> str | None:

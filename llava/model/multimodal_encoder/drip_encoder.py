@@ -33,6 +33,16 @@ from llava.model.config import DRIP_PREFIX
 from llava.model.multimodal_encoder.base import DripExtras, TrainMode, VisionFeatures, VisionTower, check_train_mode
 
 
+def check_drip_source(source: str) -> None:
+    """ValueError unless ``source`` (``drip:<spec>``) names a DRIP checkpoint folder or a preset."""
+    spec = source[len(DRIP_PREFIX) :]
+    if not os.path.isdir(spec) and spec not in list_presets():
+        raise ValueError(
+            f"mm_vision_tower {source!r}: {spec!r} is neither a DRIP checkpoint directory nor a preset "
+            f"({', '.join(list_presets())})"
+        )
+
+
 class DripVisionTower(VisionTower):
     def __init__(
         self,
@@ -78,15 +88,8 @@ class DripVisionTower(VisionTower):
     def load_model(self, device_map: Any = None) -> None:
         """Build the tower from its source: a checkpoint dir's weights, or a preset's fresh random weights."""
         spec = self.spec
-        if os.path.isdir(spec):
-            tower = load_drip(spec)
-        elif spec in list_presets():
-            tower = DripVisionTransformer(get_preset(spec))
-        else:
-            raise ValueError(
-                f"mm_vision_tower {self.vision_tower_name!r}: {spec!r} is neither a DRIP checkpoint directory nor a "
-                f"preset ({', '.join(list_presets())})"
-            )
+        check_drip_source(self.vision_tower_name)
+        tower = load_drip(spec) if os.path.isdir(spec) else DripVisionTransformer(get_preset(spec))
         if self.is_loaded:  # keep the dtype / device the caller chose for the weights being replaced
             p = next(self.vision_tower.parameters())
             tower = tower.to(device=p.device, dtype=p.dtype)
@@ -113,7 +116,8 @@ class DripVisionTower(VisionTower):
         mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device) if st.mask is None else st.mask
         if self.select_feature == "patch":
             hidden, mask = hidden[:, 1:], mask[:, 1:]  # [B, L, D], [B, L]
-        features = [h[m] for h, m in zip(hidden, mask, strict=True)]  # B x [N_i, D]
+        counts = mask.sum(-1).tolist()  # one read for the batch: real tokens come first in every row
+        features = [h[:n] for h, n in zip(hidden, counts, strict=True)]  # B x [N_i, D]
         extras = DripExtras(
             boundary_loss=torch.stack(st.losses).sum() if st.losses else hidden.new_zeros((), dtype=torch.float32),
             boundary_rate=st.rates[0] if st.rates else hidden.new_ones((), dtype=torch.float32),

@@ -38,3 +38,28 @@ def build_vision_projector(projector_type: str, mm_hidden_size: int, hidden_size
     for _ in range(int(match.group(1)) - 1):
         layers += [nn.GELU(), nn.Linear(hidden_size, hidden_size)]  # indices 1, 2 / 3, 4 ...: LLaVA's key names
     return nn.Sequential(*layers)
+
+
+def check_projector_weights(
+    weights: dict, projector: nn.Module, source: str, tower_name: str | None, tower_width: int
+) -> None:
+    """ValueError naming ``source`` and both widths when ``weights`` (projector keys: ``0.weight``...) do not fit
+    ``projector``: a projector trained on another tower's features (another width D) or for another LLM (H), instead
+    of torch's size-mismatch error. Keys are left to ``load_state_dict``; only shapes are compared here."""
+    expected = {k: tuple(v.shape) for k, v in projector.state_dict().items()}
+    wrong = {k: tuple(v.shape) for k, v in weights.items() if k in expected and tuple(v.shape) != expected[k]}
+    if not wrong:
+        return
+    first = "weight" if "weight" in expected else "0.weight"  # linear, or the first linear of mlpNx_gelu
+    trained = tuple(weights[first].shape) if first in weights else None
+    if trained is not None and len(trained) == 2 and trained[1] != tower_width:
+        raise ValueError(
+            f"{source}: the projector was trained on tower features of width {trained[1]}, but the "
+            f"vision tower {tower_name!r} gives features of width {tower_width}; use the tower it was "
+            "trained with, or train a projector for this one"
+        )
+    shapes = "; ".join(f"{k}: {got} here, expected {expected[k]}" for k, got in sorted(wrong.items()))
+    raise ValueError(
+        f"{source}: the projector weights do not fit this model ({shapes}); the LLM's hidden size or "
+        "the projector type differs from the one it was trained for"
+    )

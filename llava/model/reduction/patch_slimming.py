@@ -90,6 +90,8 @@ def load_schedule(path: str) -> SlimmingSchedule:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"patch_slimming schedule {path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"patch_slimming schedule {path}: not UTF-8 text, so not a schedule JSON ({e})") from None
     return schedule_from_dict(data, path)
 
 

@@ -39,19 +39,19 @@ The pure ranking rules live in ``llava.model.reduction.pdrop_ranking``, the keep
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
 from llava.constants import IGNORE_INDEX
 from llava.model import packing
+from llava.model.cache_keyword import cache_kwargs
 from llava.model.config import PDROP_ATTN_IMPLEMENTATIONS, PDropConfig, PositionMode
-from llava.model.reduction.pdrop_ranking import image_mask, query_mask, rank_scores
+from llava.model.reduction.pdrop_ranking import image_mask, query_mask, rank_scores, read_host_values
 from llava.model.reduction.pdrop_schedule import keep_counts
 from llava.model.splice import ImageTokenLayout
 
@@ -118,6 +118,10 @@ class _Stage:
     is_image: Tensor  # [B, L] bool
     queries: Tensor  # [B, L] bool, ranking queries
     labels: Tensor | None  # [B, L] long
+    lengths: list[int]  # [B] real tokens per row (host)
+    starts: list[int]  # [B] slot of each row's first real token (host)
+    images: list[int]  # [B] image tokens per row (host)
+    num_queries: int  # the most ranking queries of a row (queries are text: never dropped)
 
 
 def pdrop_forward(
@@ -185,18 +189,21 @@ def pdrop_forward(
     is_image = image_mask(layouts, mask)
     queries = query_mask(rank_positions, labels, mask, is_image)
     source = torch.arange(t, device=mask.device).expand(b, t).masked_fill(~mask, -1)
-    st = _Stage(inputs_embeds, mask, position_ids, source, is_image, queries, labels)
-    return _prefill(llama_model, st, cfg, cache, position_mode, packed)
+    images = [0] * b if layouts is None else [layout.num_image_tokens for layout in layouts]
+    lengths, starts, num_queries, side = read_host_values(mask, is_image, queries)
+    st = _Stage(
+        inputs_embeds, mask, position_ids, source, is_image, queries, labels, lengths, starts, images, num_queries
+    )
+    return _prefill(llama_model, st, cfg, cache, position_mode, packed, side)
 
 
 def _prefill(
-    model: nn.Module, st: _Stage, cfg: PDropConfig, cache: PDropCache | None, mode: str, packed: bool = False
+    model: nn.Module, st: _Stage, cfg: PDropConfig, cache: PDropCache | None, mode: str, packed: bool, side: str
 ) -> PDropOutput:
     """All decoder layers on the full prompt; rank-and-drop before every layer of ``cfg.layer_list``."""
     n_image = st.is_image.sum(1)  # [B]
-    per_sample = [keep_counts(cfg, int(n)) for n in n_image]  # [B][drops]
+    per_sample = [keep_counts(cfg, n) for n in st.images]  # [B][drops]
     keep = [[counts[k] for counts in per_sample] for k in range(len(cfg.layer_list))]  # [drops][B]
-    side = "right" if bool((~st.mask[:, -1]).any()) else "left"
     next_positions = st.positions.masked_fill(~st.mask, -1).amax(1) + 1  # [B], original coordinates
     kept, lens, pack, hidden = [], [], None, st.hidden
     layers = model.layers[: model.config.num_hidden_layers]
@@ -212,7 +219,7 @@ def _prefill(
                 st = _drop(layer, model.rotary_emb, st, keep[cfg.layer_list.index(idx)], side, mode == "compact")
             hidden, positions, mask4d = st.hidden, st.positions, _prefill_mask(st.mask, st.hidden.dtype)
             if packed:  # this stage's layers on [R, C] rows instead of [B, L]
-                pack, _ = packing.pack_for_model(model.config, st.hidden, st.mask, None)
+                pack, _ = packing.pack_for_model(model.config, st.hidden, st.mask, None, None, st.lengths, st.starts)
                 hidden, positions = pack.inputs_embeds, packing.gather_packed(st.positions, pack)
                 mask4d = packing.block_causal_mask(pack, hidden.dtype)  # [R, 1, C, C]
             rope = model.rotary_emb(hidden, positions)
@@ -276,41 +283,41 @@ def _decode(
 
 
 def _run_layer(layer: nn.Module, hidden: Tensor, mask4d: Tensor, positions: Tensor, rope, cache) -> Tensor:
-    """One decoder layer through its public forward (the cache keyword is ``cache`` from transformers 5.2x on,
-    ``past_key_values`` before; the old name still works but warns)."""
-    kwargs = {_cache_keyword(type(layer)): cache, "use_cache": cache is not None}
+    """One decoder layer through its public forward (the cache under this transformers' keyword)."""
+    kwargs = {**cache_kwargs(layer, cache), "use_cache": cache is not None}
     return layer(hidden, attention_mask=mask4d, position_ids=positions, position_embeddings=rope, **kwargs)
-
-
-@functools.cache
-def _cache_keyword(layer_type: type) -> str:
-    return "cache" if "cache" in inspect.signature(layer_type.forward).parameters else "past_key_values"
 
 
 # --- ranking and dropping --------------------------------------------------------------------------------------------
 def _drop(layer: nn.Module, rotary: nn.Module, st: _Stage, counts: list[int], side: str, compact: bool) -> _Stage:
-    """Keep every real text token and the top ``counts[b]`` image tokens of sample b (in slot order); repack."""
-    scores = rank_scores(layer, rotary, st.hidden, st.positions, st.mask, st.queries)  # [B, L]
+    """Keep every real text token and the top ``counts[b]`` image tokens of sample b (in slot order); repack.
+    One ranking for the batch: a stable descending sort of the scores, a rank mask (ties: the earlier slot)."""
+    for b, (count, have) in enumerate(zip(counts, st.images, strict=True)):
+        if count > have:
+            raise ValueError(f"sample {b}: cannot keep {count} image tokens, only {have} left")
+    scores = rank_scores(layer, rotary, st.hidden, st.positions, st.mask, st.queries, st.num_queries)  # [B, L]
     keep = st.mask & ~st.is_image  # [B, L]
-    candidates = st.mask & st.is_image
-    for b, count in enumerate(counts):
-        if count > int(candidates[b].sum()):
-            raise ValueError(f"sample {b}: cannot keep {count} image tokens, only {int(candidates[b].sum())} left")
-        if count > 0:
-            top = scores[b].masked_fill(~candidates[b], float("-inf")).topk(count).indices
-            keep[b, top] = True
-    return _repack(st, keep, side, compact)
+    most = max(counts, default=0)
+    if most > 0:
+        candidates = st.mask & st.is_image
+        ranked = scores.masked_fill(~candidates, float("-inf")).sort(dim=1, descending=True, stable=True).indices
+        wanted = packing.upload(np.asarray(counts, dtype=np.int64), keep.device)  # [B]
+        chosen = torch.arange(most, device=keep.device)[None, :] < wanted[:, None]  # [B, K]: the rank mask
+        keep = keep | torch.zeros_like(keep).scatter(1, ranked[:, :most], chosen)
+    lengths = [n - have + count for n, have, count in zip(st.lengths, st.images, counts, strict=True)]
+    return _repack(st, keep, side, compact, lengths, counts)
 
 
-def _repack(st: _Stage, keep: Tensor, side: str, compact: bool) -> _Stage:
-    """Gather the kept slots of every row into a new padded batch, padded on ``side``."""
+def _repack(st: _Stage, keep: Tensor, side: str, compact: bool, lengths: list[int], images: list[int]) -> _Stage:
+    """Gather the kept slots of every row into a new padded batch, padded on ``side``; ``lengths`` and ``images``
+    are the kept real tokens and image tokens per row (host), so the new width needs no read-back."""
     b, length = keep.shape
-    lengths = keep.sum(1)  # [B]
-    new_len = int(lengths.max())
+    new_len = max(lengths)
+    kept = keep.sum(1)  # [B], equal to lengths
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept slots first, in order
-    pad = new_len - lengths if side == "left" else torch.zeros_like(lengths)
+    pad = new_len - kept if side == "left" else torch.zeros_like(kept)
     j = torch.arange(new_len, device=keep.device)[None, :] - pad[:, None]  # [B, L'] rank among kept slots
-    valid = (j >= 0) & (j < lengths[:, None])
+    valid = (j >= 0) & (j < kept[:, None])
     index = order.gather(1, j.clamp(0, length - 1))  # [B, L'] slot in the previous stage
 
     def take(t: Tensor, fill) -> Tensor:
@@ -330,6 +337,10 @@ def _repack(st: _Stage, keep: Tensor, side: str, compact: bool) -> _Stage:
         is_image=take(st.is_image, False),
         queries=take(st.queries, False),
         labels=None if st.labels is None else take(st.labels, IGNORE_INDEX),
+        lengths=lengths,
+        starts=[new_len - n if side == "left" else 0 for n in lengths],
+        images=images,
+        num_queries=st.num_queries,
     )
 
 

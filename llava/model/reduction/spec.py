@@ -247,6 +247,12 @@ def parse_token_reduction(text: str | None) -> tuple[Reduction, ...]:
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"{FLAG} {text!r}: each method may appear once")
+    replacing = [m.name for m in methods if m.stage == "tower"]  # each runs the tower its own way
+    if len(replacing) > 1:
+        raise ValueError(
+            f"{FLAG} {text!r}: {' and '.join(replacing)} cannot be combined (each runs the tower's "
+            "forward pass its own way)"
+        )
     return tuple(sorted(methods, key=lambda m: STAGE_ORDER[m.stage]))
 
 

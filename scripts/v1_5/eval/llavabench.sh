@@ -19,7 +19,10 @@
 #                the judge runs when either is set, and writes llavabench_summary.json
 #   LLAVA_JUDGE_MODEL   the judge model (default: gpt-4-0314, the judge LLaVA-1.5 reported; an endpoint that no
 #                longer serves it answers 404: name another, whose scores are then not LLaVA-1.5's)
-#   JUDGE_ARGS   more judge flags, e.g. "--rule llava/eval/table/rule.json --system-file system.txt"
+#   JUDGE_ARGS   more judge flags. LLaVA-comparable scores need LLaVA's own texts, which this repository does not ship:
+#                "--rule <LLaVA>/llava/eval/table/rule.json --system-file system.txt". Without them the judge uses
+#                this project's texts: it warns that the scores are NOT comparable with LLaVA-1.5's, whatever the
+#                judge model, and every review line records "judge_texts": "project"
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 MODEL_PATH=${MODEL_PATH:-checkpoints/demo/llava-drip}

@@ -59,3 +59,17 @@ def test_the_given_temperature_and_image_count_are_used(tmp_path, capsys):
     )
     report = json.loads(capsys.readouterr().out.split("[calibrate] ", 1)[1])
     assert report["temperature"] == 0.25 and report["images"] == 4
+
+
+def test_a_missing_tower_or_a_corrupt_image_is_a_one_line_error_naming_it(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        calibrate.main(["--tower", "/nope", "--images", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    assert "error: DRIP tower /nope: no such file or folder" in capsys.readouterr().err
+    _tower_and_images(tmp_path, n=2)
+    (tmp_path / "images" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    argv = ["--tower", str(tmp_path / "tower"), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stop:
+        calibrate.main(argv)
+    assert stop.value.code == 2
+    assert f"error: cannot read image file {tmp_path / 'images' / '1.png'}" in capsys.readouterr().err

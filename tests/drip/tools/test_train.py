@@ -187,6 +187,13 @@ def test_resume_latest_falls_back_from_a_truncated_checkpoint_with_a_warning(tmp
     args.resume, args.resume_fallbacks = found[0], []  # nothing older: a clear error, no silent fresh start
     with pytest.raises(SystemExit, match="cannot resume"):
         load_resume_checkpoint(args)
+    from pathlib import PurePosixPath  # any object beyond tensors and containers: loading it would run code
+
+    torch.save({"epoch": 3, "x": PurePosixPath("payload")}, tmp_path / "epoch_3.pt")
+    args.resume, args.resume_fallbacks = str(tmp_path / "epoch_3.pt"), [str(tmp_path / "epoch_1.pt")]
+    with pytest.raises(SystemExit, match=r"cannot resume: .*epoch_3\.pt: refused for safety") as stop:
+        load_resume_checkpoint(args)  # refused, not skipped for an older file
+    assert "weights_only=False" not in str(stop.value)
 
 
 def _losses(metrics: list[dict]) -> list[tuple]:
@@ -236,3 +243,38 @@ def test_bad_drip_numbers_are_usage_errors(capsys, flag, value, expected):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {flag}" in err and expected in err, err
+
+
+@pytest.mark.slow  # one drip.tools.train process (~20 s CPU)
+@needs_extras
+def test_fewer_captions_than_the_batch_size_is_a_clear_error(tmp_path):
+    """4 image-caption pairs and --batch-size 8: no full step. A message naming the data and the batch size, not a
+    bare StopIteration."""
+    csv = _write_csv(tmp_path, n=4)
+    cmd = [
+        sys.executable,
+        "-m",
+        "drip.tools.train",
+        "--model",
+        "DRIP-tiny",
+        "--train-data",
+        csv,
+        "--csv-img-key",
+        "filepath",
+        "--csv-caption-key",
+        "title",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--logs",
+        str(tmp_path / "logs"),
+        "--name",
+        "run",
+        "--epochs",
+        "1",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode != 0
+    assert "4 sample(s) make no full training step of --batch-size 8" in done.stderr, done.stderr[-2000:]
+    assert "StopIteration" not in done.stderr

@@ -179,9 +179,8 @@ def test_missing_or_mismatched_schedule(tiny, tmp_path):
     apply_token_reduction(model, f"patch_slimming:schedule={write_schedule(tmp_path / 's.json', [[1], [1], [1]])}")
     with pytest.raises(ValueError, match=r"s.json: field 'kept_patches': 3 layers, but the tower runs 2"):
         model.encode_image_features(tiny.images(1))
-    apply_token_reduction(model, f"patch_slimming:schedule={tmp_path / 's.json'}+tome:r=2")
-    with pytest.raises(ValueError, match="cannot be combined"):
-        model.encode_image_features(tiny.images(1))
+    with pytest.raises(ValueError, match="patch_slimming and tome cannot be combined"):  # when the flag is read
+        apply_token_reduction(model, f"patch_slimming:schedule={tmp_path / 's.json'}+tome:r=2")
 
 
 def test_the_schedule_file_is_parsed_once_not_per_batch(tiny, tmp_path, monkeypatch):
@@ -199,3 +198,11 @@ def test_the_schedule_file_is_parsed_once_not_per_batch(tiny, tmp_path, monkeypa
             model.encode_image_features(tiny.images(2))
     assert probe.token_counts == [1] * 6 and all(g is not None and g > 0 for g in probe.gflops)
     assert len(parsed) == 1, parsed
+
+
+def test_a_schedule_that_is_not_utf8_is_named(tmp_path):
+    from llava.model.reduction.patch_slimming import load_schedule
+
+    (tmp_path / "s.json").write_bytes(b'{"format": "patch_slimming_schedule", "x": "\xff\xfe"}')
+    with pytest.raises(ValueError, match=r"schedule .*s\.json: not UTF-8 text"):
+        load_schedule(str(tmp_path / "s.json"))

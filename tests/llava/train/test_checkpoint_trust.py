@@ -78,7 +78,7 @@ def outside_payload(out: Path, marker: Path, how: str) -> Path:
     evil.mkdir(parents=True)
     torch.save({"module": {}, "client_state": Payload(marker)}, evil / "mp_rank_00_model_states.pt")
     if how == "tag":
-        (ckpt / "latest").write_text(os.path.relpath(evil, ckpt))  # ../../evil/global_step3
+        (ckpt / "latest").write_text(os.path.relpath(evil, ckpt))  # two folders up, then evil/global_step3
     else:
         (ckpt / "global_step3").symlink_to(evil, target_is_directory=True)
     return ckpt
@@ -109,7 +109,7 @@ def test_links_and_tags_inside_the_checkpoint_pass(tmp_path):
     ckpt = crafted_checkpoint(tmp_path / "run", tmp_path / "m")
     torch.save({"module": {"w": torch.ones(2)}}, ckpt / "global_step3" / "mp_rank_00_model_states.pt")
     (ckpt / "global_step3" / "again").symlink_to(ckpt / "global_step3", target_is_directory=True)
-    (ckpt / "latest").write_text("global_step3/again/../global_step3\n")
+    (ckpt / "latest").write_text(os.path.join("global_step3", "again", os.pardir, "global_step3") + "\n")
     verify_checkpoint(ckpt)  # nothing leaves the folder: every file DeepSpeed can reach was checked
     (ckpt / "global_step3" / "mp_rank_00_model_states.pt").unlink()
     (ckpt / "global_step3" / "mp_rank_00_model_states.pt").symlink_to(tmp_path / "m.pt")

@@ -8,9 +8,10 @@ w.r.t. the forced boundaries, i.e. what the tower's boundary estimator (``DripCo
 predictor. The report: sign agreement, Spearman rank correlation and sign agreement by position (sequence bins).
 Each row's last valid position is always a boundary, so it cannot flip and is left out. Single pooling stage only.
 
-The loss is any ``RowLoss`` callable: ``measure`` builds the CLIP contrastive and regression ones here; LLaVA's LM
-loss through the tower comes from ``llava.tools.lm_row_loss`` (``python -m llava.tools.boundary_signal``), which
-hands its callable to ``signal_report`` via the LLaVA DRIP tower (``drip`` never imports ``llava``).
+The loss is any ``RowLoss`` callable: ``measure`` builds the CLIP contrastive and regression ones here (for
+``python -m drip.tools.boundary_signal``); LLaVA's LM loss through the tower comes from ``llava.tools.lm_row_loss``
+(``python -m llava.tools.boundary_signal``), which hands its callable to ``signal_report`` (``drip`` never imports
+``llava``). Only tools use this module.
 """
 
 from __future__ import annotations
