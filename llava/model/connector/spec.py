@@ -19,8 +19,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from drip.boundary_estimators import POOLING_ESTIMATORS
-
 FLAG = "--mm_connector"
 
 
@@ -34,6 +32,8 @@ class DripConnectorSpec:
     threshold: float = 0.5  # eval threshold on sigmoid(logit), recorded after calibration
 
     def __post_init__(self) -> None:
+        from drip.boundary_estimators import POOLING_ESTIMATORS  # here: importing ``drip`` imports torch
+
         if not 0.0 < self.rate <= 1.0:
             raise ValueError(f"{FLAG} drip: rate must lie in (0, 1], got {self.rate}")
         if self.estimator not in POOLING_ESTIMATORS:
