@@ -187,7 +187,7 @@ def test_llava_with_the_tower_trains_its_projector(tiny, family):
         assert all(p.grad is None for p in model.get_vision_tower().parameters())
 
 
-def test_uniform_and_random_reduce_a_dinov2_tower_visionzip_refuses(tmp_path):
+def test_uniform_and_random_reduce_a_dinov2_tower_siglip_refuses_block_methods(tmp_path):
     from llava.model.reduction.registry import encode_reduced, vision_methods
 
     save_random("dinov2", tmp_path)
@@ -200,5 +200,71 @@ def test_uniform_and_random_reduce_a_dinov2_tower_visionzip_refuses(tmp_path):
     torch.testing.assert_close(torch.stack(pooled.features)[:, 1:], expected)
     torch.testing.assert_close(torch.stack(pooled.features)[:, 0], full[:, 0])  # [CLS] kept as is
     assert pooled.token_counts.tolist() == [5, 5] and kept.token_counts.tolist() == [6, 6]
-    with pytest.raises(ValueError, match="visionzip reads a ViT.s blocks through HF CLIP.s layer interface"):
-        encode_reduced(tower, pixels(), vision_methods("visionzip:dominant=3,contextual=1"))
+    siglip_dir = tmp_path / "siglip"
+    save_random("siglip", siglip_dir)
+    siglip = build_vision_tower(MultimodalConfig(vision_tower=str(siglip_dir)))
+    for method in ("visionzip:dominant=3,contextual=1", "tome:r=2", "prumerge"):
+        with pytest.raises(ValueError, match="reads the \\[CLS\\] token inside .* SigLIP tower .* has none"):
+            encode_reduced(siglip, pixels(), vision_methods(method))
+
+
+def test_tome_without_merges_is_the_dinov2_tower_and_merges_count(tmp_path):
+    """ToMe's own block (proportional attention, layer scale) with r=0 reproduces the tower; r=2 merges 2 per block,
+    in the two blocks that run (select -2 of 3), charged for those."""
+    from llava.model.flops import tome_macs
+    from llava.model.reduction.registry import encode_reduced, reduced_tower_gmacs, vision_methods
+    from llava.model.reduction.tome import token_schedule
+    from llava.model.reduction.tower import _tome_block
+    from llava.model.reduction.vit_blocks import block_tower
+
+    save_random("dinov2", tmp_path)
+    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path), select_feature="cls_patch"))
+    with torch.no_grad():
+        plain = torch.stack(tower(pixels()).features)
+        view = block_tower(tower, "tome")
+        x = view.embed(pixels())
+        size = torch.ones_like(x[..., :1])
+        for layer in view.blocks:
+            x, size = _tome_block(layer, x, size, 0)
+        merged = encode_reduced(tower, pixels(), vision_methods("tome:r=2"))
+    torch.testing.assert_close(x, plain, rtol=1e-5, atol=1e-5)
+    assert merged.token_counts.tolist() == [17 - 2 * 2] * 2
+    expected = tome_macs(macs_config(tower.config, 32), *token_schedule(17, 2, 2)) / 1e9
+    gmacs = reduced_tower_gmacs(tower, vision_methods("tome:r=2"), merged)
+    assert gmacs == pytest.approx([expected] * 2)
+
+
+def test_visionzip_keeps_the_patches_dinov2s_cls_attends_most(tmp_path):
+    from llava.model.flops import visionzip_macs
+    from llava.model.reduction.registry import encode_reduced, reduced_tower_gmacs, vision_methods
+
+    reference = save_random("dinov2", tmp_path)
+    reference.set_attn_implementation("eager")
+    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path)))
+    methods = vision_methods("visionzip:dominant=3,contextual=1")
+    with torch.no_grad():
+        out = reference(pixels(), output_hidden_states=True, output_attentions=True)
+        zipped = encode_reduced(tower, pixels(), methods)
+    top = out.attentions[1][:, :, 0, 1:].sum(1).topk(3).indices.sort(-1).values  # layer 2 of 3 (-2); raster order
+    expected = torch.stack([out.hidden_states[2][b, 1:][top[b]] for b in range(2)])  # [B, 3, D]
+    assert torch.stack(zipped.features).shape == (2, 4, 32)
+    torch.testing.assert_close(torch.stack(zipped.features)[:, :3], expected, rtol=1e-5, atol=1e-5)
+    gmacs = reduced_tower_gmacs(tower, methods, zipped)
+    assert gmacs == pytest.approx([visionzip_macs(macs_config(tower.config, 32), 3, 1, 2) / 1e9] * 2)
+
+
+def test_patch_slimming_keeping_every_patch_is_the_dinov2_tower(tmp_path):
+    """Patch Slimming's pruned block (layer scale included) with a schedule that keeps all 16 patches."""
+    from llava.model.reduction.registry import encode_reduced, vision_methods
+
+    save_random("dinov2", tmp_path / "tower")
+    schedule = tmp_path / "s.json"
+    everything = [list(range(16))] * 2  # the two layers that run
+    schedule.write_text(
+        json.dumps({"format": "patch_slimming_schedule", "num_patches": 16, "kept_patches": everything})
+    )
+    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path / "tower")))
+    with torch.no_grad():
+        plain = torch.stack(tower(pixels()).features)
+        slimmed = encode_reduced(tower, pixels(), vision_methods(f"patch_slimming:schedule={schedule}"))
+    torch.testing.assert_close(torch.stack(slimmed.features), plain, rtol=1e-5, atol=1e-5)

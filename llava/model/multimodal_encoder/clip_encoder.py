@@ -123,6 +123,11 @@ class CLIPVisionTower(VisionTower):
     def config(self) -> CLIPVisionConfig:
         return self.vision_tower.config if self.is_loaded else self.cfg_only
 
+    @property
+    def cost_config(self) -> CLIPVisionConfig:
+        """What ``llava.model.flops`` counts this tower from (its config; an HF DINOv2 tower's differs)."""
+        return self.config
+
     def config_dict(self) -> dict[str, Any]:
         d = self.config.to_diff_dict()  # only what differs from CLIPVisionConfig's defaults
         for key in ("transformers_version", "_name_or_path", "architectures", "model_type", "dtype"):

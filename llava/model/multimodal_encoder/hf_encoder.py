@@ -186,19 +186,52 @@ class HFVisionTower(VisionTower):
 
     def forward(self, images: Tensor) -> VisionFeatures:
         """images [B, C, S, S] -> B tensors [N, D] (N = patches, + 1 with ``cls_patch``)."""
-        if not self.is_loaded:
-            raise RuntimeError(f"{self.family.name} tower {self.vision_tower_name!r} has no weights: call load_model()")
-        embeddings, layers, _ = self.family.parts(self.vision_tower)
-        pixels = images.to(device=self.device, dtype=self.dtype)
-        if self.family is SIGLIP:
-            x = embeddings(pixels, interpolate_pos_encoding=pixels.shape[-1] != self.config.image_size)
-        else:
-            x = embeddings(pixels)  # DINOv2 interpolates its position embeddings to the input grid itself
-        for layer in layers:
-            x = layer(x, None)  # [B, T, D]; no attention mask: every token is real
+        x = self.run_blocks(self.embed(images), 0, self.layers_run)  # [B, T, D]
         if self.family.has_cls and self.select_feature == "patch":
             x = x[:, 1:]  # [B, N, D]
         return VisionFeatures.from_batch(x)
+
+    @property
+    def layers_run(self) -> int:
+        """Encoder layers that run: the hidden_states index of ``select_layer`` (0: none)."""
+        return self._selected_index()
+
+    @property
+    def blocks(self) -> list:
+        """The kept HF layers (``SiglipEncoderLayer`` / ``Dinov2Layer``), those up to the selected one."""
+        return list(self.family.parts(self.vision_tower)[1])
+
+    def embed(self, images: Tensor) -> Tensor:
+        """images [B, C, S, S] -> [B, T, D], the states entering the first layer (hidden_states[0])."""
+        if not self.is_loaded:
+            raise RuntimeError(f"{self.family.name} tower {self.vision_tower_name!r} has no weights: call load_model()")
+        embeddings = self.family.parts(self.vision_tower)[0]
+        pixels = images.to(device=self.device, dtype=self.dtype)
+        if self.family is SIGLIP:
+            return embeddings(pixels, interpolate_pos_encoding=pixels.shape[-1] != self.config.image_size)
+        return embeddings(pixels)  # DINOv2 interpolates its position embeddings to the input grid itself
+
+    def run_blocks(self, x: Tensor, start: int, end: int) -> Tensor:
+        """Layers ``start .. end - 1`` on x [B, T, D] -> [B, T, D] (hidden_states[end] when x is [start])."""
+        for layer in self.blocks[start:end]:
+            x = layer(x, None)  # no attention mask: every token is real
+        return x
+
+    def block_view(self, method: str) -> HFVisionTower:
+        """This tower, for a token-reduction ``method`` that reads its blocks (``llava.model.reduction.vit_blocks``);
+        ValueError for SigLIP, which has no [CLS] token for the method to score or keep."""
+        if not self.family.has_cls:
+            raise ValueError(
+                f"--token_reduction {method} reads the [CLS] token inside the tower's blocks; the {self.family.name} "
+                f"tower {self.vision_tower_name!r} has none (every token is a patch): use CLIP or DINOv2, or a "
+                "method on the output grid (uniform, pool1d, random)"
+            )
+        return self
+
+    @property
+    def cost_config(self) -> SimpleNamespace:
+        """What ``llava.model.flops`` counts this tower from (``macs_config`` at the input side)."""
+        return macs_config(self.config, self.image_size)
 
     def set_trainable(self, mode: TrainMode) -> None:
         """``none`` freezes the tower; ``all`` trains what runs (embeddings and the kept layers); no predictor."""
@@ -216,9 +249,8 @@ class HFVisionTower(VisionTower):
 
     def analytic_gflops(self, features: VisionFeatures) -> list[float]:
         """GMACs per image of what runs: the patch embedding and the kept layers on every token ([CLS] included)."""
-        cost = macs_config(self.config, self.image_size)
         tokens = (self.image_size // self.config.patch_size) ** 2 + int(self.family.has_cls)
-        return [clip_tower_macs(cost, [tokens] * self._selected_index()) / 1e9] * len(features.features)
+        return [clip_tower_macs(self.cost_config, [tokens] * self.layers_run) / 1e9] * len(features.features)
 
     @property
     def config(self) -> PretrainedConfig:
@@ -258,9 +290,9 @@ class HFVisionTower(VisionTower):
         return self.image_size // self.config.patch_size
 
 
-def macs_config(config: PretrainedConfig, image_size: int, layers: int | None = None) -> SimpleNamespace:
-    """The fields ``llava.model.flops`` reads, for a SigLIP or DINOv2 config at ``image_size`` with ``layers`` layers
-    running (default all; DINOv2 states its MLP as ``mlp_ratio``; SwiGLU variants are not counted)."""
+def macs_config(config: PretrainedConfig, image_size: int) -> SimpleNamespace:
+    """The fields ``llava.model.flops.clip_tower_macs`` reads, for a SigLIP or DINOv2 config at ``image_size``
+    (DINOv2 states its MLP as ``mlp_ratio``; SwiGLU variants are not counted)."""
     if getattr(config, "use_swiglu_ffn", False):
         raise ValueError("MAC counts of DINOv2's SwiGLU MLP are not implemented")
     mlp = getattr(config, "intermediate_size", None) or int(config.hidden_size * config.mlp_ratio)
@@ -271,5 +303,4 @@ def macs_config(config: PretrainedConfig, image_size: int, layers: int | None = 
         patch_size=config.patch_size,
         num_channels=config.num_channels,
         num_attention_heads=config.num_attention_heads,
-        num_hidden_layers=config.num_hidden_layers if layers is None else layers,
     )

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from llava.model.reduction.vit_blocks import block_parts, split_heads
+
 SCHEDULE_FORMAT = "patch_slimming_schedule"
 
 
@@ -121,22 +123,21 @@ def query_positions(schedule: SlimmingSchedule, device: torch.device | None = No
 
 
 def slim_layer(layer: Any, x: Tensor, queries: Tensor) -> Tensor:
-    """One HF ``CLIPEncoderLayer`` whose outputs are only the tokens at ``queries`` (the paper's diag(m_l)).
+    """One HF ViT block (``vit_blocks.block_parts``: CLIP, or DINOv2 with its layer scale) whose outputs are only the
+    tokens at ``queries`` (the paper's diag(m_l)).
 
     Args:
-        layer: the encoder layer (``layer_norm1``, ``self_attn`` q/k/v/out projections, ``layer_norm2``, ``mlp``).
-        x: [B, T, D] the tokens it receives (keys and values). queries: [T'] long positions in T, ascending.
+        layer: the encoder layer. x: [B, T, D] the tokens it receives (keys and values). queries: [T'] long positions
+            in T, ascending.
 
     Returns:
         [B, T', D]: attention over all T tokens, residual and MLP on the T' kept ones. ``queries = arange(T)`` is
         the unpruned layer.
     """
-    attn = layer.self_attn
-    h = layer.layer_norm1(x)
-    b, t, d = h.shape
-    split = lambda y: y.view(b, y.shape[1], attn.num_heads, attn.head_dim).transpose(1, 2)  # [B, h, T, hd]
-    q = split(attn.q_proj(h[:, queries]))  # [B, h, T', hd]
-    k, v = split(attn.k_proj(h)), split(attn.v_proj(h))  # [B, h, T, hd]
-    mixed = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)  # [B, h, T', hd]
-    y = x[:, queries] + attn.out_proj(mixed.transpose(1, 2).reshape(b, queries.shape[0], d))
-    return y + layer.mlp(layer.layer_norm2(y))
+    parts = block_parts(layer)
+    h = parts.norm1(x)
+    q = split_heads(parts, parts.q(h[:, queries]))  # [B, h, T', hd]
+    k, v = split_heads(parts, parts.k(h)), split_heads(parts, parts.v(h))  # [B, h, T, hd]
+    mixed = F.scaled_dot_product_attention(q, k, v, scale=parts.scaling)  # [B, h, T', hd]
+    y = x[:, queries] + parts.scale1(parts.out(mixed.transpose(1, 2).reshape(x.shape[0], queries.shape[0], -1)))
+    return y + parts.scale2(parts.mlp(parts.norm2(y)))

@@ -6,15 +6,17 @@ ablation); ``TokenMethod`` ones reduce each image's output tokens (uniform, 1-D 
 
 Which tower each method needs (every plain ViT the project builds runs every method):
 
-* VisionZip, ToMe, Patch Slimming, PruMerge(+) read or change the ViT's blocks. They run on an HF CLIP tower
-  (``CLIPVisionTower``) and on a drip-package ViT without pooling (the demo's ``drip:`` ViT-tiny), through that
-  tower's ``clip_view()``: an HF CLIP with the same weights, whose states equal the tower's. A DRIP tower that pools
-  is refused: its blocks after pooling see segments, not patches, so "the selected layer's patches" do not exist.
+* VisionZip, ToMe, Patch Slimming, PruMerge(+) read or change the ViT's blocks, through one block view
+  (``vit_blocks.block_tower``): an HF CLIP tower (``CLIPVisionTower``), a DINOv2 tower (its blocks' layer scale
+  included) and a drip-package ViT without pooling (the demo's ``drip:`` ViT-tiny, through its ``clip_view()``: an
+  HF CLIP with the same weights, whose states equal the tower's). SigLIP is refused (no [CLS] token); so is a DRIP
+  tower that pools: its blocks after pooling see segments, not patches, so "the selected layer's patches" do not
+  exist. PruMerge(+) also needs the layer after the selected one, which an HF SigLIP / DINOv2 tower does not keep.
 * ``uniform`` (2-D) and ``pool1d`` (1-D) pool the tower's output patch grid: any tower whose output is its full
   g x g patch grid (HF CLIP, SigLIP, DINOv2, a plain drip ViT); a pooling DRIP tower's segments form no grid.
 * ``random`` works on any tower, DRIP included; ``drip_boundaries`` needs a DRIP tower (it moves its boundaries).
 
-Every tower stops after the selected layer (``CLIPVisionTower.embed`` / ``run_blocks``), and every method runs on
+Every tower stops after the selected layer (the view's ``embed`` / ``run_blocks``), and every method runs on
 those calls, so all are charged on one footing: the layers up to the selected one plus the method's own work.
 Attention scores are computed explicitly for the layer that needs them, so any attention backend works.
 """
@@ -51,23 +53,7 @@ from llava.model.reduction.spec import (
 from llava.model.reduction.tome import merge_weighted, token_schedule
 from llava.model.reduction.uniform import uniform_pool
 from llava.model.reduction.visionzip import visionzip_merge
-
-
-def clip_tower(tower: VisionTower, name: str):
-    """The ``CLIPVisionTower`` whose blocks the method ``name`` reads: ``tower`` itself, or a plain drip ViT's
-    ``clip_view()``; ValueError naming the method and the reason otherwise."""
-    from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
-
-    if isinstance(tower, CLIPVisionTower):
-        return tower
-    view = getattr(tower, "clip_view", None)  # a DRIP tower's capability (refuses a tower that pools)
-    if view is None:
-        raise ValueError(
-            f"{FLAG} {name} reads a ViT's blocks through HF CLIP's layer interface (layer_norm1, q_proj, k_proj): "
-            f"it runs on an HF CLIP tower or a drip ViT without pooling, not on {type(tower).__name__} "
-            f"{tower.vision_tower_name!r}, whose blocks are not CLIP blocks (not implemented for them)"
-        )
-    return view(name)
+from llava.model.reduction.vit_blocks import attention_and_keys, block_parts, block_tower, split_heads
 
 
 def clip_layers(model) -> list:
@@ -76,20 +62,9 @@ def clip_layers(model) -> list:
 
 
 def layer_attention_and_keys(layer, hidden_in: Tensor) -> tuple[Tensor, Tensor]:
-    """Explicit softmax(q k^T * scale) of one HF ``CLIPEncoderLayer`` and its keys, whatever the backend.
-
-    Args:
-        layer: the encoder layer. hidden_in: [B, T, D] the states entering it.
-
-    Returns:
-        attention [B, heads, T, T] fp32 and keys [B, heads, T, head_dim] (fp32).
-    """
-    attn = layer.self_attn
-    x = layer.layer_norm1(hidden_in)
-    b, t, _ = x.shape
-    q = attn.q_proj(x).view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2).float()  # [B, h, T, hd]
-    k = attn.k_proj(x).view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2).float()  # [B, h, T, hd]
-    return ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1), k
+    """Explicit softmax(q k^T * scale) of one HF ``CLIPEncoderLayer`` or ``Dinov2Layer`` and its keys, whatever the
+    backend: hidden_in [B, T, D] -> attention [B, heads, T, T] fp32, keys [B, heads, T, head_dim] fp32."""
+    return attention_and_keys(layer, hidden_in)
 
 
 def _features(tokens: list[Tensor]) -> VisionFeatures:
@@ -104,7 +79,7 @@ def _drop_cls(tower: VisionTower, x: Tensor) -> Tensor:
 
 def visionzip_encode(tower: VisionTower, images: Tensor, spec: VisionZip) -> VisionFeatures:
     """VisionZip at the selected layer; with ``cls=true`` [CLS] is a dominant token and always goes to the LLM."""
-    clip = clip_tower(tower, spec.name)
+    clip = block_tower(tower, spec.name)
     index = clip.layers_run
     if index == 0:
         raise ValueError(f"{FLAG} visionzip needs mm_vision_select_layer to name a block, not the embeddings")
@@ -119,31 +94,27 @@ def visionzip_encode(tower: VisionTower, images: Tensor, spec: VisionZip) -> Vis
 
 
 def visionzip_gmacs(tower: VisionTower, spec: VisionZip, images: int) -> list[float]:
-    clip = clip_tower(tower, spec.name)
+    clip = block_tower(tower, spec.name)
     patches = spec.dominant - 1 if spec.cls else spec.dominant
-    return [visionzip_macs(clip.config, patches, spec.contextual, clip.layers_run) / 1e9] * images
+    return [visionzip_macs(clip.cost_config, patches, spec.contextual, clip.layers_run) / 1e9] * images
 
 
 def _tome_block(layer, x: Tensor, size: Tensor, r: int) -> tuple[Tensor, Tensor]:
-    """One HF ``CLIPEncoderLayer`` with proportional attention, then ToMe's merge before its MLP.
-
-    x [B, T, D], size [B, T, 1] -> ([B, T - r', D], [B, T - r', 1]).
-    """
-    attn = layer.self_attn
-    h = layer.layer_norm1(x)
-    b, t, d = h.shape
-    split = lambda y: y.view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2)  # [B, h, T, hd]
-    q, k, v = split(attn.q_proj(h)), split(attn.k_proj(h)), split(attn.v_proj(h))
-    logits = (q @ k.transpose(-1, -2)) * attn.scale + size.log()[:, None, None, :, 0]  # [B, h, T, T]
-    mixed = (logits.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
-    x = x + attn.out_proj(mixed)
+    """One HF ViT block (``vit_blocks.block_parts``) with proportional attention, then ToMe's merge before its MLP
+    (layer scale where the block has it). x [B, T, D], size [B, T, 1] -> ([B, T - r', D], [B, T - r', 1])."""
+    parts = block_parts(layer)
+    h = parts.norm1(x)
+    q, k, v = (split_heads(parts, proj(h)) for proj in (parts.q, parts.k, parts.v))  # [B, h, T, hd] each
+    logits = (q @ k.transpose(-1, -2)) * parts.scaling + size.log()[:, None, None, :, 0]  # [B, h, T, T]
+    mixed = (logits.softmax(-1) @ v).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)  # [B, T, h * hd]
+    x = x + parts.scale1(parts.out(mixed))
     x, size = merge_weighted(x, size, k.mean(1), r)
-    return x + layer.mlp(layer.layer_norm2(x)), size
+    return x + parts.scale2(parts.mlp(parts.norm2(x))), size
 
 
 def tome_encode(tower: VisionTower, images: Tensor, spec: ToMe) -> VisionFeatures:
     """Run the CLIP blocks up to the selected layer with ``spec.r`` merges in each (nothing after it is needed)."""
-    clip = clip_tower(tower, spec.name)
+    clip = block_tower(tower, spec.name)
     x = clip.embed(images)  # [B, 1 + N, D]
     size = torch.ones_like(x[..., :1])  # [B, 1 + N, 1]
     for layer in clip.blocks[: clip.layers_run]:
@@ -152,15 +123,15 @@ def tome_encode(tower: VisionTower, images: Tensor, spec: ToMe) -> VisionFeature
 
 
 def tome_gmacs(tower: VisionTower, spec: ToMe, images: int) -> list[float]:
-    clip = clip_tower(tower, spec.name)
-    schedule = token_schedule(clip_tokens(clip.config), spec.r, clip.layers_run)
-    return [tome_macs(clip.config, *schedule) / 1e9] * images
+    clip = block_tower(tower, spec.name)
+    schedule = token_schedule(clip_tokens(clip.cost_config), spec.r, clip.layers_run)
+    return [tome_macs(clip.cost_config, *schedule) / 1e9] * images
 
 
 def patch_slimming_encode(tower: VisionTower, images: Tensor, spec: PatchSlimming, memo: dict) -> VisionFeatures:
     """Run the CLIP blocks up to the selected layer, each on the tokens its predecessor kept, outputs gathered to the
     schedule's kept tokens (shorter sequences layer by layer)."""
-    clip = clip_tower(tower, spec.name)
+    clip = block_tower(tower, spec.name)
     schedule = _fitting_schedule(clip, spec, memo)
     x = clip.embed(images)  # [B, 1 + N, D]
     for layer, queries in zip(clip.blocks[: clip.layers_run], query_positions(schedule, x.device), strict=True):
@@ -174,32 +145,33 @@ def _fitting_schedule(clip, spec: PatchSlimming, memo: dict) -> SlimmingSchedule
     if key not in memo:
         memo[key] = load_schedule(spec.schedule)
     schedule = memo[key]
-    check_fits(schedule, spec.schedule, clip_tokens(clip.config) - 1, clip.layers_run)
+    check_fits(schedule, spec.schedule, clip_tokens(clip.cost_config) - 1, clip.layers_run)
     return schedule
 
 
 def patch_slimming_gmacs(tower: VisionTower, spec: PatchSlimming, memo: dict) -> float:
     """The layers that ran, each querying its kept tokens over the layer below's (static masks: no scoring)."""
-    clip = clip_tower(tower, spec.name)
+    clip = block_tower(tower, spec.name)
     schedule, index = _fitting_schedule(clip, spec, memo), clip.layers_run
     queries, keys = [schedule.tokens(i) for i in range(index)], [schedule.tokens(i - 1) for i in range(index)]
-    return clip_tower_macs(clip.config, queries, key_tokens=keys) / 1e9
+    return clip_tower_macs(clip.cost_config, queries, key_tokens=keys) / 1e9
 
 
 def prumerge_encode(tower: VisionTower, images: Tensor, plus: bool) -> VisionFeatures:
     """PruMerge(+) on the selected layer's states, scored with the next layer's full-width q / k projections."""
     name = "prumerge_plus" if plus else "prumerge"
-    clip = clip_tower(tower, name)
+    clip = block_tower(tower, name)
     index = clip.layers_run
     if index >= len(clip.blocks):
         raise ValueError(
             f"{FLAG} {name} scores with the layer after mm_vision_select_layer (LLaVA's -2: the last "
-            f"block's q / k); select layer {tower.select_layer} has none after it"
+            f"block's q / k); the tower {tower.vision_tower_name!r} holds none after select layer "
+            f"{tower.select_layer} (an HF SigLIP / DINOv2 tower keeps only the layers up to the selected one)"
         )
     x = clip.run_blocks(clip.embed(images), 0, index)  # [B, 1 + N, D]
-    attn = clip.blocks[index].self_attn
-    h = clip.blocks[index].layer_norm1(x)
-    keys, query = attn.k_proj(h), attn.q_proj(h[:, :1])  # [B, 1 + N, D], [B, 1, D]
+    parts = block_parts(clip.blocks[index])
+    h = parts.norm1(x)
+    keys, query = parts.k(h), parts.q(h[:, :1])  # [B, 1 + N, D], [B, 1, D]
     scores = ((query.float() @ keys.float().transpose(1, 2)) * x.shape[-1] ** -0.5).softmax(-1)[:, 0, 1:]  # [B, N]
     out = []
     for b in range(x.shape[0]):
@@ -210,10 +182,10 @@ def prumerge_encode(tower: VisionTower, images: Tensor, plus: bool) -> VisionFea
 
 
 def prumerge_gmacs(tower: VisionTower, features: VisionFeatures) -> list[float]:
-    clip = clip_tower(tower, "prumerge")
+    clip = block_tower(tower, "prumerge")
     extra = 1 + int(tower.select_feature != "patch")  # the pruned tokens' sum, and [CLS]
     counts = [int(c) - extra for c in features.token_counts]
-    return [prumerge_macs(clip.config, clip.layers_run, k, prumerge.NEIGHBOURS) / 1e9 for k in counts]
+    return [prumerge_macs(clip.cost_config, clip.layers_run, k, prumerge.NEIGHBOURS) / 1e9 for k in counts]
 
 
 def drip_ablation(tower: VisionTower, images: Tensor, spec: DripBoundaries) -> VisionFeatures:
