@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import arch_rules
 import pytest
 from arch_rules import (
     MAX_LINES,
@@ -141,3 +142,15 @@ def test_the_oversized_list_only_shrinks(scratch):
     rel = next(iter(OVERSIZED))
     found = rule_module_size(scratch((rel, lambda _: "x = 1\n")))  # split: now small, so it must leave the list
     assert any(f.startswith(rel) and "take it off" in f for f in found), found
+
+
+def test_known_cycles_match_exactly_and_only_shrink(scratch, monkeypatch):
+    monkeypatch.setitem(arch_rules.KNOWN_CYCLES, ("drip.model", "drip.pooling"), "planted")
+    found = rule_no_import_cycles(scratch())
+    assert any("drip.model <-> drip.pooling is gone" in f for f in found), found  # listed, but no such cycle
+    planted = scratch(("drip/pooling.py", lambda text: text + CYCLE))
+    report = next(f for f in rule_no_import_cycles(planted) if "import cycle" in f)
+    cycle = tuple(report.split("import cycle ")[1].split(" (imports")[0].split(" <-> "))  # every module of it
+    monkeypatch.setitem(arch_rules.KNOWN_CYCLES, cycle, "planted")
+    monkeypatch.delitem(arch_rules.KNOWN_CYCLES, ("drip.model", "drip.pooling"))
+    assert not any("drip.pooling" in f for f in rule_no_import_cycles(planted))  # listed exactly: allowed

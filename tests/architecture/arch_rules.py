@@ -51,13 +51,26 @@ MAX_LINES = 400
 OVERSIZED = {
     "llava/model/llava_arch.py": "grew with the connector while the typed runtime config is being written: split "
     "after that merge",
-    "llava/model/language_model/llava_llama.py": "the typed runtime config, being written now, moves the mode flags "
-    "out of it: split after that merge rather than under it",
-    "llava/eval/generation.py": "grew with the over-long-question handling while the eval code is being edited: "
-    "Question / chunks / answer records move to their own module after that merge",
     "tests/llava/test_eval_generation.py": "the eval tests are being edited now: split into generation / resume / "
     "command-line files after that merge",
     "tests/llava/test_builder.py": "the builder and its tests are being edited now: split after that merge",
+}
+# Import cycles not broken yet (the modules of each, sorted), each with the reason and the way out. This list only
+# shrinks: an entry that no longer matches a cycle exactly is an error, and so is any other cycle.
+KNOWN_CYCLES: dict[tuple[str, ...], str] = {
+    (
+        "llava.model.config",
+        "llava.model.flops",
+        "llava.model.multimodal_encoder.clip_encoder",
+        "llava.model.multimodal_encoder.drip_encoder",
+        "llava.model.pdrop_schedule",
+        "llava.model.reduction.fastv",
+        "llava.model.reduction.spec",
+        "llava.model.reduction.tower",
+    ): "the reduction registry's method classes (reduction/spec.py) call their implementations (tower, fastv) through "
+    "function-level imports, and config.py normalises the flag through spec: the implementations should dispatch on "
+    "the method type (spec stays data the others import), and config keep the flag's text; arrived with the "
+    "registry merge, left to its authors",
 }
 # Tiers inside a package, lowest first: a module may import modules of its own tier or a lower one only. A pattern
 # "p.*" is p and everything under it, "p" is that module alone; the most specific pattern places a module.
@@ -220,9 +233,15 @@ def rule_no_import_cycles(repo: Repo) -> list[str]:
                 graph.setdefault(src.module, set()).add(target)
                 lines.setdefault((src.module, target), where(src, imp.line))
     out = []
-    for cycle in _cycles(graph):
+    found = _cycles(graph)
+    for cycle in found:
+        if tuple(cycle) in KNOWN_CYCLES:
+            continue
         edges = [lines[(a, b)] for a in cycle for b in cycle if (a, b) in lines]
         out.append(f"{edges[0]}: import cycle {' <-> '.join(cycle)} (imports at {', '.join(edges)})")
+    for known in set(KNOWN_CYCLES) - {tuple(c) for c in found}:
+        where_ = f"{known[0].replace('.', '/')}.py:1"
+        out.append(f"{where_}: the cycle {' <-> '.join(known)} is gone (or changed): take it off KNOWN_CYCLES")
     return out
 
 

@@ -2,9 +2,10 @@
 
 ``spec`` holds the one interface (``TowerMethod`` | ``TokenMethod`` | ``LLMMethod``), the registry ``METHODS`` and
 the flag's parser; ``uniform``, ``pool1d``, ``random``, ``visionzip``, ``tome``, ``patch_slimming``, ``prumerge``
-hold the algorithms (``slimming_search`` Patch Slimming's calibration search, ``llava.tools.patch_slimming_search`` its
-command line); ``tower`` runs the vision-side methods on a LLaVA tower; ``fastv`` maps FastV onto PyramidDrop's one-stage
-drop; ``apply`` turns a flag into model settings. Nothing is imported or registered here beyond the flag's parser.
+hold the algorithms (``slimming_search`` Patch Slimming's calibration search, ``llava.tools.patch_slimming_search``
+its command line); ``tower`` runs the vision-side methods on a LLaVA tower; ``fastv`` maps FastV onto PyramidDrop's
+one-stage drop; ``apply`` turns a flag into model settings. Nothing is imported or registered here beyond the flag's
+parser.
 """
 
 from llava.model.reduction.spec import (
