@@ -2,6 +2,7 @@
 # README's main command: the embedded CPU demo, end to end, with nothing downloaded.
 #   demo data -> tiny DRIP + ViT CLIP towers (python -m drip.tools.train, zero-shot) -> base LLM (made locally)
 #   -> per tower: drip_pretrain.sh (stage 1) -> drip_finetune.sh (stage 2) -> eval/sqa.sh -> eval/llavabench.sh
+#      (three runs: the DRIP tower, the ViT, and the ViT with a DRIP connector between tower and projector)
 #   -> a blind (image-less) ScienceQA run -> results table + accuracy-vs-FLOPs plot in runs/demo/.
 # DEMO_SIZE=full (default; ~18 min on 2 CPU cores) | ci (the small variant the test suite runs, ~3 min).
 # DEMO_ROOT (default .): where playground/data/demo, checkpoints/demo and runs/demo go.
@@ -45,9 +46,11 @@ done
 step "3. base LLM: tokenizer + tiny Llama pre-trained on the demo text"
 $PYTHON -m llava_drip_demo.base_llm --data "$D" --out "$C/base-llm" --steps $LLM_STEPS --seed "$SEED"
 
-for run in drip clip; do
+# drip: the DRIP tower; clip: the ViT; connector: the ViT + a DRIP connector (4x) trained in both stages
+for run in drip clip connector; do
   tower=$([[ $run == drip ]] && echo DRIP-tiny || echo ViT-tiny)
-  export MODEL=$C/base-llm VISION_TOWER=drip:$C/towers/$tower IMAGE_FOLDER=$D/images
+  connector=$([[ $run == connector ]] && echo "drip:rate=0.25,estimator=box" || echo "")
+  export MODEL=$C/base-llm VISION_TOWER=drip:$C/towers/$tower IMAGE_FOLDER=$D/images CONNECTOR=$connector
   step "4. [$run] stage 1: projector (scripts/v1_5/drip_pretrain.sh, tower $tower)"
   DATA_PATH=$D/pretrain.json OUTPUT_DIR=$C/llava-$run-pretrain EXTRA_ARGS="${S1[*]}" \
     bash scripts/v1_5/drip_pretrain.sh
@@ -68,6 +71,7 @@ MODEL_PATH=$C/llava-drip DATA_ROOT=$D/eval OUT_DIR=$R/llava-drip-blind EXTRA_ARG
 step "8. results"
 $PYTHON -m drip.tools.report --runs DRIP-tiny="$C/clip/DRIP-tiny" ViT-tiny="$C/clip/ViT-tiny" --out "$R/towers.md"
 $PYTHON -m eval.results_table --run "LLaVA + DRIP-tiny (4x)=$R/llava-drip" --run "LLaVA + ViT-tiny=$R/llava-clip" \
-  --run "DRIP, blind=$R/llava-drip-blind" --output-md "$R/results.md" --output-png "$R/accuracy_vs_flops.png"
+  --run "LLaVA + ViT-tiny + DRIP connector (4x)=$R/llava-connector" --run "DRIP, blind=$R/llava-drip-blind" \
+  --output-md "$R/results.md" --output-png "$R/accuracy_vs_flops.png"
 echo; cat "$R/towers.md"; echo; cat "$R/results.md"
 echo "[demo] done: $R/results.md, $R/accuracy_vs_flops.png, chance level in $D/manifest.json"

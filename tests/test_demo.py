@@ -35,14 +35,14 @@ def test_every_stage_left_its_outputs(demo):
         assert json.loads((c / "clip" / tower / "zero_shot.json").read_text())["num_images"] == 36
     assert (c / "llava-drip-pretrain" / "mm_projector.bin").is_file()
     assert (c / "llava-drip" / "model.safetensors").is_file()
-    for run in ("llava-drip", "llava-clip"):
+    for run in ("llava-drip", "llava-clip", "llava-connector"):
         curve = json.loads((c / run / "loss_curve.json").read_text())
         assert curve["steps"] == 8 and all(math.isfinite(v) for _, v in curve["curve"])
         sqa = json.loads((r / run / "sqa_result.json").read_text())
         assert sqa["total"] == 40
         assert (r / run / "llavabench_rule_summary.json").is_file()
     table = (r / "results.md").read_text()
-    assert "LLaVA + DRIP-tiny (4x)" in table and "DRIP, blind" in table
+    assert "LLaVA + DRIP-tiny (4x)" in table and "DRIP, blind" in table and "DRIP connector (4x)" in table
     assert (r / "accuracy_vs_flops.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -53,3 +53,13 @@ def test_drip_feeds_fewer_visual_tokens_than_the_vit(demo):
     assert vit["visual_tokens_mean"] == 64  # ViT-tiny: 8x8 patches, CLS dropped
     assert 1 <= drip["visual_tokens_mean"] < 40
     assert drip["tower_gflops"] < vit["tower_gflops"]
+
+
+def test_the_connector_run_pools_the_vits_patches(demo):
+    r, c = demo / "runs" / "demo", demo / "checkpoints" / "demo"
+    connector = json.loads((r / "llava-connector" / "efficiency.json").read_text())
+    vit = json.loads((r / "llava-clip" / "efficiency.json").read_text())
+    assert 1 <= connector["visual_tokens_mean"] < 64
+    assert connector["tower_gflops"] > vit["tower_gflops"]  # the same ViT plus the connector's predictor
+    config = json.loads((c / "llava-connector" / "config.json").read_text())
+    assert config["mm_connector"].startswith("drip:rate=0.25,estimator=box,tau=1.0,threshold=")

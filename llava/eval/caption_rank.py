@@ -110,14 +110,15 @@ def reply_piece(style: PromptStyle, caption: str) -> str:
 
 
 def rank_captions(
-    generator: AnswerGenerator, items: Sequence[Captioned], k: int, seed: int, rows_file: str
+    generator: AnswerGenerator, items: Sequence[Captioned], k: int, seed: int, rows_file: str, limit: int | None = None
 ) -> dict[str, Any]:
-    """Write one ranking line per item to ``rows_file`` (JSONL) and the efficiency sidecar; returns the sidecar."""
+    """Write one ranking line per item (the first ``limit`` only, their distractors still drawn from all ``items``)
+    to ``rows_file`` (JSONL) and the efficiency sidecar; returns the sidecar."""
     picks = distractor_indices(len(items), k, seed)
     os.makedirs(os.path.dirname(os.path.abspath(rows_file)), exist_ok=True)
     start = time.time()
     with open(rows_file, "w", encoding="utf-8") as f:
-        for item, others in zip(items, picks, strict=True):
+        for item, others in list(zip(items, picks, strict=True))[:limit]:
             row = rank_row(generator, item, [item.caption] + [items[j].caption for j in others])
             f.write(json.dumps(row) + "\n")
             f.flush()
@@ -136,7 +137,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--image-folder", required=True, help="folder the records' image paths are relative to")
     p.add_argument("--rows", required=True, help="JSONL to write, one line per evaluation image")
     p.add_argument("--eval-last", type=int, default=EVAL_RECORDS, help="evaluate the file's last N records")
-    p.add_argument("--limit", type=int, default=None, help="only the first N of those (smoke runs)")
+    p.add_argument("--limit", type=int, default=None, help="rank only the first N of those (smoke runs)")
     p.add_argument("--k", type=int, default=4, help="distractor captions per image (chance 1/(k+1))")
     p.add_argument("--seed", type=int, default=0, help="distractor draw")
     p.add_argument("--conv-mode", default="plain", help="template (stage 1: plain)")
@@ -151,14 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     try:
-        items = read_captions(args.data)[-args.eval_last :][: args.limit]
-        missing = [i.image for i in items if not os.path.isfile(os.path.join(args.image_folder, i.image))]
+        items = read_captions(args.data)[-args.eval_last :]
+        missing = [i.image for i in items[: args.limit] if not os.path.isfile(os.path.join(args.image_folder, i.image))]
         if missing:
             raise InputFileError(f"{len(missing)} image(s) not under --image-folder {args.image_folder}: {missing[0]}")
         tokenizer, model, processor, _ = load_model(args.model_path, args.model_base, args.device)
         apply_token_reduction(model, args.token_reduction)
         generator = AnswerGenerator(model, tokenizer, processor, GenerationSettings(args.conv_mode), args.image_folder)
-        summary = rank_captions(generator, items, args.k, args.seed, args.rows)
+        summary = rank_captions(generator, items, args.k, args.seed, args.rows, args.limit)
     except (InputFileError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,9 +18,7 @@ runs in the model's own mode with gradients.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,10 +30,11 @@ from torch import Tensor, nn
 from drip.file_io import load_torch_weights
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN, IMAGE_TOKEN_INDEX
 from llava.model.config import MultimodalConfig
-from llava.model.connector.build import build_connector, connector_text
+from llava.model.connector.build import connector_for_tower, connector_text, load_connector_weights
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_projector.builder import build_vision_projector, check_projector_weights
+from llava.model.projector_file import check_projector_tower, projector_weights
 from llava.model.reduction.tower import VisionReduction, vision_methods
 from llava.model.splice import ImageTokenLayout, splice_image_features
 
@@ -73,9 +72,8 @@ class LlavaMetaModel:
 
     def set_connector(self, text: str | None) -> None:
         """Build the connector ``text`` names (``mm_connector``; None removes it) between tower and projector."""
-        tower, mm = self.get_vision_tower(), MultimodalConfig.from_config(self.config)
-        has_cls = mm.select_feature == "cls_patch"
-        self.mm_connector = build_connector(text, tower.hidden_size, tower.num_patches_per_side, has_cls)
+        select = MultimodalConfig.from_config(self.config).select_feature
+        self.mm_connector = connector_for_tower(text, self.get_vision_tower(), select)
 
     def get_connector(self) -> nn.Module | None:
         return getattr(self, "mm_connector", None)
@@ -153,61 +151,6 @@ class LlavaMetaModel:
             self.mm_projector.load_state_dict(weights)
             load_connector_weights(self.get_connector(), adapter)
             check_projector_tower(adapter, mm)
-
-
-def projector_weights(path: str) -> dict[str, Tensor]:
-    """``mm_projector.bin`` (LLaVA's stage-1 output, keys ``model.mm_projector.0.weight``...) -> projector keys."""
-    weights = load_torch_weights(path)
-    found = {k.split("mm_projector.", 1)[1]: v for k, v in weights.items() if "mm_projector." in k}
-    if not found:
-        raise ValueError(f"{path}: no 'mm_projector.*' keys (found {sorted(weights)[:5]} ...)")
-    return found
-
-
-def load_connector_weights(connector: nn.Module | None, path: str) -> None:
-    """The connector's weights from a stage-1 ``mm_projector.bin`` (keys ``model.mm_connector.*``, saved beside the
-    projector's); a file without them (LLaVA's, or a run without a connector) leaves a connector as initialised."""
-    weights = load_torch_weights(path)
-    found = {k.split("mm_connector.", 1)[1]: v for k, v in weights.items() if "mm_connector." in k}
-    if found and connector is None:
-        raise ValueError(f"{path} holds connector weights ({sorted(found)[:3]}) but this model has no --mm_connector")
-    if connector is not None and next(connector.parameters(), None) is not None:
-        if not found:
-            logger.warning("%s holds no connector weights: the connector starts from its initialisation", path)
-            return
-        connector.load_state_dict(found)
-
-
-# Tower settings that change no weight and no feature the projector was trained on (eval-time DRIP choices).
-_EVAL_ONLY_TOWER_KEYS = ("threshold", "stochastic_eval", "post_layout", "name")
-
-
-def check_projector_tower(path: str, mm: MultimodalConfig) -> None:
-    """Warn when ``path`` (a stage-1 ``mm_projector.bin``) was trained on another tower than ``mm``'s.
-
-    The tower a projector was trained with is recorded in the ``config.json`` every stage-1 run writes beside it
-    (``mm_vision_tower`` and ``mm_vision_tower_config``); shapes alone agree across towers of one width (a CLIP and
-    a DRIP upcycled from it), so they cannot tell. Without that file nothing is known and nothing is said.
-    """
-    config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-    if not os.path.isfile(config_path):
-        logger.info("%s: no config.json beside it, so the tower it was trained with is unknown", path)
-        return
-    with open(config_path) as f:
-        trained = json.load(f)
-    strip = lambda d: {k: v for k, v in (d or {}).items() if k not in _EVAL_ONLY_TOWER_KEYS}
-    same_source = trained.get("mm_vision_tower") == mm.vision_tower
-    recorded = trained.get("mm_vision_tower_config")
-    same_arch = recorded is None or strip(recorded) == strip(mm.vision_tower_config)
-    if not (same_source and same_arch):
-        logger.warning(
-            "%s was trained with vision tower %r%s, but this model's tower is %r: the shapes agree, the features "
-            "need not (train a projector for this tower, or pass the matching --vision_tower)",
-            path,
-            trained.get("mm_vision_tower"),
-            "" if same_arch else " of another architecture",
-            mm.vision_tower,
-        )
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
-"""Calibrate the DRIP connector of a saved LLaVA checkpoint on sample images (``calibrate_connector``)::
+"""Calibrate the DRIP connector of a saved LLaVA checkpoint and record the threshold in its ``config.json``::
 
     python -m llava.tools.calibrate_connector --model-path CKPT [--model-base BASE] --images DIR [--count 64]
 
-rewrites ``CKPT/config.json``'s ``mm_connector`` with the calibrated threshold (every layout keeps it there).
+Sets the eval threshold that keeps the training boundary rate on the images (``llava.model.connector.calibrate``)
+and rewrites ``CKPT/config.json``'s ``mm_connector`` (every checkpoint layout keeps the threshold there).
 """
 
 from __future__ import annotations

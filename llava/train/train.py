@@ -270,7 +270,7 @@ def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVA
     tokenizer = load_tokenizer(model_args, training_args)
     model = build_model(model_args, training_args, tokenizer)
     model.mm_config.replace(image_aspect_ratio=data_args.image_aspect_ratio).write_to(model.config)
-    tower = model.get_vision_tower()
+    tower, connector = model.get_vision_tower(), model.get_model().get_connector()
     opts = DatasetOptions(
         version=model_args.version,
         image_folder=data_args.image_folder,
@@ -278,7 +278,7 @@ def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVA
         model_max_length=training_args.model_max_length,
         image_token_budget=tower.num_patches,
         mm_use_im_start_end=model_args.mm_use_im_start_end,
-        expected_image_tokens=expected_visual_tokens(tower),
+        expected_image_tokens=expected_visual_tokens(tower) if connector is None else connector.expected_tokens(),
         skip_bad_images=data_args.skip_bad_images,
     )
     dataset = LazySupervisedDataset(data_args.data_path, tokenizer, tower.image_processor, opts, records)

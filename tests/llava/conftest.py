@@ -132,3 +132,15 @@ def save_tiny_base_llm():
         return out
 
     return save
+
+
+@pytest.fixture(scope="session")
+def clip_dir_64(tmp_path_factory):
+    """A tiny random HF ``CLIPVisionModel`` directory at the demo's image size (64 px, 8 px patches: an 8x8 grid)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    out = tmp_path_factory.mktemp("clip64")
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(**dict(TinyLlavaTester.clip, image_size=64))
+    CLIPVisionModel(cfg).save_pretrained(out)
+    return out

@@ -20,9 +20,13 @@ def test_flag_round_trip_and_errors():
     assert spec == DripConnectorSpec(rate=0.125, estimator="local", hidden=16)
     assert parse_connector(canonical(spec)) == spec
     assert parse_connector("pool1d:k=4") == Pool1dSpec(4) and parse_connector("none") is None
-    for bad, message in [("drip:rate=2", "rate must lie in"), ("drip:estimator=st", "estimator must be one of"),
-                         ("pool3d:k=2", "unknown connector"), ("pool1d:size=2", "KEY=VALUE with KEY one of k"),
-                         ("pool2d:k=x", "is not an integer")]:  # fmt: skip
+    for bad, message in [
+        ("drip:rate=2", "rate must lie in"),
+        ("drip:estimator=st", "estimator must be one of"),
+        ("pool3d:k=2", "unknown connector"),
+        ("pool1d:size=2", "KEY=VALUE with KEY one of k"),
+        ("pool2d:k=x", "is not an integer"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parse_connector(bad)
 
@@ -42,6 +46,7 @@ def test_fixed_pooling_connectors_average_runs_and_windows(tiny, text, counts):
         raw = torch.stack(model.get_vision_tower()(images).features)  # [2, 16, 32], a 4x4 grid
         pooled = model.get_model().get_connector()(model.get_vision_tower()(images))
     assert pooled.token_counts.tolist() == counts
+    assert model.get_model().get_connector().expected_tokens() == counts[0]  # what length-aware batching counts
     if text == "pool1d:k=3":  # runs 0-2, 3-5, ..., 15 alone
         torch.testing.assert_close(pooled.features[0][1], raw[0, 3:6].mean(0))
         torch.testing.assert_close(pooled.features[0][5], raw[0, 15])
@@ -55,6 +60,7 @@ def test_cls_token_passes_unpooled_in_front(tiny):
         raw = model.get_vision_tower()(tiny.images(1))
         pooled = model.get_model().get_connector()(raw)
     assert pooled.token_counts.tolist() == [5]
+    assert model.get_model().get_connector().expected_tokens() == 5
     torch.testing.assert_close(pooled.features[0][0], raw.features[0][0])
     torch.testing.assert_close(pooled.features[0][1], raw.features[0][1:5].mean(0))
 
@@ -142,8 +148,10 @@ def test_batched_generation_and_sidecar_counts_follow_the_connector(tiny):
     prompts = [tiny.prompt(5 + i, image_at=(1,), seed=i) for i in range(4)]
     with torch.no_grad():
         expected = connector(model.get_vision_tower()(images)).token_counts.tolist()
-        single = [model.generate(p[None], images=images[i : i + 1], max_new_tokens=3, do_sample=False)
-                  for i, p in enumerate(prompts)]  # fmt: skip
+        single = [
+            model.generate(p[None], images=images[i : i + 1], max_new_tokens=3, do_sample=False)
+            for i, p in enumerate(prompts)
+        ]
         ids, mask = left_pad(prompts)
         with VisionProbe(model) as probe:
             batched = model.generate(ids, attention_mask=mask, images=images, max_new_tokens=3, do_sample=False)
@@ -161,3 +169,16 @@ def left_pad(rows):
     for i, r in enumerate(rows):
         ids[i, length - len(r) :], mask[i, length - len(r) :] = r, 1
     return ids, mask
+
+
+def test_web_demo_reports_pooled_tokens_and_draws_the_connectors_segments(tiny):
+    from PIL import Image
+
+    from llava.serve.web import tower_figures
+
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    for text, drawn in [("pool1d:k=4", True), ("pool2d:k=2", False)]:
+        model = tiny.model("clip", mm_connector=text)
+        tokens, gflops, overlay = tower_figures(model, tiny.images(1), image)
+        assert tokens == 4 and gflops > 0
+        assert (overlay is not None) == drawn  # 1-D runs are segments; 2-D windows draw none

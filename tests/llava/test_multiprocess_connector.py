@@ -36,20 +36,19 @@ def base_llm(world, tmp_path_factory, save_tiny_base_llm) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory) -> Path:
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    out = tmp_path_factory.mktemp("clip")
-    torch.manual_seed(0)
-    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                           image_size=64, patch_size=8, projection_dim=16)  # fmt: skip
-    CLIPVisionModel(cfg).save_pretrained(out)
-    return out
+def clip_dir(clip_dir_64) -> Path:
+    return clip_dir_64
 
 
 def zero3_run(world, base_llm, clip_dir, out: Path, *extra: str):
-    flags = [*train_flags(world, base_llm, out / "model"), "--vision_tower", str(clip_dir),
-             "--mm_connector", CONNECTOR, *extra]  # fmt: skip
+    flags = [
+        *train_flags(world, base_llm, out / "model"),
+        "--vision_tower",
+        str(clip_dir),
+        "--mm_connector",
+        CONNECTOR,
+        *extra,
+    ]
     result = run_training([*launcher("zero3"), *flags], out, 2)
     assert not isinstance(result, str), result
     reports, trainable = result
@@ -62,8 +61,8 @@ def zero3_run(world, base_llm, clip_dir, out: Path, *extra: str):
 def test_zero3_stage1_and_stage2_train_save_and_reload_the_connector(world, base_llm, clip_dir, tmp_path):
     from llava.model.builder import load_pretrained_model
 
-    trained1, stage1 = zero3_run(world, base_llm, clip_dir, tmp_path / "s1", "--data_path",
-                                 str(world / "pretrain.json"), "--version", "plain", "--tune_mm_mlp_adapter", "True")  # fmt: skip
+    stage1_flags = ("--data_path", str(world / "pretrain.json"), "--version", "plain", "--tune_mm_mlp_adapter", "True")
+    trained1, stage1 = zero3_run(world, base_llm, clip_dir, tmp_path / "s1", *stage1_flags)
     saved = torch.load(stage1 / "mm_projector.bin", weights_only=True)
     for name, value in trained1.items():
         if "mm_connector" in name:
@@ -71,8 +70,8 @@ def test_zero3_stage1_and_stage2_train_save_and_reload_the_connector(world, base
     recorded = json.loads((stage1 / "config.json").read_text())["mm_connector"]
     assert recorded.startswith("drip:rate=0.25,estimator=box,tau=1.0,threshold=") and not recorded.endswith("=0.5")
 
-    trained2, stage2 = zero3_run(world, base_llm, clip_dir, tmp_path / "s2", "--pretrain_mm_mlp_adapter",
-                                 str(stage1 / "mm_projector.bin"))  # fmt: skip
+    adapter = ("--pretrain_mm_mlp_adapter", str(stage1 / "mm_projector.bin"))
+    trained2, stage2 = zero3_run(world, base_llm, clip_dir, tmp_path / "s2", *adapter)
     _, model, _, _ = load_pretrained_model(str(stage2), device="cpu")
     connector = model.get_model().get_connector()
     for name, p in connector.named_parameters():

@@ -123,10 +123,10 @@ class _Args:
 @pytest.mark.parametrize("other", ["drip:ViT-tiny", "drip:DRIP-2x-tiny"])
 def test_projector_trained_with_another_tower_is_reported(tiny, tmp_path, caplog, other):
     adapter = str(_stage1_dir(tiny, tmp_path, "drip"))  # trained on drip:DRIP-tiny (width 64, as the others)
-    with caplog.at_level("WARNING", logger="llava.model.llava_arch"):
+    with caplog.at_level("WARNING", logger="llava.model.projector_file"):
         tiny.model("none").get_model().initialize_vision_modules(_Args(other, adapter))
     assert "trained with vision tower 'drip:DRIP-tiny'" in caplog.text and repr(other) in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="llava.model.llava_arch"):
+    with caplog.at_level("WARNING", logger="llava.model.projector_file"):
         tiny.model("none").get_model().initialize_vision_modules(_Args("drip:DRIP-tiny", adapter))
     assert "trained with vision tower" not in caplog.text

@@ -55,6 +55,11 @@ class Connector(nn.Module, ABC):
             rows = [torch.cat([c, r]) for c, r in zip(cls, rows, strict=True)]
         return rows, counts + int(cls is not None)
 
+    @abstractmethod
+    def expected_tokens(self) -> float:
+        """Tokens per image this connector is expected to give (a CLS token included): what training's length-aware
+        batching counts per image."""
+
     def reset_buffers(self) -> None:
         """Refill non-persistent buffers from ``spec`` (HF's loading leaves them empty); none by default."""
 

@@ -1,5 +1,5 @@
-"""Calibrate a DRIP connector's eval threshold (at the end of training; ``llava.tools.calibrate_connector`` does it
-for a saved checkpoint).
+"""Calibrate a DRIP connector's eval threshold (training calls this at its end; ``llava.tools.calibrate_connector``
+is the command for a saved checkpoint).
 
 Training samples boundaries, so a boundary fires with probability sigmoid(logit / tau); evaluation marks one where
 sigmoid(logit) > threshold. ``calibrate_connector`` picks the threshold that keeps the training rate on sample

@@ -45,6 +45,9 @@ class DripConnector(Connector):
         self.eval_threshold = threshold.to(device=self.eval_threshold.device, dtype=torch.float32)
         return self
 
+    def expected_tokens(self) -> float:
+        return self.spec.rate * self.num_patches + int(self.has_cls)  # the rate the prior trains for
+
     def reset_buffers(self) -> None:
         with torch.no_grad():
             self.eval_threshold.fill_(self.spec.threshold)

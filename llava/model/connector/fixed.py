@@ -29,6 +29,9 @@ class Pool1dConnector(Connector):
         super().__init__(grid, has_cls)
         self.spec = spec
 
+    def expected_tokens(self) -> float:
+        return -(-self.num_patches // self.spec.k) + int(self.has_cls)  # ceil(N / k) runs
+
     def patch_boundaries(self, features: VisionFeatures) -> Tensor:
         return run_boundaries(self.num_patches, self.spec.k, len(features.features), features.token_counts.device)
 
@@ -49,6 +52,9 @@ class Pool2dConnector(Connector):
         if grid % spec.k:
             raise ValueError(f"--mm_connector pool2d:k={spec.k}: the {grid}x{grid} patch grid is not a multiple of k")
         self.spec = spec
+
+    def expected_tokens(self) -> float:
+        return (self.grid // self.spec.k) ** 2 + int(self.has_cls)
 
     def forward(self, features: VisionFeatures) -> VisionFeatures:
         cls, patches = self.split(features)  # [B, N, D]
