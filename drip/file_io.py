@@ -70,16 +70,18 @@ def load_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 def writing(path: str | os.PathLike[str]) -> Iterator[None]:
     """Run the write of ``path`` inside; a failure -> OSError naming the file, its folder's free space and the cause
     (ENOSPC when the disk is full)."""
+    from safetensors import SafetensorError  # safetensors' own write errors ("IoError(Os { code: 28 ... })")
+
     try:
         yield
-    except (RuntimeError, OSError) as err:
+    except (RuntimeError, OSError, SafetensorError) as err:
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         folder = Path(path).parent
         try:
             free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free there"
         except OSError:
             free = "free space unknown"
-        full = getattr(err, "errno", None) == errno.ENOSPC or "StorageFull" in text
+        full = getattr(err, "errno", None) == errno.ENOSPC or "StorageFull" in text or "code: 28" in text
         cause = "the disk is full" if full else "is the disk full, or the folder not writable?"
         code = errno.ENOSPC if full else getattr(err, "errno", None) or errno.EIO
         raise OSError(code, f"{path}: could not be written: {cause} ({free}; {text})") from err

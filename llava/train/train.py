@@ -21,6 +21,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer, HfArgumentParser
 
+from drip.file_io import writing
 from llava.model import LlavaLlamaForCausalLM
 from llava.model.connector.calibrate import calibrate_connector
 from llava.model.reduction.apply import apply_token_reduction
@@ -215,7 +216,8 @@ def save_outputs(trainer: LLaVATrainer, model, model_args: ModelArguments, train
         if trainer.args.should_save:
             model.base_model.model.config.save_pretrained(out)
     else:
-        trainer.save_model(out)
+        with writing(out):  # a full disk: an error naming the folder, not safetensors' or torch's bare one
+            trainer.save_model(out)
     if trainer.args.should_save:
         summary = loss_summary(trainer.state.log_history)
         Path(out, "loss_curve.json").write_text(json.dumps(summary, indent=1))

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
+from drip.file_io import writing
 from llava.train.checkpointing import save_mm_projector
 from llava.train.data import ModalityLengthGroupedSampler, TokenBudgetBatchSampler
 
@@ -75,8 +76,9 @@ class LLaVATrainer(Trainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         # The full checkpoint (model, optimizer, RNG) keeps --resume_from_checkpoint exact; stage 1 also gets
-        # LLaVA's mm_projector.bin in the checkpoint folder.
-        super()._save_checkpoint(model, trial)
+        # LLaVA's mm_projector.bin in the checkpoint folder. A failed write (a full disk) names the folder.
+        folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+        with writing(folder):
+            super()._save_checkpoint(model, trial)
         if self.tune_mm_mlp_adapter:  # on every rank: gathering ZeRO-3 shards is a collective
-            folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
             save_mm_projector(self.model, folder, write=self.args.should_save)

@@ -93,3 +93,48 @@ def test_every_weight_file_is_read_through_drip_file_io(tmp_path):
     (tmp_path / "llava").mkdir()
     (tmp_path / "llava" / "x.py").write_text("sd = torch.load(path, weights_only=True)\n")
     assert places_that_torch_load_themselves(tmp_path) == ["llava/x.py:1"]
+
+
+def test_a_safetensors_write_on_a_full_disk_is_named(tmp_path):
+    from safetensors import SafetensorError
+
+    full = SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space" })')
+    with pytest.raises(OSError, match=r"model\.safetensors: could not be written: the disk is full") as caught:
+        with writing(tmp_path / "model.safetensors"):
+            raise full
+    assert caught.value.errno == errno.ENOSPC
+
+
+def test_the_final_training_save_names_the_folder_on_a_full_disk(tmp_path):
+    from types import SimpleNamespace
+
+    from llava.train.train import save_outputs
+
+    def disk_full(out):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=3, log_history=[]), save_model=disk_full)
+    args = SimpleNamespace(output_dir=str(tmp_path / "run"), lora_enable=False)
+    with pytest.raises(OSError, match=r"run: could not be written: the disk is full"):
+        save_outputs(trainer, None, SimpleNamespace(tune_mm_mlp_adapter=False), args)
+
+
+def test_a_training_checkpoint_save_on_a_full_disk_names_its_folder(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from transformers import Trainer
+
+    from llava.train.trainer import LLaVATrainer
+
+    def disk_full(self, model, trial):
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+            "data/3: file write failed"
+        )
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", disk_full)
+    trainer = object.__new__(LLaVATrainer)  # only what _save_checkpoint reads
+    trainer.args, trainer.state = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=5)
+    trainer.tune_mm_mlp_adapter = False
+    with pytest.raises(OSError, match=r"checkpoint-5: could not be written: is the disk full"):
+        trainer._save_checkpoint(None, None)

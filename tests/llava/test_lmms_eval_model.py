@@ -107,6 +107,9 @@ def test_model_args_parse_lists_and_refuse_bad_values():
         LlavaDripArgs(pretrained="x", dtype="float8")
     with pytest.raises(ValueError, match="both"):
         _ = LlavaDripArgs(pretrained="x", pdrop_layer_list=(1,)).pdrop
+    assert LlavaDripArgs(pretrained="x").overlong == "skip"
+    with pytest.raises(ValueError, match=r"overlong='maybe': expected one of skip, error"):
+        LlavaDripArgs(pretrained="x", overlong="maybe")
 
 
 def test_generate_until_gives_model_vqa_science_answers_with_costs(lm, world):

@@ -169,7 +169,10 @@ def test_booleans_and_keyless_methods():
     from llava.model.reduction.spec import PruMerge, PruMergePlus
 
     assert parse_token_reduction("visionzip:dominant=54,contextual=10,cls=true") == (VisionZip(54, 10, True),)
-    assert parse_token_reduction("prumerge+prumerge_plus") == (PruMerge(), PruMergePlus())
+    assert parse_token_reduction("prumerge") == (PruMerge(),)
+    assert parse_token_reduction("prumerge_plus") == (PruMergePlus(),)
+    with pytest.raises(ValueError, match="prumerge and prumerge_plus cannot be combined"):
+        parse_token_reduction("prumerge+prumerge_plus")  # both run the tower's forward pass their own way
     assert canonical("prumerge_plus") == "prumerge_plus"
     with pytest.raises(ValueError, match="cls='yes' is not true or false"):
         parse_token_reduction("visionzip:dominant=54,contextual=10,cls=yes")
