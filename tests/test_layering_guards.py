@@ -96,6 +96,7 @@ CASES: list[tuple[Callable[[Repo], list[str]], str, str, str]] = [
     (rule_no_reference_outside_the_repository, "drip/config.py", "\nD = '/home/user/data'\n", "absolute path"),
     (rule_no_reference_outside_the_repository, "README.md", "\nsee ../../other-repo/README.md\n", "../../other-repo"),
     (rule_module_size, "drip/pooling.py", "\n" + "x = 1\n" * MAX_LINES, "split it"),
+    (rule_module_size, "drip/pooling.py", "\nx = [1,  2]  # fmt: skip\n", "marker"),
 ]
 
 
@@ -136,6 +137,13 @@ def test_ruff_must_cover_every_python_folder(scratch):
     assert rule_ruff_checks_every_python_folder(scratch()) == []
     found = rule_ruff_checks_every_python_folder(scratch(("scripts/test.sh", lambda t: t.replace(" benchmarks", ""))))
     assert any("benchmarks/" in f for f in found), found
+
+
+def test_the_format_check_must_run(scratch):
+    found = rule_ruff_checks_every_python_folder(
+        scratch(("scripts/test.sh", lambda t: t.replace("format --check", "x")))
+    )
+    assert any("ruff format --check" in f for f in found), found
 
 
 def test_the_oversized_list_only_shrinks(scratch):
