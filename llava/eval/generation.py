@@ -347,8 +347,12 @@ def generate_answers(
         done = resume_answers(answers_file, [q.question_id for q in questions], overwrite)
         sidecar = efficiency_file or efficiency_path(answers_file)
         clock = RunClock.from_sidecar(sidecar) if done else RunClock()  # a resumed file keeps its earlier timing
-        extra = {"model_id": model_id, "batch_size": batch_size, "conv_mode": generator.settings.conv_mode,
-                 "prefill_layout": generator.prefill_layout}  # fmt: skip
+        extra = {
+            "model_id": model_id,
+            "batch_size": batch_size,
+            "conv_mode": generator.settings.conv_mode,
+            "prefill_layout": generator.prefill_layout,
+        }
         reset_peak_memory(generator.model.device)
         window = batch_size * WINDOW_BATCHES
         bar = tqdm(total=len(questions), initial=len(done), disable=not progress, desc="answers")

@@ -220,8 +220,18 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             packed, extra = pack_for_model(self.config, inputs_embeds, attention_mask, labels, self.packing_single_row)
             inputs_embeds, position_ids, labels = packed.inputs_embeds, packed.position_ids, packed.labels
             attention_mask, use_cache, kwargs = None, False, {**kwargs, **extra}  # restarting positions: block mask
-        outputs, labels = self._run_llm(input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache,
-                                        image_layouts, labels, kwargs, packed=pack_llm or pack_prefill)  # fmt: skip
+        outputs, labels = self._run_llm(
+            input_ids,
+            inputs_embeds,
+            attention_mask,
+            position_ids,
+            cache,
+            use_cache,
+            image_layouts,
+            labels,
+            kwargs,
+            packed=pack_llm or pack_prefill,
+        )
         hidden = outputs.last_hidden_state  # [B, T, H]
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])  # [B, T or kept, V]

@@ -275,8 +275,9 @@ class DripBoundaries(TowerMethod):
 
     def __post_init__(self) -> None:
         if self.mode not in DRIP_BOUNDARY_MODES:
-            raise ValueError(f"{FLAG} drip_boundaries: mode must be one of {', '.join(DRIP_BOUNDARY_MODES)}, "
-                             f"got {self.mode!r}")  # fmt: skip
+            raise ValueError(
+                f"{FLAG} drip_boundaries: mode must be one of {', '.join(DRIP_BOUNDARY_MODES)}, got {self.mode!r}"
+            )
 
     def encode(self, tower: VisionTower, images: Tensor, memo: dict[str, Any]) -> VisionFeatures:
         return _tower_glue().drip_ablation(tower, images, self)
