@@ -35,7 +35,7 @@ from drip import DripConfig, DripVisionTransformer, get_preset
 from drip.flops import analytic_macs, simulated_stage_boundaries, simulated_stage_counts
 from llava.model.config import PDropConfig
 from llava.model.flops import staged_prefill_macs
-from llava.model.pdrop import pdrop_forward
+from llava.model.reduction.pdrop import pdrop_forward
 from llava.model.splice import ImageTokenLayout
 
 VICUNA_7B = dict(

@@ -15,7 +15,7 @@ from drip import get_preset
 from drip.layers import Attention, PackedLayout, key_padding_bias
 from llava.model import PDropConfig
 from llava.model.packing import pack_for_model
-from llava.model.pdrop import pdrop_forward
+from llava.model.reduction.pdrop import pdrop_forward
 from llava.model.splice import ImageTokenLayout
 
 

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llava.model.config import MultimodalConfig, PDropConfig
-from llava.model.pdrop_schedule import keep_counts
+from llava.model.reduction.pdrop_schedule import keep_counts
 
 __all__ = [
     "clip_layer_macs",

@@ -35,7 +35,7 @@ from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_projector.builder import build_vision_projector, check_projector_weights
 from llava.model.projector_file import check_projector_tower, projector_weights
-from llava.model.reduction.tower import VisionReduction, vision_methods
+from llava.model.reduction.registry import VisionReduction, vision_methods
 from llava.model.splice import ImageTokenLayout, splice_image_features
 
 logger = logging.getLogger(__name__)

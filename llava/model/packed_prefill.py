@@ -12,9 +12,9 @@ would have left (zeros on padding, which the decode steps' masks never read), an
 [B, T, H]. Decoding then continues exactly as after a padded prefill: same cache layout, same attention mask, same
 position ids, so beam search and sampling work unchanged (HF expands the prompts before the prefill).
 
-PyramidDrop (``llava.model.pdrop``) packs each of its stages the same way and moves each stage's cache layers into
-its ``PDropCache`` in the stage's padded layout. Other caches (static, sliding-window, offloaded) and attention
-backends without packing support run the padded prefill.
+PyramidDrop (``llava.model.reduction.pdrop``) packs each of its stages the same way and moves each stage's cache
+layers into its ``PDropCache`` in the stage's padded layout. Other caches (static, sliding-window, offloaded) and
+attention backends without packing support run the padded prefill.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from llava.model.config import PDROP_ATTN_IMPLEMENTATIONS, POSITION_MODES, PDrop
 from llava.model.connector.spec import parse_connector
 from llava.model.multimodal_encoder.base import check_train_mode
 from llava.model.multimodal_encoder.builder import check_tower_source
-from llava.model.reduction.spec import methods_help, parse_token_reduction
+from llava.model.reduction.registry import parse_wired
+from llava.model.reduction.spec import methods_help
 
 
 @dataclass
@@ -68,7 +69,7 @@ class ModelArguments:
         t = self.drip_boundary_threshold
         if t is not None and not 0.0 < t < 1.0:
             raise ValueError(f"--drip_boundary_threshold must lie in (0, 1) (sigmoid(logit) > threshold), got {t}")
-        parse_token_reduction(self.token_reduction)  # a bad flag fails before any model is loaded
+        parse_wired(self.token_reduction)  # a bad or unwired flag fails before any model is loaded
         check_tower_source(self.vision_tower)
         parse_connector(self.mm_connector)
 

@@ -188,7 +188,7 @@ def test_llava_with_the_tower_trains_its_projector(tiny, family):
 
 
 def test_uniform_and_random_reduce_a_dinov2_tower_visionzip_refuses(tmp_path):
-    from llava.model.reduction.tower import encode_reduced, vision_methods
+    from llava.model.reduction.registry import encode_reduced, vision_methods
 
     save_random("dinov2", tmp_path)
     tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path), select_feature="cls_patch"))
@@ -200,5 +200,5 @@ def test_uniform_and_random_reduce_a_dinov2_tower_visionzip_refuses(tmp_path):
     torch.testing.assert_close(torch.stack(pooled.features)[:, 1:], expected)
     torch.testing.assert_close(torch.stack(pooled.features)[:, 0], full[:, 0])  # [CLS] kept as is
     assert pooled.token_counts.tolist() == [5, 5] and kept.token_counts.tolist() == [6, 6]
-    with pytest.raises(ValueError, match="visionzip reads a ViT's blocks: it needs an HF CLIP tower"):
+    with pytest.raises(ValueError, match="visionzip reads a ViT.s blocks through HF CLIP.s layer interface"):
         encode_reduced(tower, pixels(), vision_methods("visionzip:dominant=3,contextual=1"))

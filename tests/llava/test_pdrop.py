@@ -1,4 +1,5 @@
-"""Tests for PyramidDrop in the LLM (llava.model.pdrop): a tiny random Llama, DRIP-like per-sample token counts."""
+"""Tests for PyramidDrop in the LLM (llava.model.reduction.pdrop): a tiny random Llama, DRIP-like per-sample token
+counts."""
 
 import pytest
 import torch
@@ -7,8 +8,8 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from llava.constants import IGNORE_INDEX
 from llava.model.flops import decoder_layer_macs, llama_prefill_macs
-from llava.model.pdrop import PDropCache, PDropConfig, pdrop_forward
-from llava.model.pdrop_ranking import rank_positions_from_labels
+from llava.model.reduction.pdrop import PDropCache, PDropConfig, pdrop_forward
+from llava.model.reduction.pdrop_ranking import rank_positions_from_labels
 from llava.model.splice import ImageTokenLayout
 
 HIDDEN, LAYERS, VOCAB = 64, 4, 300

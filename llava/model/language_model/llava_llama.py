@@ -3,8 +3,8 @@
 LLaVA-1.5 (Liu et al., 2023) on transformers 5.x. The model is a ``LlamaForCausalLM`` whose base model also holds the
 vision tower and projector (``llava_arch``); ``forward`` splices images into the inputs once (prefill / training),
 then runs the LLM, optionally through PyramidDrop (Xing et al., 2024: rank and drop image tokens at chosen layers,
-``llava.model.pdrop``). ``generate`` builds the spliced embeddings once and hands them to HF's ``generate``, so the
-decoding steps that follow only see new tokens and the KV cache; it returns only the new tokens.
+``llava.model.reduction.pdrop``). ``generate`` builds the spliced embeddings once and hands them to HF's
+``generate``, so the decoding steps that follow only see new tokens and the KV cache; it returns only the new tokens.
 
 The config's ``model_type`` is ``llava_llama`` (LLaVA's today), distinct from transformers' own ``llava``. Released
 LLaVA-1.5 checkpoints predate LLaVA's rename and say ``"model_type": "llava"`` with
@@ -301,7 +301,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
                 **kwargs,
             )
             return out, labels
-        from llava.model.pdrop import pdrop_forward  # only models with PyramidDrop need it
+        from llava.model.reduction.pdrop import pdrop_forward  # only models with PyramidDrop need it
 
         out = pdrop_forward(
             self.model,

@@ -3,7 +3,7 @@
 Chen et al., "An Image is Worth 1/2 Tokens After Layer 2: Plug-and-Play Inference Acceleration for Large
 Vision-Language Models", arXiv 2403.06764 (ECCV 2024). FastV ranks each image token by the attention the last token
 of the prompt pays it (mean over heads) and keeps the top ``int(N * (1 - R))`` from layer K on (K=2, R=50 % / 75 %),
-in their original order. PyramidDrop's machinery (``llava.model.pdrop``) does this with one stage
+in their original order. PyramidDrop's machinery (``llava.model.reduction.pdrop``) does this with one stage
 ``layer_list=(K,)``, ratio ``1 - R``, its inference queries being the last prompt token.
 
 Matched to the official code (pkunlp-icler/FastV: the in-place ``fastv_forward`` and its lmms-eval KV-cache port):
@@ -27,6 +27,7 @@ Deliberate differences:
 from __future__ import annotations
 
 from llava.model.config import PDropConfig
+from llava.model.reduction.base import LLMMethod
 from llava.model.reduction.spec import FastV
 
 
@@ -34,3 +35,8 @@ def fastv_schedule(spec: FastV) -> PDropConfig:
     """FastV(k, ratio) -> the PyramidDrop schedule that keeps ``int(N * (1 - ratio))`` image tokens from layer k,
     at their original position ids."""
     return PDropConfig(layer_list=(spec.k,), image_token_ratio_list=(1.0 - spec.ratio,), position_mode="original")
+
+
+class FastVMethod(LLMMethod):
+    def pdrop_schedule(self, spec: FastV) -> PDropConfig:
+        return fastv_schedule(spec)

@@ -9,137 +9,66 @@
 text is parsed into one frozen dataclass per method; a bad value raises a ValueError naming the flag, the method and
 its allowed keys. The model config stores the canonical text as the flat key ``mm_token_reduction``.
 
-The interface: every method is a frozen dataclass of its keys that subclasses one of three bases, by where it acts,
-and implements their abstract methods (how it reduces, what it costs):
-
-* ``TowerMethod`` (``stage="tower"``): replaces the tower's forward pass. ``encode(tower, images, memo)`` ->
-  features; ``tower_gmacs(tower, features, memo)`` -> GMACs per image of what ran. ``memo`` is a dict the caller
-  (``VisionReduction``, one per model) keeps between batches, where a method holds what it read once (Patch
-  Slimming's parsed schedule).
-* ``TokenMethod`` (``stage="features"``): reduces each image's output tokens. ``reduce(tower, patches)`` -> fewer
-  tokens; ``extra_gmacs(tower)`` -> GMACs per image it adds to the tower's own count.
-* ``LLMMethod`` (``stage="llm"``): drops image tokens inside the LLM. ``pdrop_schedule()`` -> the PyramidDrop
-  schedule that does it (its decoder, cache and cost count, ``llava.model.flops``).
-
-``METHODS`` is the registry the parser reads; a method listed there that is not wired (no base, or an abstract
-method left) is refused at parse time, so no method is accepted by the flag and then silently ignored. Each method's
-algorithm lives in its own module of this package (the module docstring cites the paper and the official code); the
-implementations are imported only when a method runs, so parsing stays light (no torch).
+Each method here is a frozen dataclass of its keys with ``name``, ``stage`` (where it acts: "tower" replaces the
+tower's forward, "features" reduces its output tokens, "llm" drops inside the LLM) and a one-line ``summary``
+(``--help``). This module only parses (no torch, nothing imported from the implementations); the implementations and
+the check that every method has one live in ``llava.model.reduction.base`` (the interface) and
+``llava.model.reduction.registry`` (the pairing, which the entry points parse through). Each method's algorithm lives
+in its own module of this package (the module docstring cites the paper and the official code).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
-
-if TYPE_CHECKING:
-    from torch import Tensor
-
-    from llava.model.config import PDropConfig
-    from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
+from typing import Any, ClassVar, Literal
 
 Stage = Literal["tower", "features", "llm"]  # inside the tower, between tower and projector, inside the LLM
 STAGE_ORDER: dict[str, int] = {"tower": 0, "features": 1, "llm": 2}
 FLAG = "--token_reduction"
 
 
-class Reduction(ABC):
-    """A token-reduction method: its flag name, where it acts, and a one-line summary (``--help``)."""
+class Reduction:
+    """A token-reduction method's flag: its name, where it acts, and a one-line summary (``--help``)."""
 
     name: ClassVar[str]
     stage: ClassVar[Stage]
     summary: ClassVar[str]
 
 
-class TowerMethod(Reduction):
-    """Replaces the tower's forward pass (reads or changes its blocks)."""
-
-    stage: ClassVar[Stage] = "tower"
-
-    @abstractmethod
-    def encode(self, tower: VisionTower, images: Tensor, memo: dict[str, Any]) -> VisionFeatures:
-        """images [B, C, H, W] -> the reduced features of each image."""
-
-    @abstractmethod
-    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures, memo: dict[str, Any]) -> list[float]:
-        """GMACs per image of the tower run ``encode`` made (``llava.model.flops``)."""
-
-
-class TokenMethod(Reduction):
-    """Reduces each image's output tokens (after the tower, before the projector)."""
-
-    stage: ClassVar[Stage] = "features"
-
-    @abstractmethod
-    def reduce(self, tower: VisionTower, patches: Tensor) -> Tensor:
-        """patches [N, D] of one image ([CLS] excluded) -> [N', D]."""
-
-    @abstractmethod
-    def extra_gmacs(self, tower: VisionTower) -> float:
-        """GMACs per image this method adds to the tower's own count."""
-
-
-class LLMMethod(Reduction):
-    """Drops image tokens inside the LLM, as a PyramidDrop schedule."""
-
-    stage: ClassVar[Stage] = "llm"
-
-    @abstractmethod
-    def pdrop_schedule(self) -> PDropConfig:
-        """The PyramidDrop schedule (``llava.model.reduction.pdrop``) that runs this method."""
-
-
-def _tower_glue() -> Any:
-    from llava.model.reduction import tower
-
-    return tower
-
-
 @dataclass(frozen=True)
-class Uniform(TokenMethod):
+class Uniform(Reduction):
     """Average-pool each image's patch grid to ``size`` x ``size`` tokens (24x24 -> 12x12 = 144)."""
 
     name: ClassVar[str] = "uniform"
+    stage: ClassVar[Stage] = "features"
     summary: ClassVar[str] = "2-D average pooling of the patch grid to size x size (training-free)"
     size: int  # output grid side (tokens per image = size**2)
 
     def __post_init__(self) -> None:
         _check_positive(self, "size")
 
-    def reduce(self, tower: VisionTower, patches: Tensor) -> Tensor:
-        return _tower_glue().uniform_tokens(tower, patches, self)
-
-    def extra_gmacs(self, tower: VisionTower) -> float:
-        return 0.0  # averaging is elementwise work, left out like norms
-
 
 @dataclass(frozen=True)
-class Pool1d(TokenMethod):
+class Pool1d(Reduction):
     """Fixed 1-D pooling: the mean of each run of ``k`` consecutive patches in raster order (DRIP with uniform
     boundaries and no predictor); the last run is shorter when k does not divide N."""
 
     name: ClassVar[str] = "pool1d"
+    stage: ClassVar[Stage] = "features"
     summary: ClassVar[str] = "fixed 1-D pooling of k consecutive patches in raster order (training-free)"
     k: int  # patches per run (tokens per image = ceil(N / k))
 
     def __post_init__(self) -> None:
         _check_positive(self, "k")
 
-    def reduce(self, tower: VisionTower, patches: Tensor) -> Tensor:
-        return _tower_glue().pool1d_tokens(tower, patches, self)
-
-    def extra_gmacs(self, tower: VisionTower) -> float:
-        return 0.0  # averaging is elementwise work, left out like norms
-
 
 @dataclass(frozen=True)
-class Random(TokenMethod):
+class Random(Reduction):
     """Keep ``keep`` tokens per image at seeded random positions (in their original order)."""
 
     name: ClassVar[str] = "random"
+    stage: ClassVar[Stage] = "features"
     summary: ClassVar[str] = "seeded random subset of the tokens, original order (training-free; any tower)"
     keep: int  # tokens kept per image (an image with fewer keeps all)
     seed: int = 0  # the positions are drawn from a generator seeded with this, per image
@@ -147,20 +76,13 @@ class Random(TokenMethod):
     def __post_init__(self) -> None:
         _check_positive(self, "keep")
 
-    def reduce(self, tower: VisionTower, patches: Tensor) -> Tensor:
-        from llava.model.reduction.random import random_prune
-
-        return random_prune(patches, self.keep, self.seed)
-
-    def extra_gmacs(self, tower: VisionTower) -> float:
-        return 0.0  # a gather
-
 
 @dataclass(frozen=True)
-class VisionZip(TowerMethod):
+class VisionZip(Reduction):
     """VisionZip: ``dominant`` tokens by [CLS] attention plus ``contextual`` tokens merged from the rest."""
 
     name: ClassVar[str] = "visionzip"
+    stage: ClassVar[Stage] = "tower"
     summary: ClassVar[str] = "VisionZip: dominant tokens by [CLS] attention + merged contextual ones (training-free)"
     dominant: int  # dominant tokens (patches; with cls=true [CLS] + dominant - 1 patches, VisionZip's own count)
     contextual: int  # merged tokens made of the remaining patches
@@ -170,36 +92,26 @@ class VisionZip(TowerMethod):
         _check_positive(self, "dominant")
         _check_positive(self, "contextual")
 
-    def encode(self, tower: VisionTower, images: Tensor, memo: dict[str, Any]) -> VisionFeatures:
-        return _tower_glue().visionzip_encode(tower, images, self)
-
-    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures, memo: dict[str, Any]) -> list[float]:
-        return _tower_glue().visionzip_gmacs(tower, self, len(features.features))
-
 
 @dataclass(frozen=True)
-class ToMe(TowerMethod):
+class ToMe(Reduction):
     """ToMe: ``r`` bipartite soft-matching merges in every layer of the CLIP tower."""
 
     name: ClassVar[str] = "tome"
+    stage: ClassVar[Stage] = "tower"
     summary: ClassVar[str] = "ToMe: r token merges in every block up to the selected layer (training-free)"
     r: int  # tokens merged away per layer
 
     def __post_init__(self) -> None:
         _check_positive(self, "r")
 
-    def encode(self, tower: VisionTower, images: Tensor, memo: dict[str, Any]) -> VisionFeatures:
-        return _tower_glue().tome_encode(tower, images, self)
-
-    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures, memo: dict[str, Any]) -> list[float]:
-        return _tower_glue().tome_gmacs(tower, self, len(features.features))
-
 
 @dataclass(frozen=True)
-class PatchSlimming(TowerMethod):
+class PatchSlimming(Reduction):
     """Patch Slimming: the per-layer kept patches of the schedule file ``schedule``, pruned inside the CLIP tower."""
 
     name: ClassVar[str] = "patch_slimming"
+    stage: ClassVar[Stage] = "tower"
     summary: ClassVar[str] = "Patch Slimming: a searched per-layer schedule of kept patches (schedule=PATH)"
     schedule: str  # JSON written by ``python -m llava.tools.patch_slimming_search``
 
@@ -207,27 +119,16 @@ class PatchSlimming(TowerMethod):
         if not self.schedule:
             raise ValueError(f"{FLAG} {self.name}: schedule must name a schedule file")
 
-    def encode(self, tower: VisionTower, images: Tensor, memo: dict[str, Any]) -> VisionFeatures:
-        return _tower_glue().patch_slimming_encode(tower, images, self, memo)
-
-    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures, memo: dict[str, Any]) -> list[float]:
-        return [_tower_glue().patch_slimming_gmacs(tower, self, memo)] * len(features.features)
-
 
 @dataclass(frozen=True)
-class PruMerge(TowerMethod):
+class PruMerge(Reduction):
     """PruMerge: an adaptive count of patches by IQR outliers of [CLS] attention, each merged with its most
     key-similar patches, plus one token for the pruned ones; ``plus`` PruMerge+ adds spatially uniform samples."""
 
     name: ClassVar[str] = "prumerge"
+    stage: ClassVar[Stage] = "tower"
     summary: ClassVar[str] = "PruMerge: adaptive count by IQR outliers of [CLS] attention, merged by keys"
     plus: ClassVar[bool] = False
-
-    def encode(self, tower: VisionTower, images: Tensor, memo: dict[str, Any]) -> VisionFeatures:
-        return _tower_glue().prumerge_encode(tower, images, self.plus)
-
-    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures, memo: dict[str, Any]) -> list[float]:
-        return _tower_glue().prumerge_gmacs(tower, features)
 
 
 @dataclass(frozen=True)
@@ -240,10 +141,11 @@ class PruMergePlus(PruMerge):
 
 
 @dataclass(frozen=True)
-class FastV(LLMMethod):
+class FastV(Reduction):
     """FastV: before LLM layer ``k`` drop the fraction ``ratio`` of image tokens the last token attends least."""
 
     name: ClassVar[str] = "fastv"
+    stage: ClassVar[Stage] = "llm"
     summary: ClassVar[str] = "FastV: from LLM layer k drop the share ratio of image tokens (training-free)"
     k: int = 2  # decoder layer index from which on the image tokens are pruned
     ratio: float = 0.5  # fraction of image tokens dropped (R in the paper: 0.5, 0.75)
@@ -254,21 +156,17 @@ class FastV(LLMMethod):
         if not 0.0 <= self.ratio < 1.0:
             raise ValueError(f"{FLAG} fastv: ratio must lie in [0, 1), got {self.ratio}")
 
-    def pdrop_schedule(self) -> PDropConfig:
-        from llava.model.reduction.fastv import fastv_schedule
-
-        return fastv_schedule(self)
-
 
 DRIP_BOUNDARY_MODES = ("learned", "uniform", "random")  # drip.boundary_modes.BOUNDARY_MODES (llava may not import it)
 
 
 @dataclass(frozen=True)
-class DripBoundaries(TowerMethod):
+class DripBoundaries(Reduction):
     """The DRIP ablation: the predictor's boundaries (``learned``), or evenly spaced (``uniform``) / seeded random
     (``random``) ones with each image's learned token count (``drip.boundary_modes``). A DRIP tower only."""
 
     name: ClassVar[str] = "drip_boundaries"
+    stage: ClassVar[Stage] = "tower"
     summary: ClassVar[str] = "the DRIP ablation: uniform / random boundaries at each image's learned count"
     mode: str = "uniform"  # learned | uniform | random
     seed: int = 0  # random: seeds the positions
@@ -279,14 +177,8 @@ class DripBoundaries(TowerMethod):
                 f"{FLAG} drip_boundaries: mode must be one of {', '.join(DRIP_BOUNDARY_MODES)}, got {self.mode!r}"
             )
 
-    def encode(self, tower: VisionTower, images: Tensor, memo: dict[str, Any]) -> VisionFeatures:
-        return _tower_glue().drip_ablation(tower, images, self)
 
-    def tower_gmacs(self, tower: VisionTower, features: VisionFeatures, memo: dict[str, Any]) -> list[float]:
-        return tower.analytic_gflops(features)  # the tower's own forward, from each image's counts
-
-
-# The registry: every method the flag accepts (the parser refuses one that is listed but not wired).
+# Every method the flag names (``llava.model.reduction.registry`` pairs each with its implementation).
 METHODS: dict[str, type] = {
     cls.name: cls
     for cls in (Uniform, Pool1d, Random, VisionZip, ToMe, PatchSlimming, PruMerge, PruMergePlus, FastV, DripBoundaries)
@@ -306,19 +198,6 @@ def _check_positive(method: Reduction, key: str) -> None:
 
 def _allowed(cls: type) -> str:
     return ", ".join(f.name for f in dataclasses.fields(cls)) or "(none)"
-
-
-def check_wired(cls: type) -> None:
-    """ValueError unless ``cls`` implements one of the three interfaces completely (an unwired method)."""
-    bases = (TowerMethod, TokenMethod, LLMMethod)
-    if not (isinstance(cls, type) and issubclass(cls, bases) and dataclasses.is_dataclass(cls)):
-        raise ValueError(
-            f"{FLAG}: method {getattr(cls, 'name', cls)!r} is not wired: it must be a dataclass subclassing one of "
-            f"{', '.join(b.__name__ for b in bases)} (llava.model.reduction.spec)"
-        )
-    if inspect.isabstract(cls):
-        missing = ", ".join(sorted(cls.__abstractmethods__))
-        raise ValueError(f"{FLAG}: method {cls.name!r} is not wired: {cls.__name__} does not implement {missing}")
 
 
 def _parse_value(cls: type, key: str, text: str) -> int | float | str | bool:
@@ -342,7 +221,6 @@ def parse_method(text: str) -> Reduction:
     cls = METHODS.get(name.strip())
     if cls is None:
         raise ValueError(f"{FLAG}: unknown method {name.strip()!r} in {text!r}; known: {', '.join(METHODS)}")
-    check_wired(cls)
     values: dict[str, int | float | str | bool] = {}
     for item in filter(None, (a.strip() for a in args.split(","))):
         key, eq, value = (s.strip() for s in item.partition("="))
@@ -361,7 +239,8 @@ def parse_token_reduction(text: str | None) -> tuple[Reduction, ...]:
     """The whole flag -> methods in data-flow order; ``None``, ``""`` and ``"none"`` -> ``()``.
 
     Raises:
-        ValueError: an unknown or unwired method, a bad key or value, or a method given twice.
+        ValueError: an unknown method, a bad key or value, or a method given twice (an unwired method: see
+            ``llava.model.reduction.registry.parse_wired``).
     """
     if text is None or text.strip() in ("", "none"):
         return ()
@@ -369,7 +248,7 @@ def parse_token_reduction(text: str | None) -> tuple[Reduction, ...]:
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"{FLAG} {text!r}: each method may appear once")
-    replacing = [m.name for m in methods if isinstance(m, TowerMethod)]  # each runs the tower its own way
+    replacing = [m.name for m in methods if m.stage == "tower"]  # each runs the tower its own way
     if len(replacing) > 1:
         raise ValueError(
             f"{FLAG} {text!r}: {' and '.join(replacing)} cannot be combined (each runs the tower's "

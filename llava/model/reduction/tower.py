@@ -1,8 +1,8 @@
-"""Glue between the reduction methods and LLaVA's vision towers: run the tower, then the vision-side methods.
+"""The vision-side methods' implementations on LLaVA's towers (``llava.model.reduction.base``'s interface).
 
-``encode_reduced`` is what ``LlavaMetaForCausalLM.encode_image_features`` calls in place of ``tower(images)`` when the
-config names vision-side methods (``mm_token_reduction``): the one ``TowerMethod`` (if any) replaces the tower's
-forward, then every ``TokenMethod`` reduces each image's output tokens (``llava.model.reduction.spec``).
+``TowerMethod`` implementations replace the tower's forward (VisionZip, ToMe, Patch Slimming, PruMerge(+), the DRIP
+ablation); ``TokenMethod`` ones reduce each image's output tokens (uniform, 1-D pooling, random). The registry
+(``llava.model.reduction.registry``) pairs them with the flag's dataclasses and runs them (``encode_reduced``).
 
 Which tower each method needs (every plain ViT the project builds runs every method):
 
@@ -21,14 +21,13 @@ Attention scores are computed explicitly for the layer that needs them, so any a
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from llava.model.flops import clip_tokens, clip_tower_macs, prumerge_macs, tome_macs, visionzip_macs
 from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.reduction import prumerge
+from llava.model.reduction.base import TokenMethod, TowerMethod
 from llava.model.reduction.patch_slimming import (
     SlimmingSchedule,
     check_fits,
@@ -37,18 +36,17 @@ from llava.model.reduction.patch_slimming import (
     slim_layer,
 )
 from llava.model.reduction.pool1d import pool1d
+from llava.model.reduction.random import random_prune
 from llava.model.reduction.spec import (
     FLAG,
     DripBoundaries,
     PatchSlimming,
     Pool1d,
-    Reduction,
-    TokenMethod,
+    PruMerge,
+    Random,
     ToMe,
-    TowerMethod,
     Uniform,
     VisionZip,
-    parse_token_reduction,
 )
 from llava.model.reduction.tome import merge_weighted, token_schedule
 from llava.model.reduction.uniform import uniform_pool
@@ -65,8 +63,9 @@ def clip_tower(tower: VisionTower, name: str):
     view = getattr(tower, "clip_view", None)  # a DRIP tower's capability (refuses a tower that pools)
     if view is None:
         raise ValueError(
-            f"{FLAG} {name} reads a ViT's blocks: it needs an HF CLIP tower or a drip ViT without "
-            f"pooling, got {type(tower).__name__} {tower.vision_tower_name!r}"
+            f"{FLAG} {name} reads a ViT's blocks through HF CLIP's layer interface (layer_norm1, q_proj, k_proj): "
+            f"it runs on an HF CLIP tower or a drip ViT without pooling, not on {type(tower).__name__} "
+            f"{tower.vision_tower_name!r}, whose blocks are not CLIP blocks (not implemented for them)"
         )
     return view(name)
 
@@ -243,87 +242,69 @@ def _grid_patches(tower: VisionTower, patches: Tensor, method: Uniform | Pool1d)
     return patches
 
 
-def uniform_tokens(tower: VisionTower, patches: Tensor, spec: Uniform) -> Tensor:
-    return uniform_pool(_grid_patches(tower, patches, spec), spec.size)
+class UniformMethod(TokenMethod):
+    def reduce(self, spec: Uniform, tower: VisionTower, patches: Tensor) -> Tensor:
+        return uniform_pool(_grid_patches(tower, patches, spec), spec.size)
+
+    def extra_gmacs(self, spec: Uniform, tower: VisionTower) -> float:
+        return 0.0  # averaging is elementwise work, left out like norms
 
 
-def pool1d_tokens(tower: VisionTower, patches: Tensor, spec: Pool1d) -> Tensor:
-    return pool1d(_grid_patches(tower, patches, spec), spec.k)
+class Pool1dMethod(TokenMethod):
+    def reduce(self, spec: Pool1d, tower: VisionTower, patches: Tensor) -> Tensor:
+        return pool1d(_grid_patches(tower, patches, spec), spec.k)
+
+    def extra_gmacs(self, spec: Pool1d, tower: VisionTower) -> float:
+        return 0.0  # averaging is elementwise work, left out like norms
 
 
-def _post_process(tower: VisionTower, features: VisionFeatures, method: TokenMethod) -> VisionFeatures:
-    """Apply a method that works on the tower's output tokens (uniform, pool1d, random) to every image."""
-    has_cls = getattr(tower, "select_feature", "patch") == "cls_patch"
-    out = []
-    for tokens in features.features:
-        cls, patches = (tokens[:1], tokens[1:]) if has_cls else (tokens[:0], tokens)
-        out.append(torch.cat([cls, method.reduce(tower, patches)]))
-    counts = torch.tensor([t.shape[0] for t in out], dtype=torch.long, device=features.token_counts.device)
-    return dataclasses.replace(features, features=out, token_counts=counts)
+class RandomMethod(TokenMethod):
+    def reduce(self, spec: Random, tower: VisionTower, patches: Tensor) -> Tensor:
+        return random_prune(patches, spec.keep, spec.seed)
+
+    def extra_gmacs(self, spec: Random, tower: VisionTower) -> float:
+        return 0.0  # a gather
 
 
-def _tower_method(methods: tuple[Reduction, ...]) -> TowerMethod | None:
-    replacing = [m for m in methods if isinstance(m, TowerMethod)]
-    if len(replacing) > 1:
-        raise ValueError(f"{FLAG}: {' and '.join(m.name for m in replacing)} cannot be combined")
-    return replacing[0] if replacing else None
+class VisionZipMethod(TowerMethod):
+    def encode(self, spec: VisionZip, tower: VisionTower, images: Tensor, memo: dict) -> VisionFeatures:
+        return visionzip_encode(tower, images, spec)
+
+    def tower_gmacs(self, spec: VisionZip, tower: VisionTower, features: VisionFeatures, memo: dict) -> list[float]:
+        return visionzip_gmacs(tower, spec, len(features.features))
 
 
-def encode_reduced(
-    tower: VisionTower, images: Tensor, methods: tuple[Reduction, ...], memo: dict | None = None
-) -> VisionFeatures:
-    """images [B, C, H, W] -> the tower's features after the vision-side ``methods`` (in data-flow order).
+class ToMeMethod(TowerMethod):
+    def encode(self, spec: ToMe, tower: VisionTower, images: Tensor, memo: dict) -> VisionFeatures:
+        return tome_encode(tower, images, spec)
 
-    ``memo``: what the methods keep between batches (``VisionReduction`` holds one per model); None: a fresh one.
-
-    Raises:
-        ValueError: a method the tower cannot run (see the module docstring), or two methods that both replace
-            the tower's forward pass.
-    """
-    replacing = _tower_method(methods)
-    features = tower(images) if replacing is None else replacing.encode(tower, images, {} if memo is None else memo)
-    for method in methods:
-        if isinstance(method, TokenMethod):
-            features = _post_process(tower, features, method)
-    return features
+    def tower_gmacs(self, spec: ToMe, tower: VisionTower, features: VisionFeatures, memo: dict) -> list[float]:
+        return tome_gmacs(tower, spec, len(features.features))
 
 
-def reduced_tower_gmacs(
-    tower: VisionTower, methods: tuple[Reduction, ...], features: VisionFeatures, memo: dict | None = None
-) -> list[float] | None:
-    """GMACs per image of a reduced tower run: the replacing method's count (or the tower's own, when it has one),
-    plus every token method's addition; None when neither count is known."""
-    replacing = _tower_method(methods)
-    own = getattr(tower, "analytic_gflops", None)  # optional capability of a VisionTower
-    if replacing is not None:
-        base = replacing.tower_gmacs(tower, features, {} if memo is None else memo)
-    elif own is not None:
-        base = own(features)
-    else:
-        return None
-    extra = sum(m.extra_gmacs(tower) for m in methods if isinstance(m, TokenMethod))
-    return [g + extra for g in base]
+class PatchSlimmingMethod(TowerMethod):
+    def encode(self, spec: PatchSlimming, tower: VisionTower, images: Tensor, memo: dict) -> VisionFeatures:
+        return patch_slimming_encode(tower, images, spec, memo)
+
+    def tower_gmacs(self, spec: PatchSlimming, tower: VisionTower, features: VisionFeatures, memo: dict) -> list[float]:
+        return [patch_slimming_gmacs(tower, spec, memo)] * len(features.features)
 
 
-def vision_methods(text: str | None) -> tuple[Reduction, ...]:
-    """The methods of a ``--token_reduction`` text that act in or right after the tower (not in the LLM)."""
-    return tuple(m for m in parse_token_reduction(text) if m.stage != "llm")
+class PruMergeMethod(TowerMethod):
+    """PruMerge and PruMerge+ (``spec.plus``)."""
+
+    def encode(self, spec: PruMerge, tower: VisionTower, images: Tensor, memo: dict) -> VisionFeatures:
+        return prumerge_encode(tower, images, spec.plus)
+
+    def tower_gmacs(self, spec: PruMerge, tower: VisionTower, features: VisionFeatures, memo: dict) -> list[float]:
+        return prumerge_gmacs(tower, features)
 
 
-class VisionReduction(nn.Module):
-    """``encode_reduced`` as a parameterless module held by the LLaVA base model (``vision_reduction``), so forward
-    hooks (the efficiency sidecar's probe) see the reduced tokens; it adds no checkpoint key. It holds the methods'
-    ``memo`` (e.g. Patch Slimming's parsed schedule), so a file is parsed once per model, not on every batch."""
+class DripBoundariesMethod(TowerMethod):
+    def encode(self, spec: DripBoundaries, tower: VisionTower, images: Tensor, memo: dict) -> VisionFeatures:
+        return drip_ablation(tower, images, spec)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.memo: dict = {}
-
-    def forward(self, tower: VisionTower, images: Tensor, methods: tuple[Reduction, ...]) -> VisionFeatures:
-        return encode_reduced(tower, images, methods, self.memo)
-
-    def analytic_gflops(
-        self, tower: VisionTower, methods: tuple[Reduction, ...], features: VisionFeatures
-    ) -> list[float] | None:
-        """GMACs per image of ``features`` (see ``reduced_tower_gmacs``)."""
-        return reduced_tower_gmacs(tower, methods, features, self.memo)
+    def tower_gmacs(
+        self, spec: DripBoundaries, tower: VisionTower, features: VisionFeatures, memo: dict
+    ) -> list[float]:
+        return tower.analytic_gflops(features)  # the tower's own forward, from each image's counts

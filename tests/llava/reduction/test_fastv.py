@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from llava.model.pdrop import pdrop_forward
 from llava.model.reduction.apply import apply_token_reduction
 from llava.model.reduction.fastv import fastv_schedule
+from llava.model.reduction.pdrop import pdrop_forward
 from llava.model.reduction.spec import FastV
 
 

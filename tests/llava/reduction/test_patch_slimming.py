@@ -11,7 +11,8 @@ import torch
 
 from llava.model.reduction.apply import apply_token_reduction
 from llava.model.reduction.patch_slimming import query_positions, schedule_from_dict, slim_layer
-from llava.model.reduction.tower import clip_layers, reduced_tower_gmacs
+from llava.model.reduction.registry import reduced_tower_gmacs
+from llava.model.reduction.tower import clip_layers
 
 N = 16  # the tiny CLIP: 32x32 images, 8x8 patches, 3 layers
 
@@ -95,8 +96,8 @@ def test_slim_layer_keeping_everything_is_the_clip_layer(tiny):
 
 def test_tower_gmacs_are_what_fvcore_counts(tiny, tmp_path):
     from drip.flops import fvcore_analysis
+    from llava.model.reduction.registry import encode_reduced
     from llava.model.reduction.spec import parse_token_reduction
-    from llava.model.reduction.tower import encode_reduced
 
     model = tiny.model()
     tower = model.get_vision_tower()

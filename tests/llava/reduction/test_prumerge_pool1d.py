@@ -10,8 +10,9 @@ import torch
 from drip.boundary_modes import uniform_boundaries
 from drip.pooling import pool_segments
 from llava.model.reduction.pool1d import pool1d
+from llava.model.reduction.registry import encode_reduced
 from llava.model.reduction.spec import parse_token_reduction
-from llava.model.reduction.tower import clip_layers, encode_reduced
+from llava.model.reduction.tower import clip_layers
 
 
 def naive_prumerge(hidden: torch.Tensor, layer, plus: bool) -> torch.Tensor:

@@ -9,9 +9,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPVisionConfig
 
 from llava.model.flops import clip_tower_macs, tome_macs, visionzip_macs
+from llava.model.reduction.registry import encode_reduced, reduced_tower_gmacs
 from llava.model.reduction.spec import parse_token_reduction
 from llava.model.reduction.tome import token_schedule
-from llava.model.reduction.tower import encode_reduced, reduced_tower_gmacs
 
 # The tests' tiny CLIP: width 32, MLP 64, 4 heads (head_dim 8), 3 layers, 32x32 images of 8x8 patches (16 + [CLS]).
 D, M, HD, LAYERS, T = 32, 64, 8, 3, 17

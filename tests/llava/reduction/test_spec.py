@@ -122,38 +122,42 @@ def test_generation_and_cli_parsers_take_the_flag():
 
 
 def test_a_method_added_only_to_the_spec_is_refused_at_parse_time(monkeypatch):
-    """A registry entry without an implementation (the old way: a dataclass with a name and a stage, which the flag
-    accepted, recorded, and ignored) or with an abstract method left fails when the flag is parsed."""
-    from llava.model.reduction import spec
+    """A flag dataclass without an implementation (the old way: a dataclass with a name and a stage, which the flag
+    accepted, recorded, and ignored), or with an implementation that leaves an abstract method, fails when an entry
+    point parses the flag."""
+    from llava.model.reduction import registry, spec
+    from llava.model.reduction.base import TowerMethod
 
     @dataclass(frozen=True)
-    class SpecOnly:
+    class Planted(spec.Reduction):
         name: ClassVar[str] = "planted"
-        stage: ClassVar[str] = "features"
+        stage: ClassVar[str] = "tower"
+        summary: ClassVar[str] = "a method only the spec knows"
         keep: int
 
-    monkeypatch.setitem(spec.METHODS, "planted", SpecOnly)
-    with pytest.raises(ValueError, match="method 'planted' is not wired: it must be a dataclass subclassing"):
-        parse_token_reduction("planted:keep=3")
-
-    @dataclass(frozen=True)
-    class HalfWired(spec.TowerMethod):
-        name: ClassVar[str] = "planted"
-        summary: ClassVar[str] = "encodes, but says nothing of its cost"
-        keep: int
-
-        def encode(self, tower, images):
-            return tower(images)
-
-    monkeypatch.setitem(spec.METHODS, "planted", HalfWired)
-    with pytest.raises(ValueError, match="'planted' is not wired: HalfWired does not implement tower_gmacs"):
-        parse_token_reduction("planted:keep=3")
+    monkeypatch.setitem(spec.METHODS, "planted", Planted)
+    assert parse_token_reduction("planted:keep=3") == (Planted(3),)  # the flag alone parses...
+    with pytest.raises(ValueError, match="method 'planted' is not wired: it needs an implementation subclassing"):
+        registry.parse_wired("planted:keep=3")  # ...but no entry point accepts it
     with pytest.raises(ValueError, match="not wired"):
         ModelArguments(token_reduction="planted:keep=3")  # the training flag, before any model is loaded
+    parser = argparse.ArgumentParser()
+    add_token_reduction_arg(parser)
+    with pytest.raises(SystemExit):
+        check_token_reduction_arg(parser, parser.parse_args(["--token_reduction", "planted:keep=3"]))
+
+    class HalfWired(TowerMethod):  # encodes, but says nothing of its cost
+        def encode(self, spec, tower, images, memo):
+            return tower(images)
+
+    monkeypatch.setitem(registry.IMPLEMENTATIONS, Planted, HalfWired)
+    with pytest.raises(ValueError, match="'planted' is not wired: HalfWired does not implement tower_gmacs"):
+        registry.parse_wired("planted:keep=3")
 
 
 def test_every_registered_method_is_wired_and_listed_in_help(capsys):
-    from llava.model.reduction.spec import METHODS, check_wired
+    from llava.model.reduction.registry import check_wired
+    from llava.model.reduction.spec import METHODS
 
     for cls in METHODS.values():
         check_wired(cls)

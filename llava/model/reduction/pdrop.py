@@ -33,8 +33,8 @@ What we implement, checked against the public code (Cooperx521/PyramidDrop, ``mo
   padding, else "left", so that ``[:, -1]`` stays the last token in batched generation).
 * Several images in one sample: their tokens are ranked together (PyramidDrop handles one image per sample).
 
-The pure ranking rules live in ``llava.model.pdrop_ranking``, the keep rule in ``llava.model.pdrop_schedule``; what
-a PyramidDrop prefill costs is counted in ``llava.model.flops``.
+The pure ranking rules live in ``llava.model.reduction.pdrop_ranking``, the keep rule in
+``llava.model.reduction.pdrop_schedule``; what a PyramidDrop prefill costs is counted in ``llava.model.flops``.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ from llava.constants import IGNORE_INDEX
 from llava.model import packing
 from llava.model.cache_keyword import cache_kwargs
 from llava.model.config import PDROP_ATTN_IMPLEMENTATIONS, PDropConfig, PositionMode
-from llava.model.pdrop_ranking import image_mask, query_mask, rank_scores, read_host_values
-from llava.model.pdrop_schedule import keep_counts
+from llava.model.reduction.pdrop_ranking import image_mask, query_mask, rank_scores, read_host_values
+from llava.model.reduction.pdrop_schedule import keep_counts
 from llava.model.splice import ImageTokenLayout
 
 __all__ = ["PDropCache", "PDropConfig", "PDropOutput", "check_layers", "pdrop_forward"]

@@ -2,9 +2,9 @@
 score each token gets (Xing et al., "PyramidDrop: Accelerating Your Large Vision-Language Models via
 Pyramid Visual Redundancy Reduction", 2024).
 
-These functions hold no state and run no decoder layer; ``llava.model.pdrop`` calls them when it drops tokens (how
-many stay is ``llava.model.pdrop_schedule.keep_counts``). The rules (checked against the public
-code, Cooperx521/PyramidDrop) are described in ``llava.model.pdrop``'s docstring.
+These functions hold no state and run no decoder layer; ``llava.model.reduction.pdrop`` calls them when it drops
+tokens (how many stay is ``llava.model.reduction.pdrop_schedule.keep_counts``). The rules (checked against the public
+code, Cooperx521/PyramidDrop) are described in ``llava.model.reduction.pdrop``'s docstring.
 """
 
 from __future__ import annotations

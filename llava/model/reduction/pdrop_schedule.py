@@ -1,7 +1,7 @@
 """PyramidDrop's schedule rule: how many image tokens each stage keeps (Xing et al., "PyramidDrop: Accelerating Your
 Large Vision-Language Models via Pyramid Visual Redundancy Reduction", 2024).
 
-Pure Python (no torch), so the decoder that drops tokens (``llava.model.pdrop``) and the cost count
+Pure Python (no torch), so the decoder that drops tokens (``llava.model.reduction.pdrop``) and the cost count
 (``llava.model.flops``) share one rule and counting FLOPs stays a light import.
 """
 
