@@ -63,8 +63,9 @@ def run_once(generator: AnswerGenerator, layout: str, questions, batch: int, out
     packed, single_row = LAYOUTS[layout]
     generator.model.set_packed_prefill(packed)
     generator.model.set_packing(True, single_row=single_row)
-    summary = generate_answers(questions, generator, str(out), "bench", batch_size=batch, overwrite=True,
-                               progress=False)  # fmt: skip
+    summary = generate_answers(
+        questions, generator, str(out), "bench", batch_size=batch, overwrite=True, progress=False
+    )
     summary["texts"] = [r["text"] for r in read_jsonl(str(out), required=("text",))]
     return summary
 
@@ -83,8 +84,12 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         world = work / "world"
-        generate(world, WorldConfig(n_pretrain=16, n_instruct=64, n_sqa=args.questions, n_bench=3, n_clip=4,
-                                    n_zeroshot_per_class=1))  # fmt: skip
+        generate(
+            world,
+            WorldConfig(
+                n_pretrain=16, n_instruct=64, n_sqa=args.questions, n_bench=3, n_clip=4, n_zeroshot_per_class=1
+            ),
+        )
         llm, llm_note = prepare_llm(work, world, args.model)
         towers = prepare_towers(work, world, args.towers_from)
         question_file = next(world.rglob("llava_test_CQM-A.json"))
@@ -107,21 +112,27 @@ def main(argv: list[str] | None = None) -> None:
 
 def print_table(times, last, args, n_questions: int, notes: list[str]) -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"Answer generation on CPU ({args.threads} thread(s)), {n_questions} ScienceQA questions of a demo world, "
-          f"batch {args.batch}, {args.max_new_tokens} new tokens each, greedy, fp32, SDPA; median of {args.rounds} "
-          "interleaved rounds.")  # fmt: skip
+    print(
+        f"Answer generation on CPU ({args.threads} thread(s)), {n_questions} ScienceQA questions of a demo world, "
+        f"batch {args.batch}, {args.max_new_tokens} new tokens each, greedy, fp32, SDPA; median of {args.rounds} "
+        "interleaved rounds."
+    )
     for note in notes:
         print(f"  {note}")
-    print("\n| tower | prefill | visual tokens / image | prefill padding | ms / answer | vs ViT | vs padded "
-          "| answers = padded |\n|---|---|---:|---:|---:|---:|---:|---|")  # fmt: skip
+    print(
+        "\n| tower | prefill | visual tokens / image | prefill padding | ms / answer | vs ViT | vs padded "
+        "| answers = padded |\n|---|---|---:|---:|---:|---:|---:|---|"
+    )
     for tower, layout in times:
         s = last[(tower, layout)]
         vis = f"{s['visual_tokens_mean']:.1f} ({s['visual_tokens_min']}-{s['visual_tokens_max']})"
         same = s["texts"] == last[(tower, "padded")]["texts"]
         t = med[(tower, layout)]
         ratios = f"{t / med[('ViT', layout)]:.3f} | {t / med[(tower, 'padded')]:.3f}"
-        print(f"| {tower} | {layout} | {vis} | {s['prompt_padding_share']:.3f} | {1e3 * t:.1f} | {ratios} "
-              f"| {'yes' if same else 'NO'} |")  # fmt: skip
+        print(
+            f"| {tower} | {layout} | {vis} | {s['prompt_padding_share']:.3f} | {1e3 * t:.1f} | {ratios} "
+            f"| {'yes' if same else 'NO'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,14 @@ CLIP_TOKENS = 576  # ViT-L/14 at 336 px
 DRIP_MEAN = 144  # DRIP-4x: 576 * 0.25
 PDROP = ((8, 16, 24), (0.5, 0.25, 0.125))
 CONFIGS = (("CLIP", "CLIP", False), ("DRIP-4x", "DRIP", False), ("DRIP-4x+PDrop", "DRIP", True))  # name, tower, pdrop
-LLAMA_7B = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=32, vocab_size=32000)  # fmt: skip
+LLAMA_7B = LlamaConfig(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    vocab_size=32000,
+)
 PROJECTOR = ((1024, 4096), (4096, 4096))  # mlp2x_gelu: CLIP-L width -> LLM width -> LLM width
 
 

@@ -38,8 +38,14 @@ from llava.model.flops import staged_prefill_macs
 from llava.model.reduction.pdrop import pdrop_forward
 from llava.model.splice import ImageTokenLayout
 
-VICUNA_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                 intermediate_size=11008, vocab_size=32000)  # fmt: skip
+VICUNA_7B = dict(
+    hidden_size=4096,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    intermediate_size=11008,
+    vocab_size=32000,
+)
 PDROP_7B = PDropConfig((8, 16, 24), (0.5, 0.25, 0.125))
 SETUPS = ("CLIP", "CLIP+PDrop", "DRIP-4x", "DRIP+PDrop")
 
@@ -83,9 +89,16 @@ def print_macs(rows: dict[str, dict[str, float]], title: str) -> None:
 
 # --- tiny model: FLOP-counter cross-check and timing ---------------------------------------------------------------
 def tiny_llm(hidden: int = 256, layers: int = 8, attn: str = "sdpa") -> LlamaModel:
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=688, num_hidden_layers=layers, num_attention_heads=4,
-                         num_key_value_heads=4, vocab_size=1000, max_position_embeddings=2048,
-                         attn_implementation=attn)  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=688,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=1000,
+        max_position_embeddings=2048,
+        attn_implementation=attn,
+    )
     return LlamaModel(config).eval()
 
 
@@ -110,8 +123,10 @@ def cross_check(text: int, image: int) -> None:
         head = llm.config.hidden_size * llm.config.vocab_size  # the counter runs no LM head
         analytic = staged_prefill_macs(llm.config, text, image, cfg) - head
         counted = counter.get_total_flops() / 2
-        print(f"  {name:<12} analytic {analytic / 1e6:9.2f} MMACs  counted {counted / 1e6:9.2f}  "
-              f"diff {100 * (counted - analytic) / analytic:+.3f}%")  # fmt: skip
+        print(
+            f"  {name:<12} analytic {analytic / 1e6:9.2f} MMACs  counted {counted / 1e6:9.2f}  "
+            f"diff {100 * (counted - analytic) / analytic:+.3f}%"
+        )
 
 
 class TinyLlava(nn.Module):
@@ -139,8 +154,17 @@ class TinyLlava(nn.Module):
 
 
 def time_tiny(text: int, rounds: int) -> None:
-    tower = DripConfig(image_size=336, patch_size=14, width=128, layers=6, heads=4, embed_dim=0,
-                       pool_at=(1,), prior=(0.25,), predictor_hidden=32)  # fmt: skip
+    tower = DripConfig(
+        image_size=336,
+        patch_size=14,
+        width=128,
+        layers=6,
+        heads=4,
+        embed_dim=0,
+        pool_at=(1,),
+        prior=(0.25,),
+        predictor_hidden=32,
+    )
     pdrop = PDropConfig((2, 4, 6), PDROP_7B.image_token_ratio_list)
     torch.manual_seed(0)
     llm = tiny_llm()
@@ -166,8 +190,10 @@ def time_tiny(text: int, rounds: int) -> None:
     print(head + "\n" + "-" * len(head))
     for name in SETUPS:
         t = statistics.median(times[name])
-        print(f"{name:<12}{macs[name]['image_tokens']:>8}{1e3 * t:>9.1f}{t / base_t:>12.3f}"
-              f"{total(macs[name]) / base_m:>11.3f}")  # fmt: skip
+        print(
+            f"{name:<12}{macs[name]['image_tokens']:>8}{1e3 * t:>9.1f}{t / base_t:>12.3f}"
+            f"{total(macs[name]) / base_m:>11.3f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,8 +29,26 @@ from drip.lm.model import (
     train_lm,
 )
 
-MODULES = ("json", "collections", "argparse", "pathlib", "itertools", "functools", "textwrap", "string",
-           "re", "csv", "datetime", "logging", "unittest", "inspect", "typing", "dataclasses", "os", "shutil")
+MODULES = (
+    "json",
+    "collections",
+    "argparse",
+    "pathlib",
+    "itertools",
+    "functools",
+    "textwrap",
+    "string",
+    "re",
+    "csv",
+    "datetime",
+    "logging",
+    "unittest",
+    "inspect",
+    "typing",
+    "dataclasses",
+    "os",
+    "shutil",
+)
 
 
 def docstring_corpus(modules=MODULES) -> str:
@@ -51,8 +69,11 @@ def build(kind: str, vocab: int, args, layers: int | None = None) -> PoolingLM:
     common = dict(vocab_size=vocab, max_len=args.length, width=args.width, heads=args.heads)
     if kind == "vanilla":
         return PoolingLM(PoolingLMConfig(**common, pre_layers=layers, boundary="none"))
-    return PoolingLM(PoolingLMConfig(**common, pre_layers=2, shortened_layers=args.shortened, post_layers=2,
-                                     boundary=kind, prior=args.prior))
+    return PoolingLM(
+        PoolingLMConfig(
+            **common, pre_layers=2, shortened_layers=args.shortened, post_layers=2, boundary=kind, prior=args.prior
+        )
+    )
 
 
 def targets_for(kind: str, train_text: str, ids: torch.Tensor, vocab: CharVocab) -> torch.Tensor | None:
@@ -67,8 +88,9 @@ def targets_for(kind: str, train_text: str, ids: torch.Tensor, vocab: CharVocab)
 def run(kind: str, model: PoolingLM, train_ids, test_ids, targets, args) -> dict:
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    history = train_lm(model, train_ids, targets, steps=args.steps, batch=args.batch, length=args.length,
-                       lr=args.lr, seed=args.seed)
+    history = train_lm(
+        model, train_ids, targets, steps=args.steps, batch=args.batch, length=args.length, lr=args.lr, seed=args.seed
+    )
     train_s = time.perf_counter() - start
     if kind == "gumbel":
         calibrate_threshold(model, train_ids, length=args.length)
@@ -77,7 +99,8 @@ def run(kind: str, model: PoolingLM, train_ids, test_ids, targets, args) -> dict
     return {
         "model": kind,
         "layers": f"{model.cfg.pre_layers}+{model.cfg.shortened_layers}+{model.cfg.post_layers}"
-        if model.cfg.pools else str(model.cfg.pre_layers),
+        if model.cfg.pools
+        else str(model.cfg.pre_layers),
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "mmacs_per_char": lm_macs_per_char(model.cfg, args.length, rate) / 1e6,
         "test_bpc": result["bpc"],
@@ -127,11 +150,15 @@ def main(argv=None) -> list[dict]:
     print(head)
     for r in rows:
         rate = "-" if r["boundary_rate"] is None else f"{r['boundary_rate']:.2f}"
-        print(f"{r['model']:<9}{r['layers']:>8}{r['params_m']:>9.2f}{r['mmacs_per_char']:>9.2f}{r['test_bpc']:>9.3f}"
-              f"{rate:>6}{r['train_chars_per_s']:>11.0f}{r['eval_chars_per_s']:>10.0f}")
+        print(
+            f"{r['model']:<9}{r['layers']:>8}{r['params_m']:>9.2f}{r['mmacs_per_char']:>9.2f}{r['test_bpc']:>9.3f}"
+            f"{rate:>6}{r['train_chars_per_s']:>11.0f}{r['eval_chars_per_s']:>10.0f}"
+        )
     best = min(rows, key=lambda r: r["test_bpc"])
-    print(f"lowest test bpc: {best['model']} ({best['test_bpc']:.3f}) after {args.steps} steps of {args.batch}x"
-          f"{args.length} characters")
+    print(
+        f"lowest test bpc: {best['model']} ({best['test_bpc']:.3f}) after {args.steps} steps of {args.batch}x"
+        f"{args.length} characters"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "rows": rows}, f, indent=1)

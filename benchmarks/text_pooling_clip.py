@@ -58,29 +58,103 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     out = Path(args.out)
     data = out / "world"
-    _py("-m", "llava_drip_demo.demo_world", "--out", str(data), "--clip-absolute-paths", "--seed", str(args.seed),
-        "--n-pretrain", "8", "--n-instruct", "8", "--n-sqa", "4", "--n-bench", "2", "--n-clip", str(args.n_clip),
-        "--n-zeroshot-per-class", "4")
+    _py(
+        "-m",
+        "llava_drip_demo.demo_world",
+        "--out",
+        str(data),
+        "--clip-absolute-paths",
+        "--seed",
+        str(args.seed),
+        "--n-pretrain",
+        "8",
+        "--n-instruct",
+        "8",
+        "--n-sqa",
+        "4",
+        "--n-bench",
+        "2",
+        "--n-clip",
+        str(args.n_clip),
+        "--n-zeroshot-per-class",
+        "4",
+    )
     with open(data / "clip_captions.csv") as f:
         captions = [row["title"] for row in csv.DictReader(f, delimiter="\t")]
     rows = []
     for name in MODELS:
-        _py("-m", "drip.tools.train", "--model", name, "--train-data", str(data / "clip_captions.csv"),
-            "--dataset-type", "csv", "--csv-img-key", "filepath", "--csv-caption-key", "title",
-            "--csv-separator", "\t", "--batch-size", "64", "--epochs", str(args.epochs), "--lr", "2e-3", "--wd", "0.1",
-            "--warmup", "20", "--workers", "0", "--seed", str(args.seed), "--logs", str(out / "clip"), "--name", name,
-            "--precision", "fp32", "--drip-temperature-final", "0.3", "--save-frequency", str(args.epochs),
-            "--log-every-n-steps", "100")
+        _py(
+            "-m",
+            "drip.tools.train",
+            "--model",
+            name,
+            "--train-data",
+            str(data / "clip_captions.csv"),
+            "--dataset-type",
+            "csv",
+            "--csv-img-key",
+            "filepath",
+            "--csv-caption-key",
+            "title",
+            "--csv-separator",
+            "\t",
+            "--batch-size",
+            "64",
+            "--epochs",
+            str(args.epochs),
+            "--lr",
+            "2e-3",
+            "--wd",
+            "0.1",
+            "--warmup",
+            "20",
+            "--workers",
+            "0",
+            "--seed",
+            str(args.seed),
+            "--logs",
+            str(out / "clip"),
+            "--name",
+            name,
+            "--precision",
+            "fp32",
+            "--drip-temperature-final",
+            "0.3",
+            "--save-frequency",
+            str(args.epochs),
+            "--log-every-n-steps",
+            "100",
+        )
         ckpt = out / "clip" / name / "checkpoints" / f"epoch_{args.epochs}.pt"
         zs = out / "clip" / name / "zero_shot.json"
-        _py("-m", "drip.tools.zero_shot", "--model", name, "--checkpoint", str(ckpt), "--data", str(data / "zeroshot"),
-            "--classnames", str(data / "zeroshot" / "classnames.txt"), "--templates",
-            str(data / "zeroshot" / "templates.txt"), "--json", str(zs))
+        _py(
+            "-m",
+            "drip.tools.zero_shot",
+            "--model",
+            name,
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            str(data / "zeroshot"),
+            "--classnames",
+            str(data / "zeroshot" / "classnames.txt"),
+            "--templates",
+            str(data / "zeroshot" / "templates.txt"),
+            "--json",
+            str(zs),
+        )
         result = json.loads(zs.read_text())
         gmacs, segments = text_gmacs(name, ckpt, captions)
-        rows.append({"model": name, "top1": result["top1"], "top5": result["top5"],
-                     "tokens_per_image": result.get("tokens_per_image"), "text_gmacs": gmacs,
-                     "text_segments": segments})
+        rows.append(
+            {
+                "model": name,
+                "top1": result["top1"],
+                "top5": result["top5"],
+                "tokens_per_image": result.get("tokens_per_image"),
+                "text_gmacs": gmacs,
+                "text_segments": segments,
+            }
+        )
     print(f"{'model':<15}{'top-1':>7}{'top-5':>7}{'img tok':>8}{'text seg':>9}{'text GMACs':>11}")
     for r in rows:
         img = "-" if r["tokens_per_image"] is None else f"{r['tokens_per_image']:.1f}"

@@ -124,14 +124,19 @@ def pdrop_schedule(tokens: float, budget: int, llm_layers: int) -> tuple[tuple[i
 
 
 def reference_runs() -> list[Run]:
-    return [Run("ViT (drip: tower)", "vit", None, short="ViT"), Run("ViT (HF CLIP copy)", "vit-hf", None, short="ViT"),
-            Run("DRIP (learned)", "drip", None, short="DRIP", training="trained")]  # fmt: skip
+    return [
+        Run("ViT (drip: tower)", "vit", None, short="ViT"),
+        Run("ViT (HF CLIP copy)", "vit-hf", None, short="ViT"),
+        Run("DRIP (learned)", "drip", None, short="DRIP", training="trained"),
+    ]
 
 
 def adaptive_runs() -> list[Run]:
     """PruMerge and PruMerge+ set their own count per image (IQR outliers of [CLS] attention): one row each."""
-    return [Run("PruMerge", "vit-hf", None, "prumerge", short="PruMerge", adaptive=True),
-            Run("PruMerge+", "vit-hf", None, "prumerge_plus", short="PruMerge+", adaptive=True)]  # fmt: skip
+    return [
+        Run("PruMerge", "vit-hf", None, "prumerge", short="PruMerge", adaptive=True),
+        Run("PruMerge+", "vit-hf", None, "prumerge_plus", short="PruMerge+", adaptive=True),
+    ]
 
 
 def vit_runs(budget: int, shape: TowerShape, seeds: list[int], schedule: str | None, llm_layers: int) -> list[Run]:
@@ -141,17 +146,35 @@ def vit_runs(budget: int, shape: TowerShape, seeds: list[int], schedule: str | N
     r, _ = tome_r(shape, budget)
     s = uniform_size(budget)
     k = pool1d_k(n, budget)
-    runs = [Run(f"uniform {s}x{s}", "vit-hf", budget, f"uniform:size={s}", short="uniform"),
-            Run(f"1-D pooling k={k}", "vit-hf", budget, f"pool1d:k={k}", short="pool1d")]  # fmt: skip
-    runs += [Run(f"random seed {seed}", "vit-hf", budget, f"random:keep={budget},seed={seed}", short=f"random{seed}")
-             for seed in seeds]  # fmt: skip
-    runs += [Run(f"VisionZip {d}+{c}", "vit-hf", budget, f"visionzip:dominant={d},contextual={c}", short="VisionZip"),
-             Run(f"VisionZip {d}+{c}, [CLS] among the dominant (official)", "vit-hf", budget,
-                 f"visionzip:dominant={d},contextual={c},cls=true", short="VisionZip-cls"),
-             Run(f"ToMe r={r}", "vit-hf", budget, f"tome:r={r}", short="ToMe")]  # fmt: skip
+    runs = [
+        Run(f"uniform {s}x{s}", "vit-hf", budget, f"uniform:size={s}", short="uniform"),
+        Run(f"1-D pooling k={k}", "vit-hf", budget, f"pool1d:k={k}", short="pool1d"),
+    ]
+    runs += [
+        Run(f"random seed {seed}", "vit-hf", budget, f"random:keep={budget},seed={seed}", short=f"random{seed}")
+        for seed in seeds
+    ]
+    runs += [
+        Run(f"VisionZip {d}+{c}", "vit-hf", budget, f"visionzip:dominant={d},contextual={c}", short="VisionZip"),
+        Run(
+            f"VisionZip {d}+{c}, [CLS] among the dominant (official)",
+            "vit-hf",
+            budget,
+            f"visionzip:dominant={d},contextual={c},cls=true",
+            short="VisionZip-cls",
+        ),
+        Run(f"ToMe r={r}", "vit-hf", budget, f"tome:r={r}", short="ToMe"),
+    ]
     if schedule is not None:
-        runs.append(Run(f"Patch Slimming keep={budget}", "vit-hf", budget, f"patch_slimming:schedule={schedule}",
-                        short="PatchSlim"))  # fmt: skip
+        runs.append(
+            Run(
+                f"Patch Slimming keep={budget}",
+                "vit-hf",
+                budget,
+                f"patch_slimming:schedule={schedule}",
+                short="PatchSlim",
+            )
+        )
     return runs + llm_side_runs("vit-hf", "", n, budget, llm_layers)
 
 
@@ -161,8 +184,14 @@ def llm_side_runs(model: str, prefix: str, tokens: float, budget: int, llm_layer
     ratio = keep_ratio(tokens, budget)
     tag = prefix.replace(" ", "")
     training = "DRIP trained + training-free" if model == "drip" else "training-free"
-    fastv = Run(f"{prefix}FastV k=2 R={1 - ratio:.3g}", model, budget, f"fastv:k=2,ratio={round(1 - ratio, 4)}",
-                short=f"{tag}FastV", training=training)  # fmt: skip
+    fastv = Run(
+        f"{prefix}FastV k=2 R={1 - ratio:.3g}",
+        model,
+        budget,
+        f"fastv:k=2,ratio={round(1 - ratio, 4)}",
+        short=f"{tag}FastV",
+        training=training,
+    )
     pdrop = pdrop_schedule(tokens, budget, llm_layers)
     label = f"{prefix}PyramidDrop " + _pdrop_label(pdrop)
     return [fastv, Run(label, model, budget, pdrop=pdrop, short=f"{tag}PDrop", training=training)]
@@ -179,11 +208,26 @@ def drip_runs(budgets: list[int], drip_tokens: float, seeds: list[int], llm_laye
     runs = []
     for b in budgets:
         if b == native:
-            uniform = Run("DRIP uniform boundaries", "drip", b, "drip_boundaries:mode=uniform", short="DRIP-unif",
-                          training="trained")  # fmt: skip
+            uniform = Run(
+                "DRIP uniform boundaries",
+                "drip",
+                b,
+                "drip_boundaries:mode=uniform",
+                short="DRIP-unif",
+                training="trained",
+            )
             runs += [Run("DRIP (learned)", "drip", b, short="DRIP", training="trained"), uniform]
-            runs += [Run(f"DRIP random boundaries seed {s}", "drip", b, f"drip_boundaries:mode=random,seed={s}",
-                         short=f"DRIP-rand{s}", training="trained") for s in seeds]  # fmt: skip
+            runs += [
+                Run(
+                    f"DRIP random boundaries seed {s}",
+                    "drip",
+                    b,
+                    f"drip_boundaries:mode=random,seed={s}",
+                    short=f"DRIP-rand{s}",
+                    training="trained",
+                )
+                for s in seeds
+            ]
         elif b < drip_tokens:
             runs += llm_side_runs("drip", "DRIP + ", drip_tokens, b, llm_layers)
     return runs
@@ -201,8 +245,19 @@ class Result:
 def markdown_table(results: list[Result]) -> str:
     """One row per run, grouped by budget in the order given; '-' where a value is missing."""
     cats = sorted({c for r in results for c in r.categories})
-    head = ["budget", "method", "model", "reduction", "tokens / image", "SQA-IMG %", *(f"{c} %" for c in cats),
-            "LLaVA-Bench rule", "tower GMACs", "prefill GMACs", "s / answer"]  # fmt: skip
+    head = [
+        "budget",
+        "method",
+        "model",
+        "reduction",
+        "tokens / image",
+        "SQA-IMG %",
+        *(f"{c} %" for c in cats),
+        "LLaVA-Bench rule",
+        "tower GMACs",
+        "prefill GMACs",
+        "s / answer",
+    ]
     fmt = lambda v, f: "-" if v is None else f.format(v)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (len(head) - 4)]
     for r in results:
@@ -210,11 +265,19 @@ def markdown_table(results: list[Result]) -> str:
         prefill = None if m.prefill_tflops is None else m.prefill_tflops * 1e3
         budget = "adaptive" if r.run.adaptive else "none" if r.run.budget is None else str(r.run.budget)
         training = "-" if r.run.budget is None and not r.run.adaptive else r.run.training
-        cells = [budget, r.run.label, r.run.model, training,
-                 fmt(m.visual_tokens, "{:.1f}"), fmt(m.sqa_img_acc, "{:.1f}"),
-                 *(fmt(r.categories.get(c), "{:.1f}") for c in cats), fmt(m.llavabench_rule, "{:.1f}"),
-                 fmt(m.tower_gflops, "{:.4f}"), fmt(prefill, "{:.4f}"),
-                 fmt(m.seconds_per_answer, "{:.3f}")]  # fmt: skip
+        cells = [
+            budget,
+            r.run.label,
+            r.run.model,
+            training,
+            fmt(m.visual_tokens, "{:.1f}"),
+            fmt(m.sqa_img_acc, "{:.1f}"),
+            *(fmt(r.categories.get(c), "{:.1f}") for c in cats),
+            fmt(m.llavabench_rule, "{:.1f}"),
+            fmt(m.tower_gflops, "{:.4f}"),
+            fmt(prefill, "{:.4f}"),
+            fmt(m.seconds_per_answer, "{:.3f}"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -114,9 +114,24 @@ def slimming_schedule(tower: str, shape: TowerShape, budget: int, args: argparse
     path = (work / f"schedules/patch_slimming_keep{budget}.json").resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     select = shape.layers_run  # hidden_states index of mm_vision_select_layer (-2 of 4 layers -> 3)
-    argv = ["--vision_tower", tower, "--images", args.calibration_images, "--keep", str(budget), "--epsilon",
-            str(args.epsilon), "--r0", str(args.r0), "--select_layer", str(select), "--finetune_steps", "0",
-            "--output", str(path)] + (["--device", args.device] if args.device else [])  # fmt: skip
+    argv = [
+        "--vision_tower",
+        tower,
+        "--images",
+        args.calibration_images,
+        "--keep",
+        str(budget),
+        "--epsilon",
+        str(args.epsilon),
+        "--r0",
+        str(args.r0),
+        "--select_layer",
+        str(select),
+        "--finetune_steps",
+        "0",
+        "--output",
+        str(path),
+    ] + (["--device", args.device] if args.device else [])
     print("[token_budget] python -m llava.tools.patch_slimming_search " + shlex.join(argv))
     if patch_slimming_search.main(argv) != 0:
         raise RuntimeError(f"Patch Slimming search for keep={budget} failed")
@@ -136,29 +151,79 @@ def execute(run: Run, model_path: str, data: Data, args: argparse.Namespace, out
     from llava.eval import model_vqa, model_vqa_science
 
     d = out / run.slug
-    common = ["--model-path", model_path, "--temperature", "0", "--conv-mode", args.conv_mode, "--batch-size",
-              str(args.batch_size), "--overwrite", "--no-progress"]  # fmt: skip
+    common = [
+        "--model-path",
+        model_path,
+        "--temperature",
+        "0",
+        "--conv-mode",
+        args.conv_mode,
+        "--batch-size",
+        str(args.batch_size),
+        "--overwrite",
+        "--no-progress",
+    ]
     common += ["--device", args.device] if args.device else []
-    common += ["--token_reduction", run.token_reduction] if run.token_reduction else []  # fmt: skip
-    sqa = ["--question-file", str(data.sqa_base / "llava_test_CQM-A.json"), "--image-folder", str(data.sqa_images),
-           "--answers-file", str(d / "scienceqa.jsonl"), "--efficiency-file", str(d / "efficiency.json"),
-           "--single-pred-prompt"]  # fmt: skip
+    common += ["--token_reduction", run.token_reduction] if run.token_reduction else []
+    sqa = [
+        "--question-file",
+        str(data.sqa_base / "llava_test_CQM-A.json"),
+        "--image-folder",
+        str(data.sqa_images),
+        "--answers-file",
+        str(d / "scienceqa.jsonl"),
+        "--efficiency-file",
+        str(d / "efficiency.json"),
+        "--single-pred-prompt",
+    ]
     _call(model_vqa_science, common + sqa, "llava.eval.model_vqa_science")
-    _call(eval_science_qa, ["--base-dir", str(data.sqa_base), "--result-file", str(d / "scienceqa.jsonl"),
-                            "--output-file", str(d / "scienceqa_output.jsonl"), "--output-result",
-                            str(d / "scienceqa_result.json"), "--metrics-json", str(d / "sqa_result.json")],
-          "eval.eval_science_qa")  # fmt: skip
+    _call(
+        eval_science_qa,
+        [
+            "--base-dir",
+            str(data.sqa_base),
+            "--result-file",
+            str(d / "scienceqa.jsonl"),
+            "--output-file",
+            str(d / "scienceqa_output.jsonl"),
+            "--output-result",
+            str(d / "scienceqa_result.json"),
+            "--metrics-json",
+            str(d / "sqa_result.json"),
+        ],
+        "eval.eval_science_qa",
+    )
     if data.bench is not None:
-        bench = ["--question-file", str(data.bench / "questions.jsonl"), "--image-folder", str(data.bench_images),
-                 "--answers-file", str(d / "llavabench.jsonl"),
-                 "--max-new-tokens", str(args.bench_max_new_tokens)]  # fmt: skip
+        bench = [
+            "--question-file",
+            str(data.bench / "questions.jsonl"),
+            "--image-folder",
+            str(data.bench_images),
+            "--answers-file",
+            str(d / "llavabench.jsonl"),
+            "--max-new-tokens",
+            str(args.bench_max_new_tokens),
+        ]
         _call(model_vqa, common + bench, "llava.eval.model_vqa")
         review = str(d / "reviews/rule.jsonl")
-        _call(rule_score, ["--question", str(data.bench / "questions.jsonl"), "--answer-list",
-                           str(data.bench / "answers_gpt4.jsonl"), str(d / "llavabench.jsonl"), "--output", review],
-              "eval.rule_score")  # fmt: skip
-        _call(summarize_gpt_review, ["-f", review, "--json", str(d / "llavabench_rule_summary.json")],
-              "eval.summarize_gpt_review")  # fmt: skip
+        _call(
+            rule_score,
+            [
+                "--question",
+                str(data.bench / "questions.jsonl"),
+                "--answer-list",
+                str(data.bench / "answers_gpt4.jsonl"),
+                str(d / "llavabench.jsonl"),
+                "--output",
+                review,
+            ],
+            "eval.rule_score",
+        )
+        _call(
+            summarize_gpt_review,
+            ["-f", review, "--json", str(d / "llavabench_rule_summary.json")],
+            "eval.summarize_gpt_review",
+        )
     categories = json.loads((d / "sqa_result.json").read_text()).get("img_categories") or {}
     return Result(run, load_run(run.label, str(d)), {k: v["accuracy"] for k, v in categories.items()})
 

@@ -96,8 +96,10 @@ MMAP_THRESHOLD = "65536"  # bytes: larger blocks are mmapped and unmapped on fre
 def prepare_world(work: Path, batch: int) -> Path:
     """A small demo world; ``work/batch.json`` holds the first ``batch`` conversations that have an image."""
     world = work / "world"
-    generate(world, WorldConfig(n_pretrain=16, n_instruct=max(64, 2 * batch), n_sqa=4, n_bench=3, n_clip=4,
-                                n_zeroshot_per_class=1))  # fmt: skip
+    generate(
+        world,
+        WorldConfig(n_pretrain=16, n_instruct=max(64, 2 * batch), n_sqa=4, n_bench=3, n_clip=4, n_zeroshot_per_class=1),
+    )
     records = [r for r in json.loads((world / "instruct.json").read_text()) if "image" in r][:batch]
     if len(records) < batch:
         raise ValueError(f"--batch {batch}: the generated world has only {len(records)} image conversations")
@@ -291,8 +293,19 @@ def measure_memory(plan_path: Path, args: argparse.Namespace, keys: list[str]) -
     out = {}
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
     for key in keys:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", key, "--plan", str(plan_path),
-               "--device", args.device, "--threads", str(args.threads), *(["--bf16"] if args.bf16 else [])]  # fmt: skip
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--probe",
+            key,
+            "--plan",
+            str(plan_path),
+            "--device",
+            args.device,
+            "--threads",
+            str(args.threads),
+            *(["--bf16"] if args.bf16 else []),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
         if done.returncode != 0:
             raise RuntimeError(f"memory probe {key} failed:\n{done.stderr[-3000:]}")
@@ -328,8 +341,12 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
     world = prepare_world(work, args.batch)
     llm, llm_note = prepare_llm(work, world, args.model, args.llm_shape)
     towers = prepare_towers(work, world, args.towers_from)
-    plan = {"llm": llm, "towers": {k: v[0] for k, v in towers.items()}, "batch_json": str(work / "batch.json"),
-            "images": str(world / "images")}  # fmt: skip
+    plan = {
+        "llm": llm,
+        "towers": {k: v[0] for k, v in towers.items()},
+        "batch_json": str(work / "batch.json"),
+        "images": str(world / "images"),
+    }
     plan["pdrop_layers"] = [int(x) for x in args.pdrop_layers.split(",") if x]
     (work / "plan.json").write_text(json.dumps(plan))
     precision = "fp32 + bf16 autocast" if args.bf16 else "fp32"

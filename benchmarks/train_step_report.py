@@ -56,8 +56,10 @@ def print_targets(rows: dict[str, dict], layout: str) -> None:
     base = rows[f"ViT@{layout}"]
     verdict = lambda ok: "met" if ok else "MISSED"
     pads = {k.split("@")[0]: r["trace"].pad for k, r in rows.items() if k.endswith(f"@{layout}")}
-    print(f"  [{layout}] LLM padding share <= {TARGET_PAD}: {verdict(max(pads.values()) <= TARGET_PAD)} "
-          f"(max {max(pads.values()):.3f})")  # fmt: skip
+    print(
+        f"  [{layout}] LLM padding share <= {TARGET_PAD}: {verdict(max(pads.values()) <= TARGET_PAD)} "
+        f"(max {max(pads.values()):.3f})"
+    )
     for name in ("DRIP-2x", "DRIP-4x", "DRIP-4x+PDrop"):
         r = rows.get(f"{name}@{layout}")
         if r is None:

@@ -166,9 +166,17 @@ def hf_clip_vision_config(cfg: DripConfig) -> dict[str, Any]:
             "patch, so only a tower with pool_at=() (a plain ViT, e.g. ViT-tiny) can be exported"
         )
     hidden = int(cfg.width * cfg.mlp_ratio)  # drip.layers.Mlp's fc1 width
-    fields = dict(hidden_size=cfg.width, intermediate_size=hidden, num_hidden_layers=cfg.layers,
-                  num_attention_heads=cfg.heads, num_channels=cfg.in_chans, image_size=cfg.image_size,
-                  patch_size=cfg.patch_size, hidden_act=cfg.act, layer_norm_eps=cfg.ln_eps)  # fmt: skip
+    fields = dict(
+        hidden_size=cfg.width,
+        intermediate_size=hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_channels=cfg.in_chans,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        hidden_act=cfg.act,
+        layer_norm_eps=cfg.ln_eps,
+    )
     return {**fields, **({"projection_dim": cfg.embed_dim} if cfg.embed_dim else {})}
 
 

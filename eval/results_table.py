@@ -71,9 +71,11 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("Total TFLOPs", "total_tflops", "{:.4g}"),
     ("s / answer", "seconds_per_answer", "{:.3f}"),
 ]
-X_AXES = {"total": ("total_tflops", "TFLOPs per sample (tower + LLM prefill)"),
-          "tower": ("tower_gflops", "vision tower GFLOPs per image"),
-          "prefill": ("prefill_tflops", "LLM prefill TFLOPs per sample")}  # fmt: skip
+X_AXES = {
+    "total": ("total_tflops", "TFLOPs per sample (tower + LLM prefill)"),
+    "tower": ("tower_gflops", "vision tower GFLOPs per image"),
+    "prefill": ("prefill_tflops", "LLM prefill TFLOPs per sample"),
+}
 Y_SERIES = [
     ("sqa_acc", "ScienceQA", "o"),
     ("sqa_img_acc", "ScienceQA-IMG", "s"),

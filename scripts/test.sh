@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README's test command: set up (idempotent), lint, then the CI test suite (everything not marked slow).
+# README's test command: set up (idempotent), lint, format check, then the CI test suite (everything not marked slow).
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m slow` or `bash scripts/test.sh tests/drip`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,5 +7,6 @@ bash scripts/setup.sh
 py=python; [[ -n "${VIRTUAL_ENV:-${CONDA_PREFIX:-}}" ]] && python -c "import drip" 2>/dev/null || py=.venv/bin/python
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions} DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
 $py -m ruff check drip llava eval llava_drip_demo tests benchmarks
+$py -m ruff format --check drip llava eval llava_drip_demo tests benchmarks
 $py -m pytest "$@"
 if [[ $# -eq 0 ]]; then bash scripts/test_oldest_transformers.sh -q; fi  # the full run: also the transformers floor

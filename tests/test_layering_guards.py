@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import arch_rules
 import pytest
 from arch_rules import (
     MAX_LINES,
@@ -95,6 +96,7 @@ CASES: list[tuple[Callable[[Repo], list[str]], str, str, str]] = [
     (rule_no_reference_outside_the_repository, "drip/config.py", "\nD = '/home/user/data'\n", "absolute path"),
     (rule_no_reference_outside_the_repository, "README.md", "\nsee ../../other-repo/README.md\n", "../../other-repo"),
     (rule_module_size, "drip/pooling.py", "\n" + "x = 1\n" * MAX_LINES, "split it"),
+    (rule_module_size, "drip/pooling.py", "\nx = [1,  2]  # fmt: skip\n", "marker"),
 ]
 
 
@@ -137,7 +139,26 @@ def test_ruff_must_cover_every_python_folder(scratch):
     assert any("benchmarks/" in f for f in found), found
 
 
+def test_the_format_check_must_run(scratch):
+    found = rule_ruff_checks_every_python_folder(
+        scratch(("scripts/test.sh", lambda t: t.replace("format --check", "x")))
+    )
+    assert any("ruff format --check" in f for f in found), found
+
+
 def test_the_oversized_list_only_shrinks(scratch):
     rel = next(iter(OVERSIZED))
     found = rule_module_size(scratch((rel, lambda _: "x = 1\n")))  # split: now small, so it must leave the list
     assert any(f.startswith(rel) and "take it off" in f for f in found), found
+
+
+def test_known_cycles_match_exactly_and_only_shrink(scratch, monkeypatch):
+    monkeypatch.setitem(arch_rules.KNOWN_CYCLES, ("drip.model", "drip.pooling"), "planted")
+    found = rule_no_import_cycles(scratch())
+    assert any("drip.model <-> drip.pooling is gone" in f for f in found), found  # listed, but no such cycle
+    planted = scratch(("drip/pooling.py", lambda text: text + CYCLE))
+    report = next(f for f in rule_no_import_cycles(planted) if "import cycle" in f)
+    cycle = tuple(report.split("import cycle ")[1].split(" (imports")[0].split(" <-> "))  # every module of it
+    monkeypatch.setitem(arch_rules.KNOWN_CYCLES, cycle, "planted")
+    monkeypatch.delitem(arch_rules.KNOWN_CYCLES, ("drip.model", "drip.pooling"))
+    assert not any("drip.pooling" in f for f in rule_no_import_cycles(planted))  # listed exactly: allowed

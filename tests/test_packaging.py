@@ -70,8 +70,9 @@ def test_scoring_a_file_by_path_from_another_directory(site: Path, tmp_path: Pat
 def test_demo_package_runs_as_module_from_any_directory(site: Path, tmp_path: Path) -> None:
     out = tmp_path / "world"
     flags = ["--n-pretrain", "2", "--n-instruct", "2", "--n-sqa", "5", "--n-bench", "3", "--n-clip", "1"]
-    proc = run_elsewhere(site, tmp_path, "-m", "llava_drip_demo.demo_world", "--out", str(out), *flags,
-                         "--n-zeroshot-per-class", "1")  # fmt: skip
+    proc = run_elsewhere(
+        site, tmp_path, "-m", "llava_drip_demo.demo_world", "--out", str(out), *flags, "--n-zeroshot-per-class", "1"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "manifest.json").is_file()
 

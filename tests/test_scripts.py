@@ -14,8 +14,15 @@ import pytest
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+; 3.10 skips this file
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-EXPECTED = {"llava-drip-train", "llava-drip-answer-sqa", "llava-drip-answer-vqa", "llava-drip-score-sqa",
-            "llava-drip-chat", "llava-drip-web", "drip-train"}  # fmt: skip
+EXPECTED = {
+    "llava-drip-train",
+    "llava-drip-answer-sqa",
+    "llava-drip-answer-vqa",
+    "llava-drip-score-sqa",
+    "llava-drip-chat",
+    "llava-drip-web",
+    "drip-train",
+}
 
 
 def test_the_main_commands_are_declared() -> None:

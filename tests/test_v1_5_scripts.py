@@ -51,8 +51,9 @@ def test_connector_reaches_the_trainer(tmp_path, script):
 def test_connector_grid_trains_both_stages_per_connector(tmp_path):
     calls = _calls(tmp_path, "connector_grid.sh", CONNECTORS="drip:rate=0.125 pool1d:k=8", OUT_ROOT="/grid")
     assert len(calls) == 4  # stage 1 and stage 2 of each connector
-    for call, (connector, name) in zip(calls, [("drip:rate=0.125", "drip_rate_0.125")] * 2
-                                       + [("pool1d:k=8", "pool1d_k_8")] * 2, strict=True):  # fmt: skip
+    for call, (connector, name) in zip(
+        calls, [("drip:rate=0.125", "drip_rate_0.125")] * 2 + [("pool1d:k=8", "pool1d_k_8")] * 2, strict=True
+    ):
         assert call[call.index("--mm_connector") + 1] == connector
         assert call[call.index("--output_dir") + 1].startswith(f"/grid/{name}")
     assert (

@@ -75,9 +75,16 @@ def train_unigram(lines: list[str], vocab_size: int = 512):
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
-        normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
-        character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+        sentence_iterator=iter(lines),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        normalization_rule_name="identity",
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        minloglevel=2,
     )
     return spm.SentencePieceProcessor(model_proto=buf.getvalue())
 

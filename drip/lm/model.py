@@ -193,8 +193,16 @@ def random_windows(
 
 
 def train_lm(
-    model: PoolingLM, ids: Tensor, targets: Tensor | None, *, steps: int, batch: int, length: int,
-    lr: float = 3e-3, warmup: int = 20, seed: int = 0,
+    model: PoolingLM,
+    ids: Tensor,
+    targets: Tensor | None,
+    *,
+    steps: int,
+    batch: int,
+    length: int,
+    lr: float = 3e-3,
+    warmup: int = 20,
+    seed: int = 0,
 ) -> list[dict[str, float]]:
     """AdamW with linear warm-up and cosine decay on random windows; returns per-step loss records."""
     gen = torch.Generator().manual_seed(seed)

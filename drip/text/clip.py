@@ -43,8 +43,10 @@ def pool_text_tower(model: nn.Module, fields: dict[str, Any], name: str = "custo
 
 def _split_pretrained(name: str, pretrained: str | None) -> str | None:
     if pretrained and not Path(pretrained).is_file():
-        raise ValueError(f"{name}: no pretrained weights ship for a pooled text tower; got {pretrained!r} (give a "
-                         "checkpoint file, or upcycle with drip.train --upcycle-from)")
+        raise ValueError(
+            f"{name}: no pretrained weights ship for a pooled text tower; got {pretrained!r} (give a "
+            "checkpoint file, or upcycle with drip.train --upcycle-from)"
+        )
     return pretrained
 
 

@@ -184,8 +184,9 @@ class DripTextTransformer(nn.Module):
     def forward_features(self, text: Tensor, boundaries: Tensor | None = None) -> TextOutput:
         """text: [B, L0] ids (EOT = the largest id per row); boundaries: forced hard [B, L] (L = longest caption)."""
         if text.ndim != 2 or text.shape[1] > self.cfg.context_length:
-            raise ValueError(f"text tower {self.cfg.name}: expected ids [B, <= {self.cfg.context_length}], got "
-                             f"{list(text.shape)}")
+            raise ValueError(
+                f"text tower {self.cfg.name}: expected ids [B, <= {self.cfg.context_length}], got {list(text.shape)}"
+            )
         lengths = text.argmax(-1) + 1  # [B] tokens up to and including EOT
         length = int(lengths.max())
         ids = text[:, :length]  # later positions cannot reach EOT under the causal mask: skip them

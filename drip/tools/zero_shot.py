@@ -126,7 +126,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", help="write the results here")
     p.add_argument(
-        "--drip-threshold", type=float, nargs="*", default=None,
+        "--drip-threshold",
+        type=float,
+        nargs="*",
+        default=None,
         help="eval boundary threshold(s): one for every stage or one per stage (default: the checkpoint's)",
     )
     p.add_argument(

@@ -6,12 +6,11 @@ metadata}`` whose ``prompt`` is LLaVA's ``cur_prompt`` (the question text, with 
 question has an image; ScienceQA's IMG-accuracy is computed from that). What is ours:
 
 * Batching. Questions are cut into fixed windows of a few batches in their original order; inside a window they are
-  grouped by prompt length (image questions apart from text-only ones) and left-padded, so a batch wastes little
-  padding. The windows never depend on where an earlier run stopped, so every question meets the same batch. With a
-  DRIP tower (Dynamic token Reduction vIsion transformer via Pooling) each image yields its own number of visual
-  tokens; the splice pads the batch again after inserting them. In fp32 greedy answers do not depend on the batch
-  size (tested on CPU); in fp16 on a GPU, padding changes the kernels' rounding, so rare near-ties may decode
-  differently.
+  grouped by prompt length (image questions apart from text-only ones) and left-padded. The windows never depend on
+  where an earlier run stopped, so every question meets the same batch. With DRIP each image yields its own number
+  of visual tokens; the splice pads the batch again after inserting them. In fp32 greedy answers do not depend on
+  the batch size (tested on CPU); in fp16 on a GPU, padding changes the kernels' rounding, so rare near-ties may
+  decode differently.
 * Resume. Lines are written in question order, one ``write`` + ``flush`` each, as soon as every earlier question of
   the window is answered. A rerun keeps the complete lines already in the file, drops a trailing partial line (a
   kill mid-write), and answers only the questions left (a batch that still misses an answer is generated whole), so
@@ -347,8 +346,12 @@ def generate_answers(
         done = resume_answers(answers_file, [q.question_id for q in questions], overwrite)
         sidecar = efficiency_file or efficiency_path(answers_file)
         clock = RunClock.from_sidecar(sidecar) if done else RunClock()  # a resumed file keeps its earlier timing
-        extra = {"model_id": model_id, "batch_size": batch_size, "conv_mode": generator.settings.conv_mode,
-                 "prefill_layout": generator.prefill_layout}  # fmt: skip
+        extra = {
+            "model_id": model_id,
+            "batch_size": batch_size,
+            "conv_mode": generator.settings.conv_mode,
+            "prefill_layout": generator.prefill_layout,
+        }
         reset_peak_memory(generator.model.device)
         window = batch_size * WINDOW_BATCHES
         bar = tqdm(total=len(questions), initial=len(done), disable=not progress, desc="answers")

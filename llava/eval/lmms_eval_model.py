@@ -289,9 +289,11 @@ class LlavaDrip(lmms):
             while True:
                 if round_idx > 0:
                     visuals, context, terminal, outputs, info = doc_to_text(
-                        self._doc(task, split, doc_id), previous_output=outputs, round_idx=round_idx,
+                        self._doc(task, split, doc_id),
+                        previous_output=outputs,
+                        round_idx=round_idx,
                         previous_round_info=info,
-                    )  # fmt: skip
+                    )
                     outputs = list(outputs)
                     if terminal:
                         break

@@ -95,8 +95,10 @@ class LlavaMetaModel:
         writes a checkpoint with the new tower. ValueError when the widths differ."""
         old = self.get_vision_tower()
         if old is not None and old.hidden_size != tower.hidden_size:
-            raise ValueError(f"tower {tower.vision_tower_name!r} has width {tower.hidden_size}, the projector takes "
-                             f"{old.hidden_size}")  # fmt: skip
+            raise ValueError(
+                f"tower {tower.vision_tower_name!r} has width {tower.hidden_size}, the projector takes "
+                f"{old.hidden_size}"
+            )
         p = next(self.embed_tokens.parameters())
         self.vision_tower = tower.to(device=p.device, dtype=p.dtype)
         mm = MultimodalConfig.from_config(self.config)

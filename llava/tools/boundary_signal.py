@@ -99,8 +99,9 @@ def run(args: argparse.Namespace) -> list[tuple[str, int, Any]]:
             image_token_budget=tower.num_patches,
             mm_use_im_start_end=model.mm_config.use_im_start_end,
         )
-        batch = image_batch(LazySupervisedDataset(args.data_path, tokenizer, tower.image_processor, opts), tokenizer,
-                            args.batch, seed)  # fmt: skip
+        batch = image_batch(
+            LazySupervisedDataset(args.data_path, tokenizer, tower.image_processor, opts), tokenizer, args.batch, seed
+        )
         loss_rows = lm_row_loss(model, batch)
         for est in args.estimators:
             gen = torch.Generator().manual_seed(seed)  # the same boundaries for every estimator

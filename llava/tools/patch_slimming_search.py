@@ -61,8 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     clip = CLIPVisionModel.from_pretrained(args.vision_tower).to(args.device)
     images = load_images(args.images, clip.config.image_size, args.max_images)
-    config = SearchConfig(args.keep, args.epsilon, args.r0, args.finetune_steps, args.lr, args.select_layer,
-                          args.batch_size)  # fmt: skip
+    config = SearchConfig(
+        args.keep, args.epsilon, args.r0, args.finetune_steps, args.lr, args.select_layer, args.batch_size
+    )
     result = search_schedule(clip, images, config)
     save_schedule(result.schedule, args.output)
     if args.finetune_steps > 0:

@@ -168,8 +168,9 @@ def resume_point(output_dir: str | Path, resume_from_checkpoint: str | bool | No
         _refuse_replacing_final_model(out, "a fresh start")
     latest = latest_checkpoint(out)
     if latest is None and checkpoints(out):
-        raise CheckpointError(f"{out}: no complete checkpoint among {_names(_paths(out))}; --overwrite_output_dir True "
-                              "starts afresh")  # fmt: skip
+        raise CheckpointError(
+            f"{out}: no complete checkpoint among {_names(_paths(out))}; --overwrite_output_dir True starts afresh"
+        )
     if latest is None and value.lower() == "true":
         raise CheckpointError(f"--resume_from_checkpoint True: no checkpoint-* folder in {out}")
     if latest is not None:
@@ -233,8 +234,13 @@ def _numpy_types() -> list:
     multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
     reconstruct = multiarray._reconstruct
     # Files written under numpy 1.x name the function by its old module path; the same function either way.
-    return [reconstruct, (reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
-            type(np.dtype(np.uint32))]  # fmt: skip
+    return [
+        reconstruct,
+        (reconstruct, "numpy.core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),
+    ]
 
 
 def allowed_checkpoint_types() -> list:

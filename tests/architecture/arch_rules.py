@@ -23,7 +23,9 @@ a scratch copy to see each rule fail. The rules:
 from __future__ import annotations
 
 import ast
+import io
 import re
+import tokenize
 from collections.abc import Callable
 from fnmatch import fnmatchcase
 
@@ -52,7 +54,15 @@ OVERSIZED = {
     "tests/llava/test_eval_generation.py": "the eval tests are being edited now: split into generation / resume / "
     "command-line files after that merge",
     "tests/llava/test_builder.py": "the builder and its tests are being edited now: split after that merge",
+    "tests/llava/test_multiprocess.py": "over once formatted; the training tests are being edited now: split "
+    "after that merge",
+    "tests/llava/test_train.py": "over once formatted; the training tests are being edited now: split after that merge",
+    "benchmarks/train_step.py": "over once formatted (train_step_llm.py took the LLM part); split further after the "
+    "GPU-performance merge",
 }
+# Import cycles not broken yet (the modules of each, sorted), each with the reason and the way out. This list only
+# shrinks: an entry that no longer matches a cycle exactly is an error, and so is any other cycle.
+KNOWN_CYCLES: dict[tuple[str, ...], str] = {}
 # Tiers inside a package, lowest first: a module may import modules of its own tier or a lower one only. A pattern
 # "p.*" is p and everything under it, "p" is that module alone; the most specific pattern places a module.
 ORDER: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -214,9 +224,15 @@ def rule_no_import_cycles(repo: Repo) -> list[str]:
                 graph.setdefault(src.module, set()).add(target)
                 lines.setdefault((src.module, target), where(src, imp.line))
     out = []
-    for cycle in _cycles(graph):
+    found = _cycles(graph)
+    for cycle in found:
+        if tuple(cycle) in KNOWN_CYCLES:
+            continue
         edges = [lines[(a, b)] for a in cycle for b in cycle if (a, b) in lines]
         out.append(f"{edges[0]}: import cycle {' <-> '.join(cycle)} (imports at {', '.join(edges)})")
+    for known in set(KNOWN_CYCLES) - {tuple(c) for c in found}:
+        where_ = f"{known[0].replace('.', '/')}.py:1"
+        out.append(f"{where_}: the cycle {' <-> '.join(known)} is gone (or changed): take it off KNOWN_CYCLES")
     return out
 
 
@@ -305,11 +321,22 @@ def rule_no_monkey_patches(repo: Repo) -> list[str]:
 FMT_MARKER = re.compile(r"#\s*fmt:\s*(skip|off)\b")
 
 
+def format_markers(text: str) -> list[int]:
+    """Lines holding a ``fmt: skip`` / ``fmt: off`` comment (comments only: a docstring may name them)."""
+    tokens = tokenize.generate_tokens(io.StringIO(text).readline)
+    return [t.start[0] for t in tokens if t.type == tokenize.COMMENT and FMT_MARKER.search(t.string)]
+
+
 def rule_module_size(repo: Repo) -> list[str]:
-    """At most MAX_LINES lines per module, as ruff formats it (so no ``# fmt: skip`` / ``off`` markers)."""
+    """At most MAX_LINES lines per module, as ruff formats it (so no ``fmt: skip`` / ``off`` markers)."""
     out = []
     for src in repo.sources:
-        lines = src.path.read_text(encoding="utf-8").splitlines()
+        text = src.path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        out += [
+            f"{src.rel}:{n}: a `fmt: skip`/`off` marker (the size cap counts formatted lines)"
+            for n in format_markers(text)
+        ]
         if len(lines) > MAX_LINES and src.rel not in OVERSIZED:
             out.append(f"{src.rel}:1: {len(lines)} lines (at most {MAX_LINES}: split it)")
     for rel in OVERSIZED:
@@ -319,7 +346,7 @@ def rule_module_size(repo: Repo) -> list[str]:
     return out
 
 
-RUFF_COMMANDS = ("ruff check",)
+RUFF_COMMANDS = ("ruff check", "ruff format --check")
 
 
 def rule_ruff_checks_every_python_folder(repo: Repo) -> list[str]:

@@ -62,8 +62,10 @@ def test_drip_rows_sit_at_the_nearest_budget_and_compose_below_it(tb):
         ("DRIP random boundaries seed 1", "drip_boundaries:mode=random,seed=1"),
     ]
     at7 = {r.short: (r.token_reduction, r.pdrop) for r in runs if r.budget == 7}
-    assert at7 == {"DRIP+FastV": ("fastv:k=2,ratio=0.4615", None),
-                   "DRIP+PDrop": (None, ((1, 2, 3), (0.8136, 0.6619, 0.5385)))}  # fmt: skip
+    assert at7 == {
+        "DRIP+FastV": ("fastv:k=2,ratio=0.4615", None),
+        "DRIP+PDrop": (None, ((1, 2, 3), (0.8136, 0.6619, 0.5385))),
+    }
     assert [r.budget for r in tb.drip_runs([16, 7], drip_tokens=5.0, seeds=[0], llm_layers=4)] == [
         7
     ] * 3  # nothing above its count
@@ -88,14 +90,18 @@ def test_table_rows_categories_and_missing_values(tb):
         ),
         {"color": 97.0, "size": 80.0},
     )
-    b = tb.Result(tb.Run("ToMe r=16", "vit-hf", 16), RunMetrics("y", sqa_img_acc=50.0, visual_tokens=16.0),
-                  {"count": 40.0})  # fmt: skip
+    b = tb.Result(
+        tb.Run("ToMe r=16", "vit-hf", 16), RunMetrics("y", sqa_img_acc=50.0, visual_tokens=16.0), {"count": 40.0}
+    )
     lines = tb.markdown_table([a, b]).splitlines()
-    assert lines[0] == ("| budget | method | model | reduction | tokens / image | SQA-IMG % | color % | count % | "
-                        "size % | LLaVA-Bench rule | tower GMACs | prefill GMACs | s / answer |")  # fmt: skip
+    assert lines[0] == (
+        "| budget | method | model | reduction | tokens / image | SQA-IMG % | color % | count % | "
+        "size % | LLaVA-Bench rule | tower GMACs | prefill GMACs | s / answer |"
+    )
     assert lines[1] == "|---|---|---|---|" + "---:|" * 9
-    assert lines[2] == ("| none | ViT (HF CLIP copy) | vit-hf | - | 64.0 | 81.2 | 97.0 | - | 80.0 | 57.3 | 0.0159 | "
-                        "0.1300 | 0.241 |")  # fmt: skip
+    assert lines[2] == (
+        "| none | ViT (HF CLIP copy) | vit-hf | - | 64.0 | 81.2 | 97.0 | - | 80.0 | 57.3 | 0.0159 | 0.1300 | 0.241 |"
+    )
     assert lines[3] == "| 16 | ToMe r=16 | vit-hf | training-free | 16.0 | 50.0 | - | 40.0 | - | - | - | - | - |"
     adaptive = tb.Result(tb.adaptive_runs()[0], RunMetrics("p", visual_tokens=5.5), {})
     assert tb.markdown_table([adaptive]).splitlines()[2].startswith("| adaptive | PruMerge | vit-hf | training-free |")
@@ -111,8 +117,14 @@ def test_best_per_budget_names_every_run_at_the_top(tb):
     def result(label, budget, acc):
         return tb.Result(tb.Run(label, "vit-hf", budget), RunMetrics(label, sqa_img_acc=acc), {})
 
-    rows = [result("ViT", None, 90.0), result("ToMe", 16, 70.0), result("FastV", 16, 80.0), result("DRIP", 16, 80.0),
-            result("random", 7, 50.0), result("none", 7, None)]  # fmt: skip
+    rows = [
+        result("ViT", None, 90.0),
+        result("ToMe", 16, 70.0),
+        result("FastV", 16, 80.0),
+        result("DRIP", 16, 80.0),
+        result("random", 7, 50.0),
+        result("none", 7, None),
+    ]
     assert tb.best_per_budget(rows) == (
         "best SQA-IMG at 16 tokens: 80.0 % (FastV, DRIP)\nbest SQA-IMG at 7 tokens: 50.0 % (random)\n"
     )

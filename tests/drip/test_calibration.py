@@ -116,8 +116,9 @@ def test_partial_load_without_thresholds_sets_the_buffer_from_the_config():
 def test_partial_load_tells_two_towers_apart():
     # one model holding two DRIP towers; the state dict carries the second's thresholds only: the first falls back to
     # its config, the second takes the loaded values (a check on the whole load's missing keys mixed them up)
-    pair = torch.nn.ModuleDict({name: DripVisionTransformer(get_preset("DRIP-tiny").replace(threshold=0.3))
-                                for name in ("a", "b")})  # fmt: skip
+    pair = torch.nn.ModuleDict(
+        {name: DripVisionTransformer(get_preset("DRIP-tiny").replace(threshold=0.3)) for name in ("a", "b")}
+    )
     with torch.no_grad():
         pair["a"].eval_thresholds.fill_(float("nan"))
     pair.load_state_dict({"b.eval_thresholds": torch.tensor([0.6])}, strict=False)

@@ -27,9 +27,7 @@ def test_forward_is_head_of_features(name):
     torch.testing.assert_close(direct.image_embeds, model.ln_post(features.x[:, 0]) @ model.proj)
 
 
-@pytest.mark.parametrize(
-    ("mode", "trainable"), [("none", set()), ("predictor", {"predictors"}), ("all", None)]
-)
+@pytest.mark.parametrize(("mode", "trainable"), [("none", set()), ("predictor", {"predictors"}), ("all", None)])
 def test_set_trainable_modes(mode, trainable):
     model = tiny("H-DRIP-tiny")
     model.set_trainable("none")

@@ -10,8 +10,18 @@ TEXT = "the cat sat on the mat. the dog sat on the log. a cat and a dog met on a
 
 
 def _tiny(boundary: str = "gumbel", **kw) -> PoolingLM:
-    cfg = PoolingLMConfig(vocab_size=40, max_len=64, width=32, heads=4, pre_layers=1, shortened_layers=2,
-                          post_layers=1, boundary=boundary, predictor_hidden=16, **kw)
+    cfg = PoolingLMConfig(
+        vocab_size=40,
+        max_len=64,
+        width=32,
+        heads=4,
+        pre_layers=1,
+        shortened_layers=2,
+        post_layers=1,
+        boundary=boundary,
+        predictor_hidden=16,
+        **kw,
+    )
     return PoolingLM(cfg)
 
 

@@ -60,8 +60,11 @@ def test_every_token_a_boundary_matches_open_clip_encode_text(source, tmp_path):
 
 def test_a_segment_uses_no_later_token_and_the_embedding_reads_the_eot_segment():
     torch.manual_seed(0)
-    tower = DripTextTransformer(DripTextConfig(context_length=32, vocab_size=100, width=32, heads=4, layers=3,
-                                               embed_dim=16, pool_at=1, predictor_hidden=8)).eval()
+    tower = DripTextTransformer(
+        DripTextConfig(
+            context_length=32, vocab_size=100, width=32, heads=4, layers=3, embed_dim=16, pool_at=1, predictor_hidden=8
+        )
+    ).eval()
     text = torch.zeros(2, 32, dtype=torch.long)
     text[:, :12] = torch.randint(1, 90, (2, 12))
     text[:, 11] = 99  # EOT (the largest id) at position 11
@@ -120,8 +123,9 @@ def test_drip_loss_logs_both_towers_boundary_losses_and_the_text_one_reaches_its
 
 def test_text_tower_macs_match_fvcore():
     torch.manual_seed(0)
-    cfg = DripTextConfig(context_length=32, vocab_size=100, width=32, heads=4, layers=3, embed_dim=16, pool_at=1,
-                         predictor_hidden=8)
+    cfg = DripTextConfig(
+        context_length=32, vocab_size=100, width=32, heads=4, layers=3, embed_dim=16, pool_at=1, predictor_hidden=8
+    )
     tower = DripTextTransformer(cfg).eval()
     text = torch.zeros(1, 32, dtype=torch.long)
     text[0, :10] = torch.arange(1, 11)
@@ -146,15 +150,24 @@ def test_text_tower_macs_match_fvcore():
 
 def _caption_batches(n: int = 16):
     """Eight noisy solid colours, one caption each (as tests/drip/test_train.py): learnable in a few steps."""
-    colors = {"black": (0, 0, 0), "blue": (0, 0, 255), "green": (0, 255, 0), "cyan": (0, 255, 255), "red":
-              (255, 0, 0), "magenta": (255, 0, 255), "yellow": (255, 255, 0), "white": (255, 255, 255)}
+    colors = {
+        "black": (0, 0, 0),
+        "blue": (0, 0, 255),
+        "green": (0, 255, 0),
+        "cyan": (0, 255, 255),
+        "red": (255, 0, 0),
+        "magenta": (255, 0, 255),
+        "yellow": (255, 255, 0),
+        "white": (255, 255, 255),
+    }
     names = list(colors)
     g = torch.Generator().manual_seed(0)
     rgb = torch.tensor([colors[names[i % 8]] for i in range(n)], dtype=torch.float32) / 127.5 - 1
     images = rgb[:, :, None, None] + 0.3 * torch.randn(n, 3, 64, 64, generator=g)
     texts = open_clip.get_tokenizer("DRIP-tiny-T2x")([f"a photo of the colour {names[i % 8]}" for i in range(n)])
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, texts), batch_size=8, shuffle=True,
-                                         drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images, texts), batch_size=8, shuffle=True, drop_last=True
+    )
     loader.num_batches, loader.num_samples = len(loader), n
 
     class Data:

@@ -9,8 +9,20 @@ from drip.weights import drip_to_hf, export_hf_clip_vision, hf_to_drip
 
 
 def _vit(act: str = "gelu", embed_dim: int = 16) -> DripVisionTransformer:
-    cfg = DripConfig(name="vit", image_size=32, patch_size=8, width=32, layers=3, heads=4, mlp_ratio=3.0,
-                     embed_dim=embed_dim, act=act, ln_eps=1e-6, pool_at=(), prior=())  # fmt: skip
+    cfg = DripConfig(
+        name="vit",
+        image_size=32,
+        patch_size=8,
+        width=32,
+        layers=3,
+        heads=4,
+        mlp_ratio=3.0,
+        embed_dim=embed_dim,
+        act=act,
+        ln_eps=1e-6,
+        pool_at=(),
+        prior=(),
+    )
     torch.manual_seed(0)
     tower = DripVisionTransformer(cfg).eval()
     with torch.no_grad():  # LayerNorms start at 1 / 0 and biases near 0: make every weight count

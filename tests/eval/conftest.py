@@ -122,13 +122,24 @@ class Bench:
             {"id": "001", "image": "001.jpg", "caption": ["A dog runs on grass.", "A red ball lies nearby."]},
             {"id": "002", "image": "002.jpg", "caption": "A wet street with two cars at night."},
         ]
-        refs = [{"question_id": q["question_id"], "text": f"reference {q['question_id']}", "answer_id": f"r{i}"}
-                for i, q in enumerate(QUESTIONS)]  # fmt: skip
+        refs = [
+            {"question_id": q["question_id"], "text": f"reference {q['question_id']}", "answer_id": f"r{i}"}
+            for i, q in enumerate(QUESTIONS)
+        ]
         # the candidate file is in reverse order: pairing is by question_id
-        ours = [{"question_id": q["question_id"], "text": c, "answer_id": f"o{q['question_id']}"} for q, c in
-                zip(QUESTIONS, candidates, strict=True)][::-1]  # fmt: skip
-        return ["-q", self._jsonl("questions.jsonl", QUESTIONS), "-c", self._jsonl("context.jsonl", context),
-                "-a", self._jsonl("answers_ref.jsonl", refs), self._jsonl("answers_ours.jsonl", ours)]  # fmt: skip
+        ours = [
+            {"question_id": q["question_id"], "text": c, "answer_id": f"o{q['question_id']}"}
+            for q, c in zip(QUESTIONS, candidates, strict=True)
+        ][::-1]
+        return [
+            "-q",
+            self._jsonl("questions.jsonl", QUESTIONS),
+            "-c",
+            self._jsonl("context.jsonl", context),
+            "-a",
+            self._jsonl("answers_ref.jsonl", refs),
+            self._jsonl("answers_ours.jsonl", ours),
+        ]
 
     @staticmethod
     def argv(base: list[str], url: str, output: Path, *extra: str) -> list[str]:

@@ -49,8 +49,12 @@ def test_scores_parsed_malformed_recorded_and_summarised(
     reviews = bench.reviews(out)
     assert [r["tuple"] for r in reviews] == [[8.0, 4.0], [-1, -1], [8.0, 9.0], [8.0, 6.0]]
     assert [r["id"] for r in reviews] == [1, 2, 3, 4]
-    assert [r["category"] for r in reviews] == ["llava_bench_conv", "llava_bench_detail", "llava_bench_complex",
-                                                "llava_bench_conv"]  # fmt: skip
+    assert [r["category"] for r in reviews] == [
+        "llava_bench_conv",
+        "llava_bench_detail",
+        "llava_bench_complex",
+        "llava_bench_conv",
+    ]
     assert (reviews[2]["answer1_id"], reviews[2]["answer2_id"]) == ("r2", "o2")
     assert reviews[1]["content"].startswith("Both answers are good.")
     assert len(judge.requests) == 5  # the FLAKY question was retried once
@@ -100,11 +104,25 @@ def test_resume_after_partial_output(
     base = bench.write(["score:2", "score:4", "score:6", "score:8"])
     out = tmp_path / "judge.jsonl"
     earlier = [
-        {"id": 1, "question_id": 0, "answer1_id": "r0", "answer2_id": "o0", "category": "llava_bench_conv",
-         "content": "9 9\nearlier run", "tuple": [9.0, 9.0]},
-        {"id": 3, "question_id": 2, "answer1_id": "r2", "answer2_id": "o2", "category": "llava_bench_complex",
-         "content": "7 7\nearlier run", "tuple": [7.0, 7.0]},
-    ]  # fmt: skip
+        {
+            "id": 1,
+            "question_id": 0,
+            "answer1_id": "r0",
+            "answer2_id": "o0",
+            "category": "llava_bench_conv",
+            "content": "9 9\nearlier run",
+            "tuple": [9.0, 9.0],
+        },
+        {
+            "id": 3,
+            "question_id": 2,
+            "answer1_id": "r2",
+            "answer2_id": "o2",
+            "category": "llava_bench_complex",
+            "content": "7 7\nearlier run",
+            "tuple": [7.0, 7.0],
+        },
+    ]
     out.write_text("".join(json.dumps(r) + "\n" for r in earlier))
     assert eval_gpt_review_bench.main(bench.argv(base, url, out)) == 0
     assert "skipped (already in output): 2" in capsys.readouterr().out
@@ -116,7 +134,8 @@ def test_resume_after_partial_output(
 
 def test_environment_fallback_and_permanent_error(
     tmp_path: Path,
-    judge_server: tuple[Any, str], bench: Any,
+    judge_server: tuple[Any, str],
+    bench: Any,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -19,22 +19,38 @@ def _run_dir(root: Path, name: str, files: dict[str, dict]) -> str:
 
 
 def test_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    llava = _run_dir(tmp_path, "clip", {
-        "sqa_result.json": {"accuracy": 69.5138, "img_accuracy": 68.2201, "total": 4241},
-        "llavabench_summary.json": {"config": "clip", "categories": {"all": {"relative": 63.44}}},
-        "llavabench_rule_summary.json": {"config": "clip", "categories": {"all": {"relative": 41.26}}},
-        "efficiency.json": {"visual_tokens_mean": 576, "tower_gflops": 349.2, "llm_prefill_tflops": 8.75,
-                            "seconds_per_answer": 0.4126},
-    })  # fmt: skip
-    drip = _run_dir(tmp_path, "drip4x", {
-        "sqa_result.json": {"accuracy": 67.0, "img_accuracy": None},
-        "efficiency.json": {"visual_tokens_mean": 143.6, "tower_gflops": 120.0, "prefill_flops": 2.5e12},
-    })  # fmt: skip
+    llava = _run_dir(
+        tmp_path,
+        "clip",
+        {
+            "sqa_result.json": {"accuracy": 69.5138, "img_accuracy": 68.2201, "total": 4241},
+            "llavabench_summary.json": {"config": "clip", "categories": {"all": {"relative": 63.44}}},
+            "llavabench_rule_summary.json": {"config": "clip", "categories": {"all": {"relative": 41.26}}},
+            "efficiency.json": {
+                "visual_tokens_mean": 576,
+                "tower_gflops": 349.2,
+                "llm_prefill_tflops": 8.75,
+                "seconds_per_answer": 0.4126,
+            },
+        },
+    )
+    drip = _run_dir(
+        tmp_path,
+        "drip4x",
+        {
+            "sqa_result.json": {"accuracy": 67.0, "img_accuracy": None},
+            "efficiency.json": {"visual_tokens_mean": 143.6, "tower_gflops": 120.0, "prefill_flops": 2.5e12},
+        },
+    )
     sqa_only = _run_dir(tmp_path, "textonly", {"sqa_result.json": {"accuracy": 60.0, "img_accuracy": 50.0}})
-    tiny = _run_dir(tmp_path, "tiny", {
-        "sqa_result.json": {"accuracy": 70.5, "img_accuracy": 70.56},
-        "efficiency.json": {"visual_tokens_mean": 16.9, "tower_gflops": 0.007464, "llm_prefill_tflops": 2.1e-5},
-    })  # fmt: skip
+    tiny = _run_dir(
+        tmp_path,
+        "tiny",
+        {
+            "sqa_result.json": {"accuracy": 70.5, "img_accuracy": 70.56},
+            "efficiency.json": {"visual_tokens_mean": 16.9, "tower_gflops": 0.007464, "llm_prefill_tflops": 2.1e-5},
+        },
+    )
     md, png = tmp_path / "out" / "table.md", tmp_path / "out" / "plot.png"
     no_img = _run_dir(tmp_path, "noimg", {"sqa_result.json": {"accuracy": 55.0, "img_accuracy": None}})
     runs = ["--run", llava, "--run", drip, "--run", sqa_only, "--run", tiny, "--run", no_img]

@@ -37,8 +37,10 @@ def test_bounds() -> None:
 
 
 def _bench(tmp_path: Path) -> list[str]:
-    questions = [{"question_id": i, "image": "1.jpg", "text": "?", "category": c} for i, c in
-                 enumerate(["conv", "detail", "complex"])]  # fmt: skip
+    questions = [
+        {"question_id": i, "image": "1.jpg", "text": "?", "category": c}
+        for i, c in enumerate(["conv", "detail", "complex"])
+    ]
     refs = ["The red car is parked near a tree.", "A cat sleeps on a blue sofa.", "It rained, so the road is wet."]
     ours = ["A red car near the house", "A cat sleeps on a blue sofa.", "Nothing to say."]
     files = []

@@ -19,8 +19,13 @@ from eval.sqa_data import gold_letter, load_split_problems, parse_options
 
 
 def _prob(question: str, choices: list[str], answer: int, hint: str = "", image: bool = False) -> dict[str, Any]:
-    return {"question": question, "choices": choices, "answer": answer, "hint": hint,
-            "image": "image.png" if image else None}  # fmt: skip
+    return {
+        "question": question,
+        "choices": choices,
+        "answer": answer,
+        "hint": hint,
+        "image": "image.png" if image else None,
+    }
 
 
 POEM_1 = "The hill is green,\nthe lane is long,\nthe gate swings wide\nall day"
@@ -38,8 +43,10 @@ PROBLEMS: dict[str, tuple[dict[str, Any], str]] = {
     # a question spanning lines (a quoted text with an attribution), no context
     "104": (_prob(QUOTE, ["personification", "simile"], 0), "A"),
     # five options with an image and a context holding an empty line; a wrong prediction
-    "105": (_prob("What is the expected ratio?", ["0:4", "4:0", "2:2", "1:3", "3:1"], 4, "A square.\n\nRead it.", True),
-            "D"),  # fmt: skip
+    "105": (
+        _prob("What is the expected ratio?", ["0:4", "4:0", "2:2", "1:3", "3:1"], 4, "A square.\n\nRead it.", True),
+        "D",
+    ),
     # a last option ending in a newline, then a prediction beyond the two options
     "106": (_prob("Which greeting is correct for a letter?", ["Dear Aunt Lu,", "dear Aunt Lu,\n"], 0, image=True), "C"),
 }
@@ -51,8 +58,10 @@ EXPECTED_OPTIONS["106"] = ["Dear Aunt Lu,", "dear Aunt Lu,"]  # the prompt's fin
 def _write_base(base: Path, with_problems: bool) -> Path:
     """A ScienceQA folder: pid_splits.json, the CQM-A file written by our converter, optionally problems.json."""
     base.mkdir(parents=True)
-    problems = {pid: {**prob, "lecture": "", "solution": "", "split": "test", "subject": "language science",
-                      "grade": "grade4"} for pid, (prob, _) in PROBLEMS.items()}  # fmt: skip
+    problems = {
+        pid: {**prob, "lecture": "", "solution": "", "split": "test", "subject": "language science", "grade": "grade4"}
+        for pid, (prob, _) in PROBLEMS.items()
+    }
     (base / "pid_splits.json").write_text(json.dumps({"test": list(PROBLEMS), "val": []}))
     (base / "problems.json").write_text(json.dumps(problems))
     assert convert_sqa_to_llava.main(["--base-dir", str(base)]) == 0
@@ -63,7 +72,7 @@ def _write_base(base: Path, with_problems: bool) -> Path:
     with answers.open("w") as f:
         for pid, (_, text) in PROBLEMS.items():
             prompt = items[pid]["conversations"][0]["value"] + "\n" + SINGLE_PRED_PROMPT
-            f.write(json.dumps({"question_id": pid, "prompt": prompt, "text": text}) + "\n")  # fmt: skip
+            f.write(json.dumps({"question_id": pid, "prompt": prompt, "text": text}) + "\n")
     return answers
 
 
@@ -116,8 +125,13 @@ def test_scores_every_item_of_the_real_layout(
 def test_prompt_file_gold_in_the_original_layout(tmp_path: Path) -> None:
     """LLaVA's own converter writes ``The answer is X.`` as the answer turn and ``\\n<image>`` after the prompt."""
     human = "Context: N/A\nQuestion: Which is a noun?\nOptions: (A) run (B) lamp (C) blue\n<image>"
-    items = [{"id": "7", "image": "7/image.png", "conversations": [
-        {"from": "human", "value": human}, {"from": "gpt", "value": "The answer is C."}]}]  # fmt: skip
+    items = [
+        {
+            "id": "7",
+            "image": "7/image.png",
+            "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": "The answer is C."}],
+        }
+    ]
     (tmp_path / "pid_splits.json").write_text(json.dumps({"test": ["7"]}))
     (tmp_path / "llava_test_CQM-A.json").write_text(json.dumps(items))
     problems, _ = load_split_problems(str(tmp_path), "test")

@@ -216,8 +216,18 @@ def test_many_unparsed_answers_are_warned_about_and_scored_as_llava(
             record["text"] += pad  # "1": "B " (was right), "5": "C " (was beyond the options)
     answers.write_text("".join(json.dumps(r) + "\n" for r in lines))
     out = tmp_path / "out"
-    argv = ["--base-dir", str(tmp_path / "sqa"), "--result-file", str(answers), "--output-file", str(out / "a.json"),
-            "--output-result", str(out / "r.json"), "--metrics-json", str(out / "m.json")]  # fmt: skip
+    argv = [
+        "--base-dir",
+        str(tmp_path / "sqa"),
+        "--result-file",
+        str(answers),
+        "--output-file",
+        str(out / "a.json"),
+        "--output-result",
+        str(out / "r.json"),
+        "--metrics-json",
+        str(out / "m.json"),
+    ]
     assert eval_science_qa.main(argv) == 0
     printed = capsys.readouterr()
     assert printed.out.splitlines()[0].startswith("Total: 7, Correct: 3,")  # LLaVA's rules: "B " is wrong

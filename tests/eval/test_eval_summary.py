@@ -20,8 +20,9 @@ TUPLES = [
 
 
 def _write(path: Path) -> Path:
-    rows = [{"id": q + 1, "question_id": q, "category": f"llava_bench_{c}", "content": "", "tuple": t} for q, c, t in
-            TUPLES]  # fmt: skip
+    rows = [
+        {"id": q + 1, "question_id": q, "category": f"llava_bench_{c}", "content": "", "tuple": t} for q, c, t in TUPLES
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 

@@ -35,9 +35,16 @@ def test_judge_runs_with_the_default_model(tmp_path: Path, judge_server: tuple[A
     python = tmp_path / "python"
     python.write_text(FAKE_PYTHON)
     python.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(python), "REAL_PYTHON": sys.executable, "OPENAI_BASE_URL": url,
-           "CANNED_ANSWERS": str(data / "answers_ours.jsonl"), "DATA_ROOT": str(tmp_path / "eval"),
-           "OUT_DIR": str(tmp_path / "out"), "CKPT": "run1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHON": str(python),
+        "REAL_PYTHON": sys.executable,
+        "OPENAI_BASE_URL": url,
+        "CANNED_ANSWERS": str(data / "answers_ours.jsonl"),
+        "DATA_ROOT": str(tmp_path / "eval"),
+        "OUT_DIR": str(tmp_path / "out"),
+        "CKPT": "run1",
+    }
     env.pop("LLAVA_JUDGE_MODEL", None)
     script = ROOT / "scripts" / "v1_5" / "eval" / "llavabench.sh"
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)

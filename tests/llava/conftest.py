@@ -124,8 +124,16 @@ def save_tiny_base_llm():
     def save(world, out):
         tok = train_tokenizer(demo_texts(world, "v1"), vocab_size=400)
         ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, **ids)  # fmt: skip
+        cfg = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=512,
+            **ids,
+        )
         torch.manual_seed(0)
         LlamaForCausalLM(cfg).save_pretrained(out)
         tok.save_pretrained(out)

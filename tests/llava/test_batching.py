@@ -73,10 +73,13 @@ def test_modality_lengths_are_text_tokens_plus_expected_visual_tokens(tmp_path, 
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     records = [
-        {"id": "a", "image": "a.png", "conversations": [
-            {"from": "human", "value": "<image>\nw1 w2 w3"}, {"from": "gpt", "value": "w4 w5"}]},
+        {
+            "id": "a",
+            "image": "a.png",
+            "conversations": [{"from": "human", "value": "<image>\nw1 w2 w3"}, {"from": "gpt", "value": "w4 w5"}],
+        },
         {"id": "b", "conversations": [{"from": "human", "value": "w1"}, {"from": "gpt", "value": "w2 w3 w4"}]},
-    ]  # fmt: skip
+    ]
     (tmp_path / "d.json").write_text(json.dumps(records))
     opts = DatasetOptions("v1", str(tmp_path), "pad", 256, image_token_budget=64, expected_image_tokens=16.0)
     ds = LazySupervisedDataset(str(tmp_path / "d.json"), tiny.tokenizer(), clip_image_processor(64), opts)

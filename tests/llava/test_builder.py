@@ -344,8 +344,12 @@ def test_released_checkpoint_equals_one_saved_by_this_project(tiny, tmp_path, ca
 def test_transformers_own_llava_layout_is_refused(tiny, tmp_path):
     ckpt = tmp_path / "llava-1.5-7b-hf"
     ckpt.mkdir()
-    config = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
-              "text_config": {"model_type": "llama"}, "vision_config": {"model_type": "clip_vision_model"}}  # fmt: skip
+    config = {
+        "architectures": ["LlavaForConditionalGeneration"],
+        "model_type": "llava",
+        "text_config": {"model_type": "llama"},
+        "vision_config": {"model_type": "clip_vision_model"},
+    }
     (ckpt / "config.json").write_text(json.dumps(config))
     (ckpt / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="transformers' own Llava layout.*LlavaForConditionalGeneration"):

@@ -54,8 +54,18 @@ class Script:
 
 def run_chat(ckpt: Path, *lines: str, extra: tuple[str, ...] = ()) -> tuple[Script, str]:
     script, out = Script(*lines), io.StringIO()
-    argv = ["--model-path", str(ckpt), "--image-file", str(ckpt.parent / "x.png"), "--temperature", "0",
-            "--max-new-tokens", "5", "--debug", *extra]  # fmt: skip
+    argv = [
+        "--model-path",
+        str(ckpt),
+        "--image-file",
+        str(ckpt.parent / "x.png"),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "5",
+        "--debug",
+        *extra,
+    ]
     assert cli.main(argv, read=script, out=out) == 0
     return script, out.getvalue()
 
@@ -104,8 +114,19 @@ def test_missing_image_or_bad_template_fails_clearly(ckpt, capsys):
 
 @pytest.mark.slow  # a fresh interpreter imports torch and transformers (~10 s on 2 busy cores)
 def test_piped_stdin_subprocess(ckpt):
-    cmd = [sys.executable, "-m", "llava.serve.cli", "--model-path", str(ckpt), "--image-file",
-           str(ckpt.parent / "x.png"), "--temperature", "0", "--max-new-tokens", "4"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "llava.serve.cli",
+        "--model-path",
+        str(ckpt),
+        "--image-file",
+        str(ckpt.parent / "x.png"),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "4",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(cmd, input="Hello?\n", capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr

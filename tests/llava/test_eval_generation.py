@@ -91,8 +91,10 @@ def data(tmp_path_factory) -> dict[str, Path]:
             item["image"], item["conversations"][0]["value"] = image, "<image>\n" + text
         items.append(item)
     (root / "sqa.json").write_text(json.dumps(items))
-    bench = [{"question_id": i, "image": f"{n}.png", "text": f"Describe object {i}.", "category": "detail"}
-             for i, n in enumerate("abcab")]  # fmt: skip
+    bench = [
+        {"question_id": i, "image": f"{n}.png", "text": f"Describe object {i}.", "category": "detail"}
+        for i, n in enumerate("abcab")
+    ]
     (root / "bench.jsonl").write_text("".join(json.dumps(q) + "\n" for q in bench))
     return {"root": root, "sqa": root / "sqa.json", "bench": root / "bench.jsonl"}
 
@@ -118,9 +120,24 @@ def read_lines(path: Path) -> list[dict]:
 
 
 def cli_args(ckpt, data, question_file, answers, *extra) -> list[str]:
-    return ["--model-path", str(ckpt), "--question-file", str(question_file), "--image-folder", str(data["root"]),
-            "--answers-file", str(answers), "--temperature", "0", "--max-new-tokens", "4", "--no-progress",
-            "--conv-mode", "vicuna_v1", *extra]  # fmt: skip
+    return [
+        "--model-path",
+        str(ckpt),
+        "--question-file",
+        str(question_file),
+        "--image-folder",
+        str(data["root"]),
+        "--answers-file",
+        str(answers),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "4",
+        "--no-progress",
+        "--conv-mode",
+        "vicuna_v1",
+        *extra,
+    ]
 
 
 def test_science_cli_writes_llava_lines_with_image_prompts(ckpt, data, tmp_path):
@@ -235,8 +252,15 @@ def test_sidecar_keys_values_and_results_table(loaded, data, tmp_path):
     answers, sidecar = tmp_path / "sqa.jsonl", tmp_path / "run" / "efficiency.json"
     model.set_packed_prefill(False)  # left-padded prompts (tests/llava/test_packed_prefill.py: the packed prefill)
     try:
-        summary = generate_answers(sqa_questions(data), generator(loaded, data), str(answers), "m", batch_size=3,
-                                   efficiency_file=str(sidecar), progress=False)  # fmt: skip
+        summary = generate_answers(
+            sqa_questions(data),
+            generator(loaded, data),
+            str(answers),
+            "m",
+            batch_size=3,
+            efficiency_file=str(sidecar),
+            progress=False,
+        )
     finally:
         model.set_packed_prefill(True)
     assert summary["prefill_layout"] == "padded"
@@ -387,8 +411,9 @@ class CompositionGenerator(AnswerGenerator):
 def many_questions(data, n: int = 23) -> list[Question]:
     """``n`` questions of varied lengths, image and text-only mixed (the SQA items repeated under new ids)."""
     base = sqa_questions(data)
-    return [Question(f"q{i}", base[i % len(base)].text + " x" * (i % 5), base[i % len(base)].image_file)
-            for i in range(n)]  # fmt: skip
+    return [
+        Question(f"q{i}", base[i % len(base)].text + " x" * (i % 5), base[i % len(base)].image_file) for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("kill_after", [5, 6, 7, 8])
@@ -416,16 +441,20 @@ def test_resume_with_another_model_or_settings_fails_unless_overwrite(loaded, da
     path = tmp_path / "a.jsonl"
 
     def run(conv_mode="vicuna_v1", temperature=0.0, model_path="/ckpt/a/checkpoint-564", qs=questions, **kw):
-        gen = AnswerGenerator(model, tokenizer, processor, GenerationSettings(conv_mode, temperature, max_new_tokens=2),
-                              str(data["root"]))  # fmt: skip
+        gen = AnswerGenerator(
+            model, tokenizer, processor, GenerationSettings(conv_mode, temperature, max_new_tokens=2), str(data["root"])
+        )
         source = {"model_path": model_path, "model_base": None, "model_fingerprint": None, "seed": 0}
         return generate_answers(qs, gen, str(path), "checkpoint-564", source=source, progress=False, **kw)
 
     run()
     path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:3]))  # as if killed after 3 answers
     first = path.read_bytes()
-    for change, field in [({"model_path": "/ckpt/b/checkpoint-564"}, "model_path"), ({"conv_mode": "llava_v0"},
-                          "conv_mode"), ({"temperature": 0.5}, "decoding")]:  # fmt: skip
+    for change, field in [
+        ({"model_path": "/ckpt/b/checkpoint-564"}, "model_path"),
+        ({"conv_mode": "llava_v0"}, "conv_mode"),
+        ({"temperature": 0.5}, "decoding"),
+    ]:
         with pytest.raises(InputFileError, match=rf"written by another run.*{field}: file .*--overwrite"):
             run(**change)
         assert path.read_bytes() == first  # nothing appended
@@ -487,9 +516,17 @@ def test_eval_scripts_default_run_names_are_unique_per_checkpoint(tmp_path):
     """Issue 15.4: the scripts' default output folder was the checkpoint's base name (two checkpoint-564 shared)."""
     script = REPO / "scripts" / "v1_5" / "common.sh"
     names = subprocess.run(
-        ["bash", "-c", f"source {script} >/dev/null && for p in a/x/checkpoint-564 b/x/checkpoint-564 c/llava; do "
-         "eval_run_name $p; done"], capture_output=True, text=True, check=True, env={**os.environ, "PYTHON": "true"},
-    ).stdout.split()  # fmt: skip
+        [
+            "bash",
+            "-c",
+            f"source {script} >/dev/null && for p in a/x/checkpoint-564 b/x/checkpoint-564 c/llava; do "
+            "eval_run_name $p; done",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHON": "true"},
+    ).stdout.split()
     assert len(set(names)) == 3 and names[0].startswith("x_checkpoint-564-") and names[2].startswith("llava-")
     for name in ("sqa.sh", "llavabench.sh"):
         assert 'CKPT=${CKPT:-$(eval_run_name "$MODEL_PATH")}' in (script.parent / "eval" / name).read_text()
@@ -540,8 +577,9 @@ def test_resume_refuses_another_image_folder_with_the_same_names(loaded, data, t
     generate_answers(sqa_questions(data), generator(loaded, data), str(path), "m", progress=False)
     path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:2]))
     tokenizer, model, processor = loaded
-    elsewhere = AnswerGenerator(model, tokenizer, processor, GenerationSettings("vicuna_v1", 0.0, max_new_tokens=4),
-                                str(other))  # fmt: skip
+    elsewhere = AnswerGenerator(
+        model, tokenizer, processor, GenerationSettings("vicuna_v1", 0.0, max_new_tokens=4), str(other)
+    )
     with pytest.raises(InputFileError, match="written by another run.*images_sha1: file"):
         generate_answers(sqa_questions(data), elsewhere, str(path), "m", progress=False)
     generate_answers(sqa_questions(data), generator(loaded, data), str(path), "m", progress=False)  # same images

@@ -13,8 +13,14 @@ from llava.model.config import PDropConfig
 from llava.model.flops import decoder_layer_macs, llama_prefill_macs, rank_macs, staged_prefill_macs
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                     num_key_value_heads=2, vocab_size=300)  # fmt: skip
+CONFIG = LlamaConfig(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=300,
+)
 
 
 def test_counting_flops_does_not_import_pyramiddrop():

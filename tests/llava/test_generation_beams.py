@@ -32,8 +32,7 @@ def test_expanded_generation_per_prompt_equals_prompt_alone(tiny, pdrop, decodin
     if kwargs["do_sample"]:  # random draws depend on the batch: only the expansion (shape, no error) is checked
         return
     alone = [
-        model.generate(row[None], images=images[i : i + 1] if i < 2 else None, **kwargs)
-        for i, row in enumerate(rows)
+        model.generate(row[None], images=images[i : i + 1] if i < 2 else None, **kwargs) for i, row in enumerate(rows)
     ]
     assert batched.tolist() == torch.cat(alone).tolist()
 

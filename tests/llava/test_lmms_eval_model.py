@@ -75,15 +75,26 @@ def instances(world: Path, task: str = "sqa") -> tuple[list[Instance], list[Inst
     from PIL import Image
 
     items = json.loads((world / "llava_test_CQM-A.json").read_text())
-    docs = [{"id": i["id"], "image": Image.open(world / "images" / "test" / i["image"]).convert("RGB")
-             if i.get("image") else None, "text": i["conversations"][0]["value"]} for i in items]  # fmt: skip
+    docs = [
+        {
+            "id": i["id"],
+            "image": Image.open(world / "images" / "test" / i["image"]).convert("RGB") if i.get("image") else None,
+            "text": i["conversations"][0]["value"],
+        }
+        for i in items
+    ]
     visual = lambda doc: [doc["image"]] if doc["image"] is not None else []  # noqa: E731
     text = [d["text"].replace("<image>", "").strip() + "\n" + SINGLE_PRED_PROMPT for d in docs]
     meta = lambda i: {"task": task, "doc_id": i, "repeats": 1}  # noqa: E731
-    gen = [Instance("generate_until", (text[i], dict(GREEDY_1), visual, i, task, "test"), i, meta(i))
-           for i in range(len(docs))]  # fmt: skip
-    ll = [Instance("loglikelihood", (text[i], letter, visual, i, task, "test"), i, meta(i))
-          for i in range(len(docs)) for letter in ("A", "B")]  # fmt: skip
+    gen = [
+        Instance("generate_until", (text[i], dict(GREEDY_1), visual, i, task, "test"), i, meta(i))
+        for i in range(len(docs))
+    ]
+    ll = [
+        Instance("loglikelihood", (text[i], letter, visual, i, task, "test"), i, meta(i))
+        for i in range(len(docs))
+        for letter in ("A", "B")
+    ]
     return gen, ll, {task: {"test": docs}}
 
 
@@ -149,8 +160,15 @@ def test_loglikelihood_matches_the_greedy_step(lm, world):
     ids = g.prompt_ids(q)[None]
     pixels, sizes = g.pixels([task_dict["sqa"]["test"][0]["image"]] if q.image_file else [])
     with torch.inference_mode():
-        out = g.model.generate(ids, images=pixels, image_sizes=sizes, max_new_tokens=1, do_sample=False,
-                               output_scores=True, return_dict_in_generate=True)  # fmt: skip
+        out = g.model.generate(
+            ids,
+            images=pixels,
+            image_sizes=sizes,
+            max_new_tokens=1,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
     step = out.scores[0][0].float().log_softmax(-1)
     assert scores[0][0] == pytest.approx(float(step[g.tokenizer.convert_tokens_to_ids("A")]), abs=1e-4)
 
@@ -187,12 +205,34 @@ lmms_eval_specific_kwargs:
 def test_lmms_eval_cli_accuracy_equals_eval_science_qa(ckpt, world, tmp_path):
     task = _task_yaml(tmp_path, world)
     out = tmp_path / "out"
-    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
-               TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")  # fmt: skip
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "llava_drip",
-           "--model_args", f"pretrained={ckpt},conv_mode=vicuna_v1,dtype=float32", "--include_path", str(task.parent),
-           "--tasks", "demo_scienceqa_test", "--device", "cpu", "--batch_size", "4", "--output_path", str(out),
-           "--log_samples"]  # fmt: skip
+    env = dict(
+        os.environ,
+        HF_DATASETS_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
+        TOKENIZERS_PARALLELISM="false",
+        WANDB_MODE="disabled",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmms_eval",
+        "--model",
+        "llava_drip",
+        "--model_args",
+        f"pretrained={ckpt},conv_mode=vicuna_v1,dtype=float32",
+        "--include_path",
+        str(task.parent),
+        "--tasks",
+        "demo_scienceqa_test",
+        "--device",
+        "cpu",
+        "--batch_size",
+        "4",
+        "--output_path",
+        str(out),
+        "--log_samples",
+    ]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     print(run.stdout[-2500:])  # lmms-eval's table (pytest -s shows it)
@@ -200,16 +240,46 @@ def test_lmms_eval_cli_accuracy_equals_eval_science_qa(ckpt, world, tmp_path):
     samples = [json.loads(line) for line in next(out.rglob("*demo_scienceqa_test*.jsonl")).read_text().splitlines()]
     # the same checkpoint through model_vqa_science, scored by eval.eval_science_qa
     answers = tmp_path / "answers.jsonl"
-    assert model_vqa_science.main(["--model-path", str(ckpt), "--question-file", str(world / "llava_test_CQM-A.json"),
-        "--image-folder", str(world / "images" / "test"), "--answers-file", str(answers), "--single-pred-prompt",
-        "--temperature", "0", "--max-new-tokens", "1", "--conv-mode", "vicuna_v1", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        model_vqa_science.main(
+            [
+                "--model-path",
+                str(ckpt),
+                "--question-file",
+                str(world / "llava_test_CQM-A.json"),
+                "--image-folder",
+                str(world / "images" / "test"),
+                "--answers-file",
+                str(answers),
+                "--single-pred-prompt",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "1",
+                "--conv-mode",
+                "vicuna_v1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(line) for line in answers.read_text().splitlines()]
     items = json.loads((world / "llava_test_CQM-A.json").read_text())  # samples name their doc by its index
     by_id = {items[s["doc_id"]]["id"]: s["filtered_resps"] for s in samples}
     assert {r["question_id"]: r["text"] for r in lines} == by_id
     metrics = tmp_path / "sqa_metrics.json"
-    args = ["--base-dir", str(world), "--result-file", str(answers), "--output-file", str(tmp_path / "a.json"),
-            "--output-result", str(tmp_path / "r.json"), "--metrics-json", str(metrics)]  # fmt: skip
+    args = [
+        "--base-dir",
+        str(world),
+        "--result-file",
+        str(answers),
+        "--output-file",
+        str(tmp_path / "a.json"),
+        "--output-result",
+        str(tmp_path / "r.json"),
+        "--metrics-json",
+        str(metrics),
+    ]
     assert eval_science_qa.main(args) == 0
     scored = json.loads(metrics.read_text())
     ours = results["results"]["demo_scienceqa_test"]
@@ -227,8 +297,15 @@ def test_lmms_eval_cli_accuracy_equals_eval_science_qa(ckpt, world, tmp_path):
 
 def test_model_args_reach_the_model(ckpt, world):
     gen, _, task_dict = instances(world)
-    lm = LlavaDrip(pretrained=str(ckpt), device="cpu", batch_size=4, token_reduction="random:keep=2,seed=0",
-                   pdrop_layer_list="[1]", pdrop_image_token_ratio_list="[0.5]", drip_threshold=0.05)  # fmt: skip
+    lm = LlavaDrip(
+        pretrained=str(ckpt),
+        device="cpu",
+        batch_size=4,
+        token_reduction="random:keep=2,seed=0",
+        pdrop_layer_list="[1]",
+        pdrop_image_token_ratio_list="[0.5]",
+        drip_threshold=0.05,
+    )
     lm.task_dict = task_dict
     assert lm.generator.model.pdrop.layer_list == (1,)
     assert lm.generator.model.get_vision_tower().vision_tower.eval_thresholds.tolist() == pytest.approx([0.05])

@@ -144,22 +144,74 @@ def launcher(backend: str) -> list[str]:
     if backend == "single":
         return [sys.executable, __file__]
     if backend == "ddp":
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                "--master_port", str(free_port()), __file__]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            __file__,
+        ]
     stage = {"zero2": "scripts/zero2.json", "zero3": "scripts/zero3.json"}[backend]
-    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
-            __file__, "--deepspeed", stage]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        __file__,
+        "--deepspeed",
+        stage,
+    ]
 
 
 def train_flags(world: Path, base_llm: Path, out: Path) -> list[str]:
     return [
-        "--model_name_or_path", str(base_llm), "--version", "v1", "--data_path", str(world / "instruct_images.json"),
-        "--image_folder", str(world / "images"), "--vision_tower", "drip:DRIP-tiny", "--mm_vision_select_layer", "-2",
-        "--mm_projector_type", "mlp2x_gelu", "--output_dir", str(out), "--per_device_train_batch_size", "2",
-        "--learning_rate", "1e-3", "--max_steps", str(STEPS), "--model_max_length", "256", "--logging_steps", "1",
-        "--report_to", "none", "--seed", "0", "--dataloader_num_workers", "0", "--image_aspect_ratio", "pad",
-        "--group_by_modality_length", "True", "--save_strategy", "no",
-    ]  # fmt: skip
+        "--model_name_or_path",
+        str(base_llm),
+        "--version",
+        "v1",
+        "--data_path",
+        str(world / "instruct_images.json"),
+        "--image_folder",
+        str(world / "images"),
+        "--vision_tower",
+        "drip:DRIP-tiny",
+        "--mm_vision_select_layer",
+        "-2",
+        "--mm_projector_type",
+        "mlp2x_gelu",
+        "--output_dir",
+        str(out),
+        "--per_device_train_batch_size",
+        "2",
+        "--learning_rate",
+        "1e-3",
+        "--max_steps",
+        str(STEPS),
+        "--model_max_length",
+        "256",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+        "--dataloader_num_workers",
+        "0",
+        "--image_aspect_ratio",
+        "pad",
+        "--group_by_modality_length",
+        "True",
+        "--save_strategy",
+        "no",
+    ]
 
 
 def launch_env(report_dir: Path) -> dict[str, str]:
@@ -178,8 +230,15 @@ def run_training(cmd: list[str], out: Path, ranks: int) -> tuple[list[dict], dic
     """Run one launch; its rank reports and rank 0's trainable parameters, or the log of a failed / hung run."""
     start = time.time()
     # its own session, so that a hung run's ranks (the launcher's children) are killed with it
-    proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=launch_env(out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -298,8 +357,9 @@ def test_zero3_stage1_saves_mm_projector_equal_to_one_rank(launch, base_llm, wor
     assert alone.keys() == final.keys()
     for k in final:
         torch.testing.assert_close(final[k], alone[k], rtol=1e-4, atol=5e-5, msg=k)
-    torch.testing.assert_close(loaded_logits(two_dir, base_llm, world), loaded_logits(one_dir, base_llm, world),
-                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    torch.testing.assert_close(
+        loaded_logits(two_dir, base_llm, world), loaded_logits(one_dir, base_llm, world), rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.slow
@@ -325,8 +385,9 @@ def test_zero3_lora_saves_and_loads_back(launch, base_llm, world):
     assert saved.keys() == trained.keys()
     assert all(torch.equal(saved[k], trained[k]) for k in saved)
     # and it loads back (LoRA merged into the base): logits equal the 1-rank checkpoint's
-    torch.testing.assert_close(loaded_logits(two_dir, base_llm, world), loaded_logits(one_dir, base_llm, world),
-                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    torch.testing.assert_close(
+        loaded_logits(two_dir, base_llm, world), loaded_logits(one_dir, base_llm, world), rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.slow

@@ -100,8 +100,7 @@ def test_prefill_cache_and_logits_equal_padded(tiny, single_row):
     for a, b in zip(caches[True].layers, caches[False].layers, strict=True):
         assert a.keys.shape == b.keys.shape  # [B, kv_heads, T, head_dim]
         torch.testing.assert_close(a.keys.transpose(1, 2)[real], b.keys.transpose(1, 2)[real], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(a.values.transpose(1, 2)[real], b.values.transpose(1, 2)[real], rtol=1e-5,
-                                   atol=1e-5)  # fmt: skip
+        torch.testing.assert_close(a.values.transpose(1, 2)[real], b.values.transpose(1, 2)[real], rtol=1e-5, atol=1e-5)
         assert not a.keys.transpose(1, 2)[~real].any()  # padding slots stay zero; the decode masks never read them
 
 

@@ -39,16 +39,22 @@ def test_position_mode_flag_default_and_config_round_trip():
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--pdrop_layer_list", "a,b", "--pdrop_image_token_ratio_list", "0.5,0.5"],
-         "--pdrop_layer_list 'a,b': 'a' is not an integer"),
-        (["--layer_list", "[8,16", "--image_token_ratio_list", "[0.5,0.25]"],
-         "--pdrop_layer_list '\\[8,16': unbalanced"),
+        (
+            ["--pdrop_layer_list", "a,b", "--pdrop_image_token_ratio_list", "0.5,0.5"],
+            "--pdrop_layer_list 'a,b': 'a' is not an integer",
+        ),
+        (
+            ["--layer_list", "[8,16", "--image_token_ratio_list", "[0.5,0.25]"],
+            "--pdrop_layer_list '\\[8,16': unbalanced",
+        ),
         (["--layer_list", "[8]", "--image_token_ratio_list", "[half]"], "--pdrop_image_token_ratio_list '\\[half\\]'"),
         (["--layer_list", "[8,16]", "--image_token_ratio_list", "[0.5]"], "one ratio per layer"),
-        (["--layer_list", "[8]", "--image_token_ratio_list", "[0.5]", "--pdrop_position_mode", "renumber"],
-         "--pdrop_position_mode must be one of"),
+        (
+            ["--layer_list", "[8]", "--image_token_ratio_list", "[0.5]", "--pdrop_position_mode", "renumber"],
+            "--pdrop_position_mode must be one of",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_values_name_the_flag(argv, message):
     with pytest.raises(ValueError, match=message):
         parse(*argv)

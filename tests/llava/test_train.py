@@ -114,13 +114,44 @@ def test_text_only_sample_in_an_image_batch(tmp_path, world, base_llm):
 
 def run_args(world: Path, base_llm: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "--model_name_or_path", str(base_llm), "--version", "v1", "--data_path", str(world / "instruct.json"),
-        "--image_folder", str(world / "images"), "--vision_tower", "drip:DRIP-tiny", "--mm_projector_type",
-        "mlp2x_gelu", "--output_dir", str(out), "--per_device_train_batch_size", "4", "--learning_rate", "1e-3",
-        "--model_max_length", "256", "--logging_steps", "1", "--report_to", "none", "--seed", "0",
-        "--dataloader_num_workers", "0", "--image_aspect_ratio", "pad", "--group_by_modality_length", "True",
-        "--save_strategy", "steps", "--save_steps", "3", *extra,
-    ]  # fmt: skip
+        "--model_name_or_path",
+        str(base_llm),
+        "--version",
+        "v1",
+        "--data_path",
+        str(world / "instruct.json"),
+        "--image_folder",
+        str(world / "images"),
+        "--vision_tower",
+        "drip:DRIP-tiny",
+        "--mm_projector_type",
+        "mlp2x_gelu",
+        "--output_dir",
+        str(out),
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "1e-3",
+        "--model_max_length",
+        "256",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+        "--dataloader_num_workers",
+        "0",
+        "--image_aspect_ratio",
+        "pad",
+        "--group_by_modality_length",
+        "True",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "3",
+        *extra,
+    ]
 
 
 def losses(trainer) -> dict[int, float]:
@@ -141,8 +172,17 @@ def test_killed_run_resumes_to_the_same_loss(tmp_path, world, base_llm):
     full = train(run_args(world, base_llm, tmp_path / "full", "--max_steps", "6"))
     train(run_args(world, base_llm, tmp_path / "cut", "--max_steps", "6"), callbacks=[KillAfter(3)])
     assert (tmp_path / "cut" / "checkpoint-3").is_dir() and not (tmp_path / "cut" / "checkpoint-6").exists()
-    resumed = train(run_args(world, base_llm, tmp_path / "cut", "--max_steps", "6",
-                             "--resume_from_checkpoint", str(tmp_path / "cut" / "checkpoint-3")))  # fmt: skip
+    resumed = train(
+        run_args(
+            world,
+            base_llm,
+            tmp_path / "cut",
+            "--max_steps",
+            "6",
+            "--resume_from_checkpoint",
+            str(tmp_path / "cut" / "checkpoint-3"),
+        )
+    )
     full_losses, resumed_losses = losses(full), losses(resumed)
     for step in (4, 5, 6):
         assert resumed_losses[step] == pytest.approx(full_losses[step], rel=1e-5, abs=1e-6), (step, full_losses)
@@ -156,8 +196,23 @@ def test_killed_run_resumes_to_the_same_loss(tmp_path, world, base_llm):
 def test_lora_run_saves_what_the_loader_merges(tmp_path, world, base_llm):
     from llava.model.builder import load_pretrained_model
 
-    trainer = train(run_args(world, base_llm, tmp_path / "lora", "--max_steps", "2", "--lora_enable", "True",
-                             "--lora_r", "4", "--lora_alpha", "8", "--mm_projector_lr", "1e-3"))  # fmt: skip
+    trainer = train(
+        run_args(
+            world,
+            base_llm,
+            tmp_path / "lora",
+            "--max_steps",
+            "2",
+            "--lora_enable",
+            "True",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+            "--mm_projector_lr",
+            "1e-3",
+        )
+    )
     out = tmp_path / "lora"
     assert {"adapter_config.json", "non_lora_trainables.bin", "config.json"} <= {p.name for p in out.iterdir()}
     cfg = json.loads((out / "config.json").read_text())
@@ -171,13 +226,27 @@ def test_lora_run_saves_what_the_loader_merges(tmp_path, world, base_llm):
 @pytest.mark.slow  # three short training runs (~40 s on the shared 2 cores)
 def test_packed_run_matches_padded_run_and_token_budget_runs(tmp_path, world, base_llm):
     packed = train(run_args(world, base_llm, tmp_path / "packed", "--max_steps", "3", "--save_strategy", "no"))
-    padded = train(run_args(world, base_llm, tmp_path / "padded", "--max_steps", "3", "--save_strategy", "no",
-                            "--packing", "False"))  # fmt: skip
+    padded = train(
+        run_args(
+            world, base_llm, tmp_path / "padded", "--max_steps", "3", "--save_strategy", "no", "--packing", "False"
+        )
+    )
     assert packed.model.packing and not padded.model.packing
     for step, loss in losses(padded).items():
         assert losses(packed)[step] == pytest.approx(loss, rel=1e-4), step
-    budget = train(run_args(world, base_llm, tmp_path / "budget", "--max_steps", "2", "--save_strategy", "no",
-                            "--max_tokens_per_batch", "400"))  # fmt: skip
+    budget = train(
+        run_args(
+            world,
+            base_llm,
+            tmp_path / "budget",
+            "--max_steps",
+            "2",
+            "--save_strategy",
+            "no",
+            "--max_tokens_per_batch",
+            "400",
+        )
+    )
     loader = budget.get_train_dataloader()
     lengths = budget.train_dataset.modality_lengths
     sizes = [len(b) for b in loader.batch_sampler]
@@ -208,8 +277,23 @@ def test_lora_with_a_trained_clip_tower_saves_what_a_fresh_model_loads(tmp_path,
 
     out = tmp_path / "lora-clip"
     args = with_flag(run_args(world, base_llm, out), "--vision_tower", str(clip_dir))
-    trainer = train([*args, "--max_steps", "2", "--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8",
-                     "--tune_vision_tower", "all", "--mm_vision_select_layer", "-2"])  # fmt: skip
+    trainer = train(
+        [
+            *args,
+            "--max_steps",
+            "2",
+            "--lora_enable",
+            "True",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+            "--tune_vision_tower",
+            "all",
+            "--mm_vision_select_layer",
+            "-2",
+        ]
+    )
     targets = json.loads((out / "adapter_config.json").read_text())["target_modules"]
     assert targets and not any("vision_tower" in t for t in targets)  # full LLM names, the tower left alone
     saved = torch.load(out / "non_lora_trainables.bin", weights_only=True)
@@ -229,8 +313,9 @@ def test_stage1_with_start_end_tokens_trains_and_saves_their_embeddings(tmp_path
     from llava.model.builder import load_pretrained_model
 
     out = tmp_path / "stage1"
-    args = with_flag(with_flag(run_args(world, base_llm, out), "--version", "plain"), "--data_path",
-                     str(world / "pretrain.json"))  # fmt: skip
+    args = with_flag(
+        with_flag(run_args(world, base_llm, out), "--version", "plain"), "--data_path", str(world / "pretrain.json")
+    )
     trainer = train([*args, "--max_steps", "2", "--tune_mm_mlp_adapter", "True", "--mm_use_im_start_end", "True"])
     model = trainer.model
     assert model.get_input_embeddings().weight.requires_grad  # LLaVA keeps them trainable in stage 1
@@ -246,8 +331,19 @@ def test_stage1_with_start_end_tokens_trains_and_saves_their_embeddings(tmp_path
         embed[-2:] += 1.0
     torch.save({**saved, "model.embed_tokens.weight": embed}, tmp_path / "changed.bin")
     adapter = str(tmp_path / "changed.bin")
-    stage2 = train([*run_args(world, base_llm, tmp_path / "stage2"), "--max_steps", "1", "--learning_rate", "0",
-                    "--mm_use_im_start_end", "True", "--pretrain_mm_mlp_adapter", adapter])  # fmt: skip
+    stage2 = train(
+        [
+            *run_args(world, base_llm, tmp_path / "stage2"),
+            "--max_steps",
+            "1",
+            "--learning_rate",
+            "0",
+            "--mm_use_im_start_end",
+            "True",
+            "--pretrain_mm_mlp_adapter",
+            adapter,
+        ]
+    )
     torch.testing.assert_close(stage2.model.get_input_embeddings().weight[-2:], embed[-2:])
 
 
@@ -282,8 +378,21 @@ def test_patch_slimming_trains_and_the_checkpoint_records_it(tmp_path, world, ba
     out = tmp_path / "slim"
     args = with_flag(run_args(world, base_llm, out), "--vision_tower", str(clip_dir))
     flag = f"patch_slimming:schedule={schedule}+fastv:k=1,ratio=0.5"
-    trainer = train([*args, "--max_steps", "1", "--save_strategy", "no", "--tune_vision_tower", "all",
-                     "--mm_vision_select_layer", "-2", "--token_reduction", flag])  # fmt: skip
+    trainer = train(
+        [
+            *args,
+            "--max_steps",
+            "1",
+            "--save_strategy",
+            "no",
+            "--tune_vision_tower",
+            "all",
+            "--mm_vision_select_layer",
+            "-2",
+            "--token_reduction",
+            flag,
+        ]
+    )
     assert len(losses(trainer)) == 1 and all(math.isfinite(v) for v in losses(trainer).values())
     assert json.loads((out / "config.json").read_text())["mm_token_reduction"] == flag
     with torch.no_grad():

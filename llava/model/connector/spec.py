@@ -36,6 +36,8 @@ class DripConnectorSpec:
 
         if not 0.0 < self.rate <= 1.0:
             raise ValueError(f"{FLAG} drip: rate must lie in (0, 1], got {self.rate}")
+        from drip.boundary_estimators import POOLING_ESTIMATORS  # here: parsing config keys must not import torch
+
         if self.estimator not in POOLING_ESTIMATORS:
             allowed = ", ".join(POOLING_ESTIMATORS)
             raise ValueError(f"{FLAG} drip: estimator must be one of {allowed}, got {self.estimator!r}")

@@ -1,10 +1,9 @@
 """LLaVA on a Llama LLM: ``LlavaLlamaForCausalLM`` with its config, registered with transformers' Auto classes.
 
-LLaVA-1.5 (Liu et al., 2023) on transformers 5.x. The model is a ``LlamaForCausalLM`` whose base model also holds the
-vision tower and projector (``llava_arch``); ``forward`` splices images into the inputs once (prefill / training),
-then runs the LLM, optionally through PyramidDrop (Xing et al., 2024: rank and drop image tokens at chosen layers,
-``llava.model.reduction.pdrop``). ``generate`` builds the spliced embeddings once and hands them to HF's
-``generate``, so the decoding steps that follow only see new tokens and the KV cache; it returns only the new tokens.
+LLaVA-1.5 (Liu et al., 2023): a ``LlamaForCausalLM`` whose base model also holds tower and projector (``llava_arch``);
+``forward`` splices images in once (prefill / training), then runs the LLM, optionally with PyramidDrop (Xing et al.,
+2024, ``llava.model.reduction.pdrop``). ``generate`` hands the spliced embeddings to HF's ``generate`` once, so
+decoding only sees new tokens and the KV cache; it returns only the new tokens.
 
 The config's ``model_type`` is ``llava_llama`` (LLaVA's today), distinct from transformers' own ``llava``. Released
 LLaVA-1.5 checkpoints predate LLaVA's rename and say ``"model_type": "llava"`` with
@@ -220,8 +219,18 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             packed, extra = pack_for_model(self.config, inputs_embeds, attention_mask, labels, self.packing_single_row)
             inputs_embeds, position_ids, labels = packed.inputs_embeds, packed.position_ids, packed.labels
             attention_mask, use_cache, kwargs = None, False, {**kwargs, **extra}  # restarting positions: block mask
-        outputs, labels = self._run_llm(input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache,
-                                        image_layouts, labels, kwargs, packed=pack_llm or pack_prefill)  # fmt: skip
+        outputs, labels = self._run_llm(
+            input_ids,
+            inputs_embeds,
+            attention_mask,
+            position_ids,
+            cache,
+            use_cache,
+            image_layouts,
+            labels,
+            kwargs,
+            packed=pack_llm or pack_prefill,
+        )
         hidden = outputs.last_hidden_state  # [B, T, H]
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])  # [B, T or kept, V]

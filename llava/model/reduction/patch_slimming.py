@@ -48,8 +48,12 @@ class SlimmingSchedule:
         return 1 + (self.num_patches if layer < 0 else len(self.kept[layer]))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": SCHEDULE_FORMAT, "num_patches": self.num_patches, "kept_patches": [list(k) for k in
-                self.kept], "search": self.search}  # fmt: skip
+        return {
+            "format": SCHEDULE_FORMAT,
+            "num_patches": self.num_patches,
+            "kept_patches": [list(k) for k in self.kept],
+            "search": self.search,
+        }
 
 
 def _fail(source: str, key: str, message: str) -> ValueError:
@@ -85,8 +89,9 @@ def schedule_from_dict(data: Any, source: str = "<dict>") -> SlimmingSchedule:
 def load_schedule(path: str) -> SlimmingSchedule:
     """Read and validate a schedule JSON file (FileNotFoundError / ValueError naming ``path``)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"patch_slimming schedule {path}: no such file (write one with python -m "
-                                "llava.tools.patch_slimming_search)")  # fmt: skip
+        raise FileNotFoundError(
+            f"patch_slimming schedule {path}: no such file (write one with python -m llava.tools.patch_slimming_search)"
+        )
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -108,8 +113,12 @@ def check_fits(schedule: SlimmingSchedule, source: str, num_patches: int, num_la
     if schedule.num_patches != num_patches:
         raise _fail(source, "num_patches", f"{schedule.num_patches}, but the tower has {num_patches} patches")
     if schedule.num_layers != num_layers:
-        raise _fail(source, "kept_patches", f"{schedule.num_layers} layers, but the tower runs {num_layers} up to "
-                    "mm_vision_select_layer (search again with that --select_layer)")  # fmt: skip
+        raise _fail(
+            source,
+            "kept_patches",
+            f"{schedule.num_layers} layers, but the tower runs {num_layers} up to "
+            "mm_vision_select_layer (search again with that --select_layer)",
+        )
 
 
 def query_positions(schedule: SlimmingSchedule, device: torch.device | None = None) -> list[Tensor]:

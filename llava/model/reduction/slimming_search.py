@@ -119,8 +119,9 @@ def next_layer_error(layers: list, t: int, z_in: Tensor, target: Tensor, mask: l
     return (out - want).pow(2).sum() / want.pow(2).sum()
 
 
-def finetune_layer(layers: list, t: int, z_in: Tensor, target: Tensor, mask: list[int], above: list[int],
-                   config: SearchConfig) -> None:  # fmt: skip
+def finetune_layer(
+    layers: list, t: int, z_in: Tensor, target: Tensor, mask: list[int], above: list[int], config: SearchConfig
+) -> None:
     """``config.finetune_steps`` Adam steps on layer t's parameters minimising ``next_layer_error``."""
     if config.finetune_steps == 0:
         return
@@ -138,8 +139,9 @@ def finetune_layer(layers: list, t: int, z_in: Tensor, target: Tensor, mask: lis
         p.grad = None
 
 
-def search_layer(model: Any, images: Tensor, hidden: tuple, t: int, masks: dict[int, list[int]],
-                 config: SearchConfig) -> tuple[list[int], float]:  # fmt: skip
+def search_layer(
+    model: Any, images: Tensor, hidden: tuple, t: int, masks: dict[int, list[int]], config: SearchConfig
+) -> tuple[list[int], float]:
     """Layer t's kept patches and their accepted error (Algorithm 1's inner loop)."""
     layers, above = clip_layers(model), masks[t + 1]
     order = significance(model, images, t, masks, config.batch_size).sort(descending=True, stable=True).indices
@@ -177,8 +179,15 @@ def search_schedule(clip: Any, images: Tensor, config: SearchConfig) -> SearchRe
     errors = {top: 0.0}
     for t in range(top - 1, -1, -1):
         masks[t], errors[t] = search_layer(model, images, hidden, t, masks, config)
-    search = {"epsilon": config.epsilon, "r0": config.r0, "keep": config.keep, "finetune_steps":
-              config.finetune_steps, "lr": config.lr, "select_layer": config.select_layer, "images":
-              int(images.shape[0]), "errors": [errors[t] for t in range(num_layers)]}  # fmt: skip
+    search = {
+        "epsilon": config.epsilon,
+        "r0": config.r0,
+        "keep": config.keep,
+        "finetune_steps": config.finetune_steps,
+        "lr": config.lr,
+        "select_layer": config.select_layer,
+        "images": int(images.shape[0]),
+        "errors": [errors[t] for t in range(num_layers)],
+    }
     schedule = SlimmingSchedule(n, tuple(tuple(masks[t]) for t in range(num_layers)), search)
     return SearchResult(schedule, model, search["errors"])

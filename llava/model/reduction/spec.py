@@ -173,8 +173,9 @@ class DripBoundaries(Reduction):
 
     def __post_init__(self) -> None:
         if self.mode not in DRIP_BOUNDARY_MODES:
-            raise ValueError(f"{FLAG} drip_boundaries: mode must be one of {', '.join(DRIP_BOUNDARY_MODES)}, "
-                             f"got {self.mode!r}")  # fmt: skip
+            raise ValueError(
+                f"{FLAG} drip_boundaries: mode must be one of {', '.join(DRIP_BOUNDARY_MODES)}, got {self.mode!r}"
+            )
 
 
 # Every method the flag names (``llava.model.reduction.registry`` pairs each with its implementation).

@@ -127,9 +127,18 @@ def test_run_modes_report(tmp_path, mode):
     colour_folder(tmp_path / "train", 4, seed=0)
     colour_folder(tmp_path / "val", 2, seed=1)
     args = argparse.Namespace(
-        train_data=tmp_path / "train", val_data=tmp_path / "val", mode=mode, epochs=2, lr=1e-2, batch_size=5,
-        weight_decay=0.0, freeze_predictor=False, workers=0, seed=0, device="cpu",
-    )  # fmt: skip
+        train_data=tmp_path / "train",
+        val_data=tmp_path / "val",
+        mode=mode,
+        epochs=2,
+        lr=1e-2,
+        batch_size=5,
+        weight_decay=0.0,
+        freeze_predictor=False,
+        workers=0,
+        seed=0,
+        device="cpu",
+    )
     res = run(args, tiny_clip(drip=True), PREPROCESS, PREPROCESS)
     assert (res["num_classes"], res["num_train"], res["num_val"]) == (3, 12, 6)
     assert len(res["history"]) == 2 and res["top1"] == res["history"][-1]["val_top1"]

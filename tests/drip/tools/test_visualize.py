@@ -130,8 +130,18 @@ def test_cli_boundary_mode_keeps_the_segment_count(tmp_path, capsys):
     save_drip(tower, tmp_path / "tower")
     counts = {}
     for mode in ("learned", "uniform"):
-        main(["--skimage", "coffee", "--checkpoint", str(tmp_path / "tower"), "--boundary-mode", mode,
-              "--out", str(tmp_path / f"{mode}.png")])  # fmt: skip
+        main(
+            [
+                "--skimage",
+                "coffee",
+                "--checkpoint",
+                str(tmp_path / "tower"),
+                "--boundary-mode",
+                mode,
+                "--out",
+                str(tmp_path / f"{mode}.png"),
+            ]
+        )
         counts[mode] = capsys.readouterr().out.split(":")[1].split()[0]
     assert counts["learned"] == counts["uniform"] and 1 < int(counts["learned"]) < 64
     assert Image.open(tmp_path / "learned.png").tobytes() != Image.open(tmp_path / "uniform.png").tobytes()

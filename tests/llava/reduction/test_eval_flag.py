@@ -40,9 +40,24 @@ def clip_run(tiny, tmp_path_factory):
 
 
 def _answer(root, out, *flag):
-    args = ["--model-path", str(root / "ckpt"), "--question-file", str(root / "sqa.json"), "--image-folder",
-            str(root), "--answers-file", str(out), "--temperature", "0", "--max-new-tokens", "2", "--no-progress",
-            "--conv-mode", "vicuna_v1", *flag]  # fmt: skip
+    args = [
+        "--model-path",
+        str(root / "ckpt"),
+        "--question-file",
+        str(root / "sqa.json"),
+        "--image-folder",
+        str(root),
+        "--answers-file",
+        str(out),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "2",
+        "--no-progress",
+        "--conv-mode",
+        "vicuna_v1",
+        *flag,
+    ]
     assert model_vqa_science.main(args) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     return lines, json.loads((out.parent / (out.name + ".efficiency.json")).read_text())

@@ -88,8 +88,9 @@ def test_fastv_matches_the_official_behaviour_with_original_positions(tiny, rati
     spec = FastV(k=1, ratio=ratio)
     with torch.no_grad():
         m = model.prepare_multimodal_inputs(ids, mask, None, tiny.images(2))
-        out = pdrop_forward(model.get_model(), m.inputs_embeds, m.attention_mask, m.position_ids, m.layouts,
-                            fastv_schedule(spec))  # fmt: skip
+        out = pdrop_forward(
+            model.get_model(), m.inputs_embeds, m.attention_mask, m.position_ids, m.layouts, fastv_schedule(spec)
+        )
         eager = copy.deepcopy(model)
         eager.set_attn_implementation("eager")
         for i, layout in enumerate(m.layouts):

@@ -150,12 +150,16 @@ def test_composes_with_fastv_and_trains_one_step(tiny, tmp_path):
     [
         ("{", "not valid JSON"),
         (json.dumps({"format": "x"}), "field 'format'"),
-        (json.dumps({"format": "patch_slimming_schedule", "num_patches": 16, "kept_patches": [[1, 2], [3]]}),
-         r"field 'kept_patches\[1\]'.*nested"),
-        (json.dumps({"format": "patch_slimming_schedule", "num_patches": 16, "kept_patches": [[2, 1]]}),
-         r"field 'kept_patches\[0\]'.*ascending"),
+        (
+            json.dumps({"format": "patch_slimming_schedule", "num_patches": 16, "kept_patches": [[1, 2], [3]]}),
+            r"field 'kept_patches\[1\]'.*nested",
+        ),
+        (
+            json.dumps({"format": "patch_slimming_schedule", "num_patches": 16, "kept_patches": [[2, 1]]}),
+            r"field 'kept_patches\[0\]'.*ascending",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_schedule_file_is_named_before_the_model_runs(tiny, tmp_path, content, match):
     path = tmp_path / "bad.json"
     path.write_text(content)

@@ -40,8 +40,10 @@ def naive_scores(clip, images, layer: int, masks: dict[int, list[int]]) -> list[
         v = attn.v_proj(clip_layers(eager)[layer].layer_norm1(out.hidden_states[layer][b]))  # [T, D]
         p = out.attentions[layer][b]
         for i in range(1, t):
-            u = sum(float(sum(p[h, i, j] * v[j, h * hd : (h + 1) * hd] for j in range(t)).pow(2).sum())
-                    for h in range(heads))  # fmt: skip
+            u = sum(
+                float(sum(p[h, i, j] * v[j, h * hd : (h + 1) * hd] for j in range(t)).pow(2).sum())
+                for h in range(heads)
+            )
             paths = []
             for combo in itertools.product(range(heads), repeat=len(above)):
                 a = torch.eye(t)
@@ -74,8 +76,9 @@ def test_tolerance_extremes(clip, tiny):
     exact = search_schedule(clip, images, SearchConfig(keep=4, epsilon=0.0, r0=5, select_layer=-1))
     assert exact.schedule.kept[:2] == (tuple(range(N)),) * 2 and exact.schedule.kept[2] == tuple(want_top)
     assert exact.errors == [0.0, 0.0, 0.0]  # keeping every patch below reproduces the layer above exactly
-    middle = search_schedule(clip, images, SearchConfig(keep=4, epsilon=0.5 * loose.search["errors"][1], r0=1,
-                                                        select_layer=-1))  # fmt: skip
+    middle = search_schedule(
+        clip, images, SearchConfig(keep=4, epsilon=0.5 * loose.search["errors"][1], r0=1, select_layer=-1)
+    )
     assert 4 < len(middle.schedule.kept[1]) < N and middle.errors[1] < 0.5 * loose.search["errors"][1]
 
 
@@ -83,13 +86,15 @@ def test_finetuning_lowers_the_error_and_leaves_the_input_model(clip, tiny):
     images = tiny.images(3)
     before = {k: v.clone() for k, v in clip.state_dict().items()}
     plain = search_schedule(clip, images, SearchConfig(keep=3, epsilon=1e9, select_layer=-2))
-    tuned = search_schedule(clip, images, SearchConfig(keep=3, epsilon=1e9, select_layer=-2, finetune_steps=5,
-                                                       lr=1e-2))  # fmt: skip
+    tuned = search_schedule(clip, images, SearchConfig(keep=3, epsilon=1e9, select_layer=-2, finetune_steps=5, lr=1e-2))
     assert tuned.schedule.kept == plain.schedule.kept  # same masks (r = 0), so the errors compare
     assert tuned.errors[0] < plain.errors[0]
     assert all(torch.equal(v, clip.state_dict()[k]) for k, v in before.items())
-    changed = [not torch.equal(a, b) for a, b in zip(clip_layers(clip), clip_layers(tuned.model), strict=True)
-               for a, b in [(a.mlp.fc1.weight, b.mlp.fc1.weight)]]  # fmt: skip
+    changed = [
+        not torch.equal(a, b)
+        for a, b in zip(clip_layers(clip), clip_layers(tuned.model), strict=True)
+        for a, b in [(a.mlp.fc1.weight, b.mlp.fc1.weight)]
+    ]
     assert changed == [True, False, False]  # only the pruned layer below the top is tuned
 
 
@@ -109,8 +114,22 @@ def test_command_line_writes_a_schedule_the_model_runs(clip, tiny, tmp_path):
     (tmp_path / "images").mkdir()
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
-    common = ["--vision_tower", str(tmp_path / "clip"), "--images", str(tmp_path / "images"), "--keep", "5",
-              "--epsilon", "0.01", "--r0", "4", "--output", str(tmp_path / "s.json"), "--device", "cpu"]  # fmt: skip
+    common = [
+        "--vision_tower",
+        str(tmp_path / "clip"),
+        "--images",
+        str(tmp_path / "images"),
+        "--keep",
+        "5",
+        "--epsilon",
+        "0.01",
+        "--r0",
+        "4",
+        "--output",
+        str(tmp_path / "s.json"),
+        "--device",
+        "cpu",
+    ]
     with pytest.raises(SystemExit):
         patch_slimming_search.main([*common, "--finetune_steps", "2"])  # the tuned weights would be lost
     assert patch_slimming_search.main([*common, "--finetune_steps", "2", "--output_tower", str(tmp_path / "t")]) == 0

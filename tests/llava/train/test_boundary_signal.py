@@ -24,9 +24,21 @@ def test_per_sample_lm_loss_hand_computed():
 @pytest.fixture(scope="module")
 def args(world, base_llm):
     return boundary_signal.parse_args(
-        ["--data-path", str(world / "instruct.json"), "--image-folder", str(world / "images"), "--base-llm",
-         str(base_llm), "--batch", "2", "--seeds", "0", "--max-length", "256"]
-    )  # fmt: skip
+        [
+            "--data-path",
+            str(world / "instruct.json"),
+            "--image-folder",
+            str(world / "images"),
+            "--base-llm",
+            str(base_llm),
+            "--batch",
+            "2",
+            "--seeds",
+            "0",
+            "--max-length",
+            "256",
+        ]
+    )
 
 
 def test_row_loss_with_the_towers_own_boundaries_is_the_models_lm_loss(args):
@@ -35,9 +47,11 @@ def test_row_loss_with_the_towers_own_boundaries_is_the_models_lm_loss(args):
     tokenizer, model = boundary_signal.build_model(args, 0)
     tower = boundary_signal._with_autograd(model).get_vision_tower()
     ds = boundary_signal.LazySupervisedDataset(
-        args.data_path, tokenizer, tower.image_processor,
+        args.data_path,
+        tokenizer,
+        tower.image_processor,
         boundary_signal.DatasetOptions("v1", args.image_folder, "pad", 256, tower.num_patches),
-    )  # fmt: skip
+    )
     batch = boundary_signal.image_batch(ds, tokenizer, 2, seed=0)
     with torch.no_grad():
         own = tower.vision_tower(batch["images"]).boundaries  # [2, N] eval boundaries
@@ -53,9 +67,21 @@ def test_row_loss_with_the_towers_own_boundaries_is_the_models_lm_loss(args):
 
 def test_tool_reports_both_estimators(args, capsys):
     reports = boundary_signal.main(
-        ["--data-path", args.data_path, "--image-folder", args.image_folder, "--base-llm", args.base_llm,
-         "--batch", "2", "--seeds", "0", "--max-length", "256"]
-    )  # fmt: skip
+        [
+            "--data-path",
+            args.data_path,
+            "--image-folder",
+            args.image_folder,
+            "--base-llm",
+            args.base_llm,
+            "--batch",
+            "2",
+            "--seeds",
+            "0",
+            "--max-length",
+            "256",
+        ]
+    )
     assert [(e, s) for e, s, _ in reports] == [("straight_through", 0), ("local", 0)]
     for _, _, r in reports:
         assert r.flips == 2 * 63 and 0 <= r.sign_agreement <= 1 and -1 <= r.spearman <= 1

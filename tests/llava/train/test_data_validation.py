@@ -69,8 +69,9 @@ def test_image_field_that_is_not_one_file_name(tmp_path, world, base_llm, value,
         dataset(tmp_path, [good(world), rec], world, base_llm)
 
 
-@pytest.mark.parametrize("kind,message", [("cut_jpeg", "truncated JPEG"), ("cut_png", "truncated PNG"),
-                                          ("noise", "not a readable image")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind,message", [("cut_jpeg", "truncated JPEG"), ("cut_png", "truncated PNG"), ("noise", "not a readable image")]
+)
 def test_bad_image_is_found_when_the_dataset_is_built(tmp_path, world, base_llm, bad_images, kind, message):
     rec = dict(good(world), id="bad", image=bad_images[kind])
     with pytest.raises(ValueError, match=rf"record 1 \(id=bad\): image file .*{bad_images[kind]} .*{message}"):

@@ -63,8 +63,9 @@ def test_rerun_after_a_kill_resumes_to_the_uninterrupted_losses(tmp_path, run_ar
     assert sorted(rerun_log.losses) == [4, 5, 6], "the rerun started over instead of resuming at step 3"
     for step in (4, 5, 6):
         assert rerun_log.losses[step] == pytest.approx(full_log.losses[step], rel=1e-5, abs=1e-6), step
-    torch.testing.assert_close(rerun.model.get_model().mm_projector[0].weight,
-                               full.model.get_model().mm_projector[0].weight)  # fmt: skip
+    torch.testing.assert_close(
+        rerun.model.get_model().mm_projector[0].weight, full.model.get_model().mm_projector[0].weight
+    )
     assert json.loads((cut / "loss_curve.json").read_text())["steps"] == 6
     assert [p.name for p in cut.glob("checkpoint-*")] == ["checkpoint-6"]  # its own run's older one rotated
 
