@@ -32,8 +32,6 @@ class DripConnectorSpec:
     threshold: float = 0.5  # eval threshold on sigmoid(logit), recorded after calibration
 
     def __post_init__(self) -> None:
-        from drip.boundary_estimators import POOLING_ESTIMATORS  # here: importing ``drip`` imports torch
-
         if not 0.0 < self.rate <= 1.0:
             raise ValueError(f"{FLAG} drip: rate must lie in (0, 1], got {self.rate}")
         from drip.boundary_estimators import POOLING_ESTIMATORS  # here: parsing config keys must not import torch
