@@ -59,6 +59,7 @@ def stand_ins(tmp_path_factory) -> tuple[Path, Path]:
     return root / "llm", root / "tower"
 
 
+@pytest.mark.slow  # ~5 min on 2 shared CPU cores: eight methods, each a stage-1 run and a ranking
 @needs_data
 def test_every_method_trains_and_ranks(stand_ins, tmp_path):
     llm, tower = stand_ins
