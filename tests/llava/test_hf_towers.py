@@ -268,3 +268,20 @@ def test_patch_slimming_keeping_every_patch_is_the_dinov2_tower(tmp_path):
         plain = torch.stack(tower(pixels()).features)
         slimmed = encode_reduced(tower, pixels(), vision_methods(f"patch_slimming:schedule={schedule}"))
     torch.testing.assert_close(torch.stack(slimmed.features), plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["visionzip:dominant=3,contextual=1", "tome:r=2"])
+def test_block_methods_on_a_bf16_dinov2_tower(tmp_path, method):
+    """A bf16 tower (as GPU users run it) gives finite bf16 tokens at the fp32 run's counts; VisionZip's nearly its
+    values (ToMe's bipartite matching may pair other tokens at bf16 precision, so only its counts are compared)."""
+    from llava.model.reduction.registry import encode_reduced, vision_methods
+
+    save_random("dinov2", tmp_path)
+    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path)))
+    with torch.no_grad():
+        full = encode_reduced(tower, pixels(), vision_methods(method))
+        half = encode_reduced(tower.to(torch.bfloat16), pixels(), vision_methods(method))
+    assert half.features[0].dtype == torch.bfloat16 and half.token_counts.tolist() == full.token_counts.tolist()
+    assert torch.stack(half.features).isfinite().all()
+    if method.startswith("visionzip"):
+        torch.testing.assert_close(torch.stack(half.features).float(), torch.stack(full.features), rtol=0.1, atol=0.1)
