@@ -108,28 +108,46 @@ class ProxyModel(nn.Module):
         self.head = PooledHead(width, dim)
         self.text = BagOfWords(corpus, dim)
 
+    def task_loss(self, x: Tensor, captions: list[str], step: int = 0) -> Tensor:
+        """The contrastive loss of a batch (x [B, N, D], its captions) and, for ``reinforce``, its score-function
+        surrogate: the part of the loss that carries the task signal. Scalar."""
+        return self._task(x, captions, step)[0]
+
     def train_loss(self, x: Tensor, captions: list[str], step: int) -> Tensor:
-        """One training batch: x [B, N, D] cached features, their captions -> scalar loss."""
+        """One training batch: the task loss + DRIP's binomial prior loss + the weighted spike-target BCE."""
+        loss, logits, boundaries = self._task(x, captions, step)
+        if self.predictor is None:
+            return loss
+        valid = torch.ones(x.shape[:2], dtype=torch.bool)
+        loss = loss + binomial_prior_loss(boundaries, valid, self.rate)
+        if self.variant.target_weight:
+            targets = feature_change_targets(x, self.rate)
+            loss = loss + self.variant.target_weight * target_loss(logits, targets, valid)
+        return loss
+
+    def _task(self, x: Tensor, captions: list[str], step: int) -> tuple[Tensor, Tensor | None, Tensor]:
+        """-> (task loss, logits [B, N] or None, the pooled boundaries [B, N] with their straight-through gradient)."""
         v, (b, n) = self.variant, x.shape[:2]
         valid = torch.ones(b, n, dtype=torch.bool)
         if self.predictor is None:
             counts = torch.full((b,), max(1, round(n * self.rate)))
-            bounds = fixed_boundaries(v.kind, x, counts, seed=step)
-            pooled = pool_with_estimator(x, bounds, valid, "original")
-            return contrastive_rows(self.head(pooled.tokens, pooled.mask), self.text(captions)).mean()
+            pooled = pool_with_estimator(x, fixed_boundaries(v.kind, x, counts, seed=step), valid, "original")
+            return (
+                contrastive_rows(self.head(pooled.tokens, pooled.mask), self.text(captions)).mean(),
+                None,
+                pooled.boundaries,
+            )
         logits = self.predictor(x)  # [B, N]
         bounds = sample_boundaries(logits, temperature=1.0, threshold=0.5, stochastic=True)
         estimator = v.estimator if v.estimator != "reinforce" and v.train_predictor else "original"
         pooled = pool_with_estimator(x, bounds, valid, estimator)
         rows = contrastive_rows(self.head(pooled.tokens, pooled.mask), self.text(captions))  # [B]
-        loss = rows.mean() + binomial_prior_loss(pooled.boundaries, valid, self.rate)
+        loss = rows.mean()
         if v.estimator == "reinforce" and v.train_predictor:
             movable = valid.clone()
             movable[:, -1] = False  # the last patch always closes a segment: no choice there
             loss = loss + score_function_surrogate(logits, pooled.boundaries, movable, rows)
-        if v.target_weight:
-            loss = loss + v.target_weight * target_loss(logits, feature_change_targets(x, self.rate), valid)
-        return loss
+        return loss, logits, pooled.boundaries
 
     @torch.no_grad()
     def scores(self, x: Tensor) -> Tensor:
