@@ -130,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--features", required=True, help="cache of python -m llava.tools.boundary_features")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=64, help="training batch (images)")
     ap.add_argument("--rate", type=float, default=0.25, help="boundary rate: 0.25 = a 4x token budget")
     ap.add_argument("--signal-seeds", nargs="*", type=int, default=[0, 1, 2, 3, 4, 5])
     ap.add_argument("--variants", nargs="*", default=None, help="names of VARIANTS to run (default all)")
@@ -146,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         results[v.name] = []
         for s in args.seeds:
             torch.manual_seed(s)
-            model = train_proxy(ProxyModel(v, feats.shape[-1], train_caps, args.rate), train, train_caps, args.steps, s)
+            model = train_proxy(
+                ProxyModel(v, feats.shape[-1], train_caps, args.rate), train, train_caps, args.steps, s, args.batch
+            )
             results[v.name].append(measure(model.eval(), train, test, test_caps, args.rate))
             if v.kind == "uniform" and s == args.seeds[0] and args.signal_seeds:
                 signal_model = model
