@@ -196,8 +196,10 @@ def segment_variance(features: Tensor, boundaries: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def retrieval_top1(model: ProxyModel, feats: Tensor, captions: list[str], bounds: Tensor) -> float:
-    """Image -> caption top-1 accuracy among the given images' captions (chance 1 / M)."""
+def retrieval(model: ProxyModel, feats: Tensor, captions: list[str], bounds: Tensor) -> dict[str, float]:
+    """Image -> caption retrieval among the given images' captions: top-1 and recall@10 (chance 1 / M, 10 / M)."""
     img = F.normalize(model.embed(feats.float(), bounds), dim=-1)
     txt = F.normalize(model.text(captions), dim=-1)
-    return float(((img @ txt.T).argmax(-1) == torch.arange(len(captions))).float().mean())
+    sims = img @ txt.T  # [M, M]
+    rank = (sims > sims.diagonal()[:, None]).sum(-1)  # [M] captions scored above the true one
+    return {"top1": float((rank == 0).float().mean()), "r10": float((rank < 10).float().mean())}

@@ -10,7 +10,7 @@ features, then measures on the evaluation records:
   image, relative to uniform boundaries at the same count (random's ratio beside it); and, for the learned
   predictors, the share of images with <= 2 tokens and the mean token count under DRIP's global threshold
   (calibrated to ``rate`` on the training images) and under the expected-count rule (``drip.boundary_rules``);
-* task: image -> caption top-1 retrieval among the evaluation images at the same fixed count;
+* task: image -> caption top-1 and recall@10 among the evaluation images at the same fixed count;
 * signal (``--signal-seeds``): each pooling estimator's linear flip prediction against the true effect of flipping
   each boundary (``drip.boundary_signal``) on the proxy's contrastive loss, at random boundaries of the given rate.
 """
@@ -27,7 +27,7 @@ from drip.boundary_estimators import pool_with_estimator
 from drip.boundary_proxy import (
     ProxyModel,
     Variant,
-    retrieval_top1,
+    retrieval,
     segment_variance,
     train_proxy,
 )
@@ -66,7 +66,7 @@ def measure(model: ProxyModel, train: torch.Tensor, test: torch.Tensor, captions
     uniform = ProxyModel(Variant("u", "uniform"), 1, [], rate).eval_boundaries(test, counts)
     out = {
         "var": float(segment_variance(test, bounds).mean() / segment_variance(test, uniform).mean()),
-        "top1": retrieval_top1(model, test, captions, bounds),
+        **retrieval(model, test, captions, bounds),
     }
     if model.predictor is not None:
         valid = torch.ones(m, n, dtype=torch.bool)
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "| mean tokens, expected count | top-1 retrieval |"
     )
     for name, runs in results.items():
-        keys = ("var", "thr_le2", "thr_mean", "exp_le2", "exp_mean", "top1")
+        keys = ("var", "thr_le2", "thr_mean", "exp_le2", "exp_mean", "top1", "r10")
         print(f"| {name} | " + " | ".join(_fmt(runs, k) for k in keys) + " |")
     if args.signal_seeds and "uniform" in results:
         signal_table(signal_model, test, test_caps, args.rate, args.signal_seeds)
