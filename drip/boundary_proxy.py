@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from drip.boundary import binomial_prior_loss, sample_boundaries
 from drip.boundary_estimators import pool_with_estimator
 from drip.boundary_modes import random_boundaries, uniform_boundaries
+from drip.boundary_noise import noise_gate, segment_confidence
 from drip.boundary_priors import build_predictor
 from drip.boundary_reinforce import score_function_surrogate
 from drip.boundary_rules import top_cut_boundaries
@@ -42,6 +43,7 @@ class Variant:
     estimator: str = "straight_through"
     target_weight: float = 0.0
     train_predictor: bool = True
+    noise_gate: bool = False  # training: gate each pooled token with noise by its closing boundary's probability
 
 
 _WORD = re.compile(r"[a-z]+")
@@ -141,7 +143,11 @@ class ProxyModel(nn.Module):
         bounds = sample_boundaries(logits, temperature=1.0, threshold=0.5, stochastic=True)
         estimator = v.estimator if v.estimator != "reinforce" and v.train_predictor else "original"
         pooled = pool_with_estimator(x, bounds, valid, estimator)
-        rows = contrastive_rows(self.head(pooled.tokens, pooled.mask), self.text(captions))  # [B]
+        tokens = pooled.tokens
+        if v.noise_gate:
+            conf = segment_confidence(torch.sigmoid(logits), pooled.boundaries, valid, tokens.shape[1])
+            tokens = noise_gate(tokens, pooled.mask, conf)
+        rows = contrastive_rows(self.head(tokens, pooled.mask), self.text(captions))  # [B]
         loss = rows.mean()
         if v.estimator == "reinforce" and v.train_predictor:
             movable = valid.clone()

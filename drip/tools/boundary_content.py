@@ -44,6 +44,7 @@ VARIANTS = (
     Variant("mlp reinforce", "mlp", "reinforce"),
     Variant("mlp targets only", "mlp", "original", target_weight=1.0),
     Variant("mlp box + targets", "mlp", "box", target_weight=1.0),
+    Variant("mlp noise gating", "mlp", "original", noise_gate=True),
     Variant("similarity at init", "similarity", train_predictor=False),
     Variant("similarity box", "similarity", "box"),
 )

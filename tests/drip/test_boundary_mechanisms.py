@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from drip.boundary_estimators import pool_with_estimator
+from drip.boundary_noise import noise_gate, segment_confidence
 from drip.boundary_priors import SimilarityPredictor, build_predictor
 from drip.boundary_reinforce import bernoulli_log_prob, leave_one_out_baseline, score_function_surrogate
 from drip.boundary_rules import (
@@ -127,3 +128,24 @@ def test_top_cuts_are_the_most_probable_positions():
     b = top_cut_boundaries(scores, torch.tensor([3]), valid)
     assert b.tolist() == [[1.0, 0.0, 1.0, 0.0, 1.0, 0.0]]  # cuts 0 and 2 (below the last valid, 4), plus 4
     assert expected_count_boundaries(torch.zeros(1, 6), valid).sum() == 1  # at least one segment
+
+
+def test_noise_gate_confidence_is_the_closing_probability_and_reaches_the_predictor():
+    probs = torch.tensor([[0.9, 0.2, 0.7, 0.1, 0.3]], requires_grad=True)
+    b = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0]])
+    valid = torch.ones(1, 5, dtype=torch.bool)
+    conf = segment_confidence(probs, b, valid, 3)
+    torch.testing.assert_close(conf.detach(), torch.tensor([[0.9, 0.7, 1.0]]))  # the last segment: forced, 1
+    tokens = torch.randn(1, 3, 4)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    gated = noise_gate(tokens, mask, conf, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(gated[0, 2], tokens[0, 2])  # confidence 1: unchanged
+    gated.pow(2).sum().backward()
+    assert probs.grad[0, [0, 2]].abs().min() > 0 and probs.grad[0, [1, 3, 4]].abs().max() == 0
+
+
+def test_noise_gate_preserves_variance():
+    tokens = torch.randn(64, 32, 16, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(64, 32, dtype=torch.bool)
+    gated = noise_gate(tokens, mask, torch.full((64, 32), 0.3), torch.Generator().manual_seed(1))
+    assert abs(float(gated.var()) - float(tokens.var())) < 0.05
