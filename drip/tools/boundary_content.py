@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("\n## content and collapse (evaluation images; var = within-segment variance / uniform's, same counts)")
     print(
         "| mechanism | var | share <= 2 tokens, threshold | mean tokens, threshold | share <= 2, expected count "
-        "| mean tokens, expected count | top-1 retrieval |"
+        "| mean tokens, expected count | top-1 retrieval | recall@10 |"
     )
     for name, runs in results.items():
         keys = ("var", "thr_le2", "thr_mean", "exp_le2", "exp_mean", "top1", "r10")
