@@ -285,3 +285,13 @@ def test_block_methods_on_a_bf16_dinov2_tower(tmp_path, method):
     assert torch.stack(half.features).isfinite().all()
     if method.startswith("visionzip"):
         torch.testing.assert_close(torch.stack(half.features).float(), torch.stack(full.features), rtol=0.1, atol=0.1)
+
+
+def test_prumerge_on_dinov2_is_refused_with_the_reason(tmp_path):
+    """PruMerge scores with the layer after the selected one, which an HF tower cut after that layer never holds."""
+    from llava.model.reduction.registry import encode_reduced, vision_methods
+
+    save_random("dinov2", tmp_path)
+    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path)))
+    with pytest.raises(ValueError, match="prumerge scores with the layer after .* keeps only the layers up to"):
+        encode_reduced(tower, pixels(), vision_methods("prumerge"))

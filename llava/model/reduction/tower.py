@@ -79,13 +79,13 @@ def _drop_cls(tower: VisionTower, x: Tensor) -> Tensor:
 
 def visionzip_encode(tower: VisionTower, images: Tensor, spec: VisionZip) -> VisionFeatures:
     """VisionZip at the selected layer; with ``cls=true`` [CLS] is a dominant token and always goes to the LLM."""
-    clip = block_tower(tower, spec.name)
-    index = clip.layers_run
+    view = block_tower(tower, spec.name)
+    index = view.layers_run
     if index == 0:
         raise ValueError(f"{FLAG} visionzip needs mm_vision_select_layer to name a block, not the embeddings")
-    before = clip.run_blocks(clip.embed(images), 0, index - 1)  # [B, 1 + N, D], the selected layer's input
-    attention, keys = layer_attention_and_keys(clip.blocks[index - 1], before)
-    hidden = clip.run_blocks(before, index - 1, index)  # [B, 1 + N, D]
+    before = view.run_blocks(view.embed(images), 0, index - 1)  # [B, 1 + N, D], the selected layer's input
+    attention, keys = layer_attention_and_keys(view.blocks[index - 1], before)
+    hidden = view.run_blocks(before, index - 1, index)  # [B, 1 + N, D]
     patches = spec.dominant - 1 if spec.cls else spec.dominant
     merged = visionzip_merge(
         hidden, attention[:, :, 0, 1:].sum(1), keys.mean(1).to(hidden.dtype), patches, spec.contextual
@@ -94,9 +94,9 @@ def visionzip_encode(tower: VisionTower, images: Tensor, spec: VisionZip) -> Vis
 
 
 def visionzip_gmacs(tower: VisionTower, spec: VisionZip, images: int) -> list[float]:
-    clip = block_tower(tower, spec.name)
+    view = block_tower(tower, spec.name)
     patches = spec.dominant - 1 if spec.cls else spec.dominant
-    return [visionzip_macs(clip.cost_config, patches, spec.contextual, clip.layers_run) / 1e9] * images
+    return [visionzip_macs(view.cost_config, patches, spec.contextual, view.layers_run) / 1e9] * images
 
 
 def _tome_block(layer, x: Tensor, size: Tensor, r: int) -> tuple[Tensor, Tensor]:
@@ -113,63 +113,63 @@ def _tome_block(layer, x: Tensor, size: Tensor, r: int) -> tuple[Tensor, Tensor]
 
 
 def tome_encode(tower: VisionTower, images: Tensor, spec: ToMe) -> VisionFeatures:
-    """Run the CLIP blocks up to the selected layer with ``spec.r`` merges in each (nothing after it is needed)."""
-    clip = block_tower(tower, spec.name)
-    x = clip.embed(images)  # [B, 1 + N, D]
+    """Run the blocks up to the selected layer with ``spec.r`` merges in each (nothing after it is needed)."""
+    view = block_tower(tower, spec.name)
+    x = view.embed(images)  # [B, 1 + N, D]
     size = torch.ones_like(x[..., :1])  # [B, 1 + N, 1]
-    for layer in clip.blocks[: clip.layers_run]:
+    for layer in view.blocks[: view.layers_run]:
         x, size = _tome_block(layer, x, size, spec.r)
     return _features(list(_drop_cls(tower, x).unbind(0)))
 
 
 def tome_gmacs(tower: VisionTower, spec: ToMe, images: int) -> list[float]:
-    clip = block_tower(tower, spec.name)
-    schedule = token_schedule(clip_tokens(clip.cost_config), spec.r, clip.layers_run)
-    return [tome_macs(clip.cost_config, *schedule) / 1e9] * images
+    view = block_tower(tower, spec.name)
+    schedule = token_schedule(clip_tokens(view.cost_config), spec.r, view.layers_run)
+    return [tome_macs(view.cost_config, *schedule) / 1e9] * images
 
 
 def patch_slimming_encode(tower: VisionTower, images: Tensor, spec: PatchSlimming, memo: dict) -> VisionFeatures:
-    """Run the CLIP blocks up to the selected layer, each on the tokens its predecessor kept, outputs gathered to the
+    """Run the blocks up to the selected layer, each on the tokens its predecessor kept, outputs gathered to the
     schedule's kept tokens (shorter sequences layer by layer)."""
-    clip = block_tower(tower, spec.name)
-    schedule = _fitting_schedule(clip, spec, memo)
-    x = clip.embed(images)  # [B, 1 + N, D]
-    for layer, queries in zip(clip.blocks[: clip.layers_run], query_positions(schedule, x.device), strict=True):
+    view = block_tower(tower, spec.name)
+    schedule = _fitting_schedule(view, spec, memo)
+    x = view.embed(images)  # [B, 1 + N, D]
+    for layer, queries in zip(view.blocks[: view.layers_run], query_positions(schedule, x.device), strict=True):
         x = slim_layer(layer, x, queries)  # [B, 1 + |m_l|, D]
     return _features(list(_drop_cls(tower, x).unbind(0)))
 
 
-def _fitting_schedule(clip, spec: PatchSlimming, memo: dict) -> SlimmingSchedule:
+def _fitting_schedule(view, spec: PatchSlimming, memo: dict) -> SlimmingSchedule:
     """The schedule file's parse, read once per ``memo`` (the caller's, kept between batches)."""
     key = f"patch_slimming:{spec.schedule}"
     if key not in memo:
         memo[key] = load_schedule(spec.schedule)
     schedule = memo[key]
-    check_fits(schedule, spec.schedule, clip_tokens(clip.cost_config) - 1, clip.layers_run)
+    check_fits(schedule, spec.schedule, clip_tokens(view.cost_config) - 1, view.layers_run)
     return schedule
 
 
 def patch_slimming_gmacs(tower: VisionTower, spec: PatchSlimming, memo: dict) -> float:
     """The layers that ran, each querying its kept tokens over the layer below's (static masks: no scoring)."""
-    clip = block_tower(tower, spec.name)
-    schedule, index = _fitting_schedule(clip, spec, memo), clip.layers_run
+    view = block_tower(tower, spec.name)
+    schedule, index = _fitting_schedule(view, spec, memo), view.layers_run
     queries, keys = [schedule.tokens(i) for i in range(index)], [schedule.tokens(i - 1) for i in range(index)]
-    return clip_tower_macs(clip.cost_config, queries, key_tokens=keys) / 1e9
+    return clip_tower_macs(view.cost_config, queries, key_tokens=keys) / 1e9
 
 
 def prumerge_encode(tower: VisionTower, images: Tensor, plus: bool) -> VisionFeatures:
     """PruMerge(+) on the selected layer's states, scored with the next layer's full-width q / k projections."""
     name = "prumerge_plus" if plus else "prumerge"
-    clip = block_tower(tower, name)
-    index = clip.layers_run
-    if index >= len(clip.blocks):
+    view = block_tower(tower, name)
+    index = view.layers_run
+    if index >= len(view.blocks):
         raise ValueError(
             f"{FLAG} {name} scores with the layer after mm_vision_select_layer (LLaVA's -2: the last "
             f"block's q / k); the tower {tower.vision_tower_name!r} holds none after select layer "
             f"{tower.select_layer} (an HF SigLIP / DINOv2 tower keeps only the layers up to the selected one)"
         )
-    x = clip.run_blocks(clip.embed(images), 0, index)  # [B, 1 + N, D]
-    parts = block_parts(clip.blocks[index])
+    x = view.run_blocks(view.embed(images), 0, index)  # [B, 1 + N, D]
+    parts = block_parts(view.blocks[index])
     h = parts.norm1(x)
     keys, query = parts.k(h), parts.q(h[:, :1])  # [B, 1 + N, D], [B, 1, D]
     scores = ((query.float() @ keys.float().transpose(1, 2)) * x.shape[-1] ** -0.5).softmax(-1)[:, 0, 1:]  # [B, N]
@@ -182,10 +182,10 @@ def prumerge_encode(tower: VisionTower, images: Tensor, plus: bool) -> VisionFea
 
 
 def prumerge_gmacs(tower: VisionTower, features: VisionFeatures) -> list[float]:
-    clip = block_tower(tower, "prumerge")
+    view = block_tower(tower, "prumerge")
     extra = 1 + int(tower.select_feature != "patch")  # the pruned tokens' sum, and [CLS]
     counts = [int(c) - extra for c in features.token_counts]
-    return [prumerge_macs(clip.cost_config, clip.layers_run, k, prumerge.NEIGHBOURS) / 1e9 for k in counts]
+    return [prumerge_macs(view.cost_config, view.layers_run, k, prumerge.NEIGHBOURS) / 1e9 for k in counts]
 
 
 def drip_ablation(tower: VisionTower, images: Tensor, spec: DripBoundaries) -> VisionFeatures:
