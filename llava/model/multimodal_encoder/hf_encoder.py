@@ -17,6 +17,9 @@ the HF model's own ``hidden_states[select_layer]`` and nothing after it is compu
 The input side and preprocessing come from the source directory's ``preprocessor_config.json`` when it has one, else
 the family's default at ``config.image_size``; both are stored in ``mm_vision_tower_config`` (the HF config dict
 with its ``model_type`` plus ``image_processor``), so a checkpoint rebuilds the same tower offline.
+
+The token reductions that read a tower's blocks (``llava.model.reduction.vit_blocks``) get a DINOv2 tower itself from
+``block_view`` (``embed``, ``run_blocks``, ``blocks``, ``layers_run``, ``cost_config``); a SigLIP tower refuses them.
 """
 
 from __future__ import annotations
