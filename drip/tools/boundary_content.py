@@ -12,7 +12,7 @@ features, then measures on the evaluation records:
   (calibrated to ``rate`` on the training images) and under the expected-count rule (``drip.boundary_rules``);
 * task: image -> caption top-1 and recall@10 among the evaluation images at the same fixed count;
 * signal (``--signal-seeds``): each pooling estimator's linear flip prediction against the true effect of flipping
-  each boundary (``drip.boundary_signal``) on the proxy's contrastive loss, at random boundaries of the given rate.
+  each boundary (``drip.tools.flip_signal``) on the proxy's contrastive loss, at random boundaries of the given rate.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from drip.boundary_proxy import (
     train_proxy,
 )
 from drip.boundary_rules import calibrate_threshold, expected_count_boundaries, threshold_boundaries
-from drip.boundary_signal import signal_report
+from drip.tools.flip_signal import signal_report
 
 VARIANTS = (
     Variant("uniform", "uniform"),
@@ -85,7 +85,7 @@ def measure(model: ProxyModel, train: torch.Tensor, test: torch.Tensor, captions
 
 
 def signal_rows(model: ProxyModel, x: torch.Tensor, captions: list[str], estimator: str):
-    """A ``drip.boundary_signal.RowLoss``: per-row contrastive loss of images ``x`` [B, N, D] against the batch."""
+    """A ``drip.tools.flip_signal.RowLoss``: per-row contrastive loss of images ``x`` [B, N, D] against the batch."""
     txt = model.text(captions).detach()
     valid_all = torch.ones(x.shape[:2], dtype=torch.bool)
 
