@@ -32,6 +32,7 @@ from drip.boundary_proxy import (
     train_proxy,
 )
 from drip.boundary_rules import calibrate_threshold, expected_count_boundaries, threshold_boundaries
+from drip.file_io import load_torch_weights
 from drip.tools.flip_signal import signal_report
 
 VARIANTS = (
@@ -52,7 +53,7 @@ SIGNAL_ESTIMATORS = ("straight_through", "box", "local")
 
 
 def load_cache(path: str) -> dict:
-    data = torch.load(path, weights_only=True)
+    data = load_torch_weights(path)
     missing = {"features", "captions", "train"} - set(data)
     if missing:
         raise ValueError(f"{path}: missing {sorted(missing)} (write it with python -m llava.tools.boundary_features)")

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
+from drip.images import load_image
 from llava.eval.caption_rank import DATA_ENV, DATA_FILE, EVAL_RECORDS, read_captions
 
 
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     start, chunks = time.time(), []
     for i in range(0, len(records), args.batch):
         part = records[i : i + args.batch]
-        imgs = [Image.open(os.path.join(args.data, "images", r.image)).convert("RGB") for r in part]
+        imgs = [load_image(os.path.join(args.data, "images", r.image)) for r in part]
         chunks.append(patch_features(tower, processor, imgs, args.layer).half())
         print(f"[boundary_features] {i + len(part)}/{len(records)} images, {time.time() - start:.0f} s", flush=True)
     feats = torch.cat(chunks)
