@@ -9,4 +9,4 @@ export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions
 $py -m ruff check drip llava eval llava_drip_demo tests benchmarks
 $py -m ruff format --check drip llava eval llava_drip_demo tests benchmarks
 $py -m pytest "$@"
-if [[ $# -eq 0 ]]; then bash scripts/test_oldest_transformers.sh -q; fi  # the full run: also the transformers floor
+if [[ $# -eq 0 ]]; then bash scripts/test_oldest_transformers.sh; fi  # the full run: also the transformers floor
