@@ -10,7 +10,7 @@ For ViT-B/32 and ViT-B/16 against DRIP-{2x,4x,10x} at the given batch sizes (eva
 * post_layout "packed" vs "padded" on the same weights.
 
 Boundary modes: "fixed" forces proportion-based boundaries (every image keeps max(1, int(N*prior)) tokens);
-"realistic" (issue 7) sets each predictor's output bias so it fires at rate prior on a random calibration batch
+"realistic" sets each predictor's output bias so it fires at rate prior on a random calibration batch
 (the (1 - prior) quantile of its logits) and then lets the predictor decide in eval, so counts vary per image.
 DRIP: arXiv 2025. Run: ``python benchmarks/drip_tower.py [--batch 8 32] [--models B-32 B-16] [--quick]``;
 ``--graph-breaks [PRESET ...] [--compile-batches 3]`` reports only torch.compile's graphs, graph breaks and recompiles
@@ -176,7 +176,8 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def check_targets(rows: list[dict]) -> list[str]:
-    """The issue's targets for DRIP-4x-B-16 (only for rows that were run)."""
+    """The efficiency targets for DRIP-4x-B-16: MAC ratio <= 0.38 (fixed) / 0.40 (realistic), time within 1.1x MACs
+    (only for rows that were run)."""
     out = []
     for r in rows:
         if r["model"] != "DRIP-4x-B-16":

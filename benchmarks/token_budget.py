@@ -1,4 +1,4 @@
-"""Benchmark: every token-reduction method at matched visual-token budgets, on one table and one plot (issue 17).
+"""Benchmark: every token-reduction method at matched visual-token budgets, on one table and one plot.
 
     python benchmarks/token_budget_run.py --demo-root DIR [--budgets 16,7] [--seeds 0,1] [--limit N] [--out DIR]
 

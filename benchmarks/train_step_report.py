@@ -1,4 +1,4 @@
-"""The tables ``benchmarks/train_step.py`` prints: one row per (tower, layout) and the issue's targets per layout.
+"""The tables ``benchmarks/train_step.py`` prints: one row per (tower, layout) and the packing targets per layout.
 
 Kept apart from the benchmark's set-up and timing; ``rows`` maps ``"<config>@<layout>"`` to that run's ``trace``
 (token counts, LLM shapes, padding share), ``macs`` (analytic multiply-adds by part), ``time`` (median seconds per
@@ -52,7 +52,7 @@ def print_table(rows: dict[str, dict], rounds: int, layouts: list[str]) -> None:
 
 
 def print_targets(rows: dict[str, dict], layout: str) -> None:
-    """The issue's targets for one layout (they are stated for the packed default)."""
+    """The packing targets for one layout (they are stated for the packed default)."""
     base = rows[f"ViT@{layout}"]
     verdict = lambda ok: "met" if ok else "MISSED"
     pads = {k.split("@")[0]: r["trace"].pad for k, r in rows.items() if k.endswith(f"@{layout}")}

@@ -1,6 +1,6 @@
 """What the boundary predictor buys: replace its boundaries by uniform or random ones with the same token counts.
 
-The DRIP ablation (issue 17): the same weights, with each image's learned boundaries swapped for
+The DRIP boundary ablation: the same weights, with each image's learned boundaries swapped for
 
 * ``uniform``: evenly spaced boundaries, segment sizes floor or ceil of L / c;
 * ``random``: c - 1 boundaries at seeded random positions, plus the last position (which always closes a segment),

@@ -1,4 +1,4 @@
-"""Eval keeps the training token count (issue 13, items 2 and 3): per-stage eval thresholds owned by the tower,
+"""Eval keeps the training token count: per-stage eval thresholds owned by the tower,
 calibrated right after upcycling, after training (explicit call) and saved with the weights; annealing the
 temperature moves the training samples towards the eval rule."""
 

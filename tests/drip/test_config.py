@@ -1,4 +1,4 @@
-"""DripConfig validation (issue 13, item 7): every field checked, errors name the field and the allowed values;
+"""DripConfig validation: every field checked, errors name the field and the allowed values;
 the S-DRIP preset and its band loss."""
 
 import pytest

@@ -137,7 +137,7 @@ def test_flops_decrease_with_rate():
     analytic.append(analytic_macs(cfg10, simulated_stage_counts(cfg10)))
     vit = analytic_macs(get_preset("ViT-B-16"), [])
     assert vit > analytic[0] > analytic[1] > analytic[2]
-    assert analytic[1] / vit <= 0.38  # DRIP-4x-B-16 with fixed boundaries (issue 2 target)
+    assert analytic[1] / vit <= 0.38  # DRIP-4x-B-16 with fixed boundaries: the efficiency target
 
 
 def test_tower_gmacs_per_image():

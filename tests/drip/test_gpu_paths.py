@@ -1,4 +1,4 @@
-"""What GPU runs depend on, checked on CPU (issue 13, items 4-6): the flash-attn gate reads the compute dtype,
+"""What GPU runs depend on, checked on CPU: the flash-attn gate reads the compute dtype,
 a broken flash-attn falls back once, fp16 pooling of large segments stays finite, one host sync per pooling
 stage, and torch.compile(tower) matches eager."""
 
@@ -187,7 +187,7 @@ def test_torch_compile_matches_eager_aot_eager_backend():
 
 @pytest.mark.parametrize("train", [False, True])
 def test_non_finite_pixels_are_rejected_with_a_clear_message(train):
-    """Issue 15, item 6: NaN pixels (or an fp16 overflow) gave an obscure arange error or silently one token."""
+    """Non-finite images: NaN pixels (or an fp16 overflow) gave an obscure arange error or silently one token."""
     tower = DripVisionTransformer(get_preset("DRIP-tiny")).train(train)
     x = torch.randn(3, 3, 64, 64)
     x[1, 0, 5, 5] = float("nan")

@@ -1,4 +1,4 @@
-"""The calls a training loop makes on a DRIP tower (issue 12): forward_features / forward_head, set_trainable,
+"""The calls a training loop makes on a DRIP tower: forward_features / forward_head, set_trainable,
 set_prior_loss_weight, and FLOP counting that leaves the caller's RNG alone."""
 
 import pytest

@@ -208,7 +208,7 @@ def test_image_accuracy_per_category(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_many_unparsed_answers_are_warned_about_and_scored_as_llava(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Issue 30: letters with whitespace ("B ", "B\\n", as other tools write them) scored far lower without a hint."""
+    """Letters with whitespace ("B ", "B\\n", as other tools write them) scored far lower without a hint."""
     answers = _write_dataset(tmp_path / "sqa")
     lines = [json.loads(line) for line in answers.read_text().splitlines()]
     for record, pad in zip(lines, [" ", "\n", "", "", " ", "", "\t"], strict=False):

@@ -418,7 +418,7 @@ def many_questions(data, n: int = 23) -> list[Question]:
 
 @pytest.mark.parametrize("kill_after", [5, 6, 7, 8])
 def test_batched_resume_after_kill_is_byte_identical(loaded, data, tmp_path, kill_after):
-    """Issue 14.12: batches re-formed from the first missing question gave a resumed file other batches."""
+    """Fixed batch windows: batches re-formed from the first missing question gave a resumed file other batches."""
     tokenizer, model, processor = loaded
     settings = GenerationSettings("vicuna_v1", 0.0, max_new_tokens=4)
     make = lambda **kw: CompositionGenerator(model, tokenizer, processor, settings, str(data["root"]), **kw)  # noqa: E731
@@ -435,7 +435,7 @@ def test_batched_resume_after_kill_is_byte_identical(loaded, data, tmp_path, kil
 
 
 def test_resume_with_another_model_or_settings_fails_unless_overwrite(loaded, data, tmp_path):
-    """Issue 15.4: the file records what produced it; a resume by anything else is refused with what differs."""
+    """Run record: the file records what produced it; a resume by anything else is refused with what differs."""
     tokenizer, model, processor = loaded
     questions = sqa_questions(data)
     path = tmp_path / "a.jsonl"
@@ -488,7 +488,7 @@ def test_resume_with_another_token_reduction_is_refused(loaded, data, tmp_path):
 
 
 def test_a_second_writer_is_refused(loaded, data, tmp_path):
-    """Issue 15.4: two runs on one file at once wrote duplicate lines; now the second fails at once."""
+    """Answers lock: two runs on one file at once wrote duplicate lines; now the second fails at once."""
     path = tmp_path / "a.jsonl"
     with answers_lock(str(path)):
         with pytest.raises(AnswersFileBusy, match=rf"a\.jsonl is being written by another run \(pid {os.getpid()}"):
@@ -498,7 +498,7 @@ def test_a_second_writer_is_refused(loaded, data, tmp_path):
 
 
 def test_directory_answers_path_and_empty_model_base_fail_clearly(ckpt, data, tmp_path, capsys):
-    """Issue 15.11: both gave raw tracebacks."""
+    """One-line errors: both gave raw tracebacks."""
     assert model_vqa.main(cli_args(ckpt, data, data["bench"], tmp_path)) == 2
     assert f"--answers-file {tmp_path} is a directory" in capsys.readouterr().err
     projector_only = tmp_path / "projector-only"
@@ -513,7 +513,7 @@ def test_directory_answers_path_and_empty_model_base_fail_clearly(ckpt, data, tm
 
 
 def test_eval_scripts_default_run_names_are_unique_per_checkpoint(tmp_path):
-    """Issue 15.4: the scripts' default output folder was the checkpoint's base name (two checkpoint-564 shared)."""
+    """Output folders: the scripts' default output folder was the checkpoint's base name (two checkpoint-564 shared)."""
     script = REPO / "scripts" / "v1_5" / "common.sh"
     names = subprocess.run(
         [
@@ -533,7 +533,7 @@ def test_eval_scripts_default_run_names_are_unique_per_checkpoint(tmp_path):
 
 
 def test_model_fingerprint_follows_the_weights_content(tmp_path, monkeypatch):
-    """Issue 30: weights replaced in place with the same sizes kept the fingerprint (names and sizes only)."""
+    """Fingerprint: weights replaced in place with the same sizes kept the fingerprint (names and sizes only)."""
     model = tmp_path / "model"
     model.mkdir()
     rng = np.random.default_rng(0)

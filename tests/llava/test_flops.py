@@ -1,5 +1,5 @@
 """The LLaVA-side cost module (llava.model.flops): one home for the LLM's analytic multiply-adds, importable without
-PyramidDrop's decoder; and the module-size rule of issue 12 for the llava package."""
+PyramidDrop's decoder; and the module-size rule for the llava package."""
 
 from __future__ import annotations
 

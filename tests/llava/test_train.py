@@ -1,4 +1,4 @@
-"""Training pipeline reliability (issue: training): bad data fails clearly, long samples are counted skips,
+"""Training pipeline reliability: bad data fails clearly, long samples are counted skips,
 text-only samples mix with image samples, and a killed run resumes to the uninterrupted run's loss."""
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ def test_packed_run_matches_padded_run_and_token_budget_runs(tmp_path, world, ba
     assert len(losses(budget)) == 2
 
 
-# --- issue 14: LoRA on a CLIP tower, stage 1 with start/end tokens, validation up front -------------------------
+# --- LoRA on a CLIP tower, stage 1 with start/end tokens, validation up front ----------------------------------
 @pytest.fixture(scope="module")
 def clip_dir(tiny, tmp_path_factory) -> Path:
     from transformers import CLIPVisionConfig, CLIPVisionModel

@@ -1,5 +1,5 @@
-"""The one interface every vision tower answers (issue 12, point 4): what may learn, the prior-loss weight, and
-DRIP-only outputs kept in their own extra; plus the flags that enter through it (issue 15, point 5)."""
+"""The one interface every vision tower answers: what may learn, the prior-loss weight, and
+DRIP-only outputs kept in their own extra; plus the flags that enter through it."""
 
 from __future__ import annotations
 

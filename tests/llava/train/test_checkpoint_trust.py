@@ -1,4 +1,4 @@
-"""Nothing executed from a checkpoint (issue 15, item 7): before a checkpoint reaches the Trainer (and DeepSpeed, which
+"""Nothing executed from a checkpoint: before a checkpoint reaches the Trainer (and DeepSpeed, which
 unpickles its ``global_step*/*.pt`` files with ``weights_only=False``), every pickle in it must load weights-only.
 The crafted payload here makes a folder when unpickled; it must never run unless the user says they trust it."""
 

@@ -1,4 +1,4 @@
-"""Training data refused or left out before training (issue 15, items 2 and 3): an empty file, an ``image`` that is not
+"""Training data refused or left out before training: an empty file, an ``image`` that is not
 one file name, and missing, corrupt or truncated images are found when the dataset is built, naming the record and
 the file; ``--skip_bad_images`` logs, counts and leaves such records out, also when an image fails only to decode."""
 

@@ -1,4 +1,4 @@
-"""Nothing lost on a rerun (issue 15, items 1 and 2): rerunning a killed run resumes from its latest checkpoint and
+"""Nothing lost on a rerun: rerunning a killed run resumes from its latest checkpoint and
 ends as the uninterrupted run does; ``--resume_from_checkpoint True`` means the latest; no run replaces checkpoints
 it did not write unless told to start afresh; empty data and 0-step runs leave a trained model alone."""
 
@@ -119,7 +119,7 @@ def test_a_run_of_zero_steps_saves_nothing(tmp_path, run_args):
 
 
 def test_rerunning_a_finished_run_does_nothing(tmp_path, run_args):
-    """Issue 30: a rerun resumed at the last step trained one step past --max_steps (checkpoint-5 for 4)."""
+    """A finished run: a rerun resumed at the last step trained one step past --max_steps (checkpoint-5 for 4)."""
     out = tmp_path / "run"
     assert train(run_args(out, "--max_steps", "4")) is not None
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
@@ -143,7 +143,7 @@ def test_finished_run_rules(tmp_path):
 
 @pytest.mark.parametrize("final", ["model.safetensors", "mm_projector.bin", "adapter_model.safetensors"])
 def test_a_fresh_run_never_replaces_another_runs_final_model(tmp_path, run_args, final):
-    """Issue 30: a folder holding a final model and no checkpoint was silently written over."""
+    """Another run's final model: a folder holding a final model and no checkpoint was silently written over."""
     out = tmp_path / "run"
     out.mkdir()
     (out / final).write_bytes(b"the final model of another run")
