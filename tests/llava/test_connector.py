@@ -113,6 +113,34 @@ def test_threshold_stays_fp32_through_bf16_and_calibration_keeps_the_training_ra
     assert 0.15 < counts.float().mean().item() / 16 < 0.4, counts.tolist()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_threshold_stays_fp32_through_every_cast(tiny, dtype):
+    """``.half()`` / ``.bfloat16()``, ``.to(dtype=, device=)`` and DeepSpeed's parameter cast leave the threshold
+    exact and fp32 (1/3 rounds in both half dtypes)."""
+    from types import SimpleNamespace
+
+    from llava.train.train import cast_parameters_for_deepspeed
+
+    method = "half" if dtype == torch.float16 else "bfloat16"
+    casts = {
+        "method": lambda m: getattr(m, method)(),
+        "to": lambda m: m.to(dtype=dtype, device="cpu"),
+        "deepspeed": lambda m: cast_parameters_for_deepspeed(
+            m,
+            SimpleNamespace(deepspeed="scripts/zero3.json", bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16),
+        ),
+    }
+    for name, cast in casts.items():
+        model = tiny.model("clip", mm_connector=DRIP)
+        connector = model.get_model().get_connector()
+        connector.set_eval_threshold(1 / 3)
+        cast(model)
+        assert connector.predictor.fc1.weight.dtype == dtype, name
+        assert connector.eval_threshold.dtype == torch.float32 and connector.eval_threshold.item() == float(
+            torch.tensor(1 / 3)
+        ), name
+
+
 def test_packed_training_forward_equals_padded_with_the_drip_connector(tiny):
     model = tiny.model("clip", mm_connector=DRIP).train()
     model.get_vision_tower().requires_grad_(False)
