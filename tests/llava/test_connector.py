@@ -54,6 +54,28 @@ def test_fixed_pooling_connectors_average_runs_and_windows(tiny, text, counts):
         torch.testing.assert_close(pooled.features[1][1], raw[1, [2, 3, 6, 7]].mean(0))
 
 
+@pytest.mark.parametrize("k", [4, 3, 5])  # 16 patches: 4 divides N, 3 and 5 leave a shorter last run
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pool1d_connector_is_the_reductions_pool1d_on_drips_run_segments(tiny, k, dtype):
+    """The connector pools with the training-free reduction's ``pool1d`` (image by image the same tokens), and its
+    tokens are DRIP's segment means on the run boundaries it draws (``run_boundaries``)."""
+    from drip.pooling import pool_segments
+    from llava.model.connector.fixed import run_boundaries
+    from llava.model.reduction.pool1d import pool1d
+
+    model = tiny.model("clip", mm_connector=f"pool1d:k={k}").to(dtype)
+    with torch.no_grad():
+        raw = model.get_vision_tower()(tiny.images(2).to(dtype))
+        pooled = model.get_model().get_connector()(raw)
+    patches = torch.stack(raw.features)  # [2, 16, 32]
+    segments = pool_segments(patches.float(), run_boundaries(16, k, 2, patches.device))
+    assert pooled.token_counts.tolist() == segments.counts.tolist() == [-(-16 // k)] * 2
+    for got, p, want in zip(pooled.features, patches, segments.tokens, strict=True):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, pool1d(p, k), rtol=0, atol=0)
+        torch.testing.assert_close(got.float(), want, **({} if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)))
+
+
 def test_cls_token_passes_unpooled_in_front(tiny):
     model = tiny.model("clip", mm_connector="pool1d:k=4", mm_vision_select_feature="cls_patch")
     with torch.no_grad():

@@ -1,8 +1,8 @@
 """Fixed pooling connectors, the trained baselines in DRIP's slot: runs of ``k`` raster patches (1-D) and ``k`` x ``k``
 windows of the patch grid (2-D). No parameters: they train "the same way" by training the projector (and LLM) on
 their tokens. 1-D runs are DRIP's authors' main LLaVA baseline (fixed pooling at the same token budget); 2-D windows
-are the spatial pooler of LLaVA-style models. The pooling is shared: ``drip.pooling.pool_segments`` for runs,
-``llava.model.reduction.uniform.uniform_pool`` (also the training-free ``uniform`` reduction) for windows.
+are the spatial pooler of LLaVA-style models. The pooling is the training-free reductions': ``pool1d`` for runs
+(``llava.model.reduction.pool1d``), ``uniform_pool`` for windows (``llava.model.reduction.uniform``).
 """
 
 from __future__ import annotations
@@ -10,15 +10,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from drip.pooling import pool_segments
 from llava.model.connector.base import Connector
 from llava.model.connector.spec import Pool1dSpec, Pool2dSpec
 from llava.model.multimodal_encoder.base import VisionFeatures
+from llava.model.reduction.pool1d import pool1d
 from llava.model.reduction.uniform import uniform_pool
 
 
 def run_boundaries(num_patches: int, k: int, batch: int, device: torch.device) -> Tensor:
-    """[batch, N] boundaries closing every run of ``k`` positions (the last position always closes)."""
+    """[batch, N] boundaries closing every run of ``k`` positions (the last position always closes): the segments
+    ``pool1d`` averages, as DRIP's boundaries (drawn by ``patch_boundaries``)."""
     pos = torch.arange(num_patches, device=device)
     b = ((pos + 1) % k == 0) | (pos == num_patches - 1)  # [N]
     return b.float().expand(batch, num_patches)
@@ -37,8 +38,9 @@ class Pool1dConnector(Connector):
 
     def forward(self, features: VisionFeatures) -> VisionFeatures:
         cls, patches = self.split(features)  # [B, N, D]
-        pooled = pool_segments(patches, self.patch_boundaries(features).to(patches.device))
-        rows, counts = self.join(cls, pooled.tokens, pooled.counts)
+        tokens = pool1d(patches, self.spec.k)  # [B, ceil(N / k), D]
+        counts = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device)
+        rows, counts = self.join(cls, tokens, counts)
         return VisionFeatures(features=rows, token_counts=counts)
 
     def analytic_gflops(self, features: VisionFeatures) -> list[float]:
