@@ -55,9 +55,6 @@ OVERSIZED = {
     "tests/llava/test_eval_generation.py": "the eval tests are being edited now: split into generation / resume / "
     "command-line files after that merge",
     "tests/llava/test_builder.py": "the builder and its tests are being edited now: split after that merge",
-    "tests/llava/test_multiprocess.py": "over once formatted; the training tests are being edited now: split "
-    "after that merge",
-    "tests/llava/test_train.py": "over once formatted; the training tests are being edited now: split after that merge",
     "benchmarks/train_step.py": "over once formatted (train_step_llm.py took the LLM part); split further after the "
     "GPU-performance merge",
 }
