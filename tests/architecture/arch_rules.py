@@ -16,6 +16,7 @@ a scratch copy to see each rule fail. The rules:
 * nothing edits ``sys.path`` (under any alias, ``from sys import path``, ``getattr``, ``site.addsitedir``);
 * no monkey patches: no attribute of an imported module or class is assigned, deleted or ``setattr``-ed;
 * no reference to a file outside the repository (``arch_paths``);
+* no module or class defines a function or class name twice (the second silently replaces the first: a merge's copy);
 * every module is at most ``MAX_LINES`` lines, counted as formatted: no ``# fmt: skip`` / ``# fmt: off`` markers;
 * ``scripts/test.sh`` lints (``ruff check``) and format-checks (``ruff format --check``) every Python folder.
 """
@@ -29,6 +30,7 @@ import tokenize
 from collections.abc import Callable
 from fnmatch import fnmatchcase
 
+from arch_names import rule_no_name_defined_twice
 from arch_paths import rule_no_reference_outside_the_repository
 from arch_scan import Repo, bound_imports, imports, is_entry_point, module_name, root_name, under, where
 
@@ -369,6 +371,7 @@ RULES: tuple[Rule, ...] = (
     rule_no_print_in_library_code,
     rule_no_sys_path_edits,
     rule_no_monkey_patches,
+    rule_no_name_defined_twice,
     rule_no_reference_outside_the_repository,
     rule_module_size,
     rule_ruff_checks_every_python_folder,
