@@ -76,6 +76,14 @@ def test_pool1d_connector_is_the_reductions_pool1d_on_drips_run_segments(tiny, k
         torch.testing.assert_close(got.float(), want, **({} if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)))
 
 
+@pytest.mark.parametrize("text", ["pool1d:k=3", "pool2d:k=2"])
+def test_fixed_pooling_costs_one_add_per_patch_and_channel(tiny, text):
+    model = tiny.model("clip", mm_connector=text)
+    with torch.no_grad():
+        raw = model.get_vision_tower()(tiny.images(2))  # 2 x [16, 32]
+    assert model.get_model().get_connector().analytic_gflops(raw) == [16 * 32 / 1e9] * 2
+
+
 def test_cls_token_passes_unpooled_in_front(tiny):
     model = tiny.model("clip", mm_connector="pool1d:k=4", mm_vision_select_feature="cls_patch")
     with torch.no_grad():
