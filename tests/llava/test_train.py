@@ -18,7 +18,7 @@ from llava.train.data import DataCollatorForSupervisedDataset, DatasetOptions, L
 from llava.train.preprocess import MalformedSample
 from llava.train.train import train
 from llava_drip_demo.demo_world import generate
-from tests.llava.tiny_runs import SMALL_WORLD, tiny_run_argv, with_flag
+from tests.llava.tiny_runs import LORA, SMALL_WORLD, tiny_run_argv, with_flag
 
 
 @pytest.fixture(scope="module")
@@ -165,12 +165,7 @@ def test_lora_run_saves_what_the_loader_merges(tmp_path, world, base_llm):
             tmp_path / "lora",
             "--max_steps",
             "2",
-            "--lora_enable",
-            "True",
-            "--lora_r",
-            "4",
-            "--lora_alpha",
-            "8",
+            *LORA,
             "--mm_projector_lr",
             "1e-3",
         )
@@ -238,12 +233,7 @@ def test_lora_with_a_trained_clip_tower_saves_what_a_fresh_model_loads(tmp_path,
             *args,
             "--max_steps",
             "2",
-            "--lora_enable",
-            "True",
-            "--lora_r",
-            "4",
-            "--lora_alpha",
-            "8",
+            *LORA,
             "--tune_vision_tower",
             "all",
             "--mm_vision_select_layer",

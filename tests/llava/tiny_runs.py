@@ -9,6 +9,7 @@ from pathlib import Path
 from llava_drip_demo.demo_world import WorldConfig
 
 SMALL_WORLD = WorldConfig(n_pretrain=24, n_instruct=24, n_sqa=4, n_bench=3, n_clip=4, n_zeroshot_per_class=1)
+LORA = ("--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8")  # a tiny LoRA on the LLM
 
 
 def tiny_run_argv(
