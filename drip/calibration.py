@@ -5,15 +5,38 @@ Training samples boundaries, so a boundary fires with probability sigmoid(logit)
 that is not yet confident (probabilities spread around pi < 0.5) threshold 0.5 fires far less often than training.
 The (1 - rate) quantile of the probabilities over sample images gives back that rate. Every pooling stage has
 its own threshold (``DripVisionTransformer.eval_thresholds``, saved with the weights).
+
+A threshold stays fp32 when its module is cast (``Fp32ThresholdBuffers``): 0.25682 rounded to bf16 is 0.25586, which
+moves boundaries and token counts. The DRIP tower and LLaVA's DRIP connector both hold their thresholds this way.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 import torch
+from torch import nn
 
 logger = logging.getLogger(__name__)
+
+
+class Fp32ThresholdBuffers(nn.Module):
+    """Mixin for a module whose eval-threshold buffers (named in ``fp32_buffers``, registered fp32) follow every
+    cast and move of the module, ``.to(dtype)``, ``.half()``, ``.bfloat16()`` and DeepSpeed's casts included (they
+    all pass through ``_apply``), to the new device but stay fp32."""
+
+    fp32_buffers: ClassVar[tuple[str, ...]] = ()
+
+    def _apply(self, fn, recurse: bool = True):
+        # copies taken before the cast: a cast may replace a buffer's ``.data`` in place
+        kept = {name: getattr(self, name).detach().clone() for name in self.fp32_buffers}
+        out = super()._apply(fn, recurse)
+        for name, before in kept.items():
+            after = getattr(self, name)
+            if after.dtype != torch.float32:
+                setattr(self, name, before.to(device=after.device, dtype=torch.float32))
+        return out
 
 
 def calibrated_threshold(probs: torch.Tensor, rate: float) -> float:

@@ -17,7 +17,6 @@ Both give the same result (tested); ``DripConfig.post_layout`` picks one.
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-logger = logging.getLogger(__name__)
+from drip.flash import flash_attn_kernels
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:
@@ -59,18 +58,10 @@ def use_flash(device_type: str, dtype: torch.dtype) -> bool:
     return packed_attention_kernel(device_type, dtype) == "flash_attn"
 
 
-@functools.cache  # import once per process, so a broken install warns once instead of at every block
 def flash_varlen() -> Callable | None:
-    """flash-attn's ``flash_attn_varlen_func``, or None: not installed, or (one warning) installed but failing to
-    import (a wheel built for another torch / CUDA, or flash-attn 4's ``flash_attn.cute`` only)."""
-    try:
-        from flash_attn import flash_attn_varlen_func
-    except Exception as e:  # ImportError (a missing name or extension), OSError (a CUDA library), RuntimeError
-        if isinstance(e, ModuleNotFoundError) and e.name == "flash_attn":  # not installed: nothing to warn about
-            return None
-        logger.warning("flash-attn is installed but does not import (%s: %s); DRIP attention uses SDPA", type(e), e)
-        return None
-    return flash_attn_varlen_func
+    """flash-attn's ``flash_attn_varlen_func``, or None where flash-attn does not really import (``drip.flash``)."""
+    kernels = flash_attn_kernels()
+    return None if kernels is None else kernels.varlen_func
 
 
 @functools.cache

@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from drip.boundary import BoundaryPredictor, band_prior_loss, binomial_prior_loss, sample_boundaries
 from drip.boundary_estimators import local_pooled_tokens
 from drip.boundary_modes import LEARNED, BoundaryMode, BoundaryModeName, matched_boundaries
+from drip.calibration import Fp32ThresholdBuffers, calibrate_eval_thresholds
 from drip.config import DripConfig
 from drip.layers import Block, PackedLayout, key_padding_bias
 from drip.pooling import pool_segments
@@ -101,7 +102,7 @@ def _threshold_config_follows_buffer(tower: nn.Module, incompatible_keys) -> Non
     tower.cfg = tower.cfg.replace(threshold=tuple(values))
 
 
-class DripVisionTransformer(nn.Module):
+class DripVisionTransformer(Fp32ThresholdBuffers):
     """DRIP image tower. Besides ``forward`` (= ``forward_head(forward_features(...))``) it answers the calls a
     training loop needs, so no caller reaches into its modules or config: ``set_trainable``, ``set_temperature``,
     ``set_prior_loss_weight``, ``set_eval_thresholds`` / ``calibrate_eval_thresholds`` and the timm-style
@@ -109,8 +110,10 @@ class DripVisionTransformer(nn.Module):
 
     The eval decision rule belongs to the tower: stage k marks a boundary where sigmoid(logit) exceeds
     ``eval_thresholds[k]``, a buffer saved with the weights; ``cfg.threshold`` holds the same values (set only through
-    ``set_eval_thresholds``, the calibration, or loading a state dict).
+    ``set_eval_thresholds``, the calibration, or loading a state dict). Casts keep it fp32 (``Fp32ThresholdBuffers``).
     """
+
+    fp32_buffers = ("eval_thresholds",)
 
     def __init__(self, cfg: DripConfig):
         super().__init__()
@@ -136,15 +139,6 @@ class DripVisionTransformer(nn.Module):
         self.boundary_mode = LEARNED  # set_boundary_mode: the ablation's uniform / random boundaries (not saved)
         self.grad_checkpointing = False
         self.compiled_stack = None  # compile_blocks: the block runs under torch.compile
-
-    def _apply(self, fn, recurse: bool = True):
-        """``.to(dtype)``, ``.half()``, ``.bfloat16()`` (and DeepSpeed's casts) pass through here: the eval thresholds
-        follow the device but stay fp32 (0.25682 in bf16 is 0.25586, which moves boundaries and token counts)."""
-        thresholds = self.eval_thresholds
-        out = super()._apply(fn, recurse)
-        if self.eval_thresholds.dtype != torch.float32:
-            self.eval_thresholds = thresholds.to(device=self.eval_thresholds.device)
-        return out
 
     # --- what a training loop sets --------------------------------------------------------------------------------
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -204,8 +198,6 @@ class DripVisionTransformer(nn.Module):
     def calibrate_eval_thresholds(self, images: Tensor, temperature: float | None = None) -> list[float]:
         """Set every stage's eval threshold so eval keeps the training boundary rate on ``images``; see
         ``drip.calibration.calibrate_eval_thresholds``. Returns the thresholds."""
-        from drip.calibration import calibrate_eval_thresholds
-
         return calibrate_eval_thresholds(self, images, temperature)
 
     def no_weight_decay(self) -> set[str]:

@@ -23,6 +23,7 @@ from arch_rules import (
     rule_module_size,
     rule_no_import_cycles,
     rule_no_monkey_patches,
+    rule_no_name_defined_twice,
     rule_no_print_in_library_code,
     rule_no_reference_outside_the_repository,
     rule_no_sys_path_edits,
@@ -80,6 +81,13 @@ CASES: list[tuple[Callable[[Repo], list[str]], str, str, str]] = [
     (rule_no_monkey_patches, "llava/model/splice.py", "\nfrom torch import nn\nnn.Linear.forward = len\n", "torch.nn"),
     (rule_no_monkey_patches, "llava/model/splice.py", "\nfrom torch import nn\nsetattr(nn.Module, 'x', 1)\n", "nn"),
     (rule_no_monkey_patches, "tests/llava/test_splice.py", "\nimport llava.conversation as c\nc.x = None\n", "conv"),
+    (rule_no_name_defined_twice, "llava/model/splice.py", "\nclass _Plan:\n    pass\n", "_Plan is defined again"),
+    (
+        rule_no_name_defined_twice,
+        "llava/model/splice.py",
+        "\nclass _Twice:\n    def f(self):\n        pass\n\n    def f(self):\n        pass\n",
+        "_Twice.f is defined again",
+    ),
     (rule_no_reference_outside_the_repository, "llava/model/builder.py", "\nD = '../shared/data'\n", "../shared"),
     (
         rule_no_reference_outside_the_repository,

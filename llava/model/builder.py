@@ -14,7 +14,6 @@ The vision tower's weights come from the checkpoint when it holds them, otherwis
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import os
@@ -25,6 +24,7 @@ from torch import Tensor
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from drip.file_io import load_torch_weights
+from drip.flash import flash_attn_kernels
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.model.language_model.llava_llama import LlavaLlamaConfig, LlavaLlamaForCausalLM, register_auto_classes
 
@@ -59,21 +59,12 @@ def checkpoint_kind(model_path: str) -> CheckpointKind:
     )
 
 
-@functools.cache  # one import attempt per process
 def flash_attention_2_usable() -> bool:
     """transformers can run the LLM with ``flash_attention_2``: its own check (flash-attn 2 >= 2.3.3 installed, CUDA)
-    passes and ``flash_attn`` really imports (a wheel built for another torch, or flash-attn 4's ``flash_attn.cute``
-    alone, is installed but fails at the first forward)."""
+    passes and ``flash_attn`` really imports (``drip.flash``: installed is not enough)."""
     from transformers.utils import is_flash_attn_2_available
 
-    if not is_flash_attn_2_available():
-        return False
-    try:
-        from flash_attn import flash_attn_func, flash_attn_varlen_func  # noqa: F401  (what transformers imports)
-    except Exception as e:  # ImportError, OSError (a CUDA library), RuntimeError
-        logger.warning("flash-attn is installed but does not import (%s: %s)", type(e).__name__, e)
-        return False
-    return True
+    return is_flash_attn_2_available() and flash_attn_kernels() is not None
 
 
 def resolve_attn_implementation(name: str) -> str:

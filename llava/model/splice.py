@@ -78,14 +78,6 @@ class _Plan(NamedTuple):
     spans: tuple[tuple[int, int], ...]  # (start, length) per image, unpadded positions
 
 
-class _Plan(NamedTuple):
-    """One sample after splicing and truncation, as host index arrays (no device values)."""
-
-    rows: np.ndarray  # [L'] row of the gather table: text embedding, image feature row, or the zero row
-    labels: np.ndarray  # [L'] index into the flat input labels, or the IGNORE_INDEX sentinel
-    spans: tuple[tuple[int, int], ...]  # (start, length) per image, unpadded positions
-
-
 class PromptTooLong(ValueError):
     """A batch of ``generate`` holds prompts longer than the model's context once their images are spliced in.
 

@@ -16,6 +16,7 @@ a scratch copy to see each rule fail. The rules:
 * nothing edits ``sys.path`` (under any alias, ``from sys import path``, ``getattr``, ``site.addsitedir``);
 * no monkey patches: no attribute of an imported module or class is assigned, deleted or ``setattr``-ed;
 * no reference to a file outside the repository (``arch_paths``);
+* no module or class defines a function or class name twice (the second silently replaces the first: a merge's copy);
 * every module is at most ``MAX_LINES`` lines, counted as formatted: no ``# fmt: skip`` / ``# fmt: off`` markers;
 * ``scripts/test.sh`` lints (``ruff check``) and format-checks (``ruff format --check``) every Python folder.
 """
@@ -29,6 +30,7 @@ import tokenize
 from collections.abc import Callable
 from fnmatch import fnmatchcase
 
+from arch_names import rule_no_name_defined_twice
 from arch_paths import rule_no_reference_outside_the_repository
 from arch_scan import Repo, bound_imports, imports, is_entry_point, module_name, root_name, under, where
 
@@ -43,8 +45,9 @@ DRIP_TOWER = "llava/model/multimodal_encoder/drip_encoder.py"
 # the llava modules that may import all of drip: the DRIP tower, the connectors (they reuse drip's predictor,
 # estimators and pooling: no copies) and the experiments
 DRIP_USERS = ("llava.model.multimodal_encoder.drip_encoder", "llava.model.connector", LLAVA_TOOLS)
-# drip modules any of llava may use: model-free helpers both packages need, kept in drip (the lower one)
-DRIP_SHARED = ("drip.images", "drip.file_io")
+# drip modules any of llava may use: model-free helpers both packages need, kept in drip (the lower one): images,
+# weight files, and whether flash-attn really imports (DRIP's packed attention and the LLM's attention choice)
+DRIP_SHARED = ("drip.images", "drip.file_io", "drip.flash")
 # plugin module -> the optional package it plugs into (only that package loads it, through an entry point)
 PLUGINS = {"llava/eval/lmms_eval_model.py": "lmms_eval"}
 MAX_LINES = 400
@@ -54,9 +57,6 @@ OVERSIZED = {
     "tests/llava/test_eval_generation.py": "the eval tests are being edited now: split into generation / resume / "
     "command-line files after that merge",
     "tests/llava/test_builder.py": "the builder and its tests are being edited now: split after that merge",
-    "tests/llava/test_multiprocess.py": "over once formatted; the training tests are being edited now: split "
-    "after that merge",
-    "tests/llava/test_train.py": "over once formatted; the training tests are being edited now: split after that merge",
     "benchmarks/train_step.py": "over once formatted (train_step_llm.py took the LLM part); split further after the "
     "GPU-performance merge",
 }
@@ -371,6 +371,7 @@ RULES: tuple[Rule, ...] = (
     rule_no_print_in_library_code,
     rule_no_sys_path_edits,
     rule_no_monkey_patches,
+    rule_no_name_defined_twice,
     rule_no_reference_outside_the_repository,
     rule_module_size,
     rule_ruff_checks_every_python_folder,

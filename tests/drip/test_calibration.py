@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from drip import DripVisionTransformer, get_preset, load_drip, save_drip
-from drip.calibration import synthetic_images
+from drip.calibration import Fp32ThresholdBuffers, synthetic_images
 from drip.weights import upcycle
 
 TOLERANCE = 0.03  # eval tokens per patch within 3 percentage points of the training rate
@@ -192,3 +192,22 @@ def test_loading_a_half_precision_checkpoint_keeps_the_configs_exact_thresholds(
     state["eval_thresholds"] = torch.tensor([0.125, 0.75], dtype=dtype)
     fresh.load_state_dict(state)
     assert fresh.cfg.stage_thresholds == (0.125, 0.75) and fresh.eval_thresholds.tolist() == [0.125, 0.75]
+
+
+def test_only_the_named_buffers_stay_fp32_and_they_follow_the_device():
+    class Holder(Fp32ThresholdBuffers):
+        fp32_buffers = ("kept",)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+            self.register_buffer("kept", torch.tensor([1 / 3, 0.25682]))
+            self.register_buffer("cast", torch.tensor([1 / 3]))
+
+    exact = Holder().kept.clone()
+    half = Holder().bfloat16()
+    assert half.kept.dtype == torch.float32 and torch.equal(half.kept, exact)
+    assert half.cast.dtype == half.lin.weight.dtype == torch.bfloat16
+    moved = Holder().to(device="meta", dtype=torch.float16)
+    assert moved.kept.device.type == "meta" and moved.kept.dtype == torch.float32
+    assert moved.cast.dtype == torch.float16

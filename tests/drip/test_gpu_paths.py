@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.nn.attention.varlen import varlen_attn
 
 from drip import DripVisionTransformer, get_preset
+from drip.flash import flash_attn_kernels
 from drip.layers import (
     Attention,
     PackedLayout,
@@ -47,10 +48,10 @@ def broken_flash_attn(tmp_path, monkeypatch):
     (pkg / "__init__.py").write_text("raise ImportError('flash_attn_2_cuda: undefined symbol _ZN3c10')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
-    flash_varlen.cache_clear()
+    flash_attn_kernels.cache_clear()
     yield
     sys.modules.pop("flash_attn", None)
-    flash_varlen.cache_clear()
+    flash_attn_kernels.cache_clear()
 
 
 def test_a_flash_attn_that_fails_to_import_is_not_used(broken_flash_attn, monkeypatch):
@@ -103,13 +104,13 @@ def test_packed_attention_through_the_varlen_path_equals_sdpa(monkeypatch, dtype
 def test_broken_flash_attn_falls_back_with_one_warning(monkeypatch, caplog):
     broken = types.ModuleType("flash_attn")  # imports, but lacks the kernel (a wheel built for another torch)
     monkeypatch.setitem(sys.modules, "flash_attn", broken)
-    flash_varlen.cache_clear()
+    flash_attn_kernels.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="drip.layers"):
+        with caplog.at_level(logging.WARNING, logger="drip.flash"):
             assert flash_varlen() is None and flash_varlen() is None
         assert sum("does not import" in r.message for r in caplog.records) == 1
     finally:
-        flash_varlen.cache_clear()
+        flash_attn_kernels.cache_clear()
 
 
 def test_fp16_pooling_of_large_segments_is_finite():

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from drip.checkpoint import save_drip
+from drip.flash import flash_attn_kernels
 from llava.model.builder import (
     checkpoint_kind,
     flash_attention_2_usable,
@@ -429,10 +430,10 @@ def test_flash_attention_2_is_chosen_by_the_real_import(tmp_path, monkeypatch, c
     _flash_attn_package(tmp_path, body)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
-    flash_attention_2_usable.cache_clear()
+    flash_attn_kernels.cache_clear()
     try:
         assert resolve_attn_implementation("flash_attention_2") == "sdpa"  # on CPU transformers' check fails
-        flash_attention_2_usable.cache_clear()
+        flash_attn_kernels.cache_clear()
         monkeypatch.setattr("transformers.utils.is_flash_attn_2_available", lambda: True)  # a CUDA machine
         with caplog.at_level(logging.WARNING):
             got = resolve_attn_implementation("flash_attention_2")
@@ -440,7 +441,7 @@ def test_flash_attention_2_is_chosen_by_the_real_import(tmp_path, monkeypatch, c
         assert ("does not import" in caplog.text) == (not imports)
     finally:
         sys.modules.pop("flash_attn", None)
-        flash_attention_2_usable.cache_clear()
+        flash_attn_kernels.cache_clear()
 
 
 def test_a_projector_of_another_tower_width_is_refused_naming_both_widths(tiny, tmp_path):

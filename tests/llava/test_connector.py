@@ -54,6 +54,36 @@ def test_fixed_pooling_connectors_average_runs_and_windows(tiny, text, counts):
         torch.testing.assert_close(pooled.features[1][1], raw[1, [2, 3, 6, 7]].mean(0))
 
 
+@pytest.mark.parametrize("k", [4, 3, 5])  # 16 patches: 4 divides N, 3 and 5 leave a shorter last run
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pool1d_connector_is_the_reductions_pool1d_on_drips_run_segments(tiny, k, dtype):
+    """The connector pools with the training-free reduction's ``pool1d`` (image by image the same tokens), and its
+    tokens are DRIP's segment means on the run boundaries it draws (``run_boundaries``)."""
+    from drip.pooling import pool_segments
+    from llava.model.connector.fixed import run_boundaries
+    from llava.model.reduction.pool1d import pool1d
+
+    model = tiny.model("clip", mm_connector=f"pool1d:k={k}").to(dtype)
+    with torch.no_grad():
+        raw = model.get_vision_tower()(tiny.images(2).to(dtype))
+        pooled = model.get_model().get_connector()(raw)
+    patches = torch.stack(raw.features)  # [2, 16, 32]
+    segments = pool_segments(patches.float(), run_boundaries(16, k, 2, patches.device))
+    assert pooled.token_counts.tolist() == segments.counts.tolist() == [-(-16 // k)] * 2
+    for got, p, want in zip(pooled.features, patches, segments.tokens, strict=True):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, pool1d(p, k), rtol=0, atol=0)
+        torch.testing.assert_close(got.float(), want, **({} if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)))
+
+
+@pytest.mark.parametrize("text", ["pool1d:k=3", "pool2d:k=2"])
+def test_fixed_pooling_costs_one_add_per_patch_and_channel(tiny, text):
+    model = tiny.model("clip", mm_connector=text)
+    with torch.no_grad():
+        raw = model.get_vision_tower()(tiny.images(2))  # 2 x [16, 32]
+    assert model.get_model().get_connector().analytic_gflops(raw) == [16 * 32 / 1e9] * 2
+
+
 def test_cls_token_passes_unpooled_in_front(tiny):
     model = tiny.model("clip", mm_connector="pool1d:k=4", mm_vision_select_feature="cls_patch")
     with torch.no_grad():
@@ -111,6 +141,34 @@ def test_threshold_stays_fp32_through_bf16_and_calibration_keeps_the_training_ra
         counts = model.encode_image_features(images.to(torch.bfloat16)).token_counts
     # eval keeps the rate training samples (0.25 at init: logit(0.25) bias, tiny weights) up to the last-patch rule
     assert 0.15 < counts.float().mean().item() / 16 < 0.4, counts.tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_threshold_stays_fp32_through_every_cast(tiny, dtype):
+    """``.half()`` / ``.bfloat16()``, ``.to(dtype=, device=)`` and DeepSpeed's parameter cast leave the threshold
+    exact and fp32 (1/3 rounds in both half dtypes)."""
+    from types import SimpleNamespace
+
+    from llava.train.train import cast_parameters_for_deepspeed
+
+    method = "half" if dtype == torch.float16 else "bfloat16"
+    casts = {
+        "method": lambda m: getattr(m, method)(),
+        "to": lambda m: m.to(dtype=dtype, device="cpu"),
+        "deepspeed": lambda m: cast_parameters_for_deepspeed(
+            m,
+            SimpleNamespace(deepspeed="scripts/zero3.json", bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16),
+        ),
+    }
+    for name, cast in casts.items():
+        model = tiny.model("clip", mm_connector=DRIP)
+        connector = model.get_model().get_connector()
+        connector.set_eval_threshold(1 / 3)
+        cast(model)
+        assert connector.predictor.fc1.weight.dtype == dtype, name
+        assert connector.eval_threshold.dtype == torch.float32 and connector.eval_threshold.item() == float(
+            torch.tensor(1 / 3)
+        ), name
 
 
 def test_packed_training_forward_equals_padded_with_the_drip_connector(tiny):

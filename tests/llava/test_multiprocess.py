@@ -172,46 +172,12 @@ def launcher(backend: str) -> list[str]:
 
 
 def train_flags(world: Path, base_llm: Path, out: Path) -> list[str]:
-    return [
-        "--model_name_or_path",
-        str(base_llm),
-        "--version",
-        "v1",
-        "--data_path",
-        str(world / "instruct_images.json"),
-        "--image_folder",
-        str(world / "images"),
-        "--vision_tower",
-        "drip:DRIP-tiny",
-        "--mm_vision_select_layer",
-        "-2",
-        "--mm_projector_type",
-        "mlp2x_gelu",
-        "--output_dir",
-        str(out),
-        "--per_device_train_batch_size",
-        "2",
-        "--learning_rate",
-        "1e-3",
-        "--max_steps",
-        str(STEPS),
-        "--model_max_length",
-        "256",
-        "--logging_steps",
-        "1",
-        "--report_to",
-        "none",
-        "--seed",
-        "0",
-        "--dataloader_num_workers",
-        "0",
-        "--image_aspect_ratio",
-        "pad",
-        "--group_by_modality_length",
-        "True",
-        "--save_strategy",
-        "no",
-    ]
+    # imported here, on the test side: the launched ranks run this file as a script, where ``tests`` is not ours
+    from tests.llava.tiny_runs import tiny_run_argv
+
+    flags = ["--mm_vision_select_layer", "-2", "--max_steps", str(STEPS), "--group_by_modality_length", "True"]
+    data = world / "instruct_images.json"
+    return tiny_run_argv(base_llm, world, out, *flags, "--save_strategy", "no", data=data, batch=2)
 
 
 def launch_env(report_dir: Path) -> dict[str, str]:

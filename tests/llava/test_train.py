@@ -17,9 +17,8 @@ from llava.train.args import ModelArguments
 from llava.train.data import DataCollatorForSupervisedDataset, DatasetOptions, LazySupervisedDataset
 from llava.train.preprocess import MalformedSample
 from llava.train.train import train
-from llava_drip_demo.demo_world import WorldConfig, generate
-
-SMALL_WORLD = WorldConfig(n_pretrain=24, n_instruct=24, n_sqa=4, n_bench=3, n_clip=4, n_zeroshot_per_class=1)
+from llava_drip_demo.demo_world import generate
+from tests.llava.tiny_runs import LORA, SMALL_WORLD, tiny_run_argv, with_flag
 
 
 @pytest.fixture(scope="module")
@@ -113,45 +112,8 @@ def test_text_only_sample_in_an_image_batch(tmp_path, world, base_llm):
 
 
 def run_args(world: Path, base_llm: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--model_name_or_path",
-        str(base_llm),
-        "--version",
-        "v1",
-        "--data_path",
-        str(world / "instruct.json"),
-        "--image_folder",
-        str(world / "images"),
-        "--vision_tower",
-        "drip:DRIP-tiny",
-        "--mm_projector_type",
-        "mlp2x_gelu",
-        "--output_dir",
-        str(out),
-        "--per_device_train_batch_size",
-        "4",
-        "--learning_rate",
-        "1e-3",
-        "--model_max_length",
-        "256",
-        "--logging_steps",
-        "1",
-        "--report_to",
-        "none",
-        "--seed",
-        "0",
-        "--dataloader_num_workers",
-        "0",
-        "--image_aspect_ratio",
-        "pad",
-        "--group_by_modality_length",
-        "True",
-        "--save_strategy",
-        "steps",
-        "--save_steps",
-        "3",
-        *extra,
-    ]
+    save = ("--group_by_modality_length", "True", "--save_strategy", "steps", "--save_steps", "3")
+    return tiny_run_argv(base_llm, world, out, *save, *extra)
 
 
 def losses(trainer) -> dict[int, float]:
@@ -203,12 +165,7 @@ def test_lora_run_saves_what_the_loader_merges(tmp_path, world, base_llm):
             tmp_path / "lora",
             "--max_steps",
             "2",
-            "--lora_enable",
-            "True",
-            "--lora_r",
-            "4",
-            "--lora_alpha",
-            "8",
+            *LORA,
             "--mm_projector_lr",
             "1e-3",
         )
@@ -266,12 +223,6 @@ def clip_dir(tiny, tmp_path_factory) -> Path:
     return out
 
 
-def with_flag(args: list[str], flag: str, value: str) -> list[str]:
-    args = list(args)
-    args[args.index(flag) + 1] = value
-    return args
-
-
 def test_lora_with_a_trained_clip_tower_saves_what_a_fresh_model_loads(tmp_path, world, base_llm, clip_dir):
     from llava.model.builder import load_pretrained_model
 
@@ -282,12 +233,7 @@ def test_lora_with_a_trained_clip_tower_saves_what_a_fresh_model_loads(tmp_path,
             *args,
             "--max_steps",
             "2",
-            "--lora_enable",
-            "True",
-            "--lora_r",
-            "4",
-            "--lora_alpha",
-            "8",
+            *LORA,
             "--tune_vision_tower",
             "all",
             "--mm_vision_select_layer",

@@ -9,8 +9,9 @@ loss plus the binomial prior loss that holds the boundary rate near ``rate`` (4x
 The predictor, sampling, prior loss and pooling are ``drip``'s (``BoundaryPredictor``, ``sample_boundaries``,
 ``binomial_prior_loss``, ``pool_with_estimator``); the task gradient of the boundaries is the configured estimator's.
 Training samples boundaries (Gumbel-sigmoid at ``tau``); eval marks a boundary where sigmoid(logit) exceeds the
-eval threshold, a fp32 buffer that stays fp32 when the model is cast (``.to(bfloat16)``), set by ``calibrate``
-(the threshold that keeps the training boundary rate, ``drip.calibration``) and recorded in ``mm_connector``.
+eval threshold, a fp32 buffer that stays fp32 when the model is cast (``drip.calibration.Fp32ThresholdBuffers``), set
+by ``calibrate`` (the threshold that keeps the training boundary rate, ``drip.calibration``) and recorded in
+``mm_connector``.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from torch import Tensor
 
 from drip.boundary import BoundaryPredictor, binomial_prior_loss, sample_boundaries, training_rate
 from drip.boundary_estimators import pool_with_estimator
-from drip.calibration import calibrated_threshold
+from drip.calibration import Fp32ThresholdBuffers, calibrated_threshold
 from llava.model.connector.base import Connector
 from llava.model.connector.spec import DripConnectorSpec
 from llava.model.multimodal_encoder.base import DripExtras, VisionFeatures
 
 
-class DripConnector(Connector):
+class DripConnector(Fp32ThresholdBuffers, Connector):
+    fp32_buffers = ("eval_threshold",)  # casts keep it fp32: a bf16 threshold shifts the eval boundary rate
+
     def __init__(self, spec: DripConnectorSpec, width: int, grid: int, has_cls: bool) -> None:
         super().__init__(grid, has_cls)
         self.spec = spec
@@ -36,14 +39,6 @@ class DripConnector(Connector):
         # Not saved with the weights: the threshold is recorded in the config (mm_connector), which every layout has.
         self.register_buffer("eval_threshold", torch.tensor(spec.threshold, dtype=torch.float32), persistent=False)
         self.prior_loss_weight = 1.0
-
-    def _apply(self, fn, recurse: bool = True):
-        """Casts and moves the module; the eval threshold moves but stays fp32 (a bf16 threshold would shift the
-        eval boundary rate: bf16 keeps 8 bits of mantissa)."""
-        threshold = self.eval_threshold.detach().clone()
-        super()._apply(fn, recurse)
-        self.eval_threshold = threshold.to(device=self.eval_threshold.device, dtype=torch.float32)
-        return self
 
     def expected_tokens(self) -> float:
         return self.spec.rate * self.num_patches + int(self.has_cls)  # the rate the prior trains for

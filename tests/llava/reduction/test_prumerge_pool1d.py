@@ -73,6 +73,16 @@ def test_pool1d_is_the_mean_of_consecutive_runs(n, k):
     torch.testing.assert_close(pool1d(x, k), torch.stack(runs))
 
 
+@pytest.mark.parametrize("k", [4, 5])
+def test_pool1d_pools_every_leading_index_alike(k):
+    x = torch.randn(3, 2, 16, 6)  # [..., N, D]
+    got = pool1d(x, k)
+    assert got.shape == (3, 2, -(-16 // k), 6)
+    for i in range(3):
+        for j in range(2):
+            torch.testing.assert_close(got[i, j], pool1d(x[i, j], k), rtol=0, atol=0)
+
+
 def test_pool1d_is_drips_pooling_with_uniform_boundaries_when_k_divides_n():
     x = torch.randn(2, 64, 8)
     b = uniform_boundaries(torch.tensor([16, 16]), torch.tensor([64, 64]), 64)

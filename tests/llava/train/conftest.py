@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llava_drip_demo.demo_world import WorldConfig, generate
-
-SMALL_WORLD = WorldConfig(n_pretrain=24, n_instruct=24, n_sqa=4, n_bench=3, n_clip=4, n_zeroshot_per_class=1)
+from llava_drip_demo.demo_world import generate
+from tests.llava.tiny_runs import SMALL_WORLD, tiny_run_argv
 
 
 @pytest.fixture(scope="package")
@@ -30,44 +29,7 @@ def run_args(world: Path, base_llm: Path) -> Callable[..., list[str]]:
     """(output dir, *extra flags) -> the argv of a tiny stage-2 run that saves a checkpoint every 3 steps."""
 
     def args(out: Path, *extra: str, data: Path | None = None) -> list[str]:
-        return [
-            "--model_name_or_path",
-            str(base_llm),
-            "--version",
-            "v1",
-            "--data_path",
-            str(data or world / "instruct.json"),
-            "--image_folder",
-            str(world / "images"),
-            "--vision_tower",
-            "drip:DRIP-tiny",
-            "--mm_projector_type",
-            "mlp2x_gelu",
-            "--output_dir",
-            str(out),
-            "--per_device_train_batch_size",
-            "4",
-            "--learning_rate",
-            "1e-3",
-            "--model_max_length",
-            "256",
-            "--logging_steps",
-            "1",
-            "--report_to",
-            "none",
-            "--seed",
-            "0",
-            "--dataloader_num_workers",
-            "0",
-            "--image_aspect_ratio",
-            "pad",
-            "--save_strategy",
-            "steps",
-            "--save_steps",
-            "3",
-            "--save_total_limit",
-            "1",
-            *extra,
-        ]
+        save = ("--save_strategy", "steps", "--save_steps", "3", "--save_total_limit", "1")
+        return tiny_run_argv(base_llm, world, out, *save, *extra, data=data)
 
     return args

@@ -14,6 +14,7 @@ import torch
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.builder import load_pretrained_model
 from llava.train.train import train
+from tests.llava.tiny_runs import LORA
 
 CONNECTOR = "drip:rate=0.25,estimator=box"
 
@@ -82,7 +83,7 @@ def test_stage2_from_the_stage1_file_saves_reloads_and_keeps_token_counts(
     stage1, run_args, world, clip_dir, base_llm, tmp_path, layout
 ):
     trainer1, out1 = stage1
-    extra = ("--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8") if layout == "lora" else ()
+    extra = LORA if layout == "lora" else ()
     adapter = str(out1 / "mm_projector.bin")
     out = tmp_path / layout
     trainer = train(args_for(run_args, world, clip_dir, out, 2, "--pretrain_mm_mlp_adapter", adapter, *extra))

@@ -10,6 +10,7 @@ import pytest
 
 from llava.train import train as train_module
 from llava.train.preprocess import MalformedSample
+from tests.llava.tiny_runs import with_flag
 
 
 class ModelWasBuilt(Exception):
@@ -23,12 +24,6 @@ def no_model(monkeypatch):
 
     monkeypatch.setattr(train_module, "load_tokenizer", built)
     monkeypatch.setattr(train_module, "build_model", built)
-
-
-def with_flag(args: list[str], flag: str, value: str) -> list[str]:
-    out = list(args)
-    out[out.index(flag) + 1] = value
-    return out
 
 
 @pytest.mark.parametrize(
