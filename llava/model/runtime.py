@@ -86,7 +86,7 @@ class RuntimeConfig:
         if not changes:
             return dataclasses.replace(self, **modes)
         pdrop = changes.pop("pdrop", self.pyramid_drop)
-        llm = [m for m in changes.get("reductions", self.mm.reductions) if m.stage == "llm"]
+        llm = [m for m in changes.get("reductions", self.mm.reductions) if getattr(m, "stage", None) == "llm"]
         if llm and pdrop is not None:
             raise ValueError(
                 f"{FLAG} {llm[0].name} cannot run beside the PyramidDrop schedule {pdrop}; use one of them"
