@@ -220,8 +220,7 @@ class AnswerGenerator:
         ran = [a for a in answers if a.skipped is None]
         lengths = [a.text_tokens + a.visual_tokens for a in ran for _ in range(self.settings.num_beams)]
         packed = self.prefill_layout == "packed"
-        single_row = self.model.runtime.packing_single_row
-        return sum(lengths), prefill_padding(self.model.config, lengths, packed, single_row)
+        return sum(lengths), prefill_padding(self.model.config, lengths, packed, self.model.runtime.packing_single_row)
 
     @torch.inference_mode()
     def score_continuation(
