@@ -2,8 +2,9 @@
 
 LLaVA-1.5 (Liu et al., "Improved Baselines with Visual Instruction Tuning", 2023) stores its vision settings as loose
 attributes of the Llama config (``mm_vision_tower``, ``mm_projector_type``, ...); released checkpoints carry them in
-``config.json``. Every other module of ``llava.model`` reads them through ``MultimodalConfig.from_config`` so that
-names, defaults and checks live here only. Two keys are ours:
+``config.json``. ``MultimodalConfig.from_config`` reads them and ``write_to`` writes them, so that names, defaults and
+checks live here only; a model reads them once, into the runtime config it holds (``llava.model.runtime``), and
+writes them back on every change (``configure``). Keys of ours:
 
 * ``mm_vision_tower_config``: the tower's full architecture (a ``CLIPVisionConfig`` or ``DripConfig`` dict). With it
   a checkpoint rebuilds its tower offline and takes the tower weights from its own shards; without it (released

@@ -80,6 +80,10 @@ def test_fastvs_schedule_comes_from_the_method_and_the_keys_only_record_it(tiny,
         apply_token_reduction(pyramid, "fastv:k=1,ratio=0.75")
     apply_token_reduction(loaded, "none")  # FastV off: its record goes with it
     assert loaded.pdrop is None and loaded.config.pdrop_layer_list is None
+    older = tiny.model(
+        mm_token_reduction="fastv:k=1,ratio=0.75", pdrop_layer_list=[1], pdrop_image_token_ratio_list=[0.25]
+    )
+    assert older.pdrop == fastv_schedule(fastv)  # a record in PyramidDrop's position mode: FastV's own schedule runs
     with pytest.raises(ValueError, match="record its schedule"):  # keys that disagree with the method: refused
         tiny.model(mm_token_reduction="fastv:k=1,ratio=0.75", pdrop_layer_list=[1], pdrop_image_token_ratio_list=[0.5])
 
