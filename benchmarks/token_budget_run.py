@@ -12,6 +12,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from token_budget import (
     Result,
@@ -28,6 +29,7 @@ from token_budget import (
 )
 
 from llava.jsonl import read_jsonl
+from llava.model.config import MultimodalConfig
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,9 @@ def tower_shape(model_dir: str) -> tuple[TowerShape, str]:
     config = json.loads((Path(model_dir) / "config.json").read_text())
     stored = config.get("mm_vision_tower_config")
     vision = CLIPVisionConfig(**stored) if stored else CLIPVisionConfig.from_pretrained(config["mm_vision_tower"])
-    layers_run = int(config.get("mm_vision_select_layer", -2)) % (vision.num_hidden_layers + 1)
-    patch = config.get("mm_vision_select_feature", "patch") == "patch"
+    mm = MultimodalConfig.from_config(SimpleNamespace(**config))  # read as the model reads it, defaults included
+    layers_run = mm.select_layer % (vision.num_hidden_layers + 1)
+    patch = mm.select_feature == "patch"
     return TowerShape(vision.image_size, vision.patch_size, layers_run, patch), config["mm_vision_tower"]
 
 

@@ -13,6 +13,7 @@ from benchmarks.gpu_check.report import Context, Report, sync, timed_with_memory
 from drip import get_preset
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model import PDropConfig
+from llava.model.config import LLAVA_1_5_SELECT_LAYER
 from llava.model.language_model.llava_llama import LlavaLlamaConfig, LlavaLlamaForCausalLM
 
 
@@ -34,6 +35,7 @@ def llava_model(ctx: Context, preset: str, llm: dict, dtype: torch.dtype) -> Lla
         mm_vision_tower_config=cfg.to_dict(),
         mm_hidden_size=cfg.width,
         mm_projector_type="mlp2x_gelu",
+        mm_vision_select_layer=LLAVA_1_5_SELECT_LAYER,
         tokenizer_padding_side="right",
     )
     config._attn_implementation = "sdpa"

@@ -56,7 +56,7 @@ from llava.mm_utils import load_image, process_images, tokenizer_image_token
 from llava.model.config import MultimodalConfig
 from llava.model.flops import prefill_macs
 from llava.model.packed_prefill import prefill_padding
-from llava.model.reduction.spec import PatchSlimming, parse_token_reduction
+from llava.model.reduction.spec import PatchSlimming
 from llava.model.splice import PromptTooLong
 from llava.prompting import Decoding, PromptStyle, cut_at_stop, pad_token_id
 
@@ -220,7 +220,7 @@ class AnswerGenerator:
         ran = [a for a in answers if a.skipped is None]
         lengths = [a.text_tokens + a.visual_tokens for a in ran for _ in range(self.settings.num_beams)]
         packed = self.prefill_layout == "packed"
-        return sum(lengths), prefill_padding(self.model.config, lengths, packed, self.model.packing_single_row)
+        return sum(lengths), prefill_padding(self.model.config, lengths, packed, self.model.runtime.packing_single_row)
 
     @torch.inference_mode()
     def score_continuation(
@@ -301,8 +301,8 @@ def run_identity(
     the model runs with (answer-time flags can replace the checkpoint's)."""
     use = generator.style.use_im_start_end
     prompts = [(q.question_id, q.query(use), q.image_file, q.prompt) for q in questions]
-    mm = MultimodalConfig.from_config(generator.model.config)
-    schedules = [m.schedule for m in parse_token_reduction(mm.token_reduction) if isinstance(m, PatchSlimming)]
+    mm = generator.model.mm_config
+    schedules = [m.schedule for m in mm.reductions if isinstance(m, PatchSlimming)]
     return {
         "images_sha1": images_sha1(generator.image_folder, [q.image_file for q in questions]),
         "token_reduction_files": {path: content_sha1(path) for path in schedules},

@@ -79,7 +79,7 @@ class LlavaDripArgs:
     token_reduction: str | None = None  # as --token_reduction; None keeps the checkpoint's, "none" turns it off
     pdrop_layer_list: tuple[int, ...] | None = None  # PyramidDrop: drop after these decoder layers ...
     pdrop_image_token_ratio_list: tuple[float, ...] | None = None  # ... keeping these shares of each image's tokens
-    pdrop_position_mode: str = "compact"  # PyramidDrop's position ids after a drop: compact | original
+    pdrop_position_mode: str = PDropConfig.position_mode  # PyramidDrop's position ids after a drop: compact | original
     drip_threshold: float | None = None  # DRIP towers: every pooling stage's eval boundary threshold
     dtype: str | None = None  # float32 | float16 | bfloat16; default fp16 on GPU, fp32 on CPU (the loader's)
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
@@ -132,9 +132,9 @@ def load_generator(args: LlavaDripArgs) -> AnswerGenerator:
         if not hasattr(inner, "set_eval_thresholds"):
             raise ValueError("drip_threshold needs a DRIP vision tower; this checkpoint has another")
         inner.set_eval_thresholds(float(args.drip_threshold))
+    apply_token_reduction(model, args.token_reduction)  # first: "none" turns off a FastV the checkpoint recorded
     if args.pdrop is not None:
         model.set_pdrop(args.pdrop)
-    apply_token_reduction(model, args.token_reduction)
     settings = GenerationSettings(
         args.conv_mode, temperature=0.0, max_new_tokens=args.max_new_tokens, overlong=args.overlong
     )

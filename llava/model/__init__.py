@@ -19,6 +19,7 @@ _LAZY = {
     "LlavaCausalLMOutputWithPast": "llava.model.language_model.llava_llama",
     "MultimodalConfig": "llava.model.config",
     "PDropConfig": "llava.model.config",
+    "RuntimeConfig": "llava.model.runtime",
     "load_pretrained_model": "llava.model.builder",
     "register_auto_classes": "llava.model.language_model.llava_llama",
 }

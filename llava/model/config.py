@@ -2,18 +2,27 @@
 
 LLaVA-1.5 (Liu et al., "Improved Baselines with Visual Instruction Tuning", 2023) stores its vision settings as loose
 attributes of the Llama config (``mm_vision_tower``, ``mm_projector_type``, ...); released checkpoints carry them in
-``config.json``. Every other module of ``llava.model`` reads them through ``MultimodalConfig.from_config`` so that
-names, defaults and checks live here only. Two keys are ours:
+``config.json``. ``MultimodalConfig.from_config`` reads them and ``write_to`` writes them, so that names, defaults and
+checks live here only; a model reads them once, into the runtime config it holds (``llava.model.runtime``), and
+writes them back on every change (``configure``). Keys of ours:
 
 * ``mm_vision_tower_config``: the tower's full architecture (a ``CLIPVisionConfig`` or ``DripConfig`` dict). With it
   a checkpoint rebuilds its tower offline and takes the tower weights from its own shards; without it (released
   LLaVA checkpoints) the tower is read from ``mm_vision_tower`` (a local dir, a hub name, or ``drip:<preset|dir>``).
-* ``mm_token_reduction``: the ``--token_reduction`` methods and budgets (``llava.model.reduction.spec``).
+* ``mm_token_reduction``: the ``--token_reduction`` methods and budgets (``llava.model.reduction.spec``), held
+  parsed (``MultimodalConfig.reductions``) and written back as their canonical text.
 * ``mm_connector``: the pooling between tower and projector, e.g. ``drip:rate=0.25,estimator=box`` or ``pool1d:k=4``
   (``llava.model.connector.spec``); absent in released LLaVA checkpoints (no connector).
 * ``pdrop_layer_list`` / ``pdrop_image_token_ratio_list``: PyramidDrop (Xing et al., 2024) in the LLM — after layer
   ``layer_list[k]`` keep the fraction ``image_token_ratio_list[k]`` of each sample's image tokens;
-  ``pdrop_position_mode``: "compact" (PyramidDrop's renumbering, the default) or "original" position ids.
+  ``pdrop_position_mode``: "compact" (PyramidDrop's renumbering, the default) or "original" position ids. When
+  ``mm_token_reduction`` names an LLM-side method (FastV), these keys record that method's schedule (which
+  ``llava.model.runtime`` derives from the parsed method), so a cost count that reads only these keys still sees it.
+
+Each default is stated once, as the dataclass field's default: ``from_config`` fills a missing key with it, and the
+training flags (``llava.train.args``) take theirs from it. Those defaults are LLaVA's own flag defaults
+(``ModelArguments`` in LLaVA's ``llava/train/train.py``); ``mm_vision_select_layer``'s is -1 (the last layer), and
+LLaVA-1.5's recipe passes -2 (``LLAVA_1_5_SELECT_LAYER``; our scripts in ``scripts/v1_5/common.sh``).
 """
 
 from __future__ import annotations
@@ -24,9 +33,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from llava.constants import AspectRatio, check_aspect_ratio
+from llava.model.connector.spec import ConnectorSpec, parse_connector
 from llava.model.connector.spec import canonical as connector_canonical
-from llava.model.connector.spec import parse_connector
-from llava.model.reduction.spec import canonical
+from llava.model.reduction.spec import Reduction, format_token_reduction, parse_token_reduction
 
 SelectFeature = Literal["patch", "cls_patch"]
 PaddingSide = Literal["left", "right"]
@@ -34,6 +43,10 @@ PositionMode = Literal["compact", "original"]  # PyramidDrop's renumbering of ke
 POSITION_MODES = ("compact", "original")
 PDROP_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")  # PyramidDrop passes a 4-D additive mask per stage, which these take
 DRIP_PREFIX = "drip:"  # ``mm_vision_tower`` values starting with this name a DRIP tower (preset or checkpoint dir)
+# The layer LLaVA-1.5's scripts pass (haotian-liu/LLaVA scripts/v1_5/pretrain.sh and finetune.sh:
+# --mm_vision_select_layer -2, the input of CLIP's last block) and its released checkpoints record; not the flag's
+# default (LLaVA's -1, ``MultimodalConfig.select_layer``). Tools that read a LLaVA-1.5 tower's features use it.
+LLAVA_1_5_SELECT_LAYER = -2
 
 
 @dataclass(frozen=True)
@@ -100,7 +113,9 @@ class MultimodalConfig:
     vision_tower_config: dict[str, Any] | None = None  # mm_vision_tower_config (ours): the tower's architecture
     mm_hidden_size: int | None = None  # mm_hidden_size: tower feature size D (the projector's input)
     projector_type: str = "linear"  # mm_projector_type: linear | mlp{N}x_gelu | identity
-    select_layer: int = -2  # mm_vision_select_layer: which hidden state of the tower feeds the projector
+    # mm_vision_select_layer: which hidden state of the tower feeds the projector. -1 (the last) is LLaVA's flag
+    # default; LLaVA-1.5's scripts pass LLAVA_1_5_SELECT_LAYER (-2), and so do ours (scripts/v1_5/common.sh).
+    select_layer: int = -1
     select_feature: SelectFeature = "patch"  # mm_vision_select_feature: "patch" drops CLS, "cls_patch" keeps it
     use_im_start_end: bool = False  # mm_use_im_start_end: wrap images in <im_start> ... <im_end> tokens
     use_im_patch_token: bool = True  # mm_use_im_patch_token: add the <im_patch> token to the tokenizer
@@ -108,13 +123,18 @@ class MultimodalConfig:
     patch_merge_type: str = "flat"  # mm_patch_merge_type: only "flat" (LLaVA-1.5) is supported
     tokenizer_model_max_length: int | None = None  # tokenizer_model_max_length: splice truncation in training
     tokenizer_padding_side: PaddingSide = "right"  # tokenizer_padding_side: batch padding in training
-    pdrop: PDropConfig | None = None  # pdrop_layer_list + pdrop_image_token_ratio_list
-    token_reduction: str | None = None  # mm_token_reduction (ours): the --token_reduction text, llava.model.reduction
+    # pdrop_layer_list + pdrop_image_token_ratio_list + pdrop_position_mode: the LLM's drop schedule as recorded
+    # (PyramidDrop's, or the record of an LLM-side reduction method; see the module docstring)
+    pdrop: PDropConfig | None = None
+    # mm_token_reduction (ours): the --token_reduction methods, parsed (llava.model.reduction.spec), in data-flow order
+    reductions: tuple[Reduction, ...] = ()
     connector: str | None = None  # mm_connector (ours): pooling between tower and projector, llava.model.connector
     # What training did, recorded as LLaVA records it (read by nothing at inference):
     tune_mm_mlp_adapter: bool = False  # tune_mm_mlp_adapter: stage 1 (only the projector trained)
     freeze_mm_mlp_adapter: bool = False  # freeze_mm_mlp_adapter: the projector was frozen
     projector_lr: float | None = None  # mm_projector_lr: the projector's own learning rate, if any
+    # ``connector`` parsed, once, when the config is made (not a key of its own)
+    connector_spec: ConnectorSpec | None = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.select_feature not in ("patch", "cls_patch"):
@@ -127,11 +147,21 @@ class MultimodalConfig:
                 "(the 'spatial*' / 'unpad' merges belong to LLaVA-NeXT's anyres tiling)"
             )
         check_aspect_ratio(self.image_aspect_ratio)
-        if self.token_reduction is not None:
-            object.__setattr__(self, "token_reduction", canonical(self.token_reduction))
-        object.__setattr__(self, "connector", connector_canonical(parse_connector(self.connector)))
+        if not isinstance(self.reductions, tuple) or not all(isinstance(m, Reduction) for m in self.reductions):
+            raise TypeError(
+                f"MultimodalConfig.reductions must be a tuple of parsed methods, got {self.reductions!r}; parse a "
+                "--token_reduction text with llava.model.reduction.registry.parse_wired"
+            )
+        spec = parse_connector(self.connector)
+        object.__setattr__(self, "connector_spec", spec)
+        object.__setattr__(self, "connector", connector_canonical(spec))
         if self.tokenizer_model_max_length is not None and self.tokenizer_model_max_length < 1:
             raise ValueError(f"tokenizer_model_max_length must be positive, got {self.tokenizer_model_max_length}")
+
+    @property
+    def token_reduction(self) -> str | None:
+        """The canonical ``--token_reduction`` text of ``reductions`` (what ``mm_token_reduction`` stores)."""
+        return format_token_reduction(self.reductions)
 
     @property
     def is_drip(self) -> bool:
@@ -139,29 +169,30 @@ class MultimodalConfig:
 
     @classmethod
     def from_config(cls, config: Any) -> MultimodalConfig:
-        """Read the ``mm_*`` keys of an HF config (missing keys take LLaVA's defaults)."""
+        """Read the ``mm_*`` keys of an HF config; a missing key (or None) takes the field's default."""
         get = lambda key, default=None: default if getattr(config, key, None) is None else getattr(config, key)
         layers, ratios = get("pdrop_layer_list"), get("pdrop_image_token_ratio_list")
         if (layers is None) != (ratios is None):
             raise ValueError("config sets only one of pdrop_layer_list / pdrop_image_token_ratio_list; set both")
+        mode = get("pdrop_position_mode", PDropConfig.position_mode)
         return cls(
             vision_tower=get("mm_vision_tower"),
             vision_tower_config=get("mm_vision_tower_config"),
             mm_hidden_size=get("mm_hidden_size"),
-            projector_type=get("mm_projector_type", "linear"),
-            select_layer=int(get("mm_vision_select_layer", -2)),
-            select_feature=get("mm_vision_select_feature", "patch"),
-            use_im_start_end=bool(get("mm_use_im_start_end", False)),
-            use_im_patch_token=bool(get("mm_use_im_patch_token", True)),
-            image_aspect_ratio=get("image_aspect_ratio", "square"),
-            patch_merge_type=get("mm_patch_merge_type", "flat"),
+            projector_type=get("mm_projector_type", cls.projector_type),
+            select_layer=int(get("mm_vision_select_layer", cls.select_layer)),
+            select_feature=get("mm_vision_select_feature", cls.select_feature),
+            use_im_start_end=bool(get("mm_use_im_start_end", cls.use_im_start_end)),
+            use_im_patch_token=bool(get("mm_use_im_patch_token", cls.use_im_patch_token)),
+            image_aspect_ratio=get("image_aspect_ratio", cls.image_aspect_ratio),
+            patch_merge_type=get("mm_patch_merge_type", cls.patch_merge_type),
             tokenizer_model_max_length=get("tokenizer_model_max_length"),
-            tokenizer_padding_side=get("tokenizer_padding_side", "right"),
-            pdrop=None if layers is None else PDropConfig(layers, ratios, get("pdrop_position_mode", "compact")),
-            token_reduction=get("mm_token_reduction"),
+            tokenizer_padding_side=get("tokenizer_padding_side", cls.tokenizer_padding_side),
+            pdrop=None if layers is None else PDropConfig(layers, ratios, mode),
+            reductions=parse_token_reduction(get("mm_token_reduction")),
             connector=get("mm_connector"),
-            tune_mm_mlp_adapter=bool(get("tune_mm_mlp_adapter", False)),
-            freeze_mm_mlp_adapter=bool(get("freeze_mm_mlp_adapter", False)),
+            tune_mm_mlp_adapter=bool(get("tune_mm_mlp_adapter", cls.tune_mm_mlp_adapter)),
+            freeze_mm_mlp_adapter=bool(get("freeze_mm_mlp_adapter", cls.freeze_mm_mlp_adapter)),
             projector_lr=get("mm_projector_lr"),
         )
 
@@ -190,6 +221,7 @@ class MultimodalConfig:
         config.pdrop_position_mode = None if self.pdrop is None else self.pdrop.position_mode
 
     def replace(self, **changes: Any) -> MultimodalConfig:
+        """A copy with ``changes`` (checked again; ``reductions`` are taken as parsed, never re-parsed)."""
         return dataclasses.replace(self, **changes)
 
 

@@ -35,7 +35,8 @@ from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_projector.builder import build_vision_projector, check_projector_weights
 from llava.model.projector_file import check_projector_tower, projector_weights
-from llava.model.reduction.registry import VisionReduction, vision_methods
+from llava.model.reduction.registry import VisionReduction
+from llava.model.runtime import MODES, RuntimeConfig
 from llava.model.splice import ImageTokenLayout, splice_image_features
 
 logger = logging.getLogger(__name__)
@@ -57,23 +58,38 @@ class MultimodalInputs:
 
 
 class LlavaMetaModel:
-    """Mixin for the base model (e.g. ``LlamaModel``): owns ``vision_tower`` and ``mm_projector``."""
+    """Mixin for the base model (e.g. ``LlamaModel``): owns ``vision_tower``, ``mm_projector``, the connector and
+    the model's one ``RuntimeConfig`` (``runtime``, changed only by ``configure``)."""
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        mm = MultimodalConfig.from_config(config)
+        self._runtime = RuntimeConfig(MultimodalConfig.from_config(config))  # the config's keys, parsed once
+        mm = self._runtime.mm
         self.vision_reduction = VisionReduction()  # no parameters: the --token_reduction methods, as one module
         if mm.vision_tower is not None:
             # Weights come later: from the checkpoint being loaded, or from the tower's source in load_model().
             self.vision_tower = build_vision_tower(mm, delay_load=True)
             mm_hidden = mm.mm_hidden_size or self.vision_tower.hidden_size
             self.mm_projector = build_vision_projector(mm.projector_type, mm_hidden, config.hidden_size)
-            self.set_connector(mm.connector)
+            self.mm_connector = connector_for_tower(mm.connector_spec, self.vision_tower, mm.select_feature)
 
-    def set_connector(self, text: str | None) -> None:
-        """Build the connector ``text`` names (``mm_connector``; None removes it) between tower and projector."""
-        select = MultimodalConfig.from_config(self.config).select_feature
-        self.mm_connector = connector_for_tower(text, self.get_vision_tower(), select)
+    @property
+    def runtime(self) -> RuntimeConfig:
+        return self._runtime
+
+    def configure(self, **changes: Any) -> RuntimeConfig:
+        """The one way to change what the model runs with (``RuntimeConfig.changed`` checks every change). A
+        multimodal setting also writes the flat ``mm_*`` keys and, when ``mm_connector`` now names another connector,
+        builds it. Returns the new config, now held."""
+        runtime = self._runtime.changed(**changes)
+        if any(name not in MODES for name in changes):
+            mm, connector = runtime.mm, self.get_connector()
+            if connector_text(connector) != mm.connector:
+                connector = connector_for_tower(mm.connector_spec, self.get_vision_tower(), mm.select_feature)
+            mm.write_to(self.config)
+            self.mm_connector = connector
+        self._runtime = runtime
+        return runtime
 
     def get_connector(self) -> nn.Module | None:
         return getattr(self, "mm_connector", None)
@@ -101,8 +117,7 @@ class LlavaMetaModel:
             )
         p = next(self.embed_tokens.parameters())
         self.vision_tower = tower.to(device=p.device, dtype=p.dtype)
-        mm = MultimodalConfig.from_config(self.config)
-        mm.replace(vision_tower=tower.vision_tower_name, vision_tower_config=tower.config_dict()).write_to(self.config)
+        self.configure(vision_tower=tower.vision_tower_name, vision_tower_config=tower.config_dict())
 
     def _init_weights(self, module: nn.Module) -> None:
         # The tower and connector initialise themselves when built (DRIP: boundary bias = logit(prior)); HF's
@@ -124,24 +139,21 @@ class LlavaMetaModel:
         arg = lambda name, default=None: (
             default if getattr(model_args, name, None) is None else getattr(model_args, name)
         )
-        mm = MultimodalConfig.from_config(self.config).replace(
+        settings = dict(
             vision_tower=model_args.vision_tower,
-            select_layer=arg("mm_vision_select_layer", -2),
-            select_feature=arg("mm_vision_select_feature", "patch"),
-            projector_type=arg("mm_projector_type", "linear"),
-            patch_merge_type=arg("mm_patch_merge_type", "flat"),
+            select_layer=arg("mm_vision_select_layer", MultimodalConfig.select_layer),
+            select_feature=arg("mm_vision_select_feature", MultimodalConfig.select_feature),
+            projector_type=arg("mm_projector_type", MultimodalConfig.projector_type),
+            patch_merge_type=arg("mm_patch_merge_type", MultimodalConfig.patch_merge_type),
+            connector=arg("mm_connector", self.runtime.mm.connector),
         )
         tower = self.get_vision_tower()
         if tower is None:
-            tower = build_vision_tower(mm, threshold=arg("drip_boundary_threshold"))
+            tower = build_vision_tower(self.runtime.mm.replace(**settings), threshold=arg("drip_boundary_threshold"))
             self.vision_tower = [tower] if fsdp else tower
         elif not tower.is_loaded:
             tower.load_model()
-        mm = mm.replace(mm_hidden_size=tower.hidden_size, vision_tower_config=tower.config_dict())
-        mm = mm.replace(connector=arg("mm_connector", mm.connector))
-        mm.write_to(self.config)
-        if connector_text(self.get_connector()) != mm.connector:
-            self.set_connector(mm.connector)
+        mm = self.configure(**settings, mm_hidden_size=tower.hidden_size, vision_tower_config=tower.config_dict()).mm
         if getattr(self, "mm_projector", None) is None:
             self.mm_projector = build_vision_projector(mm.projector_type, tower.hidden_size, self.config.hidden_size)
         else:
@@ -194,8 +206,16 @@ class LlavaMetaForCausalLM(ABC):
         return self.get_model().get_vision_tower()
 
     @property
+    def runtime(self) -> RuntimeConfig:  # held by the base model, changed only through configure
+        return self.get_model().runtime
+
+    @property
     def mm_config(self) -> MultimodalConfig:
-        return MultimodalConfig.from_config(self.config)
+        return self.runtime.mm
+
+    def configure(self, **changes: Any) -> RuntimeConfig:
+        """Change what the model runs with: ``LlavaMetaModel.configure``, the one call that does."""
+        return self.get_model().configure(**changes)
 
     def encode_image_features(self, images: Images, *, boundaries: Tensor | None = None) -> VisionFeatures:
         """Tower then projector: one [N_i, H] tensor per image (H = the LLM's hidden size), counts, DRIP loss.
@@ -215,7 +235,7 @@ class LlavaMetaForCausalLM(ABC):
             raise ValueError(f"images must all have one shape (the tower's input size), got {shapes}")
         frozen = not any(p.requires_grad for p in tower.parameters())
         with _frozen_tower(tower) if frozen else contextlib.nullcontext():
-            pixels, methods = torch.stack(flat), vision_methods(self.mm_config.token_reduction)
+            pixels, methods = torch.stack(flat), self.runtime.vision_methods  # parsed when configured
             # [num_images, C, H, W] -> num_images x [N_i, D], after any vision-side --token_reduction methods
             if boundaries is not None:
                 out = tower(pixels, boundaries=boundaries)  # a DRIP tower only (CLIP takes no boundaries)
@@ -352,10 +372,10 @@ class LlavaMetaForCausalLM(ABC):
         adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
         if added and adapter and getattr(model_args, "mm_use_im_start_end", False):
             self._load_new_token_rows(adapter, added)
-        self.mm_config.replace(
+        self.configure(
             use_im_patch_token=bool(getattr(model_args, "mm_use_im_patch_token", False)),
             use_im_start_end=bool(getattr(model_args, "mm_use_im_start_end", False)),
-        ).write_to(self.config)
+        )
 
     def _load_new_token_rows(self, path: str, added: int) -> None:
         """Copy the last ``added`` input-embedding rows from a stage-1 ``mm_projector.bin`` (LLaVA's rule: the file

@@ -25,7 +25,6 @@ from transformers import TextIteratorStreamer
 
 from llava.conversation import DEFAULT_CONV_MODE
 from llava.mm_utils import process_images, to_rgb
-from llava.model.config import MultimodalConfig
 from llava.model.flops import prefill_macs
 from llava.prompting import Decoding, PromptStyle, cut_at_stop
 
@@ -104,7 +103,7 @@ def answer_request(
     if not question.strip():
         raise ValueError("the question is empty")
     model, tokenizer = loaded.model, loaded.tokenizer
-    style = PromptStyle(loaded.conv_mode, MultimodalConfig.from_config(model.config).use_im_start_end)
+    style = PromptStyle(loaded.conv_mode, model.mm_config.use_im_start_end)
     stop = style.stop_string(tokenizer)
     input_ids = style.prompt_ids([style.user_turn(question, True)], tokenizer).unsqueeze(0)  # [1, L]
     pixels = process_images([image], loaded.image_processor, model.config)  # [1, 3, S, S]

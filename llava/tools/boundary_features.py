@@ -24,6 +24,7 @@ from PIL import Image
 
 from drip.images import load_image
 from llava.eval.caption_rank import DATA_ENV, DATA_FILE, EVAL_RECORDS, read_captions
+from llava.model.config import LLAVA_1_5_SELECT_LAYER
 
 
 def _load_tower(path: str):
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--tower", required=True, help="HF vision tower folder")
     ap.add_argument("--data", default=os.environ.get(DATA_ENV), help=f"stage-1 data folder (default ${DATA_ENV})")
     ap.add_argument("--out", required=True, help="output .pt file (fp16 features)")
-    ap.add_argument("--layer", type=int, default=-2, help="hidden layer (LLaVA's mm_vision_select_layer)")
+    ap.add_argument("--layer", type=int, default=LLAVA_1_5_SELECT_LAYER, help="hidden layer (LLaVA-1.5's)")
     ap.add_argument("--train-records", type=int, default=None, help="first N training records only (default all)")
     ap.add_argument("--batch", type=int, default=32)
     args = ap.parse_args(argv)

@@ -25,6 +25,7 @@ from transformers import AutoTokenizer
 
 from drip.tools.flip_signal import RowLoss, SignalReport, prior_boundaries, signal_report
 from llava.model.builder import load_pretrained_model
+from llava.model.config import LLAVA_1_5_SELECT_LAYER
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.drip_encoder import DripVisionTower
 from llava.tools.lm_row_loss import lm_row_loss
@@ -48,7 +49,7 @@ def build_model(args: argparse.Namespace, seed: int) -> tuple[Any, Any]:
         model_name_or_path=args.base_llm,
         version=args.version,
         vision_tower=args.vision_tower,
-        mm_vision_select_layer=-2,
+        mm_vision_select_layer=LLAVA_1_5_SELECT_LAYER,
         mm_projector_type=args.mm_projector_type,
         mm_use_im_patch_token=False,
     )

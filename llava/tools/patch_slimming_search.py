@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from llava.mm_utils import load_image
+from llava.model.config import LLAVA_1_5_SELECT_LAYER
 from llava.model.multimodal_encoder.base import clip_image_processor
 from llava.model.reduction.patch_slimming import save_schedule
 from llava.model.reduction.slimming_search import SearchConfig, search_schedule
@@ -33,7 +34,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--r0", type=int, default=8, help="search granularity: patches added per try")
     p.add_argument("--finetune_steps", type=int, default=0, help="Adam steps per pruned layer (0: none)")
     p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate")
-    p.add_argument("--select_layer", type=int, default=-2, help="mm_vision_select_layer of the LLaVA model")
+    p.add_argument(
+        "--select_layer",
+        type=int,
+        default=LLAVA_1_5_SELECT_LAYER,
+        help=f"mm_vision_select_layer of the LLaVA model (default: LLaVA-1.5's {LLAVA_1_5_SELECT_LAYER})",
+    )
     p.add_argument("--batch_size", type=int, default=4, help="images per scoring chunk")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output", required=True, help="schedule JSON to write")

@@ -13,7 +13,6 @@ import os
 from typing import Any
 
 from drip.weights import export_hf_clip_vision
-from llava.model.config import MultimodalConfig
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_encoder.drip_encoder import DripVisionTower
 
@@ -31,6 +30,6 @@ def export_tower_to_clip(model: Any, out_dir: str) -> str:
         name = getattr(tower, "vision_tower_name", None)
         raise ValueError(f"tower {name!r} is not a DRIP tower: nothing to export")
     path = os.path.abspath(str(export_hf_clip_vision(tower.vision_tower, out_dir)))
-    mm = MultimodalConfig.from_config(model.config).replace(vision_tower=path, vision_tower_config=None)
+    mm = model.runtime.mm.replace(vision_tower=path, vision_tower_config=None)  # the tower to build, not held
     model.replace_vision_tower(build_vision_tower(mm))
     return path

@@ -1,6 +1,7 @@
 """Typed command-line arguments of ``python -m llava.train.train`` (LLaVA-1.5's flag names and defaults + DRIP/PDrop).
 
-LLaVA users keep their scripts: every LLaVA flag below keeps its name and default. New flags:
+LLaVA users keep their scripts: every LLaVA flag below keeps its name and default (the multimodal ones take it from
+``MultimodalConfig``'s field, where it is stated once). New flags:
 ``--tune_vision_tower none|predictor|all`` (LLaVA always freezes the tower; a DRIP boundary predictor can train),
 ``--drip_boundary_threshold``, ``--drip_prior_loss_weight``, ``--pdrop_layer_list 8,16,24``,
 ``--pdrop_image_token_ratio_list 0.5,0.25,0.125`` (PyramidDrop's own ``--layer_list '[8,16,24]'
@@ -18,7 +19,13 @@ import transformers
 
 from drip.file_io import unwritable
 from llava.constants import check_aspect_ratio
-from llava.model.config import PDROP_ATTN_IMPLEMENTATIONS, POSITION_MODES, PDropConfig, parse_number_list
+from llava.model.config import (
+    PDROP_ATTN_IMPLEMENTATIONS,
+    POSITION_MODES,
+    MultimodalConfig,
+    PDropConfig,
+    parse_number_list,
+)
 from llava.model.connector.spec import parse_connector
 from llava.model.multimodal_encoder.base import check_train_mode
 from llava.model.multimodal_encoder.builder import check_tower_source
@@ -33,20 +40,22 @@ class ModelArguments:
     freeze_backbone: bool = field(default=False)
     tune_mm_mlp_adapter: bool = field(default=False, metadata={"help": "stage 1: train only the projector"})
     vision_tower: str | None = field(default=None, metadata={"help": "HF CLIP dir/name, or drip:<preset|ckpt dir>"})
-    mm_vision_select_layer: int | None = field(default=-1)
+    # LLaVA's default, -1 (the last layer); LLaVA-1.5's scripts and ours (scripts/v1_5/common.sh) pass -2
+    mm_vision_select_layer: int | None = field(default=MultimodalConfig.select_layer)
     pretrain_mm_mlp_adapter: str | None = field(default=None, metadata={"help": "stage-1 mm_projector.bin"})
-    mm_projector_type: str | None = field(default="linear")
-    mm_use_im_start_end: bool = field(default=False)
-    mm_use_im_patch_token: bool = field(default=True)
-    mm_patch_merge_type: str | None = field(default="flat")
-    mm_vision_select_feature: str | None = field(default="patch")
+    mm_projector_type: str | None = field(default=MultimodalConfig.projector_type)
+    mm_use_im_start_end: bool = field(default=MultimodalConfig.use_im_start_end)
+    mm_use_im_patch_token: bool = field(default=MultimodalConfig.use_im_patch_token)
+    mm_patch_merge_type: str | None = field(default=MultimodalConfig.patch_merge_type)
+    mm_vision_select_feature: str | None = field(default=MultimodalConfig.select_feature)
     # --- DRIP ---
     drip_boundary_threshold: float | None = field(default=None, metadata={"help": "eval boundary threshold"})
     # --- PyramidDrop (in-LLM image-token dropping), e.g. "8,16,24" and "0.5,0.25,0.125" (or "[8,16,24]") ---
     pdrop_layer_list: str | None = field(default=None, metadata={"aliases": ["--layer_list"]})
     pdrop_image_token_ratio_list: str | None = field(default=None, metadata={"aliases": ["--image_token_ratio_list"]})
     pdrop_position_mode: str = field(
-        default="compact", metadata={"help": "compact (PyramidDrop's renumbering after a drop) | original"}
+        default=PDropConfig.position_mode,
+        metadata={"help": "compact (PyramidDrop's renumbering after a drop) | original"},
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
     # --- token-reduction baselines, e.g. "visionzip:dominant=54,contextual=10" (llava.model.reduction.spec) ---
@@ -80,7 +89,9 @@ class DataArguments:
     lazy_preprocess: bool = False
     is_multimodal: bool = False
     image_folder: str | None = field(default=None)
-    image_aspect_ratio: str = field(default="square", metadata={"help": "pad (LLaVA-1.5) | square"})
+    image_aspect_ratio: str = field(
+        default=MultimodalConfig.image_aspect_ratio, metadata={"help": "pad (LLaVA-1.5) | square"}
+    )
     skip_bad_images: bool = field(
         default=False, metadata={"help": "leave out (log, count) records whose image is missing or unreadable"}
     )
@@ -94,7 +105,7 @@ class TrainingArguments(transformers.TrainingArguments):
     cache_dir: str | None = field(default=None)
     optim: str = field(default="adamw_torch")
     remove_unused_columns: bool = field(default=False)
-    freeze_mm_mlp_adapter: bool = field(default=False)
+    freeze_mm_mlp_adapter: bool = field(default=MultimodalConfig.freeze_mm_mlp_adapter)
     mpt_attn_impl: str | None = field(default="triton")  # accepted for LLaVA script compatibility; unused
     model_max_length: int = field(default=512, metadata={"help": "max sequence length (right-padded, truncated)"})
     double_quant: bool = field(default=True)

@@ -156,17 +156,17 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, to
     model.config.use_cache = False
     model.get_model().initialize_vision_modules(model_args=model_args)
     model.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)  # records mm_use_im_* (adds tokens if asked)
-    model.mm_config.replace(
+    model.configure(
         tokenizer_padding_side=tokenizer.padding_side,
         tokenizer_model_max_length=tokenizer.model_max_length,
         tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter,
         freeze_mm_mlp_adapter=training_args.freeze_mm_mlp_adapter,
         projector_lr=training_args.mm_projector_lr,
-    ).write_to(model.config)
+        packing=training_args.packing,
+    )
+    apply_token_reduction(model, model_args.token_reduction)  # first: it may turn off a FastV the base recorded
     if model_args.pdrop is not None:
         model.set_pdrop(model_args.pdrop)
-    model.set_packing(training_args.packing)
-    apply_token_reduction(model, model_args.token_reduction)
     if training_args.gradient_checkpointing:
         model.enable_input_require_grads()
     set_trainable(model, model_args, training_args)
@@ -271,7 +271,7 @@ def train(argv: list[str] | None = None, callbacks: list | None = None) -> LLaVA
     records = check_records(data_args.data_path, data_args.image_folder, data_args.skip_bad_images)  # no model yet
     tokenizer = load_tokenizer(model_args, training_args)
     model = build_model(model_args, training_args, tokenizer)
-    model.mm_config.replace(image_aspect_ratio=data_args.image_aspect_ratio).write_to(model.config)
+    model.configure(image_aspect_ratio=data_args.image_aspect_ratio)
     tower, connector = model.get_vision_tower(), model.get_model().get_connector()
     opts = DatasetOptions(
         version=model_args.version,

@@ -25,7 +25,9 @@ else
 fi
 deepspeed_args() { [[ "${LAUNCHER:-deepspeed}" == deepspeed ]] && echo "--deepspeed $1" || true; }
 DEMO=playground/data/demo
-# Flags that every stage passes unchanged (LLaVA-1.5 repeats them in each stage's script).
+# Flags that every stage passes unchanged (LLaVA-1.5 repeats them in each stage's script). --mm_vision_select_layer -2
+# overrides the flag's default (-1, LLaVA's; stated once as llava/model/config.py MultimodalConfig.select_layer), as
+# LLaVA-1.5's own scripts/v1_5/pretrain.sh and finetune.sh do: the features are the input of CLIP's last block.
 MM_ARGS=(--mm_vision_select_layer -2 --mm_use_im_start_end False --mm_use_im_patch_token False)
 TRAINER_ARGS=(--per_device_eval_batch_size 4 --gradient_accumulation_steps 1 --eval_strategy no --save_strategy steps
   --save_total_limit 1 --weight_decay 0. --warmup_ratio 0.03 --lr_scheduler_type cosine --logging_steps 1

@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerFast
 
 from drip import get_preset
 from llava.constants import IMAGE_TOKEN_INDEX
+from llava.model.config import LLAVA_1_5_SELECT_LAYER
 from llava.model.language_model.llava_llama import LlavaLlamaConfig, LlavaLlamaForCausalLM
 
 VOCAB_SIZE = 300
@@ -64,6 +65,8 @@ class TinyLlavaTester:
             )
         else:
             mm_keys = {}
+        if tower != "none":
+            mm_keys["mm_vision_select_layer"] = LLAVA_1_5_SELECT_LAYER  # as LLaVA-1.5's scripts pass (and ours)
         mm_keys.update(mm)
         return LlavaLlamaConfig(**self.llama, **mm_keys, mm_projector_type=projector)
 

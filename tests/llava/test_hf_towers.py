@@ -3,6 +3,7 @@ the selected layer, their image processors, frozen or trained, and inside a LLaV
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -18,12 +19,14 @@ from transformers import (
     ViTModel,
 )
 
-from llava.model.config import MultimodalConfig
+from llava.model.config import LLAVA_1_5_SELECT_LAYER, MultimodalConfig
 from llava.model.flops import clip_tower_macs
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.model.multimodal_encoder.hf_encoder import HFVisionTower, macs_config
 
+# The towers read LLaVA-1.5's layer unless a test says otherwise (the field's own default is LLaVA's flag default).
+llava15_config = functools.partial(MultimodalConfig, select_layer=LLAVA_1_5_SELECT_LAYER)
 # 32x32 images, 8x8 patches: 16 patches; 3 layers.
 COMMON = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8)
 FAMILIES = {
@@ -53,7 +56,7 @@ def pixels(n: int = 2, side: int = 32) -> torch.Tensor:
 @pytest.mark.parametrize("select_layer", [-2, -1, 1, 0])
 def test_features_equal_the_hf_models_hidden_state(tmp_path, family, select_layer):
     reference = save_random(family, tmp_path)
-    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path), select_layer=select_layer))
+    tower = build_vision_tower(llava15_config(vision_tower=str(tmp_path), select_layer=select_layer))
     assert isinstance(tower, HFVisionTower) and tower.family.name.lower() == family
     images = pixels()
     with torch.no_grad():
@@ -67,7 +70,7 @@ def test_features_equal_the_hf_models_hidden_state(tmp_path, family, select_laye
 
 def test_dinov2_cls_patch_keeps_cls(tmp_path):
     reference = save_random("dinov2", tmp_path)
-    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path), select_feature="cls_patch"))
+    tower = build_vision_tower(llava15_config(vision_tower=str(tmp_path), select_feature="cls_patch"))
     with torch.no_grad():
         expected = reference(pixels(), output_hidden_states=True).hidden_states[-2]
         out = tower(pixels())
@@ -78,26 +81,26 @@ def test_dinov2_cls_patch_keeps_cls(tmp_path):
 def test_siglip_has_no_cls_to_keep(tmp_path):
     save_random("siglip", tmp_path)
     with pytest.raises(ValueError, match=r"cls_patch: the SigLIP tower .* has no \[CLS\] token"):
-        build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path), select_feature="cls_patch"))
+        build_vision_tower(llava15_config(vision_tower=str(tmp_path), select_feature="cls_patch"))
 
 
 @pytest.mark.parametrize("family", ["siglip", "dinov2"])
 def test_tower_stops_after_the_selected_layer(tmp_path, family):
     save_random(family, tmp_path)
-    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path), select_layer=-3))
+    tower = build_vision_tower(llava15_config(vision_tower=str(tmp_path), select_layer=-3))
     _, layers, _ = tower.family.parts(tower.vision_tower)
     assert len(layers) == 1 and tower.config.num_hidden_layers == 3  # the config keeps the full depth
     assert not any(".head." in n for n, _ in tower.named_parameters())  # SigLIP's pooling head is never built
     with pytest.raises(ValueError, match="mm_vision_select_layer 4 is out of range for a 3-layer"):
-        build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path), select_layer=4))
+        build_vision_tower(llava15_config(vision_tower=str(tmp_path), select_layer=4))
 
 
 @pytest.mark.parametrize("family", ["siglip", "dinov2"])
 def test_stored_config_rebuilds_the_same_tower(tmp_path, family):
     save_random(family, tmp_path)
-    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path)))
+    tower = build_vision_tower(llava15_config(vision_tower=str(tmp_path)))
     stored = json.loads(json.dumps(tower.config_dict()))  # what config.json keeps
-    rebuilt = build_vision_tower(MultimodalConfig(vision_tower="elsewhere", vision_tower_config=stored))
+    rebuilt = build_vision_tower(llava15_config(vision_tower="elsewhere", vision_tower_config=stored))
     assert type(rebuilt.image_processor) is type(tower.image_processor)
     assert rebuilt.image_processor.to_dict() == tower.image_processor.to_dict()
     rebuilt.load_state_dict(tower.state_dict())  # the same keys: the same cut
@@ -108,10 +111,10 @@ def test_stored_config_rebuilds_the_same_tower(tmp_path, family):
 def test_dinov2_runs_at_its_processors_side_with_interpolated_positions(tmp_path):
     """A released DINOv2 holds a bigger position grid than it runs at: the input side is the processor's crop."""
     reference = save_random("dinov2", tmp_path)
-    build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path))).image_processor.__class__(
+    build_vision_tower(llava15_config(vision_tower=str(tmp_path))).image_processor.__class__(
         size={"shortest_edge": 55}, crop_size={"height": 48, "width": 48}
     ).save_pretrained(tmp_path)
-    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path)))
+    tower = build_vision_tower(llava15_config(vision_tower=str(tmp_path)))
     assert tower.image_size == 48 and tower.num_patches == 36
     images = pixels(side=48)
     with torch.no_grad():
@@ -120,8 +123,8 @@ def test_dinov2_runs_at_its_processors_side_with_interpolated_positions(tmp_path
 
 
 def test_default_processors_are_the_families():
-    siglip = build_vision_tower(MultimodalConfig(vision_tower="s", vision_tower_config=tower_dict("siglip")))
-    dinov2 = build_vision_tower(MultimodalConfig(vision_tower="d", vision_tower_config=tower_dict("dinov2")))
+    siglip = build_vision_tower(llava15_config(vision_tower="s", vision_tower_config=tower_dict("siglip")))
+    dinov2 = build_vision_tower(llava15_config(vision_tower="d", vision_tower_config=tower_dict("dinov2")))
     assert list(siglip.image_processor.image_mean) == [0.5] * 3 and siglip.image_size == 32
     assert list(dinov2.image_processor.image_mean) == [0.485, 0.456, 0.406] and dinov2.image_size == 32
     assert dinov2.image_processor.size == {"shortest_edge": 37}  # 256/224 of the crop
@@ -136,7 +139,7 @@ def tower_dict(family: str) -> dict:
 @pytest.mark.parametrize("family", ["siglip", "dinov2"])
 def test_frozen_or_all_trainable(tmp_path, family):
     save_random(family, tmp_path)
-    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path)))
+    tower = build_vision_tower(llava15_config(vision_tower=str(tmp_path)))
     tower.set_trainable("none")
     assert not any(p.requires_grad for p in tower.parameters())
     tower.set_trainable("all")
@@ -149,18 +152,18 @@ def test_frozen_or_all_trainable(tmp_path, family):
 def test_unknown_model_type_is_refused(tmp_path):
     ViTModel(ViTConfig(**COMMON, intermediate_size=64)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="model_type 'vit' is not a vision tower this LLaVA builds"):
-        build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path)))
+        build_vision_tower(llava15_config(vision_tower=str(tmp_path)))
 
 
 def test_clip_directory_still_builds_a_clip_tower(tmp_path):
     CLIPVisionModel(CLIPVisionConfig(**COMMON, intermediate_size=64)).save_pretrained(tmp_path)
-    assert isinstance(build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path))), CLIPVisionTower)
+    assert isinstance(build_vision_tower(llava15_config(vision_tower=str(tmp_path))), CLIPVisionTower)
 
 
 @pytest.mark.parametrize("family", ["siglip", "dinov2"])
 def test_macs_count_the_layers_that_run(tmp_path, family):
     save_random(family, tmp_path)
-    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path), select_layer=-3))
+    tower = build_vision_tower(llava15_config(vision_tower=str(tmp_path), select_layer=-3))
     tokens = 16 + (family == "dinov2")
     expected = clip_tower_macs(macs_config(tower.config, 32), [tokens]) / 1e9  # one layer of three runs
     assert tower.analytic_gflops(tower(pixels())) == [expected, expected]
@@ -191,7 +194,7 @@ def test_uniform_and_random_reduce_a_dinov2_tower_siglip_refuses_block_methods(t
     from llava.model.reduction.registry import encode_reduced, vision_methods
 
     save_random("dinov2", tmp_path)
-    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path), select_feature="cls_patch"))
+    tower = build_vision_tower(llava15_config(vision_tower=str(tmp_path), select_feature="cls_patch"))
     with torch.no_grad():
         full = torch.stack(tower(pixels()).features)  # [2, 17, D]
         pooled = encode_reduced(tower, pixels(), vision_methods("uniform:size=2"))
@@ -202,7 +205,7 @@ def test_uniform_and_random_reduce_a_dinov2_tower_siglip_refuses_block_methods(t
     assert pooled.token_counts.tolist() == [5, 5] and kept.token_counts.tolist() == [6, 6]
     siglip_dir = tmp_path / "siglip"
     save_random("siglip", siglip_dir)
-    siglip = build_vision_tower(MultimodalConfig(vision_tower=str(siglip_dir)))
+    siglip = build_vision_tower(llava15_config(vision_tower=str(siglip_dir)))
     for method in ("visionzip:dominant=3,contextual=1", "tome:r=2", "prumerge"):
         with pytest.raises(ValueError, match="reads the \\[CLS\\] token inside .* SigLIP tower .* has none"):
             encode_reduced(siglip, pixels(), vision_methods(method))
@@ -218,7 +221,7 @@ def test_tome_without_merges_is_the_dinov2_tower_and_merges_count(tmp_path):
     from llava.model.reduction.vit_blocks import block_tower
 
     save_random("dinov2", tmp_path)
-    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path), select_feature="cls_patch"))
+    tower = build_vision_tower(llava15_config(vision_tower=str(tmp_path), select_feature="cls_patch"))
     with torch.no_grad():
         plain = torch.stack(tower(pixels()).features)
         view = block_tower(tower, "tome")
@@ -240,7 +243,7 @@ def test_visionzip_keeps_the_patches_dinov2s_cls_attends_most(tmp_path):
 
     reference = save_random("dinov2", tmp_path)
     reference.set_attn_implementation("eager")
-    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path)))
+    tower = build_vision_tower(llava15_config(vision_tower=str(tmp_path)))
     methods = vision_methods("visionzip:dominant=3,contextual=1")
     with torch.no_grad():
         out = reference(pixels(), output_hidden_states=True, output_attentions=True)
@@ -263,7 +266,7 @@ def test_patch_slimming_keeping_every_patch_is_the_dinov2_tower(tmp_path):
     schedule.write_text(
         json.dumps({"format": "patch_slimming_schedule", "num_patches": 16, "kept_patches": everything})
     )
-    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path / "tower")))
+    tower = build_vision_tower(llava15_config(vision_tower=str(tmp_path / "tower")))
     with torch.no_grad():
         plain = torch.stack(tower(pixels()).features)
         slimmed = encode_reduced(tower, pixels(), vision_methods(f"patch_slimming:schedule={schedule}"))
@@ -277,7 +280,7 @@ def test_block_methods_on_a_bf16_dinov2_tower(tmp_path, method):
     from llava.model.reduction.registry import encode_reduced, vision_methods
 
     save_random("dinov2", tmp_path)
-    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path)))
+    tower = build_vision_tower(llava15_config(vision_tower=str(tmp_path)))
     with torch.no_grad():
         full = encode_reduced(tower, pixels(), vision_methods(method))
         half = encode_reduced(tower.to(torch.bfloat16), pixels(), vision_methods(method))
@@ -292,6 +295,6 @@ def test_prumerge_on_dinov2_is_refused_with_the_reason(tmp_path):
     from llava.model.reduction.registry import encode_reduced, vision_methods
 
     save_random("dinov2", tmp_path)
-    tower = build_vision_tower(MultimodalConfig(vision_tower=str(tmp_path)))
+    tower = build_vision_tower(llava15_config(vision_tower=str(tmp_path)))
     with pytest.raises(ValueError, match="prumerge scores with the layer after .* keeps only the layers up to"):
         encode_reduced(tower, pixels(), vision_methods("prumerge"))

@@ -7,15 +7,14 @@ from typing import Any
 
 from drip.file_io import load_torch_weights
 from llava.model.connector.base import Connector
-from llava.model.connector.spec import DripConnectorSpec, Pool1dSpec, canonical, parse_connector
+from llava.model.connector.spec import ConnectorSpec, DripConnectorSpec, Pool1dSpec, canonical
 
 logger = logging.getLogger(__name__)
 
 
-def build_connector(text: str | None, width: int, grid: int, has_cls: bool) -> Connector | None:
-    """The connector ``text`` names (``mm_connector``) for a tower of feature width ``width`` with a ``grid`` x
-    ``grid`` patch grid (+ a leading CLS token when ``has_cls``); None for no connector."""
-    spec = parse_connector(text)
+def build_connector(spec: ConnectorSpec | None, width: int, grid: int, has_cls: bool) -> Connector | None:
+    """The connector ``spec`` describes (``mm_connector``, parsed) for a tower of feature width ``width`` with a
+    ``grid`` x ``grid`` patch grid (+ a leading CLS token when ``has_cls``); None for no connector."""
     if spec is None:
         return None
     if isinstance(spec, DripConnectorSpec):
@@ -34,10 +33,10 @@ def connector_text(connector: Connector | None) -> str | None:
     return None if connector is None else canonical(connector.spec)
 
 
-def connector_for_tower(text: str | None, tower: Any, select_feature: str) -> Connector | None:
+def connector_for_tower(spec: ConnectorSpec | None, tower: Any, select_feature: str) -> Connector | None:
     """``build_connector`` for ``tower`` (a ``VisionTower``: feature width, patch grid) and LLaVA's
     ``mm_vision_select_feature`` (``cls_patch``: a CLS token in front)."""
-    return build_connector(text, tower.hidden_size, tower.num_patches_per_side, select_feature == "cls_patch")
+    return build_connector(spec, tower.hidden_size, tower.num_patches_per_side, select_feature == "cls_patch")
 
 
 def load_connector_weights(connector: Connector | None, path: str) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from llava.model.config import MultimodalConfig
 from llava.model.connector.build import connector_text
 
 logger = logging.getLogger(__name__)
@@ -38,6 +37,6 @@ def calibrate_connector(model: Any, pixels: Sequence[Tensor]) -> float | None:
             threshold = connector.calibrate(features)
     finally:
         tower.train(modes[0]), connector.train(modes[1])
-    MultimodalConfig.from_config(model.config).replace(connector=connector_text(connector)).write_to(model.config)
+    model.configure(connector=connector_text(connector))  # the calibrated threshold, recorded
     logger.info("DRIP connector eval threshold %.4f calibrated on %d images", threshold, len(pixels))
     return threshold

@@ -33,7 +33,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from llava.model.cache_keyword import cache_fields, cache_kwargs, decoder_output, output_cache
-from llava.model.config import MultimodalConfig, PDropConfig
+from llava.model.config import PDropConfig
 from llava.model.llava_arch import Images, LlavaMetaForCausalLM, LlavaMetaModel, MultimodalInputs
 from llava.model.packed_prefill import packed_prefill, prefill_can_pack, wants_packed_prefill
 from llava.model.packing import PackedBatch, pack_for_model, supports_packing
@@ -98,9 +98,6 @@ class LlavaCausalLMOutputWithPast(CausalLMOutputWithPast):
 class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
     config_class = LlavaLlamaConfig
 
-    def __init__(self, config: LlamaConfig) -> None:
-        super().__init__(config)
-
 
 class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
     config_class = LlavaLlamaConfig
@@ -117,10 +114,6 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         self.model = LlavaLlamaModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.pdrop: PDropConfig | None = MultimodalConfig.from_config(config).pdrop
-        self.packing = True  # padding-free training forward where the attention backend allows (set_packing)
-        self.packing_single_row: bool | None = None  # None: the backend decides (see llava.model.packing)
-        self.packed_prefill = True  # batched generation's prefill padding-free where it can (set_packed_prefill)
         self.post_init()
 
     def get_model(self) -> LlavaLlamaModel:
@@ -137,27 +130,30 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             model.get_model().load_vision_tower()
         return out
 
+    @property
+    def pdrop(self) -> PDropConfig | None:
+        """The schedule the decoder drops image tokens by: PyramidDrop's or FastV's (``RuntimeConfig.llm_schedule``)."""
+        return self.runtime.llm_schedule
+
     def set_pdrop(self, pdrop: PDropConfig | None) -> None:
-        """Turn PyramidDrop on (or off with None); recorded in the config so checkpoints keep it."""
-        MultimodalConfig.from_config(self.config).replace(pdrop=pdrop).write_to(self.config)
-        self.pdrop = pdrop
+        """PyramidDrop on (or off with None), recorded in the config: a thin wrapper of ``configure(pdrop=...)``."""
+        self.configure(pdrop=pdrop)
 
     def set_packing(self, enabled: bool, single_row: bool | None = None) -> None:
-        """Padding-free (packed) LLM batches for forwards with labels (training), or today's padded batches;
-        ``single_row`` forces one row (True) or planned rows (False) instead of the backend's choice (None)."""
-        self.packing, self.packing_single_row = bool(enabled), single_row
+        """Packed (padding-free) training batches or padded ones: ``configure(packing=, packing_single_row=)``."""
+        self.configure(packing=bool(enabled), packing_single_row=single_row)
 
     def set_packed_prefill(self, enabled: bool) -> None:
-        """Padding-free prefill of batched generation (``llava.model.packed_prefill``), or the left-padded one."""
-        self.packed_prefill = bool(enabled)
+        """Padding-free or left-padded prefill of batched generation: ``configure(packed_prefill=)``."""
+        self.configure(packed_prefill=bool(enabled))
 
     def prefill_packs(self) -> bool:
         """Whether a batched ``generate`` runs its prefill packed: the flag is on and the backend packs."""
-        return self.packed_prefill and prefill_can_pack(self.config, self.pdrop is not None)
+        return self.runtime.packed_prefill and prefill_can_pack(self.config, self.pdrop is not None)
 
     def _packs(self, labels: Tensor | None, attention_mask: Tensor | None, cache: Cache | None) -> bool:
         """Pack this forward: packing on, a loss to compute (no decoding cache), a backend that keeps samples apart."""
-        if not self.packing or labels is None or attention_mask is None or attention_mask.dim() != 2:
+        if not self.runtime.packing or labels is None or attention_mask is None or attention_mask.dim() != 2:
             return False
         if cache is not None and cache.get_seq_length() > 0:
             return False
@@ -211,12 +207,13 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         packed, pack_llm = None, self._packs(labels, attention_mask, cache)
         length = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
         pack_prefill = wants_packed_prefill(
-            self.packed_prefill, self.config, self.pdrop is not None, labels, attention_mask, cache, length
+            self.runtime.packed_prefill, self.config, self.pdrop is not None, labels, attention_mask, cache, length
         )
         if pack_llm and self.pdrop is None:  # PyramidDrop packs each of its stages itself
             if inputs_embeds is None:
                 inputs_embeds, input_ids = self.model.embed_tokens(input_ids), None
-            packed, extra = pack_for_model(self.config, inputs_embeds, attention_mask, labels, self.packing_single_row)
+            single_row = self.runtime.packing_single_row
+            packed, extra = pack_for_model(self.config, inputs_embeds, attention_mask, labels, single_row)
             inputs_embeds, position_ids, labels = packed.inputs_embeds, packed.position_ids, packed.labels
             attention_mask, use_cache, kwargs = None, False, {**kwargs, **extra}  # restarting positions: block mask
         outputs, labels = self._run_llm(
@@ -287,7 +284,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         if inputs_embeds is None and (packed or self.pdrop is not None):
             inputs_embeds, input_ids = self.model.embed_tokens(input_ids), None
         if self.pdrop is None and packed and labels is None:
-            hidden = packed_prefill(self.model, inputs_embeds, attention_mask, cache, self.packing_single_row)
+            hidden = packed_prefill(self.model, inputs_embeds, attention_mask, cache, self.runtime.packing_single_row)
             return decoder_output(hidden, cache), labels
         if self.pdrop is None:
             out = self.model(

@@ -1,6 +1,6 @@
 """LLaVA's CLIP vision tower: HF ``CLIPVisionModel``, one hidden layer's patch tokens as visual tokens.
 
-As in LLaVA-1.5 (Liu et al., 2023): the features are ``hidden_states[mm_vision_select_layer]`` (default -2, the
+As in LLaVA-1.5 (Liu et al., 2023): the features are ``hidden_states[mm_vision_select_layer]`` (LLaVA-1.5: -2, the
 penultimate layer, before ``post_layernorm``), with the CLS token dropped (``patch``) or kept (``cls_patch``). Every
 image yields the same number of tokens. Unlike LLaVA, which asks HF for every hidden state and runs every block, the
 tower stops after the selected layer (``embed`` then ``run_blocks(x, 0, layers_run)``): LLaVA's -2 never needs the
@@ -27,7 +27,7 @@ class CLIPVisionTower(VisionTower):
     def __init__(
         self,
         source: str,
-        select_layer: int = -2,
+        select_layer: int,
         select_feature: str = "patch",
         vision_config: dict[str, Any] | None = None,
         delay_load: bool = False,

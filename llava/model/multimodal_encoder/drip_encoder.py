@@ -2,7 +2,7 @@
 
 DRIP (Dynamic token Reduction vIsion transformer via Pooling) pools runs of patches into segment tokens inside the
 ViT, so an image gives N_i <= num_patches tokens, known only after encoding. As with LLaVA's CLIP tower the features
-are one hidden layer's tokens (``mm_vision_select_layer``, default -2: the input of the last block, before
+are one hidden layer's tokens (``mm_vision_select_layer``, LLaVA-1.5's -2: the input of the last block, before
 ``ln_post``; the tower stops there, so the blocks after it never run), CLS dropped (``patch``) or kept
 (``cls_patch``); the padding DRIP adds to batch its variable-length segments is stripped per image. The boundary
 predictor's prior loss is returned with the features so that training can add it while the predictor learns.
@@ -47,7 +47,7 @@ class DripVisionTower(VisionTower):
     def __init__(
         self,
         source: str,
-        select_layer: int = -2,
+        select_layer: int,
         select_feature: str = "patch",
         drip_config: dict[str, Any] | None = None,
         threshold: float | None = None,

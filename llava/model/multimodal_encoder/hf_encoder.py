@@ -1,7 +1,7 @@
 """HF vision towers beside CLIP: SigLIP (``SiglipVisionModel``) and DINOv2 (``Dinov2Model``), cut after the selected
 layer.
 
-LLaVA-1.5 feeds the projector one hidden state of a frozen tower (``mm_vision_select_layer``, default -2), so the
+LLaVA-1.5 feeds the projector one hidden state of a frozen tower (``mm_vision_select_layer``, -2 in its scripts), so the
 layers above it and the final norm never matter. These towers keep only the embeddings and the layers up to the
 selected one (the encoder's layer list is cut when the weights arrive) and run those themselves: the features equal
 the HF model's own ``hidden_states[select_layer]`` and nothing after it is computed or held.
@@ -117,7 +117,7 @@ class HFVisionTower(VisionTower):
         self,
         source: str,
         family: HFFamily,
-        select_layer: int = -2,
+        select_layer: int,
         select_feature: str = "patch",
         vision_config: dict[str, Any] | None = None,
         delay_load: bool = False,

@@ -2,9 +2,9 @@
 with its implementation (``llava.model.reduction.base``'s interface), and what runs them.
 
 ``parse_wired`` is how the entry points parse ``--token_reduction`` (training's arguments, answer generation, the
-CLI, ``apply_token_reduction``) and how the model reads ``mm_token_reduction`` (``vision_methods``): a method listed
-in the spec without a complete implementation of the interface for its stage is refused there, before any model
-runs, so no method is accepted by the flag and then silently ignored.
+CLI, ``apply_token_reduction``), and ``check_wired`` how the model's runtime config (``llava.model.runtime``) checks
+the methods it holds: a method listed in the spec without a complete implementation of the interface for its stage
+is refused there, before any model runs, so no method is accepted by the flag and then silently ignored.
 
 ``encode_reduced`` is what ``LlavaMetaForCausalLM.encode_image_features`` calls in place of ``tower(images)`` when the
 config names vision-side methods: the one ``TowerMethod`` (if any) replaces the tower's forward, then every

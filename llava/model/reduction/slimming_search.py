@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from llava.model.config import LLAVA_1_5_SELECT_LAYER
 from llava.model.reduction.patch_slimming import SlimmingSchedule, query_positions, slim_layer
 from llava.model.reduction.tower import clip_layers, layer_attention_and_keys
 
@@ -44,7 +45,7 @@ class SearchConfig:
     r0: int = 8  # search granularity: r grows by r0
     finetune_steps: int = 0  # Adam steps fine-tuning each pruned layer on E (0: none)
     lr: float = 1e-4  # fine-tuning learning rate
-    select_layer: int = -2  # LLaVA's mm_vision_select_layer: the schedule covers the layers up to it
+    select_layer: int = LLAVA_1_5_SELECT_LAYER  # the LLaVA's mm_vision_select_layer: the schedule covers layers to it
     batch_size: int = 4  # images per chunk when scoring (the attention maps of every layer are held)
 
     def __post_init__(self) -> None:

@@ -60,7 +60,7 @@ def test_config_key_round_trip_and_checked(tiny):
     config = tiny.config()
     mm = MultimodalConfig.from_config(config)
     assert mm.token_reduction is None
-    mm.replace(token_reduction="random:keep=4").write_to(config)
+    mm.replace(reductions=parse_token_reduction("random:keep=4")).write_to(config)
     assert config.mm_token_reduction == "random:keep=4,seed=0"
     assert MultimodalConfig.from_config(config).token_reduction == "random:keep=4,seed=0"
     config.mm_token_reduction = "random:budget=4"
