@@ -43,8 +43,10 @@ DRIP_TOWER = "llava/model/multimodal_encoder/drip_encoder.py"
 # the llava modules that may import all of drip: the DRIP tower, the connectors (they reuse drip's predictor,
 # estimators and pooling: no copies) and the experiments
 DRIP_USERS = ("llava.model.multimodal_encoder.drip_encoder", "llava.model.connector", LLAVA_TOOLS)
-# drip modules any of llava may use: model-free helpers both packages need, kept in drip (the lower one)
-DRIP_SHARED = ("drip.images", "drip.file_io")
+# drip modules any of llava may use: model-free helpers both packages need, kept in drip (the lower one). drip.cost
+# is the one cost convention and ViT block formula: drip.flops counts DRIP / ViT towers with it, llava.model.flops the
+# HF towers and the token-reduction methods, so both sides of the efficiency sidecar are charged alike.
+DRIP_SHARED = ("drip.images", "drip.file_io", "drip.cost")
 # plugin module -> the optional package it plugs into (only that package loads it, through an entry point)
 PLUGINS = {"llava/eval/lmms_eval_model.py": "lmms_eval"}
 MAX_LINES = 400
