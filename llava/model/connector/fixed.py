@@ -39,11 +39,10 @@ class Pool1dConnector(Connector):
         cls, patches = self.split(features)  # [B, N, D]
         pooled = pool_segments(patches, self.patch_boundaries(features).to(patches.device))
         rows, counts = self.join(cls, pooled.tokens, pooled.counts)
-        return VisionFeatures(features=rows, token_counts=counts)
+        return self.costed(features, VisionFeatures(features=rows, token_counts=counts))
 
-    def analytic_gflops(self, features: VisionFeatures) -> list[float]:
-        width = features.features[0].shape[-1] if features.features else 0
-        return [self.num_patches * width / 1e9] * len(features.features)  # one add per patch and channel
+    def own_macs(self, width: int) -> float:
+        return float(self.num_patches * width)  # one add per patch and channel
 
 
 class Pool2dConnector(Connector):
@@ -62,8 +61,7 @@ class Pool2dConnector(Connector):
         tokens = torch.stack([uniform_pool(p, side) for p in patches])  # [B, side*side, D]
         counts = torch.full((tokens.shape[0],), side * side, dtype=torch.long, device=tokens.device)
         rows, counts = self.join(cls, tokens, counts)
-        return VisionFeatures(features=rows, token_counts=counts)
+        return self.costed(features, VisionFeatures(features=rows, token_counts=counts))
 
-    def analytic_gflops(self, features: VisionFeatures) -> list[float]:
-        width = features.features[0].shape[-1] if features.features else 0
-        return [self.num_patches * width / 1e9] * len(features.features)
+    def own_macs(self, width: int) -> float:
+        return float(self.num_patches * width)  # one add per patch and channel
