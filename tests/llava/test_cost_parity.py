@@ -142,3 +142,19 @@ def test_sidecar_costs_equal_the_recorded_ones(tiny, name, tmp_path):
         expected = [w - ln for w, ln in zip(expected, layer_norm_macs(name, want["stage_counts"]), strict=True)]
     assert got["tower_gflops"] == pytest.approx(expected, rel=1e-12)
     assert [round(g, 6) for g in got["tower_gflops"]] == [round(g, 6) for g in expected]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_features_carry_their_cost(tiny, name, tmp_path):
+    """What the projector receives (``vision_output``) carries one positive MAC count per image, and so does what
+    ``encode_image_features`` returns after it."""
+    model = build(tiny, name, tmp_path)
+    side = 64 if CASES[name][0] == "drip" else 32
+    seen = []
+    handle = model.get_model().vision_output.register_forward_hook(lambda m, a, out: seen.append(out))
+    with torch.no_grad():
+        projected = model.encode_image_features(torch.randn(2, 3, side, side))
+    handle.remove()
+    assert len(seen) == 1 and seen[0].macs is not None and seen[0].macs.dtype == torch.float64
+    assert seen[0].macs.shape == (2,) and bool((seen[0].macs > 0).all())
+    assert projected.macs is seen[0].macs  # the projector keeps the cost of the tokens it projects
