@@ -118,14 +118,18 @@ def analytic_macs(
     ``blocks`` limits the count to the first blocks (e.g. LLaVA's select_layer=-2 needs layers - 1); the heads
     (ln_post + CLS projection) are counted only when every block runs. ``norms``: see ``batch_macs``.
     """
-    counts = torch.as_tensor([list(token_counts_per_stage)]).reshape(1, -1)
-    return batch_macs(cfg, counts, "packed", blocks, norms)
+    return batch_macs(cfg, [[int(c) for c in token_counts_per_stage]], "packed", blocks, norms)
 
 
 def batch_macs(
-    cfg: DripConfig, counts: Tensor, layout: str | None = None, blocks: int | None = None, norms: bool = True
+    cfg: DripConfig,
+    counts: Tensor | Sequence[Sequence[int]],
+    layout: str | None = None,
+    blocks: int | None = None,
+    norms: bool = True,
 ) -> float:
-    """MACs a batch executes, counts [B, stages] = tokens each image keeps after each pooling stage.
+    """MACs a batch executes, counts [B, stages] = tokens each image keeps after each pooling stage (a tensor, read
+    once, or nested lists: then no tensor is touched).
 
     Post-pooling blocks run on real tokens ("packed") or on every image at the batch maximum ("padded", default:
     ``cfg.post_layout``). The boundary MLP, the pooling matmul and ln_post see the padded batch in both layouts,
@@ -134,20 +138,21 @@ def batch_macs(
     equal counts) both layouts equal ``analytic_macs``. ``norms``: LayerNorms counted at fvcore's 5 flops per
     element (True: fvcore's complete count) or left out (False: ``drip.cost``'s convention, matmuls only).
     """
-    counts = torch.as_tensor(counts).long()
-    if counts.ndim != 2 or counts.shape[1] != len(cfg.pool_at):
-        raise ValueError(f"{cfg.name}: expected token counts [B, {len(cfg.pool_at)}], got {list(counts.shape)}")
+    rows = counts.long().tolist() if isinstance(counts, Tensor) else [list(r) for r in counts]
+    if isinstance(counts, Tensor) and counts.ndim != 2 or any(len(r) != len(cfg.pool_at) for r in rows):
+        shape = list(counts.shape) if isinstance(counts, Tensor) else [len(r) for r in rows]
+        raise ValueError(f"{cfg.name}: expected token counts [B, {len(cfg.pool_at)}], got {shape}")
     layout, blocks = layout or cfg.post_layout, cfg.layers if blocks is None else blocks
-    b, n, d = counts.shape[0], cfg.num_patches, cfg.width
-    if counts.numel() and not bool(((counts >= 1) & (counts <= n)).all()):
-        raise ValueError(f"{cfg.name}: token counts must lie in 1..{n}, got {counts.tolist()}")
+    b, n, d = len(rows), cfg.num_patches, cfg.width
+    if not all(1 <= int(c) <= n for r in rows for c in r):
+        raise ValueError(f"{cfg.name}: token counts must lie in 1..{n}, got {rows}")
     real, pad = [n] * b, n  # tokens per image, padded length
     ln = LN_FLOPS_PER_ELEMENT * d if norms else 0  # one LayerNorm, per token
     macs = b * (patch_embed_macs(n, cfg.in_chans, cfg.patch_size, d) + ln * (n + 1))  # conv1 + ln_pre
     edges = [0, *cfg.pool_at, cfg.layers]
     for k in range(len(edges) - 1):
         if k > 0 and edges[k] < blocks:
-            real = counts[:, k - 1].tolist()
+            real = [int(r[k - 1]) for r in rows]
             # boundary MLP on the padded stage input + pooling matmul A[S_max, N_pad] @ x[N_pad, D]
             macs += b * (predictor_macs(cfg, pad, norms) + max(real) * pad * d)
             pad = max(real)

@@ -174,7 +174,7 @@ class DripVisionTower(VisionTower):
     def image_macs(self, stage_counts: Tensor) -> Tensor:
         """[B] float64 MACs per image of the blocks that run (up to the selected layer), from each image's own
         ``stage_counts`` [B, stages] (``drip.flops`` on the project's convention: LayerNorms left out)."""
-        rows = stage_counts.cpu().tolist()
+        rows = stage_counts.tolist()  # one host read for the batch
         macs = [analytic_macs(self.config, row, blocks=self.layers_run, norms=False) for row in rows]
         return torch.tensor(macs, dtype=torch.float64).reshape(len(rows))
 
