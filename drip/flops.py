@@ -15,7 +15,7 @@ Every figure counts one multiply-add as one flop (fvcore's convention), so "GFLO
   per-stage token counts alone (``analytic_macs`` per image; ``batch_macs`` adds what a batch with unequal counts
   spends on padding). ``norms=True`` (the default here) adds the layer norms at fvcore's 5 flops per element, so
   it agrees with the complete fvcore count (tested); ``norms=False`` is the project's convention (``drip.cost``:
-  matmuls only), what the LLaVA side reports for a DRIP tower (``tower_gmacs(..., norms=False)``).
+  matmuls only), what the LLaVA side reports for a DRIP tower (``analytic_macs(..., norms=False)``).
 
 Which ratio to quote. The DRIP paper's ViT rows are stock fvcore (the seed count, attention invisible) while its
 DRIP rows equal this module's *complete* count (DRIP-4x-B-16: paper 6.62, complete 6.65, seed 4.38), so its
