@@ -10,11 +10,12 @@ Every figure counts one multiply-add as one flop (fvcore's convention), so "GFLO
 * complete: default fvcore handles plus a handle for SDPA (B*H*Lq*Lk*(hd_qk + hd_v) MACs), so projections and
   attention matmuls are counted (ViT-B/32: 4.414, ViT-B/16: 17.583).
 * text towers (Fast-CLIP): ``text_tower_macs`` counts open_clip's text transformer and DRIP's pooled one alike.
-* analytic: patch embedding + per-block qkv/proj/MLP + attention matmuls + boundary predictor + pooling matmul
-  (+ layer norms at fvcore's 5 flops per element and the CLS projection), from the config and the per-stage token
-  counts alone (``analytic_macs`` per image; ``batch_macs`` adds what a batch with unequal counts spends on
-  padding). It agrees with the complete fvcore count (tested) and is what the LLaVA side and the benchmarks use
-  for batches whose counts vary per image (``tower_gmacs``).
+* analytic: patch embedding + per-block qkv/proj/MLP + attention matmuls (``drip.cost``'s block formula, the one
+  llava's counts use too) + boundary predictor + pooling matmul (+ the CLS projection), from the config and the
+  per-stage token counts alone (``analytic_macs`` per image; ``batch_macs`` adds what a batch with unequal counts
+  spends on padding). ``norms=True`` (the default here) adds the layer norms at fvcore's 5 flops per element, so
+  it agrees with the complete fvcore count (tested); ``norms=False`` is the project's convention (``drip.cost``:
+  matmuls only), what the LLaVA side reports for a DRIP tower (``analytic_macs(..., norms=False)``).
 
 Which ratio to quote. The DRIP paper's ViT rows are stock fvcore (the seed count, attention invisible) while its
 DRIP rows equal this module's *complete* count (DRIP-4x-B-16: paper 6.62, complete 6.65, seed 4.38), so its
@@ -43,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from drip.config import DripConfig, get_preset, list_presets
+from drip.cost import patch_embed_macs, vit_block_macs
 from drip.model import DripOutput, DripVisionTransformer
 from drip.pooling import simulated_boundaries
 
@@ -95,60 +97,72 @@ class FlopReport:
 
 
 # --- analytic ------------------------------------------------------------------------------------------------------
-def block_macs(cfg: DripConfig, length: int) -> int:
-    """One pre-LN block on ``length`` tokens (CLS included): 2 LN, qkv, proj, QK^T, AV, MLP."""
-    d, hidden = cfg.width, int(cfg.width * cfg.mlp_ratio)
-    norms = 2 * LN_FLOPS_PER_ELEMENT * length * d
-    return norms + length * d * (3 * d + d + 2 * hidden) + 2 * length * length * d
+def block_macs(cfg: DripConfig, length: int, norms: bool = True) -> int:
+    """One pre-LN block on ``length`` tokens (CLS included): ``drip.cost.vit_block_macs`` (qkv, proj, QK^T, AV,
+    MLP), plus its 2 LayerNorms at fvcore's count with ``norms``."""
+    ln = 2 * LN_FLOPS_PER_ELEMENT * length * cfg.width if norms else 0
+    return ln + vit_block_macs(cfg.width, int(cfg.width * cfg.mlp_ratio), length)
 
 
-def predictor_macs(cfg: DripConfig, num_tokens: int) -> int:
-    """Boundary MLP on ``num_tokens`` patch tokens: LN -> D x h -> h x 1."""
+def predictor_macs(cfg: DripConfig, num_tokens: int, norms: bool = True) -> int:
+    """Boundary MLP on ``num_tokens`` patch tokens: (LN with ``norms``) -> D x h -> h x 1."""
     d, h = cfg.width, cfg.predictor_hidden
-    return num_tokens * (LN_FLOPS_PER_ELEMENT * d + d * h + h)
+    return num_tokens * ((LN_FLOPS_PER_ELEMENT * d if norms else 0) + d * h + h)
 
 
-def analytic_macs(cfg: DripConfig, token_counts_per_stage: Sequence[int], blocks: int | None = None) -> float:
+def analytic_macs(
+    cfg: DripConfig, token_counts_per_stage: Sequence[int], blocks: int | None = None, norms: bool = True
+) -> float:
     """MACs for one image whose stage k keeps ``token_counts_per_stage[k]`` patch tokens (CLS excluded).
 
     ``blocks`` limits the count to the first blocks (e.g. LLaVA's select_layer=-2 needs layers - 1); the heads
-    (ln_post + CLS projection) are counted only when every block runs.
+    (ln_post + CLS projection) are counted only when every block runs. ``norms``: see ``batch_macs``.
     """
-    return batch_macs(cfg, torch.as_tensor([list(token_counts_per_stage)]).reshape(1, -1), "packed", blocks)
+    return batch_macs(cfg, [[int(c) for c in token_counts_per_stage]], "packed", blocks, norms)
 
 
-def batch_macs(cfg: DripConfig, counts: Tensor, layout: str | None = None, blocks: int | None = None) -> float:
-    """MACs a batch executes, counts [B, stages] = tokens each image keeps after each pooling stage.
+def batch_macs(
+    cfg: DripConfig,
+    counts: Tensor | Sequence[Sequence[int]],
+    layout: str | None = None,
+    blocks: int | None = None,
+    norms: bool = True,
+) -> float:
+    """MACs a batch executes, counts [B, stages] = tokens each image keeps after each pooling stage (a tensor, read
+    once, or nested lists: then no tensor is touched).
 
     Post-pooling blocks run on real tokens ("packed") or on every image at the batch maximum ("padded", default:
     ``cfg.post_layout``). The boundary MLP, the pooling matmul and ln_post see the padded batch in both layouts,
     as in ``DripVisionTransformer``; so do the two attention matmuls of packed blocks when the batch holds more than
     two distinct lengths (``drip.layers.Attention.forward_packed`` then makes one masked call). For one image (or
-    equal counts) both layouts equal ``analytic_macs``.
+    equal counts) both layouts equal ``analytic_macs``. ``norms``: LayerNorms counted at fvcore's 5 flops per
+    element (True: fvcore's complete count) or left out (False: ``drip.cost``'s convention, matmuls only).
     """
-    counts = torch.as_tensor(counts).long()
-    if counts.ndim != 2 or counts.shape[1] != len(cfg.pool_at):
-        raise ValueError(f"{cfg.name}: expected token counts [B, {len(cfg.pool_at)}], got {list(counts.shape)}")
+    rows = counts.long().tolist() if isinstance(counts, Tensor) else [list(r) for r in counts]
+    if isinstance(counts, Tensor) and counts.ndim != 2 or any(len(r) != len(cfg.pool_at) for r in rows):
+        shape = list(counts.shape) if isinstance(counts, Tensor) else [len(r) for r in rows]
+        raise ValueError(f"{cfg.name}: expected token counts [B, {len(cfg.pool_at)}], got {shape}")
     layout, blocks = layout or cfg.post_layout, cfg.layers if blocks is None else blocks
-    b, n, d = counts.shape[0], cfg.num_patches, cfg.width
-    if counts.numel() and not bool(((counts >= 1) & (counts <= n)).all()):
-        raise ValueError(f"{cfg.name}: token counts must lie in 1..{n}, got {counts.tolist()}")
+    b, n, d = len(rows), cfg.num_patches, cfg.width
+    if not all(1 <= int(c) <= n for r in rows for c in r):
+        raise ValueError(f"{cfg.name}: token counts must lie in 1..{n}, got {rows}")
     real, pad = [n] * b, n  # tokens per image, padded length
-    macs = b * (n * d * cfg.in_chans * cfg.patch_size**2 + LN_FLOPS_PER_ELEMENT * (n + 1) * d)  # conv1 + ln_pre
+    ln = LN_FLOPS_PER_ELEMENT * d if norms else 0  # one LayerNorm, per token
+    macs = b * (patch_embed_macs(n, cfg.in_chans, cfg.patch_size, d) + ln * (n + 1))  # conv1 + ln_pre
     edges = [0, *cfg.pool_at, cfg.layers]
     for k in range(len(edges) - 1):
         if k > 0 and edges[k] < blocks:
-            real = counts[:, k - 1].tolist()
+            real = [int(r[k - 1]) for r in rows]
             # boundary MLP on the padded stage input + pooling matmul A[S_max, N_pad] @ x[N_pad, D]
-            macs += b * (predictor_macs(cfg, pad) + max(real) * pad * d)
+            macs += b * (predictor_macs(cfg, pad, norms) + max(real) * pad * d)
             pad = max(real)
         lengths = real if layout == "packed" else [pad] * b
-        per_block = sum(block_macs(cfg, s + 1) for s in lengths)
+        per_block = sum(block_macs(cfg, s + 1, norms) for s in lengths)
         if layout == "packed" and len(set(lengths)) > 2:  # attention matmuls on the padded batch
             per_block += sum(2 * d * ((pad + 1) ** 2 - (s + 1) ** 2) for s in lengths)
         macs += per_block * max(0, min(edges[k + 1], blocks) - edges[k])
     if blocks >= cfg.layers:
-        macs += b * (LN_FLOPS_PER_ELEMENT * (pad + 1) * d + d * cfg.embed_dim)  # ln_post on all tokens, CLS @ proj
+        macs += b * (ln * (pad + 1) + d * cfg.embed_dim)  # ln_post on all tokens, CLS @ proj
     return float(macs)
 
 
@@ -170,14 +184,17 @@ def simulated_stage_boundaries(cfg: DripConfig, batch: int = 1) -> list[Tensor]:
     return out
 
 
-def tower_gmacs(cfg: DripConfig, token_counts: Tensor | Sequence, blocks: int | None = None) -> list[float]:
-    """Analytic GMACs per image for the LLaVA side: token_counts [B] (one stage) or [B, stages] per image."""
+def tower_gmacs(
+    cfg: DripConfig, token_counts: Tensor | Sequence, blocks: int | None = None, norms: bool = True
+) -> list[float]:
+    """Analytic GMACs per image: token_counts [B] (one stage) or [B, stages] per image. The LLaVA side passes
+    ``norms=False`` (the project's convention, ``drip.cost``); the default counts LayerNorms as fvcore does."""
     t = torch.as_tensor(token_counts).long()
     if t.ndim == 1:
         if len(cfg.pool_at) > 1:
             raise ValueError(f"{cfg.name} has {len(cfg.pool_at)} pooling stages: pass token counts [B, stages]")
         t = t.reshape(-1, 1)[:, : len(cfg.pool_at)]  # [B, 1], or [B, 0] for a plain ViT
-    return [analytic_macs(cfg, row.tolist(), blocks) / 1e9 for row in t]
+    return [analytic_macs(cfg, row.tolist(), blocks, norms) / 1e9 for row in t]
 
 
 def text_tower_macs(cfg: DripTextConfig, lengths: Sequence[int], segments: Sequence[int] | None = None) -> float:

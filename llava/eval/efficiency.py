@@ -6,12 +6,12 @@ counts in ``metadata``; ``efficiency_summary`` aggregates them and ``write_sidec
 memory in ``<answers>.efficiency.json``, whose keys ``eval.results_table`` reads (``visual_tokens_mean``,
 ``tower_gflops``, ``llm_prefill_tflops``, ``seconds_per_answer``).
 
-Costs are multiply-adds ("FLOPs" in fvcore's convention, as ``drip.flops`` and PyramidDrop's tables count them). The
-prefill count is ``llava.model.flops.prefill_macs`` (projections, attention over the full L x L scores, MLP, and the
-LM head on the last token), with PyramidDrop's shorter stages when the model uses it. The tower count comes from
-the tower's ``analytic_gflops(features)`` when it offers one (for VisionZip and ToMe, which run the tower's layers
-themselves, from ``llava.model.reduction.tower.VisionReduction.analytic_gflops``), and is null otherwise; with a
-``--mm_connector`` the connector's pooled counts replace the tower's and its GMACs (predictor, means) add to them.
+Costs are multiply-adds ("FLOPs" in fvcore's convention, as PyramidDrop's tables count them; matmuls only, the
+project's one convention, ``drip.cost``). The prefill count is ``llava.model.flops.prefill_macs`` (projections,
+attention over the full L x L scores, MLP, and the LM head on the last token) on the LLM's real token counts, with
+PyramidDrop's shorter stages when the model uses it. The tower count is what the features the projector received
+carry (``VisionFeatures.macs``): the tower's, or the run a token-reduction method made of its layers, plus what a
+token method or a ``--mm_connector`` (predictor, means) added; features without it are an error (``MissingCost``).
 """
 
 from __future__ import annotations
@@ -23,82 +23,49 @@ import resource
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from llava.jsonl import read_jsonl
 from llava.model.packing import padding_share_of
 
+if TYPE_CHECKING:
+    from llava.model.multimodal_encoder.base import VisionFeatures
+
 logger = logging.getLogger(__name__)
 
 SHOW_SKIPPED = 100  # skipped question ids the sidecar lists
-FLOPS_UNIT = "multiply-adds (fvcore convention, as drip.flops and PyramidDrop)"
+FLOPS_UNIT = "multiply-adds (matmuls only: drip.cost's convention, as fvcore and PyramidDrop count them)"
 
 
 class VisionProbe:
-    """Records what the vision tower returns while a ``generate`` call runs: visual tokens and GMACs per image.
+    """Records the visual tokens and GMACs of every image the model encodes while a ``generate`` call runs.
 
-    A forward hook (PyTorch's public hook API) sees every tower call in image order, however the model batches its
-    images, so the caller needs nothing from the model's ``generate`` beyond its tokens. Use as a context manager.
+    One forward hook (PyTorch's public hook API) on the model's ``vision_output`` reads both from the features the
+    projector receives, which carry them (``VisionFeatures.token_counts`` and ``macs``), in image order, whichever
+    tower, token-reduction methods and connector produced them; the caller needs nothing from the model's
+    ``generate`` beyond its tokens. Use as a context manager.
     """
 
     def __init__(self, model: Any) -> None:
-        self.tower = model.get_vision_tower()
+        self.output = model.get_model().vision_output  # llava.model.multimodal_encoder.base.VisionOutput
         self.token_counts: list[int] = []  # one per image, in the order the images were given
-        self.gflops: list[float | None] = []  # one per image; None when the tower has no analytic count
-        self.reduction = getattr(model.get_model(), "vision_reduction", None)  # llava.model.reduction's module
-        self.connector = getattr(model.get_model(), "mm_connector", None)  # llava.model.connector's, or None
+        self.gflops: list[float] = []  # one per image
         self._handle: Any = None
-        self._start = 0
 
     def __enter__(self) -> VisionProbe:
-        if self.tower is not None:
-            self._handle = [self.tower.register_forward_hook(self._record)]
-            if self.reduction is not None:  # --token_reduction: its output replaces what the tower call recorded
-                self._handle += [
-                    self.reduction.register_forward_pre_hook(self._mark),
-                    self.reduction.register_forward_hook(self._record_reduced),
-                ]
-            if self.connector is not None:  # --mm_connector: its pooled counts replace the tower's, its GMACs add up
-                self._handle.append(self.connector.register_forward_hook(self._record_connector))
+        self._handle = self.output.register_forward_hook(self._record)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for handle in self._handle or []:
-            handle.remove()
+        if self._handle is not None:
+            self._handle.remove()
         self._handle = None
 
-    def _mark(self, module: Any, args: Any) -> None:
-        self._start = len(self.token_counts)
-
-    def _record_reduced(self, module: Any, args: Any, output: Any) -> None:
-        """Reduced counts; GMACs of the run VisionZip or ToMe made of the tower's layers (the module's
-        ``analytic_gflops``), else the tower's own when it ran whole on these images (uniform, random pruning)."""
-        counts = [int(c) for c in output.token_counts]
-        ran = self.gflops[self._start :]
-        del self.token_counts[self._start :], self.gflops[self._start :]
-        self.token_counts.extend(counts)
-        replaced = module.analytic_gflops(args[0], args[2], output)  # forward(tower, images, methods)
-        if replaced is None:
-            replaced = ran if len(ran) == len(counts) else [None] * len(counts)
-        self.gflops.extend(replaced)
-
-    def _record_connector(self, module: Any, args: Any, output: Any) -> None:
-        """The connector's pooled counts; GMACs of the tower (recorded just before, for the same images) plus the
-        connector's."""
-        start = len(self.token_counts) - len(output.features)
-        tower = self.gflops[start:]
-        del self.token_counts[start:], self.gflops[start:]
+    def _record(self, module: Any, args: Any, output: VisionFeatures) -> None:
         self.token_counts.extend(int(c) for c in output.token_counts)
-        own = module.analytic_gflops(output)
-        self.gflops.extend(None if t is None else t + c for t, c in zip(tower, own, strict=True))
-
-    def _record(self, module: Any, args: Any, output: Any) -> None:
-        counts = [int(c) for c in output.token_counts]
-        self.token_counts.extend(counts)
-        cost = getattr(module, "analytic_gflops", None)  # optional capability of a VisionTower
-        self.gflops.extend([float(g) for g in cost(output)] if cost is not None else [None] * len(counts))
+        self.gflops.extend(float(m) / 1e9 for m in output.require_macs("the model's vision path"))
 
 
 @dataclass

@@ -102,7 +102,7 @@ class Generated:
     text: str
     visual_tokens: int  # visual tokens the LLM received (0 for a text-only question)
     text_tokens: int  # prompt tokens besides the visual ones
-    tower_gflops: float | None  # analytic GMACs of the vision tower on this question's image (None: unknown)
+    tower_gflops: float | None  # analytic GMACs of the vision path on this question's image (None: no image)
     prefill_gflops: float  # analytic GMACs of the LLM prefill
     skipped: int | None = None  # the context length, when the prompt did not fit it (not answered; text is "")
 

@@ -1,7 +1,8 @@
 """What the LLaVA language model (and LLaVA's HF CLIP tower) costs, counted analytically in multiply-adds (MACs).
 
-The LLM-side twin of ``drip.flops`` (the tower side): one multiply-add counts as one flop, fvcore's convention, which
-``drip.flops`` and PyramidDrop's tables (Xing et al., 2024) use too, so "GFLOPs" here are GMACs. Counts come from
+The LLM-side twin of ``drip.flops`` (the tower side), on the project's one convention (``drip.cost``: one
+multiply-add counts as one flop, as fvcore and PyramidDrop's tables (Xing et al., 2024) count, so "GFLOPs" here are
+GMACs; matmuls only, norms and elementwise work left out). Counts come from
 the Llama config (``hidden_size``, heads, KV heads, ``head_dim``, ``intermediate_size``, ``vocab_size``) and the
 number of tokens each decoder layer processes:
 
@@ -17,8 +18,9 @@ token-reduction methods that run inside them are counted here too, from the toke
 
 * ``clip_layer_macs`` / ``clip_tower_macs``: the patch embedding plus, per layer that runs, q/out projections on
   its queries, k/v projections on its keys, both attention matmuls over queries x keys, the MLP on the tokens
-  entering its MLP. A method that merges or prunes tokens supplies those per-layer counts (ToMe merges between
-  attention and MLP; Patch Slimming's layers query fewer tokens than they attend over).
+  entering its MLP (``drip.cost.vit_block_macs``, the block formula DRIP's counts use too). A method that merges
+  or prunes tokens supplies those per-layer counts (ToMe merges between attention and MLP; Patch Slimming's layers
+  query fewer tokens than they attend over).
 * ``tome_macs``: ToMe's layers plus its matching, the bipartite similarity of the A and B halves on the keys
   averaged over heads (ceil(T/2) x floor(T/2) x head_dim) in each layer that merges.
 * ``visionzip_macs``: the layers up to the selected one plus VisionZip's own work: the selected layer's q and k
@@ -33,8 +35,9 @@ layers up to it: the plain tower, each method and DRIP are charged on one footin
 Norms, activations, softmax and elementwise merging (weighted sums, the size term of ToMe's proportional attention)
 are left out, as for the LLM (< 0.5 %).
 
-Used by the efficiency sidecar of ``llava.eval`` and by ``benchmarks/llava_prefill.py`` and
-``benchmarks/train_step.py``; none of them needs to import PyramidDrop's decoder (or torch) to count.
+The towers, methods and connectors put these counts on the features they return (``VisionFeatures.macs``), which the
+efficiency sidecar reads; ``benchmarks/llava_prefill.py`` and ``benchmarks/train_step.py`` use them too. Counting
+never imports PyramidDrop's decoder.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from drip.cost import patch_embed_macs, vit_block_macs
 from llava.model.config import MultimodalConfig, PDropConfig
 from llava.model.reduction.pdrop_schedule import keep_counts
 
@@ -124,10 +128,7 @@ def clip_layer_macs(
     ``key_tokens`` (default the queries; Patch Slimming's layers query only the tokens they keep but attend over
     every token the layer below kept), the two attention matmuls over queries x keys, and the MLP on ``mlp_tokens``
     (default the queries; ToMe merges between attention and MLP)."""
-    d, m, t = config.hidden_size, config.intermediate_size, attention_tokens
-    u = t if mlp_tokens is None else mlp_tokens
-    k = t if key_tokens is None else key_tokens
-    return 2 * t * d * d + 2 * k * d * d + 2 * t * k * d + 2 * u * d * m
+    return vit_block_macs(config.hidden_size, config.intermediate_size, attention_tokens, key_tokens, mlp_tokens)
 
 
 def clip_tower_macs(
@@ -148,7 +149,7 @@ def clip_tower_macs(
     if len(mlp) != layers or len(keys) != layers:
         raise ValueError(f"one MLP and key count per layer: {layers} layers, {len(mlp)} MLP, {len(keys)} key counts")
     n = clip_tokens(config) - 1
-    embed = n * config.num_channels * config.patch_size**2 * config.hidden_size
+    embed = patch_embed_macs(n, config.num_channels, config.patch_size, config.hidden_size)
     counts = zip(attention_tokens, mlp, keys, strict=True)
     return embed + sum(clip_layer_macs(config, t, u, k) for t, u, k in counts)
 

@@ -31,7 +31,7 @@ from drip.file_io import load_torch_weights
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN, IMAGE_TOKEN_INDEX
 from llava.model.config import MultimodalConfig
 from llava.model.connector.build import connector_for_tower, connector_text, load_connector_weights
-from llava.model.multimodal_encoder.base import VisionFeatures, VisionTower
+from llava.model.multimodal_encoder.base import VisionFeatures, VisionOutput, VisionTower
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_projector.builder import build_vision_projector, check_projector_weights
 from llava.model.projector_file import check_projector_tower, projector_weights
@@ -66,6 +66,7 @@ class LlavaMetaModel:
         self._runtime = RuntimeConfig(MultimodalConfig.from_config(config))  # the config's keys, parsed once
         mm = self._runtime.mm
         self.vision_reduction = VisionReduction()  # no parameters: the --token_reduction methods, as one module
+        self.vision_output = VisionOutput()  # no parameters: the features the projector gets, with their costs
         if mm.vision_tower is not None:
             # Weights come later: from the checkpoint being loaded, or from the tower's source in load_model().
             self.vision_tower = build_vision_tower(mm, delay_load=True)
@@ -229,7 +230,7 @@ class LlavaMetaForCausalLM(ABC):
         flat = _flatten_images(images)
         if not flat:
             empty = torch.zeros(0, dtype=torch.long, device=tower.device)
-            return VisionFeatures(features=[], token_counts=empty)
+            return VisionFeatures(features=[], token_counts=empty, macs=torch.zeros(0, dtype=torch.float64))
         shapes = sorted({tuple(img.shape) for img in flat})
         if len(shapes) > 1:
             raise ValueError(f"images must all have one shape (the tower's input size), got {shapes}")
@@ -244,12 +245,14 @@ class LlavaMetaForCausalLM(ABC):
         connector = self.get_model().get_connector()
         if connector is not None:  # learned pooling trains with the LM loss, so it runs outside the frozen context
             out = connector(out)
+        ran = [type(m).__name__ for m in (tower, connector) if m is not None] + [m.name for m in methods]
+        out = self.get_model().vision_output(out, " + ".join(ran))  # every image's tokens and MACs, checked
         projector = self.get_model().mm_projector
         p = next(projector.parameters(), None)
         joined = torch.cat(out.features)  # [sum N_i, D]: one projector call for the whole batch
         projected = projector(joined if p is None else joined.to(p.dtype))  # [sum N_i, H]
         features = list(torch.split(projected, out.token_counts.tolist()))  # num_images x [N_i, H]
-        return VisionFeatures(features=features, token_counts=out.token_counts, drip=out.drip)
+        return VisionFeatures(features=features, token_counts=out.token_counts, drip=out.drip, macs=out.macs)
 
     def touch_vision_modules(self) -> tuple[Tensor, Tensor | None]:
         """A zero that depends on the tower and projector, for a training batch without images.

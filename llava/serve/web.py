@@ -5,9 +5,9 @@
 
 ``answer_request`` is the per-request logic (prompt, decoding, segments, visual tokens, tower and prefill GMACs,
 latency) as a plain function; ``build_demo`` wraps it in a gradio Blocks app; ``main`` loads the models and launches.
-Prompting and decoding are ``llava.prompting``'s; GMACs are the tower's ``analytic_gflops`` (as
-``llava.eval.efficiency`` reports them) and ``llava.model.flops.prefill_macs``. gradio is an optional extra,
-imported inside functions.
+Prompting and decoding are ``llava.prompting``'s; GMACs are what the tower's (and connector's) features carry
+(``VisionFeatures.macs``, as ``llava.eval.efficiency`` reports them) and ``llava.model.flops.prefill_macs``. gradio
+is an optional extra, imported inside functions.
 """
 
 from __future__ import annotations
@@ -49,14 +49,13 @@ class DemoAnswer:
     text: str
     segments: Image.Image | None
     visual_tokens: int
-    tower_gflops: float | None  # GMACs (fvcore convention); None when the tower has no analytic count
+    tower_gflops: float  # GMACs of the tower (+ connector), multiply-adds (drip.cost's convention)
     prefill_gflops: float
     seconds: float
 
     def summary(self) -> str:
-        tower = "unknown" if self.tower_gflops is None else f"{self.tower_gflops:.3f}"
         return (
-            f"visual tokens: {self.visual_tokens} | tower GMACs: {tower} | "
+            f"visual tokens: {self.visual_tokens} | tower GMACs: {self.tower_gflops:.3f} | "
             f"prefill GMACs: {self.prefill_gflops:.3f} | latency: {self.seconds:.2f} s"
         )
 
@@ -70,17 +69,14 @@ def sample_image(name: str) -> Image.Image:
     return to_rgb(Image.fromarray(getattr(data, name)()))
 
 
-def tower_figures(model: Any, pixels: torch.Tensor, image: Image.Image) -> tuple[int, float | None, Any]:
-    """(visual tokens, tower GMACs or None, segment overlay or None) of ``pixels`` [1, 3, S, S] from one tower call;
+def tower_figures(model: Any, pixels: torch.Tensor, image: Image.Image) -> tuple[int, float, Any]:
+    """(visual tokens, tower GMACs, segment overlay or None) of ``pixels`` [1, 3, S, S] from one tower call;
     the overlay is drawn on ``image`` resized to S x S, by towers that can draw their segments (DRIP)."""
     tower, connector = model.get_vision_tower(), getattr(model.get_model(), "mm_connector", None)
     with torch.no_grad():
         features = tower(pixels)
         pooled = features if connector is None else connector(features)  # --mm_connector: pooled after the tower
-    cost = getattr(tower, "analytic_gflops", None)  # optional capability of a VisionTower
-    gflops = float(cost(features)[0]) if cost is not None else None
-    if gflops is not None and connector is not None:
-        gflops += connector.analytic_gflops(pooled)[0]
+    gflops = float(pooled.require_macs(type(connector or tower).__name__)[0]) / 1e9  # the tower's (+ the connector's)
     size = tower.image_size
     shown = to_rgb(image).resize((size, size), Image.BICUBIC)
     if connector is not None:  # the connector's segments (DRIP connector, 1-D runs); 2-D windows draw none

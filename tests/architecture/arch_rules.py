@@ -46,8 +46,10 @@ DRIP_TOWER = "llava/model/multimodal_encoder/drip_encoder.py"
 # estimators and pooling: no copies) and the experiments
 DRIP_USERS = ("llava.model.multimodal_encoder.drip_encoder", "llava.model.connector", LLAVA_TOOLS)
 # drip modules any of llava may use: model-free helpers both packages need, kept in drip (the lower one): images,
-# weight files, and whether flash-attn really imports (DRIP's packed attention and the LLM's attention choice)
-DRIP_SHARED = ("drip.images", "drip.file_io", "drip.flash")
+# weight files, whether flash-attn really imports (DRIP's packed attention and the LLM's attention choice), and
+# drip.cost, the one cost convention and ViT block formula: drip.flops counts DRIP / ViT towers with it,
+# llava.model.flops the HF towers and the token-reduction methods, so both sides of the sidecar are charged alike.
+DRIP_SHARED = ("drip.images", "drip.file_io", "drip.flash", "drip.cost")
 # plugin module -> the optional package it plugs into (only that package loads it, through an entry point)
 PLUGINS = {"llava/eval/lmms_eval_model.py": "lmms_eval"}
 MAX_LINES = 400

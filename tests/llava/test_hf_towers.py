@@ -166,7 +166,7 @@ def test_macs_count_the_layers_that_run(tmp_path, family):
     tower = build_vision_tower(llava15_config(vision_tower=str(tmp_path), select_layer=-3))
     tokens = 16 + (family == "dinov2")
     expected = clip_tower_macs(macs_config(tower.config, 32), [tokens]) / 1e9  # one layer of three runs
-    assert tower.analytic_gflops(tower(pixels())) == [expected, expected]
+    assert (tower(pixels()).macs / 1e9).tolist() == [expected, expected]
     assert macs_config(tower.config, 32).intermediate_size == 64
 
 
@@ -215,7 +215,7 @@ def test_tome_without_merges_is_the_dinov2_tower_and_merges_count(tmp_path):
     """ToMe's own block (proportional attention, layer scale) with r=0 reproduces the tower; r=2 merges 2 per block,
     in the two blocks that run (select -2 of 3), charged for those."""
     from llava.model.flops import tome_macs
-    from llava.model.reduction.registry import encode_reduced, reduced_tower_gmacs, vision_methods
+    from llava.model.reduction.registry import encode_reduced, vision_methods
     from llava.model.reduction.tome import token_schedule
     from llava.model.reduction.tower import _tome_block
     from llava.model.reduction.vit_blocks import block_tower
@@ -233,13 +233,13 @@ def test_tome_without_merges_is_the_dinov2_tower_and_merges_count(tmp_path):
     torch.testing.assert_close(x, plain, rtol=1e-5, atol=1e-5)
     assert merged.token_counts.tolist() == [17 - 2 * 2] * 2
     expected = tome_macs(macs_config(tower.config, 32), *token_schedule(17, 2, 2)) / 1e9
-    gmacs = reduced_tower_gmacs(tower, vision_methods("tome:r=2"), merged)
+    gmacs = (merged.macs / 1e9).tolist()  # the cost the features carry
     assert gmacs == pytest.approx([expected] * 2)
 
 
 def test_visionzip_keeps_the_patches_dinov2s_cls_attends_most(tmp_path):
     from llava.model.flops import visionzip_macs
-    from llava.model.reduction.registry import encode_reduced, reduced_tower_gmacs, vision_methods
+    from llava.model.reduction.registry import encode_reduced, vision_methods
 
     reference = save_random("dinov2", tmp_path)
     reference.set_attn_implementation("eager")
@@ -252,7 +252,7 @@ def test_visionzip_keeps_the_patches_dinov2s_cls_attends_most(tmp_path):
     expected = torch.stack([out.hidden_states[2][b, 1:][top[b]] for b in range(2)])  # [B, 3, D]
     assert torch.stack(zipped.features).shape == (2, 4, 32)
     torch.testing.assert_close(torch.stack(zipped.features)[:, :3], expected, rtol=1e-5, atol=1e-5)
-    gmacs = reduced_tower_gmacs(tower, methods, zipped)
+    gmacs = (zipped.macs / 1e9).tolist()
     assert gmacs == pytest.approx([visionzip_macs(macs_config(tower.config, 32), 3, 1, 2) / 1e9] * 2)
 
 

@@ -8,6 +8,7 @@ any HF tower (CLIP, SigLIP, DINOv2) and a DRIP tower that pools nowhere (a ViT) 
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -65,11 +66,18 @@ class Connector(nn.Module, ABC):
 
     @abstractmethod
     def forward(self, features: VisionFeatures) -> VisionFeatures:
-        """B images' tower features -> their pooled tokens (fewer per image), counts, and any prior loss."""
+        """B images' tower features -> their pooled tokens (fewer per image), counts, any prior loss, and the
+        per-image MACs (``costed``: the tower's plus this connector's)."""
 
     @abstractmethod
-    def analytic_gflops(self, features: VisionFeatures) -> list[float]:
-        """GMACs per image of this connector on the output ``features`` (predictor MLP, the segment means)."""
+    def own_macs(self, width: int) -> float:
+        """MACs per image of this connector on a tower of feature width ``width`` (predictor MLP, segment means)."""
+
+    def costed(self, tower: VisionFeatures, pooled: VisionFeatures) -> VisionFeatures:
+        """``pooled`` with its per-image MACs: the cost the ``tower`` features carry plus this connector's own."""
+        width = tower.features[0].shape[-1] if tower.features else 0
+        macs = tower.require_macs(f"the vision tower before --mm_connector {type(self).__name__}")
+        return dataclasses.replace(pooled, macs=macs + self.own_macs(width))
 
     def patch_boundaries(self, features: VisionFeatures) -> Tensor | None:
         """[B, N] hard 0/1 segment boundaries over the raster patches (eval rule), or None when the pooling is not

@@ -73,7 +73,7 @@ class DripConnector(Fp32ThresholdBuffers, Connector):
         rate = (pooled.boundaries.detach() * valid).sum() / valid.sum()
         rows, counts = self.join(cls, pooled.tokens, pooled.counts)
         extras = DripExtras(boundary_loss=loss, boundary_rate=rate, stage_counts=pooled.counts[:, None])
-        return VisionFeatures(features=rows, token_counts=counts, drip=extras)
+        return self.costed(features, VisionFeatures(features=rows, token_counts=counts, drip=extras))
 
     @torch.no_grad()
     def patch_boundaries(self, features: VisionFeatures) -> Tensor:
@@ -94,8 +94,7 @@ class DripConnector(Fp32ThresholdBuffers, Connector):
         self.set_eval_threshold(threshold)
         return threshold
 
-    def analytic_gflops(self, features: VisionFeatures) -> list[float]:
+    def own_macs(self, width: int) -> float:
         """Predictor MLP on every patch (D x hidden + hidden) plus one add per patch and channel for the means."""
-        fc1 = self.predictor.fc1
-        width, hidden = fc1.in_features, fc1.out_features
-        return [self.num_patches * (width * hidden + hidden + width) / 1e9] * len(features.features)
+        hidden = self.predictor.fc1.out_features
+        return float(self.num_patches * (width * hidden + hidden + width))

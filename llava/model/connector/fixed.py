@@ -43,11 +43,10 @@ class FixedPooling(Connector):
         tokens = self.pool(patches)  # [B, S, D]
         counts = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device)
         rows, counts = self.join(cls, tokens, counts)
-        return VisionFeatures(features=rows, token_counts=counts)
+        return self.costed(features, VisionFeatures(features=rows, token_counts=counts))
 
-    def analytic_gflops(self, features: VisionFeatures) -> list[float]:
-        width = features.features[0].shape[-1] if features.features else 0
-        return [self.num_patches * width / 1e9] * len(features.features)  # one add per patch and channel
+    def own_macs(self, width: int) -> float:
+        return float(self.num_patches * width)  # one add per patch and channel
 
 
 class Pool1dConnector(FixedPooling):

@@ -3,7 +3,10 @@
 A tower maps a batch of preprocessed images [B, C, H, W] to one tensor of visual tokens per image. With a CLIP tower
 every image gives the same number of tokens (LLaVA-1.5: 576); with DRIP (Dynamic token Reduction vIsion transformer
 via Pooling) each image gives its own number, known only after encoding, so the common currency is a list of
-[N_i, D] tensors plus the counts.
+[N_i, D] tensors plus the counts, and what each image cost: whatever produced the tokens (a tower, a token-reduction
+method that replaced its forward, a connector after it) puts its per-image multiply-adds on them (``macs``, the
+convention of ``drip.cost``), and each later step adds its own, so the efficiency sidecar reads costs off the
+features the projector receives (``VisionOutput``) and never re-derives them.
 
 Towers never freeze themselves and never run under ``torch.no_grad`` in ``forward`` (LLaVA's CLIP tower does both,
 which would silently cut the gradient of a trainable DRIP boundary predictor): the caller decides, see
@@ -46,6 +49,16 @@ class DripExtras:
     stage_counts: Tensor  # [B, stages] long, tokens per image after each pooling stage (FLOP counts)
 
 
+class MissingCost(ValueError):
+    """Features reached a reader of costs without their per-image MACs: the tower, method or connector named in the
+    message returned its tokens without ``VisionFeatures.macs``."""
+
+
+def per_image_macs(macs: float, images: int) -> Tensor:
+    """[images] float64 (CPU): the same multiply-add count for every image of a batch."""
+    return torch.full((images,), float(macs), dtype=torch.float64)
+
+
 @dataclass(frozen=True)
 class VisionFeatures:
     """A tower's output for B images (or, after the projector, the LLM-sized tokens of those images)."""
@@ -53,21 +66,47 @@ class VisionFeatures:
     features: list[Tensor]  # B tensors [N_i, D] (padding already stripped)
     token_counts: Tensor  # [B] long, N_i
     drip: DripExtras | None = None  # DRIP towers only
+    # [B] float64 on the CPU: multiply-adds per image of everything that produced these tokens (drip.cost's
+    # convention); set by every tower, tower-replacing method and connector; None is refused by ``require_macs``
+    macs: Tensor | None = None
 
     def __post_init__(self) -> None:
         if len(self.features) != self.token_counts.shape[0]:
             raise ValueError(f"{len(self.features)} feature tensors but {self.token_counts.shape[0]} token counts")
+        if self.macs is not None and tuple(self.macs.shape) != (len(self.features),):
+            raise ValueError(f"{len(self.features)} feature tensors but MACs of shape {list(self.macs.shape)}")
 
     @classmethod
-    def from_batch(cls, tokens: Tensor) -> VisionFeatures:
-        """[B, N, D] tokens, every image with the same N -> B tensors [N, D] and their counts."""
+    def from_batch(cls, tokens: Tensor, macs: Tensor | None = None) -> VisionFeatures:
+        """[B, N, D] tokens, every image with the same N -> B tensors [N, D] and their counts (``macs`` [B])."""
         counts = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device)
-        return cls(features=list(tokens.unbind(0)), token_counts=counts)
+        return cls(features=list(tokens.unbind(0)), token_counts=counts, macs=macs)
+
+    def require_macs(self, producer: str) -> Tensor:
+        """The per-image MACs [B]; MissingCost naming ``producer`` (what returned these features) when unset."""
+        if self.macs is None:
+            raise MissingCost(
+                f"{producer} returned visual tokens without their cost: every vision tower, token-reduction method "
+                "that replaces the tower's forward and connector must set VisionFeatures.macs (multiply-adds per "
+                "image, drip.cost's convention; see llava.model.flops)"
+            )
+        return self.macs
 
     @property
     def boundary_loss(self) -> Tensor | None:
         """The prior loss to add to the LM loss, or None for a tower without a boundary predictor."""
         return None if self.drip is None else self.drip.boundary_loss
+
+
+class VisionOutput(nn.Module):
+    """The features the projector receives, with their token counts and costs: ``forward`` returns its input after
+    checking it carries its per-image MACs. A parameterless module held by the LLaVA base model (``vision_output``,
+    no checkpoint key), so a forward hook (the efficiency sidecar's probe) reads every image's tokens and MACs from
+    its output, however the tower, methods and connector were combined."""
+
+    def forward(self, features: VisionFeatures, producer: str) -> VisionFeatures:
+        features.require_macs(producer)
+        return features
 
 
 def clip_image_processor(image_size: int) -> CLIPImageProcessor:

@@ -20,7 +20,13 @@ from torch import Tensor
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from llava.model.flops import clip_tokens, clip_tower_macs
-from llava.model.multimodal_encoder.base import TrainMode, VisionFeatures, VisionTower, check_train_mode
+from llava.model.multimodal_encoder.base import (
+    TrainMode,
+    VisionFeatures,
+    VisionTower,
+    check_train_mode,
+    per_image_macs,
+)
 
 
 class CLIPVisionTower(VisionTower):
@@ -66,14 +72,15 @@ class CLIPVisionTower(VisionTower):
         self.is_loaded = True
 
     def forward(self, images: Tensor) -> VisionFeatures:
-        """images [B, C, H, W] -> B tensors [N, D] (N = patches, + 1 with ``cls_patch``)."""
+        """images [B, C, H, W] -> B tensors [N, D] (N = patches, + 1 with ``cls_patch``) and their MACs."""
         if not self.is_loaded:
             raise RuntimeError(f"CLIP tower {self.vision_tower_name!r} has no weights yet: call load_model()")
         feats = self.run_blocks(self.embed(images), 0, self.layers_run)  # [B, 1 + N, D], CLS first
         if self.select_feature == "patch":
             feats = feats[:, 1:]  # [B, N, D]
         counts = torch.full((feats.shape[0],), feats.shape[1], dtype=torch.long, device=feats.device)
-        return VisionFeatures(features=list(feats.unbind(0)), token_counts=counts)
+        macs = per_image_macs(self.image_macs(), feats.shape[0])
+        return VisionFeatures(features=list(feats.unbind(0)), token_counts=counts, macs=macs)
 
     @property
     def layers_run(self) -> int:
@@ -108,11 +115,11 @@ class CLIPVisionTower(VisionTower):
             )
         self.requires_grad_(mode == "all")
 
-    def analytic_gflops(self, features: VisionFeatures) -> list[float]:
-        """GMACs per image of the layers that run (up to the selected one): patch embedding, qkv/out projections,
+    def image_macs(self) -> int:
+        """MACs per image of the layers that run (up to the selected one): patch embedding, qkv/out projections,
         the two attention matmuls and the MLP per layer, on 1 + N tokens (norms and activations left out, < 0.5%)."""
         c = self.config
-        return [clip_tower_macs(c, [clip_tokens(c)] * self.layers_run) / 1e9] * len(features.features)
+        return clip_tower_macs(c, [clip_tokens(c)] * self.layers_run)
 
     def _check_select_layer(self) -> None:
         n = self.config.num_hidden_layers + 1  # hidden_states holds the embeddings plus every layer

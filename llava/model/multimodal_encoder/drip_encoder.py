@@ -26,7 +26,7 @@ from torch import Tensor
 from drip import DripConfig, DripVisionTransformer, get_preset, list_presets
 from drip.boundary_modes import BoundaryMode
 from drip.checkpoint import load_drip
-from drip.flops import tower_gmacs
+from drip.flops import analytic_macs
 from drip.segments import draw_segments, patch_boundaries
 from drip.weights import hf_clip_vision_config, hf_clip_vision_model
 from llava.model.config import DRIP_PREFIX
@@ -123,7 +123,8 @@ class DripVisionTower(VisionTower):
             boundary_rate=st.rates[0] if st.rates else hidden.new_ones((), dtype=torch.float32),
             stage_counts=self._stage_counts(st.boundaries, len(features), hidden.device),
         )
-        return VisionFeatures(features=features, token_counts=mask.sum(-1), drip=extras)
+        macs = self.image_macs(extras.stage_counts)
+        return VisionFeatures(features=features, token_counts=mask.sum(-1), drip=extras, macs=macs)
 
     @property
     def layers_run(self) -> int:
@@ -170,11 +171,12 @@ class DripVisionTower(VisionTower):
             raise ValueError(f"--drip_prior_loss_weight must be >= 0, got {weight}")
         self.vision_tower.set_prior_loss_weight(weight)
 
-    def analytic_gflops(self, features: VisionFeatures) -> list[float]:
-        """GMACs per image of the blocks that run (up to the selected layer), from each image's own token counts."""
-        if features.drip is None:
-            raise ValueError("DRIP GMACs need the DRIP extras (stage counts) of the tower's own output")
-        return tower_gmacs(self.config, features.drip.stage_counts.cpu(), blocks=self.layers_run)
+    def image_macs(self, stage_counts: Tensor) -> Tensor:
+        """[B] float64 MACs per image of the blocks that run (up to the selected layer), from each image's own
+        ``stage_counts`` [B, stages] (``drip.flops`` on the project's convention: LayerNorms left out)."""
+        rows = stage_counts.tolist()  # one host read for the batch
+        macs = [analytic_macs(self.config, row, blocks=self.layers_run, norms=False) for row in rows]
+        return torch.tensor(macs, dtype=torch.float64).reshape(len(rows))
 
     def draw_segments(self, images: Tensor, shown: Any) -> Any:
         """DRIP's segments of ``images`` [1, C, S, S] drawn on the PIL image ``shown`` (cells scale to its size)."""

@@ -43,7 +43,13 @@ from transformers import (
 )
 
 from llava.model.flops import clip_tower_macs
-from llava.model.multimodal_encoder.base import TrainMode, VisionFeatures, VisionTower, check_train_mode
+from llava.model.multimodal_encoder.base import (
+    TrainMode,
+    VisionFeatures,
+    VisionTower,
+    check_train_mode,
+    per_image_macs,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -192,7 +198,7 @@ class HFVisionTower(VisionTower):
         x = self.run_blocks(self.embed(images), 0, self.layers_run)  # [B, T, D]
         if self.family.has_cls and self.select_feature == "patch":
             x = x[:, 1:]  # [B, N, D]
-        return VisionFeatures.from_batch(x)
+        return VisionFeatures.from_batch(x, per_image_macs(self.image_macs(), x.shape[0]))
 
     @property
     def layers_run(self) -> int:
@@ -250,10 +256,10 @@ class HFVisionTower(VisionTower):
             embeddings.requires_grad_(True)
             layers.requires_grad_(True)
 
-    def analytic_gflops(self, features: VisionFeatures) -> list[float]:
-        """GMACs per image of what runs: the patch embedding and the kept layers on every token ([CLS] included)."""
+    def image_macs(self) -> int:
+        """MACs per image of what runs: the patch embedding and the kept layers on every token ([CLS] included)."""
         tokens = (self.image_size // self.config.patch_size) ** 2 + int(self.family.has_cls)
-        return [clip_tower_macs(self.cost_config, [tokens] * self.layers_run) / 1e9] * len(features.features)
+        return clip_tower_macs(self.cost_config, [tokens] * self.layers_run)
 
     @property
     def config(self) -> PretrainedConfig:

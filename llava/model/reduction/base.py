@@ -5,9 +5,10 @@ its implementation, a subclass of one of the three classes here that implements 
 (``llava.model.reduction.registry.IMPLEMENTATIONS``) pairs them; a flag naming a method without a complete
 implementation is refused when the flag is parsed by an entry point, so no method is accepted and then ignored.
 
-* ``TowerMethod``: replaces the tower's forward pass (reads or changes its blocks): ``encode``, ``tower_gmacs``.
+* ``TowerMethod``: replaces the tower's forward pass (reads or changes its blocks): ``encode``, which returns the
+  reduced features with the MACs per image of the run it made (``VisionFeatures.macs``, ``llava.model.flops``).
 * ``TokenMethod``: reduces each image's output tokens (after the tower, before the projector): ``reduce``,
-  ``extra_gmacs``.
+  ``extra_macs`` (added to the cost the tower's features carry).
 * ``LLMMethod``: drops image tokens inside the LLM, as a PyramidDrop schedule: ``pdrop_schedule``.
 
 ``memo`` is a dict the caller (``VisionReduction``, one per model) keeps between batches, where an implementation
@@ -33,11 +34,9 @@ class TowerMethod(ABC):
 
     @abstractmethod
     def encode(self, spec: Any, tower: VisionTower, images: Tensor, memo: dict) -> VisionFeatures:
-        """images [B, C, H, W] -> the reduced features of each image."""
-
-    @abstractmethod
-    def tower_gmacs(self, spec: Any, tower: VisionTower, features: VisionFeatures, memo: dict) -> list[float]:
-        """GMACs per image of the tower run ``encode`` made (``llava.model.flops``)."""
+        """images [B, C, H, W] -> the reduced features of each image, with ``macs`` [B]: the multiply-adds of the
+        tower run this made, the method's own work included (``llava.model.flops``); features without them are
+        refused (``MissingCost``)."""
 
 
 class TokenMethod(ABC):
@@ -50,8 +49,8 @@ class TokenMethod(ABC):
         """patches [N, D] of one image ([CLS] excluded) -> [N', D]."""
 
     @abstractmethod
-    def extra_gmacs(self, spec: Any, tower: VisionTower) -> float:
-        """GMACs per image this method adds to the tower's own count."""
+    def extra_macs(self, spec: Any, tower: VisionTower) -> float:
+        """MACs per image this method adds to the cost the tower's features carry."""
 
 
 class LLMMethod(ABC):

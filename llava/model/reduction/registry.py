@@ -8,7 +8,8 @@ is refused there, before any model runs, so no method is accepted by the flag an
 
 ``encode_reduced`` is what ``LlavaMetaForCausalLM.encode_image_features`` calls in place of ``tower(images)`` when the
 config names vision-side methods: the one ``TowerMethod`` (if any) replaces the tower's forward, then every
-``TokenMethod`` reduces each image's output tokens.
+``TokenMethod`` reduces each image's output tokens. The features carry their per-image MACs throughout: the tower's
+(or the replacing method's, for the run it made), plus each token method's ``extra_macs``.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def _tower_method(methods: tuple[Reduction, ...]) -> Reduction | None:
 
 
 def _post_process(tower_: VisionTower, features: VisionFeatures, method: Reduction) -> VisionFeatures:
-    """Apply a method that works on the tower's output tokens to every image ([CLS] kept aside)."""
+    """Apply a method that works on the tower's output tokens to every image ([CLS] kept aside); its own MACs add
+    to the cost the features carry."""
     has_cls = getattr(tower_, "select_feature", "patch") == "cls_patch"
     impl = implementation(method)
     out = []
@@ -96,7 +98,14 @@ def _post_process(tower_: VisionTower, features: VisionFeatures, method: Reducti
         cls, patches = (tokens[:1], tokens[1:]) if has_cls else (tokens[:0], tokens)
         out.append(torch.cat([cls, impl.reduce(method, tower_, patches)]))
     counts = torch.tensor([t.shape[0] for t in out], dtype=torch.long, device=features.token_counts.device)
-    return dataclasses.replace(features, features=out, token_counts=counts)
+    macs = features.require_macs(_producer(tower_)) + impl.extra_macs(method, tower_)
+    return dataclasses.replace(features, features=out, token_counts=counts, macs=macs)
+
+
+def _producer(tower_: VisionTower, method: Reduction | None = None) -> str:
+    """What made a batch of features, for the error when they come without their cost."""
+    name = f"vision tower {type(tower_).__name__} {getattr(tower_, 'vision_tower_name', '')!r}"
+    return name if method is None else f"{FLAG} {method.name} ({type(implementation(method)).__name__}) on {name}"
 
 
 def encode_reduced(
@@ -112,36 +121,21 @@ def encode_reduced(
     """
     replacing = _tower_method(methods)
     memo = {} if memo is None else memo
-    features = (
-        tower_(images) if replacing is None else implementation(replacing).encode(replacing, tower_, images, memo)
-    )
+    if replacing is None:
+        features = tower_(images)
+    else:
+        features = implementation(replacing).encode(replacing, tower_, images, memo)
+    features.require_macs(_producer(tower_, replacing))
     for method in methods:
         if method.stage == "features":
             features = _post_process(tower_, features, method)
     return features
 
 
-def reduced_tower_gmacs(
-    tower_: VisionTower, methods: tuple[Reduction, ...], features: VisionFeatures, memo: dict | None = None
-) -> list[float] | None:
-    """GMACs per image of a reduced tower run: the replacing method's count (or the tower's own, when it has one),
-    plus every token method's addition; None when neither count is known."""
-    replacing = _tower_method(methods)
-    own = getattr(tower_, "analytic_gflops", None)  # optional capability of a VisionTower
-    if replacing is not None:
-        base = implementation(replacing).tower_gmacs(replacing, tower_, features, {} if memo is None else memo)
-    elif own is not None:
-        base = own(features)
-    else:
-        return None
-    extra = sum(implementation(m).extra_gmacs(m, tower_) for m in methods if m.stage == "features")
-    return [g + extra for g in base]
-
-
 class VisionReduction(nn.Module):
-    """``encode_reduced`` as a parameterless module held by the LLaVA base model (``vision_reduction``), so forward
-    hooks (the efficiency sidecar's probe) see the reduced tokens; it adds no checkpoint key. It holds the methods'
-    ``memo`` (e.g. Patch Slimming's parsed schedule), so a file is parsed once per model, not on every batch."""
+    """``encode_reduced`` as a parameterless module held by the LLaVA base model (``vision_reduction``); it adds no
+    checkpoint key. It holds the methods' ``memo`` (e.g. Patch Slimming's parsed schedule), so a file is parsed once
+    per model, not on every batch."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -149,9 +143,3 @@ class VisionReduction(nn.Module):
 
     def forward(self, tower_: VisionTower, images: Tensor, methods: tuple[Reduction, ...]) -> VisionFeatures:
         return encode_reduced(tower_, images, methods, self.memo)
-
-    def analytic_gflops(
-        self, tower_: VisionTower, methods: tuple[Reduction, ...], features: VisionFeatures
-    ) -> list[float] | None:
-        """GMACs per image of ``features`` (see ``reduced_tower_gmacs``)."""
-        return reduced_tower_gmacs(tower_, methods, features, self.memo)

@@ -17,11 +17,14 @@ Which tower each method needs (every plain ViT the project builds runs every met
 * ``random`` works on any tower, DRIP included; ``drip_boundaries`` needs a DRIP tower (it moves its boundaries).
 
 Every tower stops after the selected layer (the view's ``embed`` / ``run_blocks``), and every method runs on
-those calls, so all are charged on one footing: the layers up to the selected one plus the method's own work.
+those calls, so all are charged on one footing: the layers up to the selected one plus the method's own work, which
+each ``encode`` puts on the features it returns (``VisionFeatures.macs``, counted by ``llava.model.flops``).
 Attention scores are computed explicitly for the layer that needs them, so any attention backend works.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -67,9 +70,11 @@ def layer_attention_and_keys(layer, hidden_in: Tensor) -> tuple[Tensor, Tensor]:
     return attention_and_keys(layer, hidden_in)
 
 
-def _features(tokens: list[Tensor]) -> VisionFeatures:
+def _features(tokens: list[Tensor], macs: float | Sequence[float]) -> VisionFeatures:
+    """B tensors [N_i, D] and the MACs of the run that made them (one figure for every image, or one per image)."""
     counts = torch.tensor([t.shape[0] for t in tokens], dtype=torch.long, device=tokens[0].device)
-    return VisionFeatures(features=tokens, token_counts=counts)
+    per_image = [float(macs)] * len(tokens) if isinstance(macs, (int, float)) else [float(m) for m in macs]
+    return VisionFeatures(features=tokens, token_counts=counts, macs=torch.tensor(per_image, dtype=torch.float64))
 
 
 def _drop_cls(tower: VisionTower, x: Tensor) -> Tensor:
@@ -90,13 +95,8 @@ def visionzip_encode(tower: VisionTower, images: Tensor, spec: VisionZip) -> Vis
     merged = visionzip_merge(
         hidden, attention[:, :, 0, 1:].sum(1), keys.mean(1).to(hidden.dtype), patches, spec.contextual
     )
-    return _features(list((merged if spec.cls else _drop_cls(tower, merged)).unbind(0)))
-
-
-def visionzip_gmacs(tower: VisionTower, spec: VisionZip, images: int) -> list[float]:
-    view = block_tower(tower, spec.name)
-    patches = spec.dominant - 1 if spec.cls else spec.dominant
-    return [visionzip_macs(view.cost_config, patches, spec.contextual, view.layers_run) / 1e9] * images
+    macs = visionzip_macs(view.cost_config, patches, spec.contextual, index)
+    return _features(list((merged if spec.cls else _drop_cls(tower, merged)).unbind(0)), macs)
 
 
 def _tome_block(layer, x: Tensor, size: Tensor, r: int) -> tuple[Tensor, Tensor]:
@@ -119,13 +119,8 @@ def tome_encode(tower: VisionTower, images: Tensor, spec: ToMe) -> VisionFeature
     size = torch.ones_like(x[..., :1])  # [B, 1 + N, 1]
     for layer in view.blocks[: view.layers_run]:
         x, size = _tome_block(layer, x, size, spec.r)
-    return _features(list(_drop_cls(tower, x).unbind(0)))
-
-
-def tome_gmacs(tower: VisionTower, spec: ToMe, images: int) -> list[float]:
-    view = block_tower(tower, spec.name)
     schedule = token_schedule(clip_tokens(view.cost_config), spec.r, view.layers_run)
-    return [tome_macs(view.cost_config, *schedule) / 1e9] * images
+    return _features(list(_drop_cls(tower, x).unbind(0)), tome_macs(view.cost_config, *schedule))
 
 
 def patch_slimming_encode(tower: VisionTower, images: Tensor, spec: PatchSlimming, memo: dict) -> VisionFeatures:
@@ -136,7 +131,7 @@ def patch_slimming_encode(tower: VisionTower, images: Tensor, spec: PatchSlimmin
     x = view.embed(images)  # [B, 1 + N, D]
     for layer, queries in zip(view.blocks[: view.layers_run], query_positions(schedule, x.device), strict=True):
         x = slim_layer(layer, x, queries)  # [B, 1 + |m_l|, D]
-    return _features(list(_drop_cls(tower, x).unbind(0)))
+    return _features(list(_drop_cls(tower, x).unbind(0)), _slimming_macs(view, schedule))
 
 
 def _fitting_schedule(view, spec: PatchSlimming, memo: dict) -> SlimmingSchedule:
@@ -149,12 +144,11 @@ def _fitting_schedule(view, spec: PatchSlimming, memo: dict) -> SlimmingSchedule
     return schedule
 
 
-def patch_slimming_gmacs(tower: VisionTower, spec: PatchSlimming, memo: dict) -> float:
+def _slimming_macs(view, schedule: SlimmingSchedule) -> int:
     """The layers that ran, each querying its kept tokens over the layer below's (static masks: no scoring)."""
-    view = block_tower(tower, spec.name)
-    schedule, index = _fitting_schedule(view, spec, memo), view.layers_run
+    index = view.layers_run
     queries, keys = [schedule.tokens(i) for i in range(index)], [schedule.tokens(i - 1) for i in range(index)]
-    return clip_tower_macs(view.cost_config, queries, key_tokens=keys) / 1e9
+    return clip_tower_macs(view.cost_config, queries, key_tokens=keys)
 
 
 def prumerge_encode(tower: VisionTower, images: Tensor, plus: bool) -> VisionFeatures:
@@ -173,19 +167,13 @@ def prumerge_encode(tower: VisionTower, images: Tensor, plus: bool) -> VisionFea
     h = parts.norm1(x)
     keys, query = parts.k(h), parts.q(h[:, :1])  # [B, 1 + N, D], [B, 1, D]
     scores = ((query.float() @ keys.float().transpose(1, 2)) * x.shape[-1] ** -0.5).softmax(-1)[:, 0, 1:]  # [B, N]
-    out = []
+    out, macs = [], []
     for b in range(x.shape[0]):
         kept = prumerge.kept_indices(scores[b], plus)
-        tokens = prumerge.merge(x[b, 1:], scores[b], keys[b, 1:], kept)  # [K + 1, D]
+        tokens = prumerge.merge(x[b, 1:], scores[b], keys[b, 1:], kept)  # [K + 1, D]: K kept, the pruned ones' sum
         out.append(tokens if tower.select_feature == "patch" else torch.cat([x[b, :1], tokens]))
-    return _features(out)
-
-
-def prumerge_gmacs(tower: VisionTower, features: VisionFeatures) -> list[float]:
-    view = block_tower(tower, "prumerge")
-    extra = 1 + int(tower.select_feature != "patch")  # the pruned tokens' sum, and [CLS]
-    counts = [int(c) - extra for c in features.token_counts]
-    return [prumerge_macs(view.cost_config, view.layers_run, k, prumerge.NEIGHBOURS) / 1e9 for k in counts]
+        macs.append(prumerge_macs(view.cost_config, index, tokens.shape[0] - 1, prumerge.NEIGHBOURS))
+    return _features(out, macs)
 
 
 def drip_ablation(tower: VisionTower, images: Tensor, spec: DripBoundaries) -> VisionFeatures:
@@ -218,7 +206,7 @@ class UniformMethod(TokenMethod):
     def reduce(self, spec: Uniform, tower: VisionTower, patches: Tensor) -> Tensor:
         return uniform_pool(_grid_patches(tower, patches, spec), spec.size)
 
-    def extra_gmacs(self, spec: Uniform, tower: VisionTower) -> float:
+    def extra_macs(self, spec: Uniform, tower: VisionTower) -> float:
         return 0.0  # averaging is elementwise work, left out like norms
 
 
@@ -226,7 +214,7 @@ class Pool1dMethod(TokenMethod):
     def reduce(self, spec: Pool1d, tower: VisionTower, patches: Tensor) -> Tensor:
         return pool1d(_grid_patches(tower, patches, spec), spec.k)
 
-    def extra_gmacs(self, spec: Pool1d, tower: VisionTower) -> float:
+    def extra_macs(self, spec: Pool1d, tower: VisionTower) -> float:
         return 0.0  # averaging is elementwise work, left out like norms
 
 
@@ -234,7 +222,7 @@ class RandomMethod(TokenMethod):
     def reduce(self, spec: Random, tower: VisionTower, patches: Tensor) -> Tensor:
         return random_prune(patches, spec.keep, spec.seed)
 
-    def extra_gmacs(self, spec: Random, tower: VisionTower) -> float:
+    def extra_macs(self, spec: Random, tower: VisionTower) -> float:
         return 0.0  # a gather
 
 
@@ -242,24 +230,15 @@ class VisionZipMethod(TowerMethod):
     def encode(self, spec: VisionZip, tower: VisionTower, images: Tensor, memo: dict) -> VisionFeatures:
         return visionzip_encode(tower, images, spec)
 
-    def tower_gmacs(self, spec: VisionZip, tower: VisionTower, features: VisionFeatures, memo: dict) -> list[float]:
-        return visionzip_gmacs(tower, spec, len(features.features))
-
 
 class ToMeMethod(TowerMethod):
     def encode(self, spec: ToMe, tower: VisionTower, images: Tensor, memo: dict) -> VisionFeatures:
         return tome_encode(tower, images, spec)
 
-    def tower_gmacs(self, spec: ToMe, tower: VisionTower, features: VisionFeatures, memo: dict) -> list[float]:
-        return tome_gmacs(tower, spec, len(features.features))
-
 
 class PatchSlimmingMethod(TowerMethod):
     def encode(self, spec: PatchSlimming, tower: VisionTower, images: Tensor, memo: dict) -> VisionFeatures:
         return patch_slimming_encode(tower, images, spec, memo)
-
-    def tower_gmacs(self, spec: PatchSlimming, tower: VisionTower, features: VisionFeatures, memo: dict) -> list[float]:
-        return [patch_slimming_gmacs(tower, spec, memo)] * len(features.features)
 
 
 class PruMergeMethod(TowerMethod):
@@ -268,15 +247,7 @@ class PruMergeMethod(TowerMethod):
     def encode(self, spec: PruMerge, tower: VisionTower, images: Tensor, memo: dict) -> VisionFeatures:
         return prumerge_encode(tower, images, spec.plus)
 
-    def tower_gmacs(self, spec: PruMerge, tower: VisionTower, features: VisionFeatures, memo: dict) -> list[float]:
-        return prumerge_gmacs(tower, features)
-
 
 class DripBoundariesMethod(TowerMethod):
     def encode(self, spec: DripBoundaries, tower: VisionTower, images: Tensor, memo: dict) -> VisionFeatures:
-        return drip_ablation(tower, images, spec)
-
-    def tower_gmacs(
-        self, spec: DripBoundaries, tower: VisionTower, features: VisionFeatures, memo: dict
-    ) -> list[float]:
-        return tower.analytic_gflops(features)  # the tower's own forward, from each image's counts
+        return drip_ablation(tower, images, spec)  # the tower's own forward: its MACs from each image's counts

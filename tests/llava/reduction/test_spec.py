@@ -146,12 +146,12 @@ def test_a_method_added_only_to_the_spec_is_refused_at_parse_time(monkeypatch):
     with pytest.raises(SystemExit):
         check_token_reduction_arg(parser, parser.parse_args(["--token_reduction", "planted:keep=3"]))
 
-    class HalfWired(TowerMethod):  # encodes, but says nothing of its cost
-        def encode(self, spec, tower, images, memo):
-            return tower(images)
+    class HalfWired(TowerMethod):  # names a helper, never implements the interface's encode (its features' cost
+        def prepare(self, spec, tower):  # travels on what encode returns: tests/llava/test_feature_costs.py)
+            return tower
 
     monkeypatch.setitem(registry.IMPLEMENTATIONS, Planted, HalfWired)
-    with pytest.raises(ValueError, match="'planted' is not wired: HalfWired does not implement tower_gmacs"):
+    with pytest.raises(ValueError, match="'planted' is not wired: HalfWired does not implement encode"):
         registry.parse_wired("planted:keep=3")
 
 

@@ -44,7 +44,7 @@ def test_clip_macs_count_the_layers_that_ran(tiny):
         features = tower(images)
     counted = counter.get_total_flops() / 2 / len(images)  # 2 flops per multiply-add, per image
     assert counted == clip_tower_macs(config, [17, 17])
-    assert tower.analytic_gflops(features) == [counted / 1e9] * 2
+    assert features.macs.tolist() == [counted] * 2
 
 
 @pytest.mark.parametrize("drip", [{}, {"pool_at": (), "prior": ()}], ids=["DRIP-tiny", "plain ViT"])
@@ -62,5 +62,5 @@ def test_drip_features_are_the_full_forwards_selected_state(tiny, drip, select_l
         torch.testing.assert_close(g, h[m], rtol=0, atol=0)
     layers = tower.config.layers
     assert ran == list(range(select_layer % (layers + 1)))
-    want = tower_gmacs(tower.config, got.drip.stage_counts, blocks=select_layer % (layers + 1))
-    assert tower.analytic_gflops(got) == want
+    want = tower_gmacs(tower.config, got.drip.stage_counts, blocks=select_layer % (layers + 1), norms=False)
+    assert (got.macs / 1e9).tolist() == pytest.approx(want, rel=1e-15)
