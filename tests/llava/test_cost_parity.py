@@ -18,6 +18,7 @@ from transformers import Dinov2Config, SiglipVisionConfig
 
 from drip import get_preset
 from llava.eval.efficiency import VisionProbe
+from llava.model.config import LLAVA_1_5_SELECT_LAYER
 from llava.model.flops import prefill_macs
 from llava.model.reduction.apply import apply_token_reduction
 
@@ -65,7 +66,10 @@ def build(tiny, name: str, tmp_path):
         torch.manual_seed(0)
         from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 
-        model = LlavaLlamaForCausalLM(tiny.config("none", mm_vision_tower=tower, mm_vision_tower_config=stored)).eval()
+        config = tiny.config(
+            "none", mm_vision_tower=tower, mm_vision_tower_config=stored, mm_vision_select_layer=LLAVA_1_5_SELECT_LAYER
+        )  # the layer the recorded figures were taken at (LLaVA-1.5's scripts pass -2)
+        model = LlavaLlamaForCausalLM(config).eval()
     else:
         model = tiny.model(tower, drip=drip, initializer_range=0.1, **mm)
     if tower == "drip" and drip is None:

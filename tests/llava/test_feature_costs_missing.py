@@ -48,7 +48,7 @@ def test_the_unplanted_model_reports_a_cost(tiny):
 def test_a_tower_without_cost(tiny):
     model = tiny.model("clip")
     old = model.get_vision_tower()
-    model.get_model().vision_tower = CostlessTower(old.vision_tower_name, vision_config=tiny.clip)
+    model.get_model().vision_tower = CostlessTower(old.vision_tower_name, old.select_layer, vision_config=tiny.clip)
     with pytest.raises(MissingCost, match="CostlessTower returned visual tokens without their cost"):
         generate_under_probe(tiny, model)
     apply_token_reduction(model, "uniform:size=2")  # a token method adds to the tower's cost: it needs one
