@@ -51,6 +51,7 @@ from llava.eval.answers import (
     resume_answers,
 )
 from llava.eval.efficiency import RunClock, VisionProbe, efficiency_path, reset_peak_memory, write_sidecar
+from llava.eval.prefix_scoring import continuation_logprobs
 from llava.eval.questions import OVERLONG, OverlongQuestion, Question
 from llava.mm_utils import load_image, process_images, tokenizer_image_token
 from llava.model.config import MultimodalConfig
@@ -246,6 +247,20 @@ class AnswerGenerator:
         total = float(logp.gather(1, target[:, None]).sum())
         greedy = bool((logp.argmax(-1) == target).all())
         return total, greedy, self._with_costs([question], [context], [continuation], probe)[0]
+
+    def score_continuations(
+        self, question: Question, continuations: Sequence[str], images: Sequence[Image.Image] | None = None
+    ) -> tuple[list[float], list[bool], Generated]:
+        """``score_continuation`` for several replies to one question, its prompt and image run once
+        (``llava.eval.prefix_scoring``); the costs are the prompt's with the first continuation as its text."""
+        context = self.prompt_ids(question)  # [L]
+        targets = [
+            torch.tensor(tokenizer_image_token(c, self.tokenizer, add_special_tokens=False)) for c in continuations
+        ]
+        pixels, sizes = self.question_pixels([question], images)
+        with VisionProbe(self.model) as probe:
+            totals, greedy = continuation_logprobs(self.model, context, targets, pixels, sizes, self.pad_id)
+        return totals, greedy, self._with_costs([question], [context], [continuations[0]], probe)[0]
 
     def question_pixels(
         self, batch: Sequence[Question], images: Sequence[Image.Image] | None

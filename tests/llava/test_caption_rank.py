@@ -150,3 +150,34 @@ def test_the_real_evaluation_split_has_200_distinct_images():
     evaluated = records[-caption_rank.EVAL_RECORDS :]
     assert len(records) == 2000 and len({r.image for r in evaluated}) == 200
     assert all(os.path.isfile(SHARED / "images" / r.image) for r in evaluated)
+
+
+@pytest.mark.parametrize("reduction", [None, "uniform:size=2", "random:keep=5,seed=0"])
+def test_prefix_cached_scores_equal_one_forward_per_caption(ckpt, stage1, reduction):
+    """The captions batched on the image prompt's cache (right-padded, of different lengths) score as each caption's
+    own whole forward does, with the same costs; greedy matches agree too."""
+    from llava.eval.generation import AnswerGenerator, GenerationSettings
+    from llava.eval.questions import Question
+    from llava.model.reduction.apply import apply_token_reduction
+
+    tokenizer, model, processor, _ = load_pretrained_model(str(ckpt))
+    apply_token_reduction(model, reduction)
+    generator = AnswerGenerator(model, tokenizer, processor, GenerationSettings("plain"), str(stage1))
+    question = Question("r1", "", "1.jpg")
+    replies = [
+        caption_rank.reply_piece(generator.style, c) for c in [CAPTIONS[0], "a", CAPTIONS[4] + " " + CAPTIONS[2]]
+    ]
+    image = generator.load_images(["1.jpg"])
+    totals, greedy, costs = generator.score_continuations(question, replies, image)
+    single = [generator.score_continuation(question, r, image) for r in replies]
+    assert totals == pytest.approx([s[0] for s in single], rel=1e-5, abs=1e-4)
+    assert greedy == [s[1] for s in single] and costs.metadata() == single[0][2].metadata()
+
+
+def test_prefix_cached_scoring_refuses_pyramid_drop():
+    from types import SimpleNamespace
+
+    from llava.eval.prefix_scoring import continuation_logprobs
+
+    with pytest.raises(ValueError, match="without PyramidDrop"):
+        continuation_logprobs(SimpleNamespace(pdrop=object()), torch.tensor([1]), [torch.tensor([2])], None, None, 0)
