@@ -41,13 +41,13 @@ METHODS: dict[str, tuple[str, str | None]] = {  # method -> (--token_reduction, 
     "drip": ("none", "drip:rate=0.25,estimator=box"),
     **{f"drip-{e}": ("none", f"drip:rate=0.25,estimator={e}") for e in ESTIMATORS},
 }
-# The stage-1 recipe of scripts/v1_5/drip_pretrain.sh (LLaVA-1.5's flags; batch and rate for 2 CPU cores).
+# The stage-1 recipe of scripts/v1_5/drip_pretrain.sh (LLaVA-1.5's flags); batch and learning rate: Track's.
 STAGE1 = (
     "--version plain --mm_projector_type mlp2x_gelu --tune_mm_mlp_adapter True --mm_vision_select_layer -2 "
     "--mm_use_im_start_end False --mm_use_im_patch_token False --gradient_accumulation_steps 1 --eval_strategy no "
     "--save_strategy steps --save_steps 100000 --save_total_limit 1 --weight_decay 0. --warmup_ratio 0.03 "
     "--lr_scheduler_type cosine --logging_steps 1 --lazy_preprocess True --report_to none "
-    "--dataloader_num_workers 0 --model_max_length 512 --per_device_train_batch_size 8 --learning_rate 1e-3"
+    "--dataloader_num_workers 0 --model_max_length 512"
 ).split()
 
 
@@ -62,6 +62,8 @@ class Track:
     train_images: int = TRAIN_RECORDS
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs (smoke runs)
+    batch_size: int = 8
+    learning_rate: float = 1e-3  # LLaVA-1.5's stage-1 rate
     k: int = 4
     limit: int | None = None  # rank only the first N evaluation images (smoke runs)
 
@@ -92,11 +94,22 @@ def converted(root: Path, model: str | None, tower: str | None) -> tuple[Path, P
     return Path(model), Path(tower)
 
 
-def check_methods(methods: Sequence[str]) -> None:
-    """Raises ValueError naming the first unknown method (before any work)."""
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"unknown method {m} (known: {' '.join(METHODS)})")
+def planned_runs(methods: str, seeds: str, runs: str | None) -> list[tuple[str, int]]:
+    """(method, seed) in run order: ``runs`` ("full:0 uniform:0 full:1"), else every method for each seed in turn.
+
+    Raises:
+        ValueError: an unknown method or a malformed run, named (checked before any work).
+    """
+    if runs is None:
+        plan = [(m, s) for s in seeds.split() for m in methods.split()]
+    else:
+        plan = [tuple(r.rsplit(":", 1)) if ":" in r else (r, "") for r in runs.split()]
+    for method, seed in plan:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method} (known: {' '.join(METHODS)})")
+        if not str(seed).isdigit():
+            raise ValueError(f"run {method}:{seed}: the seed must be a non-negative integer (METHOD:SEED)")
+    return [(m, int(s)) for m, s in plan]
 
 
 def write_training_records(track: Track) -> Path:
@@ -118,6 +131,7 @@ def stage1_argv(track: Track, method: str, seed: int, train_json: Path, run: str
         *("--output_dir", str(track.checkpoint(run)), "--seed", str(seed), "--token_reduction", reduction),
         *(["--mm_connector", connector] if connector else []),
         *STAGE1,
+        *("--per_device_train_batch_size", str(track.batch_size), "--learning_rate", str(track.learning_rate)),
         *budget,
     ]
 
@@ -205,9 +219,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     run.add_argument("--root", default=".", help="checkpoints/real and runs/real go here")
     run.add_argument("--methods", default="full uniform random visionzip tome pool2d fixed1d drip")
     run.add_argument("--seeds", default="0", help="space-separated; every method runs for the first seed first")
+    run.add_argument("--runs", default=None, help="METHOD:SEED ... in this order, instead of --methods x --seeds")
     run.add_argument("--train-images", type=int, default=TRAIN_RECORDS)
     run.add_argument("--epochs", type=float, default=1.0)
     run.add_argument("--max-steps", type=int, default=None, help="instead of --epochs (smoke runs)")
+    run.add_argument("--batch-size", type=int, default=8, help="stage-1 images per step")
+    run.add_argument("--learning-rate", type=float, default=1e-3, help="stage-1 peak learning rate")
     run.add_argument("--k", type=int, default=4, help="distractor captions per image (chance 1/(k+1))")
     run.add_argument("--limit", type=int, default=None, help="rank only the first N evaluation images")
     table = sub.add_parser("table", help="print the table of the finished runs under RUNS")
@@ -220,9 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "table":
         print(results_table(Path(args.runs)), end="")
         return 0
-    methods, seeds = args.methods.split(), [int(s) for s in args.seeds.split()]
     try:
-        check_methods(methods)
+        runs = planned_runs(args.methods, args.seeds, args.runs)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -232,17 +248,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, tower = converted(Path(args.root), args.model, args.tower)
     paths = dict(data=Path(args.data), model=model, tower=tower, root=Path(args.root))
     budget = dict(train_images=args.train_images, epochs=args.epochs, max_steps=args.max_steps)
+    budget.update(batch_size=args.batch_size, learning_rate=args.learning_rate)
     track = Track(**paths, **budget, k=args.k, limit=args.limit)
     train_json = write_training_records(track)
     step(f"training records: the first {args.train_images} of the 1,800 -> {train_json}")
     failed = []
-    for seed in seeds:
-        for method in methods:
-            try:
-                run_one(track, method, seed, train_json)
-            except Exception as e:  # one failed run must not lose the others' hours: report it, go on, exit 1
-                print(f"error: {method}-seed{seed} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-                failed.append(f"{method}-seed{seed}")
+    for method, seed in runs:
+        try:
+            run_one(track, method, seed, train_json)
+        except Exception as e:  # one failed run must not lose the others' hours: report it, go on, exit 1
+            print(f"error: {method}-seed{seed} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            failed.append(f"{method}-seed{seed}")
     table = results_table(track.runs)
     (track.runs / "results.md").write_text(table)
     step(f"results -> {track.runs / 'results.md'}")

@@ -21,6 +21,8 @@
 #   REAL_ROOT           where checkpoints/real and runs/real go (default .)
 #   REAL_METHODS        space-separated methods (default: "full uniform random visionzip tome pool2d fixed1d drip")
 #   REAL_TRAIN_IMAGES   training records used, from the first 1,800 (full default 1800)
+#   REAL_RUNS           "METHOD:SEED ..." run in this order, instead of REAL_METHODS x REAL_SEEDS
+#   REAL_BATCH, REAL_LR stage-1 batch (default 8) and peak learning rate (default 1e-3)
 #   REAL_EPOCHS         stage-1 epochs (full default 1); REAL_K distractors (default 4); REAL_SEEDS (default "0")
 #   REAL_MODEL / REAL_TOWER   a converted LLM / tower directory (default: converted here from the wheels)
 #   REAL_SKIP_SETUP=1   skip scripts/setup.sh
@@ -30,12 +32,13 @@ cd "$(dirname "$0")/.."
 source scripts/v1_5/common.sh
 : "${REAL_DATA:?set REAL_DATA to the folder of the LLaVA 2k stage-1 sample (blip_laion_cc_sbu_2k.json + images/)}"
 case ${REAL_SIZE:-full} in
-  full) SIZE=(--train-images "${REAL_TRAIN_IMAGES:-1800}" --epochs "${REAL_EPOCHS:-1}") ;;
-  ci)   SIZE=(--train-images "${REAL_TRAIN_IMAGES:-8}" --max-steps 1 --limit 4) ;;
+  full) SIZE=(--train-images "${REAL_TRAIN_IMAGES:-1800}" --epochs "${REAL_EPOCHS:-1}"
+        --batch-size "${REAL_BATCH:-8}" --learning-rate "${REAL_LR:-1e-3}") ;;
+  ci)   SIZE=(--train-images "${REAL_TRAIN_IMAGES:-4}" --max-steps 1 --limit 2) ;;
   *) echo "REAL_SIZE must be full or ci" >&2; exit 2 ;;
 esac
 # One process: converts the tower and the LLM unless given, then trains, ranks and scores every (seed, method).
 exec $PYTHON -m llava_drip_demo.real_track run --data "$REAL_DATA" --root "${REAL_ROOT:-.}" \
   ${REAL_MODEL:+--model "$REAL_MODEL"} ${REAL_TOWER:+--tower "$REAL_TOWER"} \
   --methods "${REAL_METHODS:-full uniform random visionzip tome pool2d fixed1d drip}" --seeds "${REAL_SEEDS:-0}" \
-  --k "${REAL_K:-4}" "${SIZE[@]}"
+  ${REAL_RUNS:+--runs "$REAL_RUNS"} --k "${REAL_K:-4}" "${SIZE[@]}"
