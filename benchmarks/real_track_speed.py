@@ -59,6 +59,7 @@ def main() -> None:
     from llava.eval import caption_rank as cr
     from llava.eval.command import load_model
     from llava.eval.generation import AnswerGenerator, GenerationSettings
+    from llava.eval.prefix_scoring import score_continuations
     from llava.eval.questions import Question
     from llava.model.reduction.apply import add_token_reduction_arg, apply_token_reduction
 
@@ -85,7 +86,9 @@ def main() -> None:
     for i in range(args.photos):
         replies = [cr.reply_piece(gen.style, items[j].caption) for j in [i, *picks[i]]]
         question, image = Question(items[i].record_id, "", items[i].image), gen.load_images([items[i].image])
-        (cached, _, costs), wall, cpu = timed(lambda q=question, r=replies, im=image: gen.score_continuations(q, r, im))
+        (cached, _, costs), wall, cpu = timed(
+            lambda q=question, r=replies, im=image: score_continuations(gen, q, r, im)
+        )
         single, wall1, cpu1 = timed(
             lambda q=question, rs=replies, im=image: [gen.score_continuation(q, r, im)[0] for r in rs]
         )

@@ -5,7 +5,7 @@ stage-1 file (``blip_laion_cc_sbu_*.json``: ``<image>`` + a BLIP caption), the m
 ``k`` distractors (captions of other evaluation images, drawn once per image from a seeded generator, so every model
 meets the same ones) by the log-likelihood of the reply under the conversation template, stage 1's ``plain`` by
 default: the image placeholder, then the caption and the template's separator, exactly the trained piece. Scoring is
-``llava.eval.generation.AnswerGenerator.score_continuations`` (the answer path of the other evaluations, with the
+``llava.eval.prefix_scoring.score_continuations`` (the answer path of the other evaluations, with the
 token reduction the checkpoint or ``--token_reduction`` names: the image and prompt run once, the k + 1 captions as
 one batch on their key/value cache; with PyramidDrop one forward per caption), and each line's ``metadata`` holds
 the image's visual tokens, tower and prefill GMACs, so the efficiency sidecar (``<rows>.efficiency.json``) is the
@@ -32,6 +32,7 @@ from typing import Any
 from llava.eval.answers import InputFileError
 from llava.eval.efficiency import RunClock, efficiency_path, write_sidecar
 from llava.eval.generation import AnswerGenerator, GenerationSettings
+from llava.eval.prefix_scoring import score_continuations
 from llava.eval.questions import Question
 from llava.mm_utils import tokenizer_image_token
 from llava.prompting import PromptStyle
@@ -90,7 +91,7 @@ def rank_row(generator: AnswerGenerator, item: Captioned, captions: Sequence[str
     image = generator.load_images([item.image])
     replies = [reply_piece(generator.style, caption) for caption in captions]
     if generator.model.pdrop is None:  # the image and the prompt run once, the captions as one batch on their cache
-        logprobs, _, costs = generator.score_continuations(question, replies, image)
+        logprobs, _, costs = score_continuations(generator, question, replies, image)
     else:  # PyramidDrop's cache lacks the prompt tokens it dropped: one whole forward per caption
         scored = [generator.score_continuation(question, reply, image) for reply in replies]
         logprobs, costs = [s[0] for s in scored], scored[0][2]

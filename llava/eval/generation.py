@@ -51,7 +51,6 @@ from llava.eval.answers import (
     resume_answers,
 )
 from llava.eval.efficiency import RunClock, VisionProbe, efficiency_path, reset_peak_memory, write_sidecar
-from llava.eval.prefix_scoring import continuation_logprobs
 from llava.eval.questions import OVERLONG, OverlongQuestion, Question
 from llava.mm_utils import load_image, process_images, tokenizer_image_token
 from llava.model.config import MultimodalConfig
@@ -207,7 +206,7 @@ class AnswerGenerator:
             )
         decoded = self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)
         texts = [cut_at_stop(t, self.stop_str) for t in decoded]
-        return self._with_costs(batch, ids, texts, probe)
+        return self.with_costs(batch, ids, texts, probe)
 
     @property
     def prefill_layout(self) -> str:
@@ -246,21 +245,7 @@ class AnswerGenerator:
         target = target.to(logp.device)
         total = float(logp.gather(1, target[:, None]).sum())
         greedy = bool((logp.argmax(-1) == target).all())
-        return total, greedy, self._with_costs([question], [context], [continuation], probe)[0]
-
-    def score_continuations(
-        self, question: Question, continuations: Sequence[str], images: Sequence[Image.Image] | None = None
-    ) -> tuple[list[float], list[bool], Generated]:
-        """``score_continuation`` for several replies to one question, its prompt and image run once
-        (``llava.eval.prefix_scoring``); the costs are the prompt's with the first continuation as its text."""
-        context = self.prompt_ids(question)  # [L]
-        targets = [
-            torch.tensor(tokenizer_image_token(c, self.tokenizer, add_special_tokens=False)) for c in continuations
-        ]
-        pixels, sizes = self.question_pixels([question], images)
-        with VisionProbe(self.model) as probe:
-            totals, greedy = continuation_logprobs(self.model, context, targets, pixels, sizes, self.pad_id)
-        return totals, greedy, self._with_costs([question], [context], [continuations[0]], probe)[0]
+        return total, greedy, self.with_costs([question], [context], [continuation], probe)[0]
 
     def question_pixels(
         self, batch: Sequence[Question], images: Sequence[Image.Image] | None
@@ -286,7 +271,7 @@ class AnswerGenerator:
         pixels = [process_images([img], self.image_processor, self.model.config)[0] for img in pil]  # [3, H, W] each
         return pixels, [img.size for img in pil]
 
-    def _with_costs(
+    def with_costs(
         self, batch: Sequence[Question], ids: list[Tensor], texts: list[str], probe: VisionProbe
     ) -> list[Generated]:
         visual, tower = iter(probe.token_counts), iter(probe.gflops)

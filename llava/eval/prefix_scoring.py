@@ -15,7 +15,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from llava.eval.efficiency import VisionProbe
+from llava.eval.generation import AnswerGenerator, Generated
+from llava.eval.questions import Question
+from llava.mm_utils import tokenizer_image_token
 from llava.model.cache_keyword import output_cache
+
+
+def score_continuations(
+    generator: AnswerGenerator, question: Question, continuations: Sequence[str], images: Sequence[Any] | None = None
+) -> tuple[list[float], list[bool], Generated]:
+    """``generator.score_continuation`` for several replies to one question, its prompt and image run once: (sums of
+    log-probabilities, greedy matches, the prompt's costs with the first continuation as its text). ``images`` as
+    ``AnswerGenerator.generate`` takes them."""
+    tokenizer = generator.tokenizer
+    context = generator.prompt_ids(question)  # [L]
+    targets = [torch.tensor(tokenizer_image_token(c, tokenizer, add_special_tokens=False)) for c in continuations]
+    pixels, sizes = generator.question_pixels([question], images)
+    with VisionProbe(generator.model) as probe:
+        totals, greedy = continuation_logprobs(generator.model, context, targets, pixels, sizes, generator.pad_id)
+    return totals, greedy, generator.with_costs([question], [context], [continuations[0]], probe)[0]
 
 
 @torch.inference_mode()

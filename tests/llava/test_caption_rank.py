@@ -157,6 +157,7 @@ def test_prefix_cached_scores_equal_one_forward_per_caption(ckpt, stage1, reduct
     """The captions batched on the image prompt's cache (right-padded, of different lengths) score as each caption's
     own whole forward does, with the same costs; greedy matches agree too."""
     from llava.eval.generation import AnswerGenerator, GenerationSettings
+    from llava.eval.prefix_scoring import score_continuations
     from llava.eval.questions import Question
     from llava.model.reduction.apply import apply_token_reduction
 
@@ -168,7 +169,7 @@ def test_prefix_cached_scores_equal_one_forward_per_caption(ckpt, stage1, reduct
         caption_rank.reply_piece(generator.style, c) for c in [CAPTIONS[0], "a", CAPTIONS[4] + " " + CAPTIONS[2]]
     ]
     image = generator.load_images(["1.jpg"])
-    totals, greedy, costs = generator.score_continuations(question, replies, image)
+    totals, greedy, costs = score_continuations(generator, question, replies, image)
     single = [generator.score_continuation(question, r, image) for r in replies]
     assert totals == pytest.approx([s[0] for s in single], rel=1e-5, abs=1e-4)
     assert greedy == [s[1] for s in single] and costs.metadata() == single[0][2].metadata()
