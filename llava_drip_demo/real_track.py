@@ -180,10 +180,19 @@ def _spread(values: list[float], digits: int = 3) -> str:
     return mean if len(values) == 1 else f"{mean} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
 
 
+def _image_top1(scores: Sequence[dict]) -> str:
+    """The image-direction top-1 with its spread and chance, or "-" for scores without it."""
+    if any(s.get("image_accuracy") is None for s in scores):
+        return "-"
+    chance = statistics.mean(s["image_chance"] for s in scores)
+    return f"{_spread([s['image_accuracy'] for s in scores])} ({chance:.2f})"
+
+
 def results_table(runs: Path) -> str:
     """A markdown table of every finished run under ``runs`` (``<method>-seed<N>/score.json``), one row per method:
     visual tokens, tower + connector + prefill GMACs, caption top-1 (mean [min, max] over seeds; chance), per-token
-    top-1, the true captions' loss per token, training seconds."""
+    top-1, image top-1 (the same caption under its own and other images; chance), the true captions' loss per token,
+    training and ranking seconds."""
     by_method: dict[str, list[tuple[dict, dict]]] = {}
     for score_file in sorted(runs.glob("*-seed*/score.json")):
         method = score_file.parent.name.rsplit("-seed", 1)[0]
@@ -191,8 +200,8 @@ def results_table(runs: Path) -> str:
         by_method.setdefault(method, []).append((json.loads(score_file.read_text()), seconds))
     lines = [
         "| method | seeds | visual tokens | tower + connector + prefill GMACs | caption top-1 (chance) | "
-        "per-token top-1 | true-caption loss | train s | rank s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "per-token top-1 | image top-1 (chance) | true-caption loss | train s | rank s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = [m for m in METHODS if m in by_method] + sorted(set(by_method) - set(METHODS))
     for method in order:
@@ -201,7 +210,7 @@ def results_table(runs: Path) -> str:
         lines.append(
             f"| {method} | {len(scores)} | {statistics.mean(s['visual_tokens_mean'] for s in scores):.1f} | "
             f"{statistics.mean(gmacs):.2f} | {_spread([s['accuracy'] for s in scores])} ({scores[0]['chance']:.2f}) | "
-            f"{_spread([s['accuracy_per_token'] for s in scores])} | "
+            f"{_spread([s['accuracy_per_token'] for s in scores])} | {_image_top1(scores)} | "
             f"{_spread([s['true_loss_per_token'] for s in scores])} | "
             f"{statistics.mean(t['train_seconds'] for t in secs):.0f} | "
             f"{statistics.mean(t['rank_seconds'] for t in secs):.0f} |"

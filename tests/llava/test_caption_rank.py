@@ -133,6 +133,20 @@ def test_summary_counts_strict_top1_and_pools_the_loss():
         caption_rank_score(rows + [{"logprobs": [-1.0, -2.0], "tokens": [1, 1]}])
 
 
+def test_image_ranking_compares_one_caption_under_its_own_and_other_images():
+    rows = [  # captions a, b, c of images 0, 1, 2; each image also scores one other caption
+        {"captions": ["a", "b"], "logprobs": [-1.0, -6.0], "tokens": [1, 1]},  # b under image 0: -6
+        {"captions": ["b", "c"], "logprobs": [-5.0, -2.0], "tokens": [1, 1]},  # b own: -5 > -6: hit
+        {"captions": ["c", "a"], "logprobs": [-3.0, -0.5], "tokens": [1, 1]},  # c own -3 < -2 under image 1: miss
+    ]  # a own -1 < -0.5 under image 2: miss
+    s = caption_rank_score(rows)
+    assert s["image_captions"] == 3 and s["image_accuracy"] == pytest.approx(1 / 3)
+    assert s["image_chance"] == pytest.approx(0.5) and s["accuracy"] == pytest.approx(1 / 3)
+    duplicated = rows + [{"captions": ["a", "c"], "logprobs": [-9.0, -9.5], "tokens": [1, 1]}]
+    assert caption_rank_score(duplicated)["image_captions"] == 2  # "a" names two images: left out
+    assert caption_rank_score([{"logprobs": [-1.0, -2.0], "tokens": [1, 1]}])["image_accuracy"] is None
+
+
 def test_bad_caption_file_is_named(tmp_path):
     with pytest.raises(InputFileError, match="no such caption file"):
         caption_rank.read_captions(str(tmp_path / "missing.json"))

@@ -34,6 +34,7 @@ def write_run(runs: Path, run: str, accuracy: float, loss: float) -> None:
     (runs / run).mkdir(parents=True)
     score = dict(accuracy=accuracy, accuracy_per_token=accuracy / 2, true_loss_per_token=loss, chance=0.2)
     score.update(visual_tokens_mean=64.0, tower_gmacs_mean=5.5, prefill_gmacs_mean=7.0, images=200, k=4)
+    score.update(image_accuracy=accuracy + 0.1, image_chance=0.25, image_captions=150)
     (runs / run / "score.json").write_text(json.dumps(score))
     (runs / run / "seconds.json").write_text(json.dumps({"train_seconds": 100, "rank_seconds": 40}))
 
@@ -44,9 +45,9 @@ def test_the_table_gives_each_method_its_mean_and_spread_over_seeds(tmp_path):
     write_run(tmp_path, "full-seed0", 0.5, 2.5)
     (tmp_path / "drip-seed0").mkdir()  # still running: no score yet
     rows = real_track.results_table(tmp_path).splitlines()
-    assert rows[2].startswith("| full | 1 | 64.0 | 12.50 | 0.500 (0.20) | 0.250 | 2.500 | 100 | 40 |")
+    assert rows[2] == "| full | 1 | 64.0 | 12.50 | 0.500 (0.20) | 0.250 | 0.600 (0.25) | 2.500 | 100 | 40 |"
     assert rows[3] == (
         "| uniform | 2 | 64.0 | 12.50 | 0.350 [0.300, 0.400] (0.20) | 0.175 [0.150, 0.200] | "
-        "3.100 [3.000, 3.200] | 100 | 40 |"
+        "0.450 [0.400, 0.500] (0.25) | 3.100 [3.000, 3.200] | 100 | 40 |"
     )
     assert len(rows) == 4
