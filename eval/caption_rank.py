@@ -10,6 +10,11 @@ then its k distractors; ``metadata`` with the image's visual tokens and costs) a
 * ``accuracy``: the share of images whose true caption has a strictly higher log-likelihood than every distractor
   (a tie counts as a miss); ``chance`` = 1 / (k + 1). Sums favour short captions, the same for every model compared.
 * ``accuracy_per_token``: the same with each caption's mean log-likelihood per token (length-normalised).
+* ``image_accuracy``: the other direction, where the language prior cancels (the same caption under different
+  images): for each caption that other images also scored (as one of their distractors), whether its own image gives
+  it a strictly higher log-likelihood than every one of them; ``image_chance`` is the mean of 1 / (1 + the number of
+  other images that scored it), ``image_captions`` how many captions were judged (None / 0 without ``captions`` in
+  the lines, or when no caption was scored twice). Captions whose text belongs to several images are left out.
 * ``true_loss_per_token``: the true captions' negative log-likelihood over their tokens (all images' tokens pooled,
   as the training loss averages them).
 * ``visual_tokens_mean``, ``tower_gmacs_mean``, ``prefill_gmacs_mean``: per image, from ``metadata``.
@@ -35,6 +40,30 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return None if not values or None in values else sum(values) / len(values)
 
 
+def image_ranking(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``image_accuracy``, ``image_chance``, ``image_captions`` of the lines (see the module docstring)."""
+    owners: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        if r.get("captions"):
+            owners.setdefault(r["captions"][0], []).append(i)
+    others: dict[int, list[float]] = {}  # caption's own line -> its log-likelihoods under other lines' images
+    for i, r in enumerate(rows):
+        for caption, logprob in zip(r.get("captions", [])[1:], r["logprobs"][1:], strict=False):
+            owner = owners.get(caption, [])
+            if len(owner) == 1 and owner[0] != i:
+                others.setdefault(owner[0], []).append(logprob)
+    judged = [
+        (rows[j]["logprobs"][0], scores) for j, scores in others.items() if len(owners[rows[j]["captions"][0]]) == 1
+    ]
+    if not judged:
+        return {"image_accuracy": None, "image_chance": None, "image_captions": 0}
+    return {
+        "image_accuracy": sum(own > max(scores) for own, scores in judged) / len(judged),
+        "image_chance": sum(1 / (1 + len(scores)) for _, scores in judged) / len(judged),
+        "image_captions": len(judged),
+    }
+
+
 def caption_rank_score(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The summary of ranking lines (see the module docstring).
 
@@ -57,6 +86,7 @@ def caption_rank_score(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "chance": 1 / (k + 1),
         "accuracy": sum(_best(r["logprobs"]) for r in rows) / len(rows),
         "accuracy_per_token": sum(_best(p) for p in per_token) / len(rows),
+        **image_ranking(rows),
         "true_loss_per_token": -sum(r["logprobs"][0] for r in rows) / sum(r["tokens"][0] for r in rows),
         "visual_tokens_mean": _mean([m.get("visual_tokens") for m in meta]),
         "tower_gmacs_mean": _mean([m.get("tower_gflops") for m in meta]),

