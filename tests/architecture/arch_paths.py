@@ -11,7 +11,7 @@ does not resolve inside the checkout (from the file's folder or the root). Caugh
 
 Data outside the repository is reached through a flag or an environment variable the README documents (e.g.
 ``--data-root``), never through a default in code. ``DATA_PATH_DEFAULTS`` lists the documented exceptions, each
-with where it is documented; it is empty, and a new entry needs a README section that tells the user what to put
+with where it is documented; a new entry needs a README section that tells the user what to put
 there.
 """
 
@@ -26,7 +26,13 @@ from arch_scan import Repo, where
 OUTSIDE = re.compile(r"\.\./shared\b|(?<![\w.])/work/[\w.\-/]*|(?<![\w.])(?:\.\./)+[\w.\-]+[\w.\-/]*")
 ABSOLUTE = re.compile(r"^(~/|/(home|mnt|data|datasets|scratch|shared|work|root|Users|nfs|media)(/|$))")
 # (file, reference) -> where the README documents that default; see the module docstring
-DATA_PATH_DEFAULTS: dict[tuple[str, str], str] = {}
+DATA_PATH_DEFAULTS: dict[tuple[str, str], str] = {
+    (
+        "scripts/test.sh",
+        "../shared",
+    ): "README Two commands: LLAVA_STAGE1_DATA defaults to the sample beside the checkout",
+    ("README.md", "../shared"): "README Two commands: where scripts/test.sh looks for the stage-1 sample",
+}
 # the rule and its tests name the patterns they look for
 THIS_RULE = ("tests/architecture/arch_paths.py", "tests/test_layering.py", "tests/test_layering_guards.py")
 # test files whose outside references are hostile input they plant in a scratch folder, with why
