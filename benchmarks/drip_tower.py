@@ -31,6 +31,9 @@ from typing import Any
 import torch
 
 from drip import DripConfig, DripOutput, DripVisionTransformer, get_preset
+
+# drip's own tower figures alone (DRIP vs the ViT it came from, no LLM count beside them): counted with LayerNorms
+# (``norms=True``, the default), fvcore's complete count that drip's tables are checked against.
 from drip.flops import analytic_macs, simulated_stage_boundaries
 from drip.flops import batch_macs as executed_macs
 

@@ -9,8 +9,9 @@ Run (from the repository root; ~2 s, no model is built):
 from its own batch (scaled to a mean of 144 tokens) as the spread of the DRIP counts; standalone, the counts are
 drawn from a lognormal with a coefficient of variation of 0.5 around 144 (an assumption).
 
-What is counted (1 MAC = 1 "flop", fvcore's convention): the frozen tower's forward (``drip.flops.batch_macs``: all
-24 CLIP-L blocks, as HF's CLIP runs them for LLaVA's layer -2); the ``mlp2x_gelu`` projector 3x its forward (its
+What is counted (1 MAC = 1 "flop", fvcore's convention; matmuls only, ``drip.cost``'s convention, the one the LLM count
+follows): the frozen tower's forward (``drip.flops.batch_macs`` with ``norms=False``: all 24 CLIP-L blocks, as HF's
+CLIP runs them for LLaVA's layer -2); the ``mlp2x_gelu`` projector 3x its forward (its
 first layer 2x: no input gradient); the LLM (Vicuna-7B = Llama-7B shape) 3x its forward plus the LM head on every
 position, and PyramidDrop's ranking (no gradient). Padded: every sample at the batch's longest length in every
 layer. Packed: each sample's own length (flash varlen's per-sample attention, the CUDA path of
@@ -99,15 +100,20 @@ def layer_lengths(texts: list[int], images: list[int], pdrop: bool) -> list[list
     return out
 
 
+def tower_macs(tower: str, n_img: list[int]) -> float:
+    """The frozen tower's forward on images keeping ``n_img`` tokens each (CLIP: 576), on ``drip.cost``'s convention
+    (``norms=False``: no LayerNorms, as the LLM count)."""
+    if not n_img:
+        return 0.0
+    cfg = get_preset("DRIP-4x-L-14-336")
+    if tower == "CLIP":
+        return batch_macs(cfg.replace(pool_at=(), prior=()), torch.zeros(len(n_img), 0, dtype=torch.long), norms=False)
+    return batch_macs(cfg, torch.tensor(n_img)[:, None], norms=False)
+
+
 def step_macs(texts: list[int], images: list[int], tower: str, pdrop: bool) -> dict[str, float]:
     """One step's multiply-adds, padded and packed (see the module docstring)."""
-    cfg = get_preset("DRIP-4x-L-14-336")
     n_img = [n for n in images if n]
-    if tower == "CLIP":
-        cfg = cfg.replace(pool_at=(), prior=())
-        tower_macs = batch_macs(cfg, torch.zeros(len(n_img), 0, dtype=torch.long)) if n_img else 0.0
-    else:
-        tower_macs = batch_macs(cfg, torch.tensor(n_img)[:, None]) if n_img else 0.0
     projector = sum((2 if i == 0 else 3) * sum(n_img) * a * b for i, (a, b) in enumerate(PROJECTOR))
     lens = layer_lengths(texts, images, pdrop)
     head = LLAMA_7B.hidden_size * LLAMA_7B.vocab_size
@@ -117,7 +123,7 @@ def step_macs(texts: list[int], images: list[int], tower: str, pdrop: bool) -> d
     padded_rank = sum(len(lens[d - 1]) * rank_macs(LLAMA_7B, max(lens[d - 1])) for d in drops)
     packed_rank = sum(rank_macs(LLAMA_7B, n) for d in drops for n in lens[d - 1])
     slots = sum(len(ls) * max(ls) for ls in lens)
-    fixed = tower_macs + projector
+    fixed = tower_macs(tower, n_img) + projector
     return {
         "padded": fixed + 3.0 * padded + padded_rank,
         "packed": fixed + 3.0 * packed + packed_rank,

@@ -7,10 +7,12 @@ Four set-ups, one prompt (``--text`` text tokens + one image):
              144 tokens to the LLM
   DRIP+PDrop both
 
-1. Analytic multiply-adds (GMACs, 1 MAC = 1 "flop" as fvcore counts) for the LLaVA-1.5-7B shape: tower
-   (``drip.flops.analytic_macs``, blocks up to LLaVA's select_layer -2), projector mlp2x_gelu (1024 -> 4096 -> 4096),
-   Vicuna-7B (hidden 4096, 32 layers, 32 heads, MLP 11008, vocab 32000; ``llava.model.flops.staged_prefill_macs``:
-   projections, full L x L attention matmuls, PyramidDrop's ranking, LM head on the last token).
+1. Analytic multiply-adds (GMACs, 1 MAC = 1 "flop" as fvcore counts; matmuls only, ``drip.cost``'s convention, the
+   one the LLM count follows) for the LLaVA-1.5-7B shape: tower (``drip.flops.analytic_macs`` with ``norms=False``,
+   what the LLaVA DRIP tower puts on its features; blocks up to LLaVA's select_layer -2), projector mlp2x_gelu
+   (1024 -> 4096 -> 4096), Vicuna-7B (hidden 4096, 32 layers, 32 heads, MLP 11008, vocab 32000;
+   ``llava.model.flops.staged_prefill_macs``: projections, full L x L attention matmuls, PyramidDrop's ranking, LM
+   head on the last token).
 2. The analytic LLM count checked against ``torch.utils.flop_counter.FlopCounterMode`` on a tiny Llama (eager
    attention: CPU SDPA is invisible to the counter), plain and with PyramidDrop.
 3. Measured prefill time on CPU of a tiny model with the same structure (576-patch tower of width 128, projector,
@@ -66,7 +68,7 @@ def setup_macs(
         counts = simulated_stage_counts(cfg)
         tokens = counts[-1] if counts else cfg.num_patches
         parts = {
-            "tower": analytic_macs(cfg, counts, blocks=cfg.layers - unused_blocks),
+            "tower": analytic_macs(cfg, counts, blocks=cfg.layers - unused_blocks, norms=False),  # as the LLM
             "projector": projector_macs(tokens, cfg.width, llm.hidden_size),
             "llm": staged_prefill_macs(llm, text, tokens, pdrop if name.endswith("PDrop") else None),
         }

@@ -32,14 +32,17 @@ Figures per configuration:
 * visual tokens per image (mean, min-max) and the LLM's padded sequence length entering its first / last layer;
 * step time: median over ``--rounds`` interleaved rounds after ``--warmup`` rounds (every round runs every
   configuration once, starting at a rotating one, so a load spike on a shared machine hits all alike);
-* analytic multiply-adds of the step (1 MAC = 1 "flop", fvcore's convention): the frozen tower's forward only
-  (``drip.flops.batch_macs`` from each image's own counts, in the tower's layout); the projector 3x its forward
+* analytic multiply-adds of the step (1 MAC = 1 "flop", fvcore's convention; matmuls only, ``drip.cost``'s
+  convention, LayerNorms left out in the tower as in the LLM): the frozen tower's forward only, up to the selected
+  layer (``drip.flops.batch_macs`` with ``norms=False`` from each image's own counts, in the tower's layout); the
+  projector 3x its forward
   (forward + input and weight gradients; its first layer needs no input gradient: 2x); the LLM 3x its forward
   (``llama_prefill``'s per-layer count at the lengths each decoder layer really ran, padding included, plus the LM
   head on every position) and PyramidDrop's ranking forward only (no gradient). The optimizer is not counted.
   "pad" is the share of those LLM positions that are padding (packed: filler at row ends);
-* "real GMACs": the same step counted on real tokens only (each sample's own attention, LM head on real tokens),
-  what the step costs without padding; the targets compare step-time ratios with its ratio;
+* "real GMACs": the same step counted on real tokens only (the tower's cost from its features,
+  ``VisionFeatures.macs``; each sample's own attention, LM head on real tokens), what the step costs without
+  padding; the targets compare step-time ratios with its ratio;
 * time ratio and real-MAC ratio vs the ViT tower in the same layout, and their quotient; target: DRIP step-time
   ratio <= real-MAC ratio x 1.1; "vs pad": step time over the same tower's padded step;
 * step memory, each configuration in a fresh subprocess after 2 warm-up steps (AdamW state then resident): on CUDA
@@ -213,6 +216,7 @@ class Trace:
     stage_counts: Tensor  # [B, stages] tokens after each DRIP pooling stage
     shapes: list[tuple[int, int]]  # (rows, row length) entering every decoder layer: [B, T] padded, [R, C] packed
     layer_lens: list[list[int]]  # real tokens of every sample entering every decoder layer, [layers][B]
+    tower_macs: float  # the tower's forward on real tokens: the sum of its features' VisionFeatures.macs
 
     @property
     def real(self) -> int:
@@ -245,13 +249,15 @@ def trace(run: Run, batch: dict[str, Tensor]) -> Trace:
         r = ratios[sum(d <= layer for d in drops)]  # PyramidDrop keeps int(N_i * r) of the original N_i
         kept = counts if r == 1.0 else (counts * r).long()
         layer_lens.append((lengths - counts + kept).tolist())
-    return Trace(counts, vision.drip.stage_counts.cpu(), shapes, layer_lens)
+    tower_macs = float(vision.require_macs("the benchmark's vision tower").sum())
+    return Trace(counts, vision.drip.stage_counts.cpu(), shapes, layer_lens, tower_macs)
 
 
 def step_macs(run: Run, tr: Trace) -> dict[str, float]:
     """Multiply-adds of one training step, by part (see the module docstring); "llm_real" on real tokens only."""
-    cfg, tower_cfg = run.model.config, run.model.get_vision_tower().config
-    tower = batch_macs(tower_cfg, tr.stage_counts)  # frozen: forward only
+    cfg, vision = run.model.config, run.model.get_vision_tower()
+    # frozen: forward only; executed in the tower's layout, on drip.cost's convention (no LayerNorms, as the LLM)
+    tower = batch_macs(vision.config, tr.stage_counts, blocks=vision.layers_run, norms=False)
     linears = [m for m in run.model.get_model().mm_projector.modules() if isinstance(m, nn.Linear)]
     tokens = int(tr.counts.sum())
     projector = sum((2 if i == 0 else 3) * tokens * m.in_features * m.out_features for i, m in enumerate(linears))
@@ -263,7 +269,8 @@ def step_macs(run: Run, tr: Trace) -> dict[str, float]:
     ranks = sum(len(tr.layer_lens[d - 1]) * rank_macs(cfg, max(tr.layer_lens[d - 1])) for d in drops)
     real_ranks = sum(rank_macs(cfg, n) for d in drops for n in tr.layer_lens[d - 1])
     llm_real = 3.0 * real + real_ranks
-    return {"tower": tower, "projector": float(projector), "llm": 3.0 * llm + ranks, "llm_real": llm_real}
+    parts = {"tower": tower, "projector": float(projector), "llm": 3.0 * llm + ranks}
+    return parts | {"tower_real": tr.tower_macs, "llm_real": llm_real}
 
 
 # --- memory probe (fresh subprocess per configuration) ---------------------------------------------------------------

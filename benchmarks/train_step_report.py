@@ -18,7 +18,7 @@ def executed(macs: dict[str, float]) -> float:
 
 
 def real_total(macs: dict[str, float]) -> float:
-    return macs["tower"] + macs["projector"] + macs["llm_real"]
+    return macs["tower_real"] + macs["projector"] + macs["llm_real"]
 
 
 def print_table(rows: dict[str, dict], rounds: int, layouts: list[str]) -> None:

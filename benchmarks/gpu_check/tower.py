@@ -63,6 +63,7 @@ def tower_speed(ctx: Context, report: Report) -> None:
         counts = _train_step(tower, images, torch.bfloat16) if c.pool_at else counts  # the timed step's counts
         report.row(f"{c.name} bf16 fwd+bwd batch {ctx.batch}", f"{train_s[c.name] * 1e3:.1f} ms{peak}")
         del tower
+    # DRIP vs its ViT alone (no LLM count beside it): drip's fvcore-checked complete count, LayerNorms included
     macs = batch_macs(cfg, counts, "packed") / batch_macs(vit, torch.zeros(ctx.batch, 0, dtype=torch.long))
     report.row(
         "DRIP / ViT fwd+bwd time vs complete MACs",
