@@ -1,6 +1,7 @@
 """The benchmarks that add a tower's cost to the LLM's count it on the one convention (``drip.cost``: matmuls only,
 no LayerNorms): the cost the LLaVA tower puts on its features (``VisionFeatures.macs``) plus ``llava.model.flops``."""
 
+import importlib
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,19 +24,14 @@ LLAMA = TINY.llama
 
 @pytest.fixture(scope="module")
 def scripts():
-    """benchmarks/ on the path: train_step imports its sibling scripts by name."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import llava15_step
-        import llava_prefill
-        import train_step
-        import train_step_report
-
-        yield SimpleNamespace(
-            llava15_step=llava15_step, llava_prefill=llava_prefill, train_step=train_step, report=train_step_report
-        )
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    """The benchmark scripts, imported with benchmarks/ on the path (train_step imports its siblings by name)."""
+    names = ("llava15_step", "llava_prefill", "train_step", "train_step_llm", "train_step_report")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(BENCHMARKS))
+        modules = {name: importlib.import_module(name) for name in names}
+    yield SimpleNamespace(**modules)
+    for name in names:
+        sys.modules.pop(name, None)
 
 
 @pytest.mark.parametrize("setup", ["CLIP", "DRIP-4x", "DRIP+PDrop"])
@@ -66,7 +62,7 @@ def batch(images: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def test_train_step_tower_count_is_the_features_cost(scripts):
-    train_step, report = scripts.train_step, scripts.report
+    train_step, report = scripts.train_step, scripts.train_step_report
     model = TINY.model("drip")
     run = train_step.Run("DRIP-4x", "padded", model)
     images = torch.randn(1, 3, 64, 64).expand(2, -1, -1, -1)  # the same image twice: equal counts, no tower padding
