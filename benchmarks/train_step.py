@@ -35,8 +35,8 @@ Figures per configuration:
 * analytic multiply-adds of the step (1 MAC = 1 "flop", fvcore's convention; matmuls only, ``drip.cost``'s
   convention, LayerNorms left out in the tower as in the LLM): the frozen tower's forward only, up to the selected
   layer (``drip.flops.batch_macs`` with ``norms=False`` from each image's own counts, in the tower's layout); the
-  projector 3x its forward
-  (forward + input and weight gradients; its first layer needs no input gradient: 2x); the LLM 3x its forward
+  projector 3x its forward (forward + input and weight gradients; its first layer needs no input gradient: 2x); the
+  LLM 3x its forward
   (``llama_prefill``'s per-layer count at the lengths each decoder layer really ran, padding included, plus the LM
   head on every position) and PyramidDrop's ranking forward only (no gradient). The optimizer is not counted.
   "pad" is the share of those LLM positions that are padding (packed: filler at row ends);
