@@ -26,9 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from llava.eval.caption_rank import DATA_FILE
+from llava.eval.caption_rank import DATA_FILE, EVAL_RECORDS
 
-TRAIN_RECORDS = 1800  # the data's suggested split: the first 1,800 records train, the last 200 evaluate
 ESTIMATORS = ("original", "box", "straight_through", "local")
 METHODS: dict[str, tuple[str, str | None]] = {  # method -> (--token_reduction, --mm_connector)
     "full": ("none", None),
@@ -41,7 +40,8 @@ METHODS: dict[str, tuple[str, str | None]] = {  # method -> (--token_reduction, 
     "drip": ("none", "drip:rate=0.25,estimator=box"),
     **{f"drip-{e}": ("none", f"drip:rate=0.25,estimator={e}") for e in ESTIMATORS},
 }
-# The stage-1 recipe of scripts/v1_5/drip_pretrain.sh (LLaVA-1.5's flags); batch and learning rate: Track's.
+# The stage-1 recipe of scripts/v1_5/drip_pretrain.sh (LLaVA-1.5's flags; tests/llava_drip_demo/test_real_track.py holds
+# the two equal); batch and learning rate: Track's.
 STAGE1 = (
     "--version plain --mm_projector_type mlp2x_gelu --tune_mm_mlp_adapter True --mm_vision_select_layer -2 "
     "--mm_use_im_start_end False --mm_use_im_patch_token False --gradient_accumulation_steps 1 --eval_strategy no "
@@ -59,7 +59,8 @@ class Track:
     model: Path  # the converted LLM
     tower: Path  # the converted tower
     root: Path  # checkpoints/real and runs/real go here
-    train_images: int = TRAIN_RECORDS
+    train_images: int | None = None  # the first N training records; None: all of them
+    eval_last: int = EVAL_RECORDS  # the file's last N records evaluate, the ones before them train (2k: 1,800 / 200)
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs (smoke runs)
     batch_size: int = 8
@@ -113,8 +114,15 @@ def planned_runs(methods: str, seeds: str, runs: str | None) -> list[tuple[str, 
 
 
 def write_training_records(track: Track) -> Path:
-    """The first ``train_images`` of the 1,800 training records -> runs/real/train.json; returns its path."""
-    records = json.loads(track.data_json.read_text())[:TRAIN_RECORDS][: track.train_images]
+    """The first ``train_images`` of the training records (every record before the last ``eval_last``, which caption
+    ranking evaluates: 1,800 of the 2k file) -> runs/real/train.json; returns its path.
+
+    Raises:
+        ValueError: the data file holds no record besides the evaluation ones.
+    """
+    records = json.loads(track.data_json.read_text())[: -track.eval_last][: track.train_images]
+    if not records:
+        raise ValueError(f"{track.data_json}: no training records before the last {track.eval_last} (evaluation)")
     track.runs.mkdir(parents=True, exist_ok=True)
     out = track.runs / "train.json"
     out.write_text(json.dumps(records))
@@ -141,7 +149,7 @@ def rank_argv(track: Track, method: str, run: str) -> list[str]:
     argv = [
         *("--model-path", str(track.checkpoint(run)), "--model-base", str(track.model)),
         *("--data", str(track.data_json), "--image-folder", str(track.data / "images")),
-        *("--rows", str(track.runs / run / "rank.jsonl"), "--k", str(track.k)),
+        *("--rows", str(track.runs / run / "rank.jsonl"), "--k", str(track.k), "--eval-last", str(track.eval_last)),
         *("--token_reduction", METHODS[method][0]),
     ]
     return argv + (["--limit", str(track.limit)] if track.limit else [])
@@ -229,7 +237,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     run.add_argument("--methods", default="full uniform random visionzip tome pool2d fixed1d drip")
     run.add_argument("--seeds", default="0", help="space-separated; every method runs for the first seed first")
     run.add_argument("--runs", default=None, help="METHOD:SEED ... in this order, instead of --methods x --seeds")
-    run.add_argument("--train-images", type=int, default=TRAIN_RECORDS)
+    run.add_argument("--train-images", type=int, default=None, help="the first N training records (default all)")
+    run.add_argument("--eval-last", type=int, default=EVAL_RECORDS, help="the last N records evaluate, the rest train")
     run.add_argument("--epochs", type=float, default=1.0)
     run.add_argument("--max-steps", type=int, default=None, help="instead of --epochs (smoke runs)")
     run.add_argument("--batch-size", type=int, default=8, help="stage-1 images per step")
@@ -258,9 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = dict(data=Path(args.data), model=model, tower=tower, root=Path(args.root))
     budget = dict(train_images=args.train_images, epochs=args.epochs, max_steps=args.max_steps)
     budget.update(batch_size=args.batch_size, learning_rate=args.learning_rate)
-    track = Track(**paths, **budget, k=args.k, limit=args.limit)
-    train_json = write_training_records(track)
-    step(f"training records: the first {args.train_images} of the 1,800 -> {train_json}")
+    track = Track(**paths, **budget, eval_last=args.eval_last, k=args.k, limit=args.limit)
+    try:
+        train_json = write_training_records(track)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    step(f"training records: {len(json.loads(train_json.read_text()))} -> {train_json}")
     failed = []
     for method, seed in runs:
         try:

@@ -20,7 +20,7 @@
 #   REAL_SIZE           full (default) | ci (a handful of images and steps, every method once)
 #   REAL_ROOT           where checkpoints/real and runs/real go (default .)
 #   REAL_METHODS        space-separated methods (default: "full uniform random visionzip tome pool2d fixed1d drip")
-#   REAL_TRAIN_IMAGES   training records used, from the first 1,800 (full default 1800)
+#   REAL_TRAIN_IMAGES   the first N training records (full default: all 1,800, every record but the last 200)
 #   REAL_RUNS           "METHOD:SEED ..." run in this order, instead of REAL_METHODS x REAL_SEEDS
 #   REAL_BATCH, REAL_LR stage-1 batch (default 8) and peak learning rate (default 1e-3)
 #   REAL_EPOCHS         stage-1 epochs (full default 1); REAL_K distractors (default 4); REAL_SEEDS (default "0")
@@ -32,7 +32,7 @@ cd "$(dirname "$0")/.."
 source scripts/v1_5/common.sh
 : "${REAL_DATA:?set REAL_DATA to the folder of the LLaVA 2k stage-1 sample (blip_laion_cc_sbu_2k.json + images/)}"
 case ${REAL_SIZE:-full} in
-  full) SIZE=(--train-images "${REAL_TRAIN_IMAGES:-1800}" --epochs "${REAL_EPOCHS:-1}"
+  full) SIZE=(${REAL_TRAIN_IMAGES:+--train-images "$REAL_TRAIN_IMAGES"} --epochs "${REAL_EPOCHS:-1}"
         --batch-size "${REAL_BATCH:-8}" --learning-rate "${REAL_LR:-1e-3}") ;;
   ci)   SIZE=(--train-images "${REAL_TRAIN_IMAGES:-4}" --max-steps 1 --limit 2) ;;
   *) echo "REAL_SIZE must be full or ci" >&2; exit 2 ;;

@@ -129,7 +129,8 @@ def drip_run(tmp_path_factory) -> tuple[Path, Path]:
     (root / "data" / DATA_FILE).write_text(json.dumps(records))
     llm, tower = build_stand_ins(root, [" ".join(WORDS)] * 20)
     argv = ["run", "--data", str(root / "data"), "--model", str(llm), "--tower", str(tower), "--root", str(root)]
-    assert real_track.main([*argv, "--methods", "drip-box", "--max-steps", "1", "--limit", "2"]) == 0
+    run = ["--methods", "drip-box", "--max-steps", "1", "--eval-last", "6", "--limit", "2"]  # 4 train, 6 evaluate
+    assert real_track.main([*argv, *run]) == 0
     return root / "checkpoints" / "real" / "llava-drip-box-seed0", llm
 
 

@@ -8,7 +8,7 @@ runs too), e.g. a run of the real-image track (``llava_drip_demo.real_track``) w
 folder of LLaVA's 2k stage-1 sample (default ``$LLAVA_STAGE1_DATA``): ``--first N`` draws the first N of its 200
 evaluation photos; ``--samples`` names scikit-image's bundled photos. Each PNG is named after its image and its
 number of visual tokens, which ``DIR/overlays.json`` lists too. The drawing is the
-connector's ``draw_segments`` (``drip.segments``), the same the web demo shows.
+connector's ``patch_boundaries`` drawn by ``drip.segments``, as the web demo draws them.
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ def segment_overlay(model: Any, processor: Any, image: Image.Image) -> tuple[Ima
     tower = model.get_vision_tower()
     pixels = process_images([image], processor, model.config).to(model.device, model.dtype)  # [1, 3, S, S]
     features = tower(pixels)
-    shown = to_rgb(image).resize((tower.image_size, tower.image_size), Image.BICUBIC)
-    overlay = connector.draw_segments(features, shown)
-    if overlay is None:
+    boundaries = connector.patch_boundaries(features)  # [1, N]: the predictor runs once, for both answers
+    if boundaries is None:
         raise ValueError(f"the connector {type(connector).__name__} does not segment the raster patches (2-D pooling)")
-    return overlay, int(connector(features).token_counts[0])
+    shown = to_rgb(image).resize((tower.image_size, tower.image_size), Image.BICUBIC)
+    return connector.draw_boundaries(boundaries[0], shown), int(connector.segment_tokens(boundaries)[0])
 
 
 def named_images(args: argparse.Namespace) -> list[tuple[str, Image.Image]]:

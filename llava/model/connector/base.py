@@ -87,6 +87,13 @@ class Connector(nn.Module, ABC):
     def draw_segments(self, features: VisionFeatures, shown: Any) -> Any:
         """The first image's segments (``patch_boundaries``) drawn on the PIL image ``shown``; None without them."""
         boundaries = self.patch_boundaries(features)
-        if boundaries is None:
-            return None
-        return draw_overlay(shown, compose_stages([boundaries[0].cpu()]), self.grid)
+        return None if boundaries is None else self.draw_boundaries(boundaries[0], shown)
+
+    def draw_boundaries(self, boundaries: Tensor, shown: Any) -> Any:
+        """One image's [N] patch boundaries (a row of ``patch_boundaries``) drawn on the PIL image ``shown``."""
+        return draw_overlay(shown, compose_stages([boundaries.cpu()]), self.grid)
+
+    def segment_tokens(self, boundaries: Tensor) -> Tensor:
+        """[B, N] patch boundaries -> [B] tokens per image the pooling gives for them: one per segment (the last
+        patch closes the last segment), plus the CLS token when the tower keeps it."""
+        return (boundaries > 0.5).sum(dim=1) + int(self.has_cls)
