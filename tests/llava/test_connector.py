@@ -26,6 +26,7 @@ def test_flag_round_trip_and_errors():
         ("pool3d:k=2", "unknown connector"),
         ("pool1d:size=2", "KEY=VALUE with KEY one of k"),
         ("pool2d:k=x", "is not an integer"),
+        ("drip:eval_rule=median", "eval_rule must be one of threshold, expected_count"),
     ]:
         with pytest.raises(ValueError, match=message):
             parse_connector(bad)
@@ -100,6 +101,22 @@ def test_connector_refuses_a_tower_that_pools(tiny):
     model = tiny.model("drip", mm_connector=DRIP)  # DRIP-tiny pools inside the tower
     with pytest.raises(ValueError, match="pools the full 8x8 patch grid"):
         model.encode_image_features(tiny.images(2, "drip"))
+
+
+def test_the_expected_count_rule_gives_each_image_its_expected_segments_where_a_threshold_collapses(tiny):
+    from drip.boundary import training_rate
+
+    model = tiny.model("clip", mm_connector="drip:rate=0.25,threshold=0.999,eval_rule=expected_count")
+    assert model.config.mm_connector.endswith("threshold=0.999,eval_rule=expected_count")  # recorded as given
+    connector = model.get_model().get_connector()
+    with torch.no_grad():
+        features = model.get_vision_tower()(tiny.images(3))
+        expected = training_rate(connector.logits(connector.split(features)[1]), 1.0).sum(-1).round().clamp(min=1)
+        counted = connector(features).token_counts
+        assert counted.tolist() == expected.long().tolist() and (counted > 1).all()
+        assert connector.segment_tokens(connector.patch_boundaries(features)).tolist() == counted.tolist()
+        connector.spec = DripConnectorSpec(rate=0.25, threshold=0.999)  # DRIP's global threshold: one token each
+        assert connector(features).token_counts.tolist() == [1, 1, 1]
 
 
 def lm_batch(tiny, n: int = 3):

@@ -11,7 +11,8 @@ The predictor, sampling, prior loss and pooling are ``drip``'s (``BoundaryPredic
 Training samples boundaries (Gumbel-sigmoid at ``tau``); eval marks a boundary where sigmoid(logit) exceeds the
 eval threshold, a fp32 buffer that stays fp32 when the model is cast (``drip.calibration.Fp32ThresholdBuffers``), set
 by ``calibrate`` (the threshold that keeps the training boundary rate, ``drip.calibration``) and recorded in
-``mm_connector``.
+``mm_connector``. With ``eval_rule=expected_count`` eval instead gives each image round(sum of its training-mode
+boundary probabilities) segments at its most probable cuts (``drip.boundary_rules``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from drip.boundary import BoundaryPredictor, binomial_prior_loss, sample_boundaries, training_rate
 from drip.boundary_estimators import pool_with_estimator
+from drip.boundary_rules import expected_count_boundaries, threshold_boundaries
 from drip.calibration import Fp32ThresholdBuffers, calibrated_threshold
 from llava.model.connector.base import Connector
 from llava.model.connector.spec import DripConnectorSpec
@@ -65,9 +67,12 @@ class DripConnector(Fp32ThresholdBuffers, Connector):
         cls, patches = self.split(features)  # [B, N, D]
         valid = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)  # [B, N]
         logits = self.logits(patches)
-        b = sample_boundaries(
-            logits, temperature=self.spec.tau, threshold=self.eval_threshold, stochastic=self.training
-        )  # [B, N] hard; straight-through while training
+        if self.training or self.spec.eval_rule != "expected_count":
+            b = sample_boundaries(
+                logits, temperature=self.spec.tau, threshold=self.eval_threshold, stochastic=self.training
+            )  # [B, N] hard; straight-through while training
+        else:
+            b = self.eval_boundaries(logits, valid)
         pooled = pool_with_estimator(patches, b, valid, self.spec.estimator)
         loss = binomial_prior_loss(pooled.boundaries, valid, self.spec.rate) * self.prior_loss_weight
         rate = (pooled.boundaries.detach() * valid).sum() / valid.sum()
@@ -79,9 +84,14 @@ class DripConnector(Fp32ThresholdBuffers, Connector):
     def patch_boundaries(self, features: VisionFeatures) -> Tensor:
         """[B, N] eval-rule boundaries of the tower ``features`` (last patch closes the last segment)."""
         logits = self.logits(self.split(features)[1])
-        b = (torch.sigmoid(logits) > self.eval_threshold).float()
-        b[:, -1] = 1.0
-        return b
+        return self.eval_boundaries(logits, torch.ones_like(logits, dtype=torch.bool))
+
+    def eval_boundaries(self, logits: Tensor, valid: Tensor) -> Tensor:
+        """[B, N] logits, [B, N] bool valid -> [B, N] hard 0/1 boundaries under the spec's eval rule (the last valid
+        patch always closes a segment)."""
+        if self.spec.eval_rule == "expected_count":
+            return expected_count_boundaries(training_rate(logits, self.spec.tau), valid)
+        return threshold_boundaries(torch.sigmoid(logits.float()), valid, self.eval_threshold)
 
     @torch.no_grad()
     def calibrate(self, features: VisionFeatures) -> float:

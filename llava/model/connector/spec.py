@@ -4,7 +4,9 @@
   (the prior's boundary rate: 0.25 / 0.125 / 0.1 for 4x / 8x / 10x), ``estimator`` (``original`` | ``box`` |
   ``straight_through`` | ``local``, see ``drip.boundary_estimators``), ``hidden`` (predictor MLP width, default
   D / 4), ``tau`` (Gumbel-sigmoid temperature while training), ``threshold`` (eval: boundary where
-  sigmoid(logit) > threshold; set by calibration);
+  sigmoid(logit) > threshold; set by calibration), ``eval_rule`` (``threshold``, the default, or ``expected_count``:
+  each image gets round(sum of its boundary probabilities) segments at its most probable cuts, which cannot collapse
+  to one token the way a global threshold can; ``drip.boundary_rules``);
 * ``pool1d:k=4`` — fixed runs of ``k`` raster-order patches (DRIP's authors' main baseline);
 * ``pool2d:k=2`` — fixed ``k`` x ``k`` windows of the patch grid;
 * ``none`` (or empty) — no connector (LLaVA).
@@ -30,6 +32,7 @@ class DripConnectorSpec:
     hidden: int | None = None  # predictor hidden width; None: D // 4
     tau: float = 1.0  # Gumbel-sigmoid temperature of training-mode sampling
     threshold: float = 0.5  # eval threshold on sigmoid(logit), recorded after calibration
+    eval_rule: str | None = None  # None / "threshold": DRIP's; "expected_count": drip.boundary_rules (eval only)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.rate <= 1.0:
@@ -45,6 +48,10 @@ class DripConnectorSpec:
             raise ValueError(f"{FLAG} drip: tau must be > 0, got {self.tau}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"{FLAG} drip: threshold must lie in (0, 1), got {self.threshold}")
+        from drip.boundary_rules import EVAL_RULES
+
+        if self.eval_rule is not None and self.eval_rule not in EVAL_RULES:
+            raise ValueError(f"{FLAG} drip: eval_rule must be one of {', '.join(EVAL_RULES)}, got {self.eval_rule!r}")
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ KINDS: dict[str, type] = {c.kind: c for c in (DripConnectorSpec, Pool1dSpec, Poo
 
 
 def _value(kind: str, field: dataclasses.Field, text: str):
-    typ = {"int": int, "float": float, "str": str, "int | None": int}[str(field.type)]
+    typ = {"int": int, "float": float, "str": str, "int | None": int, "str | None": str}[str(field.type)]
     try:
         return typ(text)
     except ValueError:
