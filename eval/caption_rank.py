@@ -15,6 +15,10 @@ then its k distractors; ``metadata`` with the image's visual tokens and costs) a
   it a strictly higher log-likelihood than every one of them; ``image_chance`` is the mean of 1 / (1 + the number of
   other images that scored it), ``image_captions`` how many captions were judged (None / 0 without ``captions`` in
   the lines, or when no caption was scored twice). Captions whose text belongs to several images are left out.
+* ``image_auc``: the same captions, graded instead of all-or-nothing: the share of the other images under which the
+  caption scores lower than under its own (ties count half), averaged over captions; 0.5 when the model ignores the
+  image (every image then scores a caption alike in distribution), whatever k. ``image_auc_se``: its standard error
+  over captions.
 * ``true_loss_per_token``: the true captions' negative log-likelihood over their tokens (all images' tokens pooled,
   as the training loss averages them).
 * ``visual_tokens_mean``, ``tower_gmacs_mean``, ``prefill_gmacs_mean``: per image, from ``metadata``.
@@ -24,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -41,7 +47,8 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 def image_ranking(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """``image_accuracy``, ``image_chance``, ``image_captions`` of the lines (see the module docstring)."""
+    """``image_accuracy``, ``image_chance``, ``image_captions``, ``image_auc`` (+ ``_se``) of the lines (see the module
+    docstring)."""
     owners: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         if r.get("captions"):
@@ -56,11 +63,14 @@ def image_ranking(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         (rows[j]["logprobs"][0], scores) for j, scores in others.items() if len(owners[rows[j]["captions"][0]]) == 1
     ]
     if not judged:
-        return {"image_accuracy": None, "image_chance": None, "image_captions": 0}
+        return {"image_accuracy": None, "image_chance": None, "image_captions": 0, "image_auc": None}
+    auc = [sum((own > s) + 0.5 * (own == s) for s in scores) / len(scores) for own, scores in judged]
     return {
         "image_accuracy": sum(own > max(scores) for own, scores in judged) / len(judged),
         "image_chance": sum(1 / (1 + len(scores)) for _, scores in judged) / len(judged),
         "image_captions": len(judged),
+        "image_auc": statistics.mean(auc),
+        "image_auc_se": statistics.stdev(auc) / math.sqrt(len(auc)) if len(auc) > 1 else None,
     }
 
 

@@ -196,11 +196,20 @@ def _image_top1(scores: Sequence[dict]) -> str:
     return f"{_spread([s['image_accuracy'] for s in scores])} ({chance:.2f})"
 
 
+def _image_auc(scores: Sequence[dict]) -> str:
+    """The image AUC (chance 0.5): one seed's ± its standard error over captions, several seeds' spread; "-" without."""
+    if any(s.get("image_auc") is None for s in scores):
+        return "-"
+    if len(scores) == 1 and scores[0].get("image_auc_se") is not None:
+        return f"{scores[0]['image_auc']:.3f} ± {scores[0]['image_auc_se']:.3f}"
+    return _spread([s["image_auc"] for s in scores])
+
+
 def results_table(runs: Path) -> str:
     """A markdown table of every finished run under ``runs`` (``<method>-seed<N>/score.json``), one row per method:
     visual tokens, tower + connector + prefill GMACs, caption top-1 (mean [min, max] over seeds; chance), per-token
-    top-1, image top-1 (the same caption under its own and other images; chance), the true captions' loss per token,
-    training and ranking seconds."""
+    top-1, image top-1 (the same caption under its own and other images; chance), image AUC (graded; chance 0.5), the
+    true captions' loss per token, training and ranking seconds."""
     by_method: dict[str, list[tuple[dict, dict]]] = {}
     for score_file in sorted(runs.glob("*-seed*/score.json")):
         method = score_file.parent.name.rsplit("-seed", 1)[0]
@@ -208,8 +217,8 @@ def results_table(runs: Path) -> str:
         by_method.setdefault(method, []).append((json.loads(score_file.read_text()), seconds))
     lines = [
         "| method | seeds | visual tokens | tower + connector + prefill GMACs | caption top-1 (chance) | "
-        "per-token top-1 | image top-1 (chance) | true-caption loss | train s | rank s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "per-token top-1 | image top-1 (chance) | image AUC (0.5) | true-caption loss | train s | rank s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = [m for m in METHODS if m in by_method] + sorted(set(by_method) - set(METHODS))
     for method in order:
@@ -218,7 +227,7 @@ def results_table(runs: Path) -> str:
         lines.append(
             f"| {method} | {len(scores)} | {statistics.mean(s['visual_tokens_mean'] for s in scores):.1f} | "
             f"{statistics.mean(gmacs):.2f} | {_spread([s['accuracy'] for s in scores])} ({scores[0]['chance']:.2f}) | "
-            f"{_spread([s['accuracy_per_token'] for s in scores])} | {_image_top1(scores)} | "
+            f"{_spread([s['accuracy_per_token'] for s in scores])} | {_image_top1(scores)} | {_image_auc(scores)} | "
             f"{_spread([s['true_loss_per_token'] for s in scores])} | "
             f"{statistics.mean(t['train_seconds'] for t in secs):.0f} | "
             f"{statistics.mean(t['rank_seconds'] for t in secs):.0f} |"

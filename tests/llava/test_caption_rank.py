@@ -147,6 +147,17 @@ def test_image_ranking_compares_one_caption_under_its_own_and_other_images():
     assert caption_rank_score([{"logprobs": [-1.0, -2.0], "tokens": [1, 1]}])["image_accuracy"] is None
 
 
+def test_image_auc_grades_the_own_image_against_each_other_image_ties_half():
+    rows = [  # each image scores the other two captions
+        {"captions": ["a", "b", "c"], "logprobs": [-1.0, -4.0, -3.0], "tokens": [1, 1, 1]},
+        {"captions": ["b", "c", "a"], "logprobs": [-3.5, -3.0, -2.0], "tokens": [1, 1, 1]},
+        {"captions": ["c", "a", "b"], "logprobs": [-3.0, -0.5, -6.0], "tokens": [1, 1, 1]},
+    ]  # a: -1 beats -2, not -0.5 -> 1/2; b: -3.5 beats -4 and -6 -> 1; c: -3 ties -3 twice -> 1/2
+    s = caption_rank_score(rows)
+    assert s["image_auc"] == pytest.approx(2 / 3) and s["image_accuracy"] == pytest.approx(1 / 3)
+    assert s["image_auc_se"] == pytest.approx(1 / 6)  # stdev of (1/2, 1, 1/2) over sqrt(3)
+
+
 def test_bad_caption_file_is_named(tmp_path):
     with pytest.raises(InputFileError, match="no such caption file"):
         caption_rank.read_captions(str(tmp_path / "missing.json"))

@@ -49,7 +49,8 @@ def write_run(runs: Path, run: str, accuracy: float, loss: float) -> None:
     (runs / run).mkdir(parents=True)
     score = dict(accuracy=accuracy, accuracy_per_token=accuracy / 2, true_loss_per_token=loss, chance=0.2)
     score.update(visual_tokens_mean=64.0, tower_gmacs_mean=5.5, prefill_gmacs_mean=7.0, images=200, k=4)
-    score.update(image_accuracy=accuracy + 0.1, image_chance=0.25, image_captions=150)
+    score.update(image_accuracy=accuracy + 0.1, image_chance=0.25, image_captions=150, image_auc=accuracy + 0.2)
+    score.update(image_auc_se=0.025)
     (runs / run / "score.json").write_text(json.dumps(score))
     (runs / run / "seconds.json").write_text(json.dumps({"train_seconds": 100, "rank_seconds": 40}))
 
@@ -60,10 +61,12 @@ def test_the_table_gives_each_method_its_mean_and_spread_over_seeds(tmp_path):
     write_run(tmp_path, "full-seed0", 0.5, 2.5)
     (tmp_path / "drip-seed0").mkdir()  # still running: no score yet
     rows = real_track.results_table(tmp_path).splitlines()
-    assert rows[2] == "| full | 1 | 64.0 | 12.50 | 0.500 (0.20) | 0.250 | 0.600 (0.25) | 2.500 | 100 | 40 |"
+    assert rows[2] == (
+        "| full | 1 | 64.0 | 12.50 | 0.500 (0.20) | 0.250 | 0.600 (0.25) | 0.700 ± 0.025 | 2.500 | 100 | 40 |"
+    )
     assert rows[3] == (
         "| uniform | 2 | 64.0 | 12.50 | 0.350 [0.300, 0.400] (0.20) | 0.175 [0.150, 0.200] | "
-        "0.450 [0.400, 0.500] (0.25) | 3.100 [3.000, 3.200] | 100 | 40 |"
+        "0.450 [0.400, 0.500] (0.25) | 0.550 [0.500, 0.600] | 3.100 [3.000, 3.200] | 100 | 40 |"
     )
     assert len(rows) == 4
 
