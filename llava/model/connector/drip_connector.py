@@ -67,11 +67,9 @@ class DripConnector(Fp32ThresholdBuffers, Connector):
         cls, patches = self.split(features)  # [B, N, D]
         valid = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)  # [B, N]
         logits = self.logits(patches)
-        if self.training or self.spec.eval_rule != "expected_count":
-            b = sample_boundaries(
-                logits, temperature=self.spec.tau, threshold=self.eval_threshold, stochastic=self.training
-            )  # [B, N] hard; straight-through while training
-        else:
+        if self.training:  # [B, N] hard, straight-through
+            b = sample_boundaries(logits, temperature=self.spec.tau, threshold=self.eval_threshold, stochastic=True)
+        else:  # the eval rule; pooling closes the last segment either way
             b = self.eval_boundaries(logits, valid)
         pooled = pool_with_estimator(patches, b, valid, self.spec.estimator)
         loss = binomial_prior_loss(pooled.boundaries, valid, self.spec.rate) * self.prior_loss_weight
